@@ -1,0 +1,195 @@
+"""``python -m ood_core``: the workbench headless (DESIGN.md contract 6).
+
+Exit code 0 on success; 2 with one line on stderr for bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+
+class CLIError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one clear line, exit 2
+        raise CLIError(f"{self.prog}: {message}")
+
+
+def _progress_bar() -> Callable[[float, str], None]:
+    """A single-line progress bar on stderr."""
+    last = {"msg": ""}
+
+    def cb(frac: float, msg: str) -> None:
+        bar = "#" * int(30 * max(0.0, min(1.0, frac)))
+        line = f"\r[{bar:<30}] {100 * frac:5.1f}% {msg[:80]:<80}"
+        sys.stderr.write(line)
+        if frac >= 1.0 and last["msg"] != msg:
+            sys.stderr.write("\n")
+        last["msg"] = msg
+        sys.stderr.flush()
+
+    return cb
+
+
+def _split_csv(s: str) -> list[str]:
+    return [t.strip() for t in s.split(",") if t.strip()]
+
+
+def _model_kwargs(a: argparse.Namespace) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    for attr in ("arch", "input_size", "mean", "std", "channels", "head"):
+        v = getattr(a, attr, None)
+        if v is not None:
+            kw[attr] = v
+    return kw
+
+
+def _load(a: argparse.Namespace, progress):
+    from . import workbench as wb
+    return wb.load_model(a.model, progress, **_model_kwargs(a))
+
+
+def cmd_datasets(a: argparse.Namespace) -> int:
+    from .data import list_datasets
+    for s in list_datasets():
+        splits = "" if s.splits == ("test",) else f" [splits: {', '.join(s.splits)}]"
+        print(f"{s.name}\t{s.role}\t{s.description}{splits}")
+    return 0
+
+
+def cmd_detectors(a: argparse.Namespace) -> int:
+    from .detectors import detector_classes
+    for name, cls in detector_classes().items():
+        det = cls()
+        knobs = ", ".join(f"{k.name}={k.default}" for k in det.knobs)
+        needs = "+".join(sorted(det.needs))
+        print(f"{name}\t{det.describe()}\tneeds: {needs}\tknobs: {knobs or '-'}")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from . import workbench as wb
+    from .experiment import Experiment
+
+    progress = _progress_bar() if not a.quiet else None
+    if a.experiment:
+        exp = Experiment.load(a.experiment)
+        model, id_name, ood, dets, params = exp.model, exp.id_dataset, exp.ood_datasets, exp.detectors, exp.params
+    else:
+        if not a.id or not a.ood or not a.detectors:
+            raise CLIError("evaluate needs --id, --ood and --detectors (or --experiment FILE.json)")
+        model, id_name, ood, dets = a.model, a.id, _split_csv(a.ood), _split_csv(a.detectors)
+        params = wb.parse_params(a.param or [])
+    bundle = wb.load_model(model, progress, **_model_kwargs(a)) if model else _load(a, progress)
+    out = wb.evaluate(bundle, id_name, ood, dets, params, progress)
+    out["model"] = model
+    if a.json:
+        print(json.dumps(out, indent=None if a.compact else 2))
+    else:
+        print(f"model {out['model']}  ID {out['id_dataset']}  accuracy {100 * out['id_accuracy']:.2f}%")
+        print(f"{'detector':<16}{'ood':<14}{'AUROC':>8}{'FPR95':>8}{'AUPR-In':>9}{'AUPR-Out':>9}")
+        for r in out["results"]:
+            print(f"{r['detector']:<16}{r['ood_dataset']:<14}{100 * r['auroc']:8.2f}{100 * r['fpr95']:8.2f}"
+                  f"{100 * r['aupr_in']:9.2f}{100 * r['aupr_out']:9.2f}")
+    return 0
+
+
+def cmd_extract(a: argparse.Namespace) -> int:
+    from . import workbench as wb
+    from .data import get_dataset
+
+    progress = _progress_bar() if not a.quiet else None
+    base = a.dataset.partition(":")[0]
+    ds = get_dataset(base, a.split)
+    bundle = _load(a, progress)
+    ext = wb.get_extraction(bundle, ds, progress, device=a.device)
+    path = ext.save_npz(a.out)
+    print(str(path))
+    return 0
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default", help="'default' or a model file (.pt2, TorchScript, state_dict)")
+    p.add_argument("--arch", help="architecture for a state_dict file (see `models`)")
+    p.add_argument("--input-size", dest="input_size", type=int, nargs="+", help="H [W] of the model's input")
+    p.add_argument("--channels", type=int, choices=(1, 3))
+    p.add_argument("--mean", type=float, nargs="+", help="normalisation mean: one value or one per channel")
+    p.add_argument("--std", type=float, nargs="+", help="normalisation std: one value or one per channel")
+    p.add_argument("--head", help="name of the final linear layer when it cannot be found automatically")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m ood_core", description="Gradient-OOD workbench, headless")
+    sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
+    sub.add_parser("datasets", help="list datasets").set_defaults(fn=cmd_datasets)
+    sub.add_parser("detectors", help="list detectors").set_defaults(fn=cmd_detectors)
+
+    e = sub.add_parser("evaluate", help="score ID vs OOD sets and print metrics")
+    _add_model_args(e)
+    e.add_argument("--id")
+    e.add_argument("--ood", help="comma-separated OOD dataset names")
+    e.add_argument("--detectors", help="comma-separated detector names")
+    e.add_argument("--param", action="append", help="detector.knob=value (repeatable)")
+    e.add_argument("--experiment", help="an experiment JSON saved by the app or `evaluate --save`")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--compact", action="store_true", help="JSON on one line")
+    e.set_defaults(fn=cmd_evaluate)
+
+    x = sub.add_parser("extract", help="write the Extraction arrays of one dataset to .npz")
+    _add_model_args(x)
+    x.add_argument("--dataset", required=True)
+    x.add_argument("--split", default="test", choices=("train", "test"))
+    x.add_argument("--out", required=True)
+    x.set_defaults(fn=cmd_extract)
+
+    # Other modules add subcommands (train, ...) without touching this parser's core.
+    for hook in _EXTRA_COMMANDS:
+        hook(sub)
+    return p
+
+
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def add_command(hook: Callable[[Any], None]) -> Callable[[Any], None]:
+    _EXTRA_COMMANDS.append(hook)
+    return hook
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        from . import training  # noqa: F401  (registers `train`)
+    except ImportError:  # pragma: no cover
+        pass
+    parser = build_parser()
+    try:
+        a = parser.parse_args(argv)
+        if not getattr(a, "fn", None):
+            parser.print_help()
+            return 2
+        return a.fn(a)
+    except CLIError as exc:
+        print(str(exc).splitlines()[0], file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001
+        from .workbench import USER_ERRORS
+        from .metrics import MetricError
+        from .experiment import ExperimentError
+        if isinstance(exc, USER_ERRORS + (MetricError, FileNotFoundError, ExperimentError)):
+            print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""The shared detector API: knobs as data, ``fit`` then ``score``, one registry.
+
+Every detector returns one float per sample, **higher = more in-distribution**
+(DESIGN.md contract 1). A detector declares its paper, what it needs, its knobs (so the
+pages build sliders from the declaration) and its sweep grid (as OpenOOD does), and
+implements ``score(extraction, **knobs)`` on cached arrays. Detectors that need the
+model at scoring time set ``needs_model`` and implement ``score_model`` instead; the
+evaluation layer runs those as cached jobs.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, ClassVar, Sequence
+
+import numpy as np
+
+from ..extract import Extraction
+
+
+class DetectorError(ValueError):
+    """Bad detector name, knob value or missing requirement; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Paper:
+    title: str
+    authors: str
+    venue: str
+    year: int
+    url: str = ""
+
+    def cite(self) -> str:
+        return f"{self.authors}, \"{self.title}\", {self.venue} {self.year}"
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A detector parameter described as data: the pages build widgets from this."""
+
+    name: str
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    scale: str = "linear"  # "linear" | "log"
+    kind: str = "float"  # "float" | "int" | "choice" | "bool"
+    choices: tuple[Any, ...] = ()
+    help: str = ""
+    label: str = ""
+
+    def validate(self, value: Any, detector: str = "") -> Any:
+        where = f"{detector}.{self.name}" if detector else self.name
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise DetectorError(f"{where} must be one of {', '.join(map(str, self.choices))}; got {value!r}")
+            return value
+        if self.kind == "bool":
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise DetectorError(f"{where} must be true or false; got {value!r}")
+            return bool(value)
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise DetectorError(f"{where} must be a number in [{self.low}, {self.high}]; got {value!r}") from None
+        if self.kind == "int":
+            if not float(v).is_integer():
+                raise DetectorError(f"{where} must be a whole number in [{self.low}, {self.high}]; got {value!r}")
+            v = int(v)
+        if math.isnan(v) or (self.low is not None and v < self.low) or (self.high is not None and v > self.high):
+            raise DetectorError(f"{where} must be in [{_fmt(self.low)}, {_fmt(self.high)}]; got {value!r}")
+        return v
+
+    def with_range(self, low: float | None = None, high: float | None = None, default: Any = None) -> "Knob":
+        kw: dict[str, Any] = {}
+        if low is not None:
+            kw["low"] = low
+        if high is not None:
+            kw["high"] = high
+        if default is not None:
+            kw["default"] = default
+        return replace(self, **kw)
+
+
+def _fmt(v: float | None) -> str:
+    return "-inf" if v is None else (str(int(v)) if float(v).is_integer() else f"{v:g}")
+
+
+class Detector:
+    """Base class. Subclasses set the class attributes and implement ``_score``."""
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    paper: ClassVar[Paper | None] = None
+    needs: ClassVar[frozenset[str]] = frozenset({"logits"})  # logits, features, head, training, model, nonneg_features
+    knobs: tuple[Knob, ...] = ()
+    grid: ClassVar[dict[str, Sequence[Any]]] = {}
+    family: ClassVar[str] = "output"  # output | feature | gradient | input-gradient
+    needs_model: ClassVar[bool] = False
+    help: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        self.knobs = tuple(type(self).knobs)
+        self.fitted = False
+        self.train_info: dict[str, Any] = {}
+
+    # --- declaration helpers -------------------------------------------------
+    @property
+    def needs_training(self) -> bool:
+        return "training" in self.needs
+
+    def knob(self, name: str) -> Knob:
+        for k in self.knobs:
+            if k.name == name:
+                return k
+        raise DetectorError(f"{self.name} has no knob {name!r}; knobs: {', '.join(k.name for k in self.knobs) or 'none'}")
+
+    def defaults(self) -> dict[str, Any]:
+        return {k.name: k.default for k in self.knobs}
+
+    def resolve(self, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults overlaid with ``params``, each validated against its declared range."""
+        params = dict(params or {})
+        out = self.defaults()
+        for key, value in params.items():
+            knob = self.knob(key)
+            out[key] = knob.validate(value, self.name)
+        return out
+
+    def unavailable_reason(self, ext: Extraction) -> str | None:
+        """Why this detector cannot run on ``ext`` (None when it can)."""
+        if {"features", "head"} & self.needs and not ext.has_features:
+            return f"{self.name} needs the model's features (input of the final linear layer), which this model does not expose"
+        if "head" in self.needs and not ext.has_head:
+            return f"{self.name} needs the final linear layer's weights"
+        if "nonneg_features" in self.needs and ext.has_features and float(ext.features.min()) < -1e-6:
+            return (f"{self.name} assumes non-negative (post-ReLU) features; this model's features go down to "
+                    f"{float(ext.features.min()):.3g}")
+        return None
+
+    # --- fit / score ---------------------------------------------------------
+    def fit(self, train: Extraction | None) -> "Detector":
+        """Learn training statistics (no-op for detectors that need none)."""
+        if self.needs_training:
+            if train is None or len(train) == 0:
+                raise DetectorError(f"{self.name} needs training statistics: set an ID training split first")
+            reason = self.unavailable_reason(train)
+            if reason:
+                raise DetectorError(reason)
+            self._fit(train)
+        self.fitted = True
+        return self
+
+    def _fit(self, train: Extraction) -> None:  # pragma: no cover - overridden where needed
+        pass
+
+    def score(self, ext: Extraction, **params: Any) -> np.ndarray:
+        """Scores, higher = more ID. ``params`` override knob defaults and are validated."""
+        if self.needs_model:
+            raise DetectorError(f"{self.name} needs the model at scoring time; use ood_core.evaluate.score_dataset")
+        reason = self.unavailable_reason(ext)
+        if reason:
+            raise DetectorError(reason)
+        if self.needs_training and not self.fitted:
+            raise DetectorError(f"{self.name} needs training statistics: call fit(train_extraction) first")
+        kn = self.resolve(params)
+        s = np.asarray(self._score(ext, **kn), dtype=np.float64).reshape(-1)
+        if s.shape[0] != len(ext):
+            raise AssertionError(f"{self.name} returned {s.shape[0]} scores for {len(ext)} samples")
+        return s
+
+    def _score(self, ext: Extraction, **knobs: Any) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def derived(self, **knobs: Any) -> dict[str, Any]:
+        """Quantities worth showing next to the knobs (e.g. a percentile's absolute value)."""
+        return {}
+
+    def diagnostics(self, ext: Extraction, **knobs: Any) -> dict[str, Any]:
+        """Per-dataset facts worth showing (e.g. how many samples have a negative energy)."""
+        return {}
+
+    def clone(self) -> "Detector":
+        return copy.deepcopy(self)
+
+    def describe(self) -> str:
+        ref = f" ({self.paper.cite()})" if self.paper else ""
+        return f"{self.title or self.name}{ref}"
+
+
+_REGISTRY: dict[str, type[Detector]] = {}
+
+
+def register(cls: type[Detector]) -> type[Detector]:
+    """Class decorator: add a detector to the registry under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_detector(name: str) -> Detector:
+    """A fresh instance of the named detector."""
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise DetectorError(f"unknown detector {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return cls()
+
+
+def detector_names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def detector_classes() -> dict[str, type[Detector]]:
+    return dict(_REGISTRY)
+
+
+# --- shared numeric helpers (pure functions on arrays) --------------------------
+
+def logsumexp(z: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Stable log-sum-exp in float64."""
+    z = np.asarray(z, np.float64)
+    m = z.max(axis=axis, keepdims=True)
+    return (m + np.log(np.exp(z - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def softmax(z: np.ndarray, T: float = 1.0) -> np.ndarray:
+    z = np.asarray(z, np.float64) / T
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def energy(logits: np.ndarray, T: float = 1.0) -> np.ndarray:
+    """Negative free energy ``T * LSE(f/T)`` (higher = more ID)."""
+    return T * logsumexp(np.asarray(logits, np.float64) / T)
+
+
+def head_logits(features: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.asarray(features, np.float64) @ np.asarray(W, np.float64).T + np.asarray(b, np.float64)
+
+
+@dataclass
+class SortedValues:
+    """All training feature values sorted once, so any percentile is an index lookup.
+
+    Matches ``np.percentile``'s default linear interpolation exactly; it keeps percentile
+    knobs (ReAct, RG's k as a percentile) off the slider's hot path.
+    """
+
+    values: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @classmethod
+    def of(cls, x: np.ndarray, max_values: int = 20_000_000, seed: int = 0) -> "SortedValues":
+        flat = np.asarray(x, np.float64).ravel()
+        if flat.size > max_values:  # subsample huge feature sets; the percentile barely moves
+            flat = np.random.default_rng(seed).choice(flat, max_values, replace=False)
+        return cls(np.sort(flat))
+
+    def percentile(self, q: float) -> float:
+        v = self.values
+        if v.size == 0:
+            raise DetectorError("no training values to take a percentile of")
+        pos = (v.size - 1) * (q / 100.0)
+        lo = int(math.floor(pos))
+        hi = min(lo + 1, v.size - 1)
+        return float(v[lo] + (v[hi] - v[lo]) * (pos - lo))
+
+
+ProgressFn = Callable[[float, str], None]

@@ -1,0 +1,70 @@
+"""DESIGN.md contract 7: an experiment serialises to a small JSON both app and CLI accept."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "ood-workbench/experiment@1"
+
+
+class ExperimentError(ValueError):
+    pass
+
+
+@dataclass
+class Experiment:
+    model: str = "default"
+    id_dataset: str = "mnist"
+    ood_datasets: list[str] = field(default_factory=lambda: ["letters", "textures", "faces", "gaussian", "uniform"])
+    detectors: list[str] = field(default_factory=lambda: ["energy"])
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seed: int = 0
+    preprocess: dict[str, Any] | None = None
+    model_fingerprint: str = ""
+    notes: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, **asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Experiment":
+        if not isinstance(d, dict):
+            raise ExperimentError("an experiment must be a JSON object")
+        if d.get("schema", SCHEMA) != SCHEMA:
+            raise ExperimentError(f"unsupported experiment schema {d.get('schema')!r}; expected {SCHEMA}")
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known - {"schema"}
+        if unknown:
+            raise ExperimentError(f"unknown experiment fields: {', '.join(sorted(unknown))}")
+        exp = cls(**{k: v for k, v in d.items() if k in known})
+        if isinstance(exp.ood_datasets, str):
+            exp.ood_datasets = [exp.ood_datasets]
+        if isinstance(exp.detectors, str):
+            exp.detectors = [exp.detectors]
+        if not isinstance(exp.params, dict) or not all(isinstance(v, dict) for v in exp.params.values()):
+            raise ExperimentError("params must map detector names to {knob: value} objects")
+        return exp
+
+    @classmethod
+    def from_json(cls, text: str) -> "Experiment":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ExperimentError(f"not valid JSON: {exc}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Experiment":
+        p = Path(path)
+        if not p.exists():
+            raise ExperimentError(f"no experiment file at {path}")
+        return cls.from_json(p.read_text())
+
+    def save(self, path: str | Path) -> Path:
+        p = Path(path)
+        p.write_text(self.to_json())
+        return p

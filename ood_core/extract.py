@@ -1,0 +1,148 @@
+"""One batched forward per (model, dataset, preprocessing) -> cached Extraction arrays."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import cache
+from .data import ImageDataset
+from .models import ModelBundle
+
+Progress = Callable[[float, str], None]
+EXTRACT_VERSION = 1
+
+
+@dataclass
+class Extraction:
+    """DESIGN.md contract 3: float32 arrays of one model on one dataset.
+
+    ``features`` is the input of the final linear layer, ``(N, 0)`` when the model has
+    none we can find; ``labels`` is -1 where unknown.
+    """
+
+    logits: np.ndarray
+    features: np.ndarray
+    labels: np.ndarray
+    head_weight: np.ndarray
+    head_bias: np.ndarray
+    dataset: str = ""
+    sample_ids: np.ndarray | None = None
+    model_fingerprint: str = ""
+    dataset_fingerprint: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.logits = np.asarray(self.logits, np.float32)
+        n = len(self.logits)
+        self.features = np.asarray(self.features, np.float32).reshape(n, -1) if self.features is not None else np.zeros((n, 0), np.float32)
+        self.labels = np.asarray(self.labels, np.int64) if self.labels is not None else np.full(n, -1, np.int64)
+        self.head_weight = np.asarray(self.head_weight, np.float32)
+        self.head_bias = np.asarray(self.head_bias, np.float32)
+        if self.sample_ids is None:
+            self.sample_ids = np.arange(n, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.logits.shape[1])
+
+    @property
+    def has_features(self) -> bool:
+        return self.features.shape[1] > 0
+
+    @property
+    def has_head(self) -> bool:
+        return self.head_weight.size > 0 and self.head_weight.shape[1] == self.features.shape[1] > 0
+
+    @property
+    def preds(self) -> np.ndarray:
+        return self.logits.argmax(1)
+
+    @property
+    def accuracy(self) -> float:
+        m = self.labels >= 0
+        return float((self.preds[m] == self.labels[m]).mean()) if m.any() else float("nan")
+
+    def subset(self, idx: np.ndarray) -> "Extraction":
+        idx = np.asarray(idx)
+        return Extraction(self.logits[idx], self.features[idx], self.labels[idx], self.head_weight, self.head_bias,
+                          self.dataset, self.sample_ids[idx], self.model_fingerprint, self.dataset_fingerprint)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "logits": self.logits, "features": self.features, "labels": self.labels,
+            "head_weight": self.head_weight, "head_bias": self.head_bias, "sample_ids": self.sample_ids,
+            "dataset": np.array(self.dataset), "model_fingerprint": np.array(self.model_fingerprint),
+            "dataset_fingerprint": np.array(self.dataset_fingerprint),
+        }
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> "Extraction":
+        return cls(a["logits"], a["features"], a["labels"], a["head_weight"], a["head_bias"],
+                   str(a.get("dataset", "")), a.get("sample_ids"), str(a.get("model_fingerprint", "")),
+                   str(a.get("dataset_fingerprint", "")))
+
+    def save_npz(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            np.savez(f, **self.arrays())
+        return path
+
+    @classmethod
+    def load_npz(cls, path: str | Path) -> "Extraction":
+        with np.load(path, allow_pickle=False) as z:
+            return cls.from_arrays({k: z[k] for k in z.files})
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def extraction_key(bundle: ModelBundle, ds: ImageDataset) -> str:
+    return cache.make_key(
+        "extract", v=EXTRACT_VERSION, model=bundle.fingerprint, head=bundle.head_name,
+        dataset=ds.fingerprint, preprocess=bundle.preprocess.to_dict(),
+    )
+
+
+def run_forward(bundle: ModelBundle, ds: ImageDataset, batch_size: int = 256, device: str | None = None,
+                progress: Progress | None = None) -> Extraction:
+    """The batched forward pass itself (no cache)."""
+    device = device or default_device()
+    model_dev = bundle.device
+    bundle.to(device)
+    logits, feats = [], []
+    n = len(ds)
+    try:
+        with torch.inference_mode():
+            for i in range(0, n, batch_size):
+                x = bundle.preprocess(ds.images[i: i + batch_size]).to(device)
+                lo, h = bundle.forward(x)
+                logits.append(lo.float().cpu().numpy())
+                if h is not None:
+                    feats.append(h.float().cpu().numpy())
+                if progress:
+                    progress(min(1.0, (i + batch_size) / n), f"forward pass on {ds.name}: {min(n, i + batch_size)}/{n}")
+    finally:
+        bundle.to(model_dev)
+    w, b = bundle.head_arrays()
+    lg = np.concatenate(logits)
+    ft = np.concatenate(feats) if feats else np.zeros((n, 0), np.float32)
+    return Extraction(lg, ft, ds.labels, w, b, ds.name, ds.sample_ids, bundle.fingerprint, ds.fingerprint)
+
+
+def extract(bundle: ModelBundle, ds: ImageDataset, batch_size: int = 256, device: str | None = None,
+            progress: Progress | None = None) -> Extraction:
+    """Cached :func:`run_forward`: a second call with the same inputs does no forward pass."""
+    key = extraction_key(bundle, ds)
+    arrays = cache.cached_arrays(key, lambda: run_forward(bundle, ds, batch_size, device, progress).arrays())
+    ext = Extraction.from_arrays(arrays)
+    ext.dataset = ds.name  # the same images may be registered under another name
+    return ext

@@ -1,0 +1,150 @@
+"""Workbench checkpoints: a ``state_dict`` file plus a JSON sidecar, and the default model.
+
+A checkpoint written here is ``NAME.pt`` (``torch.save(state_dict)``, safe to read with
+``weights_only=True``) next to ``NAME.json`` holding the architecture, class count,
+preprocessing and the training config that produced it. ``--model PATH`` accepts it.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import cache
+from . import ModelBundle, ModelError, Preprocess, build_arch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREPROCESS = Preprocess((28, 28), 1, (0.1307,), (0.3081,))
+DEFAULT_SEED = 0
+DEFAULT_EPOCHS = 12
+
+Progress = Callable[[float, str], None]
+
+
+def models_dir() -> Path:
+    d = cache.cache_dir() / "models"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict) -> Path:
+    """Write state_dict + sidecar atomically; returns the ``.pt`` path."""
+    path = Path(path)
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    cache.atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta, indent=2, default=str).encode())
+    cache.atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def load_checkpoint(path: Path, map_location: str = "cpu") -> ModelBundle:
+    """Load a workbench checkpoint (``.pt`` with its ``.json`` sidecar)."""
+    path = Path(path)
+    side = path.with_suffix(".json")
+    if not side.exists():
+        raise ModelError(f"{path.name} has no {side.name} sidecar; load it as a state_dict with an architecture instead")
+    try:
+        meta = json.loads(side.read_text())
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"could not read checkpoint {path.name}: {exc}") from exc
+    model = build_arch(meta["arch"], int(meta["num_classes"]), int(meta.get("in_channels", 1)))
+    try:
+        model.load_state_dict(state)
+    except Exception as exc:
+        raise ModelError(f"checkpoint {path.name} does not match architecture {meta['arch']}: {exc}") from exc
+    pp = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["preprocess"].items()})
+    return ModelBundle(
+        model=model, preprocess=pp, name=meta.get("name", path.stem), arch=meta["arch"],
+        class_names=meta.get("class_names"), info={"path": str(path), **{k: v for k, v in meta.items() if k not in ("preprocess",)}},
+    )
+
+
+def _shift_augment(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Random integer translations (pad + crop); cheap augmentation that MNIST CNNs like."""
+    n, c, h, w = x.shape
+    pad = F.pad(x, (max_shift,) * 4, value=float(x.min()))
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    rows = (dy.view(n, 1) + torch.arange(h).view(1, h))
+    cols = (dx.view(n, 1) + torch.arange(w).view(1, w))
+    idx_n = torch.arange(n).view(n, 1, 1)
+    out = pad.permute(0, 2, 3, 1)[idx_n, rows.view(n, h, 1), cols.view(n, 1, w)]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def train_default(progress: Progress | None = None, epochs: int = DEFAULT_EPOCHS, seed: int = DEFAULT_SEED) -> ModelBundle:
+    """Train the embedded default CNN on ``mnist:train`` (about a minute on 2 CPU cores)."""
+    from ..data import get_dataset
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    train = get_dataset("mnist:train")
+    test = get_dataset("mnist")
+    pp = DEFAULT_PREPROCESS
+    x, y = pp(train.images), torch.as_tensor(train.labels)
+    xt, yt = pp(test.images), torch.as_tensor(test.labels)
+    model = build_arch("small_cnn", 10, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    bs = 64
+    steps = epochs * ((len(x) + bs - 1) // bs)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    t0, step = time.time(), 0
+    for ep in range(epochs):
+        model.train()
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), bs):
+            idx = perm[i: i + bs]
+            xb = _shift_augment(x[idx], gen)
+            loss = F.cross_entropy(model(xb), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if progress and step % 10 == 0:
+                el = time.time() - t0
+                eta = el / step * (steps - step)
+                progress(step / steps, f"training the default model: epoch {ep + 1}/{epochs}, loss {loss.item():.3f}, ETA {eta:.0f}s")
+    model.eval()
+    with torch.no_grad():
+        acc = float((model(xt).argmax(1) == yt).float().mean())
+    meta = {
+        "name": "default", "arch": "small_cnn", "num_classes": 10, "in_channels": 1,
+        "preprocess": pp.to_dict(), "class_names": [str(i) for i in range(10)],
+        "trained_on": "mnist:train", "epochs": epochs, "seed": seed, "id_test_accuracy": acc,
+        "train_seconds": round(time.time() - t0, 1), "method": "ce",
+    }
+    path = save_checkpoint(model, models_dir() / "default.pt", meta)
+    log.info("default model trained: accuracy %.4f in %.1fs", acc, time.time() - t0)
+    return load_checkpoint(path)
+
+
+def default_model_path() -> Path:
+    return models_dir() / "default.pt"
+
+
+def load_default(progress: Progress | None = None) -> ModelBundle:
+    """The embedded default model: loaded from ``cache/models`` or trained on first use."""
+    path = default_model_path()
+    if path.exists() and path.with_suffix(".json").exists():
+        try:
+            return load_checkpoint(path)
+        except ModelError as exc:  # a damaged checkpoint is retrained, not fatal
+            log.warning("default checkpoint unusable (%s); retraining", exc)
+    return train_default(progress)
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    mask = labels >= 0
+    if not mask.any():
+        return float("nan")
+    return float((logits[mask].argmax(1) == labels[mask]).mean())

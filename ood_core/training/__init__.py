@@ -1,0 +1,1 @@
+"""Training methods (losses, outlier sampling, the loop). Filled in by the training work."""

@@ -1,0 +1,200 @@
+"""The one entry point the pages, the CLI and notebooks share.
+
+``load_model`` -> ``get_extraction`` (cached forward) -> ``fitted_detector`` (training
+statistics, fitted once per model/ID split) -> ``score`` -> ``evaluate``. Detectors that
+need the model at scoring time (ODIN, exact gradients, low-dimensional gradients) go
+through the same ``score`` call and are cached on disk per setting.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from . import cache
+from .data import DataError, ImageDataset, get_dataset, split_name, train_name_for
+from .detectors import Detector, DetectorError, get_detector
+from .extract import Extraction, extract
+from .metrics import ood_metrics
+from .models import ModelBundle, ModelError
+
+Progress = Callable[[float, str], None]
+_lock = threading.RLock()
+_models: dict[str, ModelBundle] = {}
+_fitted: dict[tuple, Detector] = {}
+SCORE_VERSION = 1
+
+
+class WorkbenchError(ValueError):
+    """Bad input anywhere in the pipeline, with a message fit for a user."""
+
+
+USER_ERRORS = (WorkbenchError, DataError, DetectorError, ModelError, cache.CacheCorrupt)
+
+
+def load_model(spec: str = "default", progress: Progress | None = None, **kwargs: Any) -> ModelBundle:
+    """``'default'`` (trained on first use) or a path to a checkpoint/archive/state_dict."""
+    spec = str(spec)
+    key = spec
+    if spec != "default":
+        p = Path(spec)
+        if not p.exists():
+            raise ModelError(f"no model file at {spec!r}; pass 'default' or the path of a .pt/.pt2/.pth file")
+        key = f"{p.resolve()}:{p.stat().st_mtime_ns}:{sorted(kwargs.items())}"
+    with _lock:
+        hit = _models.get(key)
+    if hit is not None:
+        return hit
+    if spec == "default":
+        from .models.checkpoints import load_default
+        bundle = load_default(progress)
+    else:
+        from .models.loading import load_model_file
+        bundle = load_model_file(Path(spec), **kwargs)
+    with _lock:
+        _models[key] = bundle
+    return bundle
+
+
+def register_model(bundle: ModelBundle, key: str) -> None:
+    """Make an in-memory bundle (e.g. an upload) reachable by ``load_model(key)``."""
+    with _lock:
+        _models[key] = bundle
+
+
+def get_extraction(bundle: ModelBundle, dataset: str | ImageDataset, progress: Progress | None = None,
+                   device: str | None = None) -> Extraction:
+    ds = get_dataset(dataset) if isinstance(dataset, str) else dataset
+    return extract(bundle, ds, device=device, progress=progress)
+
+
+def check_compatible(bundle: ModelBundle, ds: ImageDataset) -> None:
+    """Labelled ID data must fit the model's class count."""
+    if ds.has_labels and int(ds.labels.max()) >= bundle.num_classes:
+        raise WorkbenchError(
+            f"dataset {ds.name!r} has labels up to {int(ds.labels.max())} but the model has {bundle.num_classes} classes"
+        )
+
+
+def fitted_detector(name: str, bundle: ModelBundle, id_name: str, progress: Progress | None = None) -> Detector:
+    """A detector fitted on the ID training split of ``id_name`` (cached in-process)."""
+    det = get_detector(name)
+    train_ds_name = train_name_for(id_name)
+    needs_train = det.needs_training
+    if not needs_train:
+        return det.fit(None)
+    try:
+        train_ds = get_dataset(train_ds_name)
+    except DataError:
+        raise DetectorError(f"{name} needs training statistics but {split_name(id_name)[0]!r} has no training split; "
+                            "register one (role: ID train) or pick a detector that needs none") from None
+    key = (name, bundle.fingerprint, train_ds.fingerprint)
+    with _lock:
+        hit = _fitted.get(key)
+    if hit is not None:
+        return hit
+    train_ext = get_extraction(bundle, train_ds, progress)
+    if det.needs_model:
+        det.fit_model(bundle, train_ds, train_ext, progress=progress)  # type: ignore[attr-defined]
+    else:
+        det.fit(train_ext)
+    with _lock:
+        _fitted[key] = det
+    return det
+
+
+def score(bundle: ModelBundle, detector: str | Detector, dataset: str, id_name: str = "mnist",
+          params: dict[str, Any] | None = None, progress: Progress | None = None) -> np.ndarray:
+    """Scores (higher = more ID) of one detector on one dataset."""
+    det = fitted_detector(detector, bundle, id_name, progress) if isinstance(detector, str) else detector
+    ds = get_dataset(dataset)
+    ext = get_extraction(bundle, ds, progress)
+    if not det.needs_model:
+        return det.score(ext, **(params or {}))
+    knobs = det.resolve(params)
+    reason = det.unavailable_reason(ext)
+    if reason:
+        raise DetectorError(reason)
+    key = cache.make_key("score", v=SCORE_VERSION, detector=det.name, model=bundle.fingerprint,
+                         dataset=ds.fingerprint, knobs=knobs, fit=getattr(det, "fit_key", ""),
+                         preprocess=bundle.preprocess.to_dict())
+    arr = cache.cached_arrays(key, lambda: {"scores": det.score_model(bundle, ds, ext, progress=progress, **knobs)})  # type: ignore[attr-defined]
+    return arr["scores"].astype(np.float64)
+
+
+def is_cached(bundle: ModelBundle, detector: Detector, dataset: str, params: dict[str, Any] | None = None) -> bool:
+    """Whether a model-time detector's scores are already on disk for these knobs."""
+    if not detector.needs_model:
+        return True
+    ds = get_dataset(dataset)
+    key = cache.make_key("score", v=SCORE_VERSION, detector=detector.name, model=bundle.fingerprint,
+                         dataset=ds.fingerprint, knobs=detector.resolve(params), fit=getattr(detector, "fit_key", ""),
+                         preprocess=bundle.preprocess.to_dict())
+    return cache.has(key)
+
+
+def parse_params(items: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """``['rg.k=0.5', 'msp.T=2']`` -> ``{'rg': {'k': '0.5'}, 'msp': {'T': '2'}}`` (validated later)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        lhs, eq, value = item.partition("=")
+        det, dot, knob = lhs.partition(".")
+        if not eq or not dot or not det or not knob:
+            raise WorkbenchError(f"--param must look like detector.knob=value; got {item!r}")
+        out.setdefault(det.strip(), {})[knob.strip()] = _coerce(value.strip())
+    return out
+
+
+def _coerce(v: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def evaluate(model: str | ModelBundle = "default", id_name: str = "mnist", ood: Iterable[str] = (),
+             detectors: Iterable[str] = ("msp",), params: dict[str, dict[str, Any]] | None = None,
+             progress: Progress | None = None) -> dict[str, Any]:
+    """DESIGN.md contract 6's JSON: ID accuracy and metrics per (detector, OOD set)."""
+    params = params or {}
+    ood = list(ood)
+    detectors = list(detectors)
+    if not ood:
+        raise WorkbenchError("name at least one OOD dataset")
+    if not detectors:
+        raise WorkbenchError("name at least one detector")
+    for d in params:
+        if d not in detectors:
+            raise WorkbenchError(f"--param names detector {d!r}, which is not among --detectors")
+    # Validate names and knobs before any expensive work.
+    dets = {d: get_detector(d) for d in detectors}
+    resolved = {d: dets[d].resolve(params.get(d)) for d in detectors}
+    id_ds = get_dataset(id_name)
+    for name in ood:
+        get_dataset(name)
+    bundle = model if isinstance(model, ModelBundle) else load_model(model, progress)
+    check_compatible(bundle, id_ds)
+    id_ext = get_extraction(bundle, id_ds, progress)
+    results = []
+    for d in detectors:
+        det = fitted_detector(d, bundle, id_name, progress)
+        id_scores = score(bundle, det, id_name, id_name, resolved[d], progress)
+        for name in ood:
+            s = score(bundle, det, name, id_name, resolved[d], progress)
+            results.append({"detector": d, "params": _jsonable(resolved[d]), "ood_dataset": name,
+                            **ood_metrics(id_scores, s)})
+    return {
+        "model": bundle.name if isinstance(model, ModelBundle) else str(model),
+        "model_fingerprint": bundle.fingerprint,
+        "id_dataset": id_name,
+        "id_accuracy": id_ext.accuracy,
+        "results": results,
+    }
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}

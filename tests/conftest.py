@@ -1,0 +1,56 @@
+"""Shared fixtures. Tests share one cache folder per session so the default model trains once."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# One cache for the whole run (and kept between local runs); CI starts from an empty one.
+os.environ.setdefault("OOD_CACHE_DIR", str(ROOT / "cache" / "test"))
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+from ood_core import cache  # noqa: E402
+from ood_core.extract import Extraction  # noqa: E402
+
+
+@pytest.fixture()
+def tmp_cache(tmp_path, monkeypatch):
+    """A private, empty cache folder for tests that need one."""
+    monkeypatch.setenv("OOD_CACHE_DIR", str(tmp_path / "cache"))
+    cache.reset()
+    yield tmp_path / "cache"
+    cache.reset()
+
+
+def make_extraction(n: int = 200, d: int = 16, c: int = 5, seed: int = 0, shift: float = 0.0,
+                    nonneg: bool = True, name: str = "synthetic") -> Extraction:
+    """A random but structured Extraction: ReLU features, a linear head, labels from argmax."""
+    rng = np.random.default_rng(seed)
+    W = rng.normal(0, 0.5, (c, d)).astype(np.float32)
+    b = rng.normal(0, 0.1, c).astype(np.float32)
+    centers = rng.normal(0, 1.5, (c, d))
+    y = rng.integers(0, c, n)
+    h = centers[y] + rng.normal(0, 1.0, (n, d)) + shift
+    if nonneg:
+        h = np.maximum(h, 0)
+    h = h.astype(np.float32)
+    logits = h @ W.T + b
+    return Extraction(logits, h, y, W, b, name)
+
+
+@pytest.fixture()
+def synthetic():
+    """(train, id_test, ood_test) extractions sharing one head."""
+    rng_head = make_extraction(seed=0)
+    train = make_extraction(400, seed=1)
+    train.head_weight, train.head_bias = rng_head.head_weight, rng_head.head_bias
+    return train
+
+
+@pytest.fixture(scope="session")
+def default_bundle():
+    from ood_core import workbench as wb
+    return wb.load_model("default")
