@@ -38,6 +38,9 @@ def load_model(spec: str = "default", progress: Progress | None = None, **kwargs
     """``'default'`` (trained on first use) or a path to a checkpoint/archive/state_dict."""
     spec = str(spec)
     key = spec
+    with _lock:
+        if spec in _models:  # uploads and other in-memory models are registered by key
+            return _models[spec]
     if spec != "default":
         p = Path(spec)
         if not p.exists():
@@ -198,3 +201,26 @@ def evaluate(model: str | ModelBundle = "default", id_name: str = "mnist", ood: 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Models the pickers offer: the default, checkpoints in ``cache/models``, registered uploads."""
+    import json as _json
+
+    from .models.checkpoints import models_dir
+
+    out = [{"spec": "default", "label": "default (small CNN on embedded MNIST)", "meta": {}}]
+    for side in sorted(models_dir().glob("*.json")):
+        pt = side.with_suffix(".pt")
+        if side.stem == "default" or not pt.exists():
+            continue
+        try:
+            meta = _json.loads(side.read_text())
+        except Exception:  # noqa: BLE001 - a broken sidecar hides that checkpoint, nothing more
+            continue
+        out.append({"spec": str(pt), "label": meta.get("label") or f"{side.stem} ({meta.get('method', '?')})", "meta": meta})
+    with _lock:
+        for key, b in _models.items():
+            if key.startswith("upload:"):
+                out.append({"spec": key, "label": f"{b.name} (uploaded)", "meta": b.summary()})
+    return out

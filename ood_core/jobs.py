@@ -1,0 +1,178 @@
+"""Long work off the UI thread: progress, ETA, cancel, errors.
+
+A :class:`Job` runs a function in a daemon thread. The function receives a
+:class:`JobContext` to report progress (``ctx.progress(frac, msg)``), publish live
+metrics (``ctx.log(step=..., loss=...)``) and check for cancellation
+(``ctx.check_cancel()`` raises :class:`Cancelled`). The Streamlit pages poll
+``job.snapshot()``; the CLI runs the same function in the foreground.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+class Cancelled(Exception):
+    """Raised inside a job when the user asked it to stop."""
+
+
+@dataclass
+class JobContext:
+    job: "Job"
+
+    def progress(self, frac: float, message: str = "") -> None:
+        self.job._progress(frac, message)  # noqa: SLF001
+        self.check_cancel()
+
+    def log(self, **row: Any) -> None:
+        """Append one row of live metrics (e.g. per step or per epoch)."""
+        with self.job._lock:  # noqa: SLF001
+            self.job.rows.append({"t": time.time() - self.job.started, **row})
+
+    def set(self, **info: Any) -> None:
+        with self.job._lock:  # noqa: SLF001
+            self.job.info.update(info)
+
+    def check_cancel(self) -> None:
+        if self.job._cancel.is_set():  # noqa: SLF001
+            raise Cancelled()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.job._cancel.is_set()  # noqa: SLF001
+
+
+@dataclass
+class Job:
+    """One unit of background work. States: queued, running, done, failed, cancelled."""
+
+    fn: Callable[[JobContext], Any]
+    title: str = "job"
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    state: str = "queued"
+    fraction: float = 0.0
+    message: str = ""
+    result: Any = None
+    error: str = ""
+    error_detail: str = ""
+    started: float = 0.0
+    finished: float = 0.0
+    rows: list[dict] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _progress(self, frac: float, message: str) -> None:
+        with self._lock:
+            self.fraction = float(max(0.0, min(1.0, frac)))
+            if message:
+                self.message = message
+
+    def start(self) -> "Job":
+        self.started = time.time()
+        self.state = "running"
+        self._thread = threading.Thread(target=self._run, name=f"job-{self.id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def run_here(self) -> Any:
+        """Run in the calling thread (CLI, tests); errors propagate."""
+        self.started = time.time()
+        self.state = "running"
+        try:
+            self.result = self.fn(JobContext(self))
+            self.state = "done"
+            self.fraction = 1.0
+            return self.result
+        except Cancelled:
+            self.state = "cancelled"
+            raise
+        except Exception as exc:
+            self.state, self.error = "failed", _one_line(exc)
+            raise
+        finally:
+            self.finished = time.time()
+
+    def _run(self) -> None:
+        try:
+            self.result = self.fn(JobContext(self))
+            with self._lock:
+                self.state, self.fraction = "done", 1.0
+        except Cancelled:
+            with self._lock:
+                self.state = "cancelled"
+                self.message = "stopped by the user"
+        except Exception as exc:  # noqa: BLE001 - shown to the user as one line
+            with self._lock:
+                self.state = "failed"
+                self.error = _one_line(exc)
+                self.error_detail = traceback.format_exc()
+        finally:
+            self.finished = time.time()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def wait(self, timeout: float | None = None) -> "Job":
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("queued", "running")
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if self.state != "running" or self.fraction <= 0.01:
+            return None
+        el = time.time() - self.started
+        return el * (1 - self.fraction) / self.fraction
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "id": self.id, "title": self.title, "state": self.state, "fraction": self.fraction,
+                "message": self.message, "error": self.error, "eta": self.eta_seconds,
+                "elapsed": (self.finished or time.time()) - self.started if self.started else 0.0,
+                "rows": list(self.rows), "info": dict(self.info),
+            }
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {msg[0]}" if msg else type(exc).__name__
+
+
+class JobRegistry:
+    """Process-wide list of jobs so a page re-run finds the job it started."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[[JobContext], Any], title: str) -> Job:
+        job = Job(fn, title)
+        with self._lock:
+            self._jobs[job.id] = job
+        return job.start()
+
+    def get(self, job_id: str | None) -> Job | None:
+        if not job_id:
+            return None
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def all(self) -> list[Job]:
+        with self._lock:
+            return list(self._jobs.values())
+
+
+JOBS = JobRegistry()

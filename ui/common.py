@@ -1,0 +1,172 @@
+"""Shared Streamlit helpers for the pages: the experiment sidebar, errors, caching.
+
+Session-state keys (the only state the pages share):
+- ``model``: the model spec (``"default"``, a checkpoint path, or an ``upload:…`` key);
+- ``id_dataset``: the ID test set name (its ``:train`` split feeds training statistics);
+- ``ood_datasets``: list of OOD set names;
+- ``detector``: the detector shown on the Scores page;
+- ``params``: ``{detector: {knob: value}}``, the knob values the user set;
+- ``selection``: ``{"dataset": name, "index": i}`` a sample picked on any page (Saliency reads it).
+No torch here: everything goes through ``ood_core``.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import streamlit as st
+
+from ood_core import workbench as wb
+from ood_core.data import DEFAULT_OOD, get_spec, list_datasets
+from ood_core.experiment import Experiment
+from ood_core.metrics import MetricError
+
+DEFAULTS: dict[str, Any] = {
+    "model": "default",
+    "id_dataset": "mnist",
+    "ood_datasets": list(DEFAULT_OOD),
+    "detector": "energy",
+    "params": {},
+    "selection": None,
+}
+
+USER_ERRORS = wb.USER_ERRORS + (MetricError,)
+
+
+def init_state() -> None:
+    for k, v in DEFAULTS.items():
+        if k not in st.session_state:
+            st.session_state[k] = v if not isinstance(v, (list, dict)) else type(v)(v)
+
+
+@contextlib.contextmanager
+def guard(what: str = "") -> Iterator[None]:
+    """Show bad input as one ``st.error`` line and stop the page, never a traceback."""
+    try:
+        yield
+    except USER_ERRORS as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        st.error(f"{what + ': ' if what else ''}{msg}")
+        st.stop()
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _bundle(spec: str):
+    return wb.load_model(spec)
+
+
+def get_bundle(spec: str | None = None):
+    """The model for ``spec`` (session default), with a progress bar on first-launch training."""
+    spec = spec or st.session_state["model"]
+    if spec == "default":
+        from ood_core.models.checkpoints import default_model_path
+        if not default_model_path().exists():
+            bar = st.progress(0.0, "First launch: training the default model (about a minute on 2 cores)…")
+            with guard("loading the model"):
+                b = wb.load_model("default", lambda f, m: bar.progress(min(1.0, f), m))
+            bar.empty()
+            _bundle.clear()
+            return b
+    with guard("loading the model"):
+        return _bundle(spec)
+
+
+def extraction(bundle, name: str):
+    """Cached Extraction, with a spinner when the forward pass has to run."""
+    with guard(f"extracting {name}"), st.spinner(f"Forward pass on {name}…"):
+        return wb.get_extraction(bundle, name)
+
+
+def id_names() -> list[str]:
+    return [s.name for s in list_datasets() if s.role in ("id_test",)]
+
+
+def ood_names() -> list[str]:
+    return [s.name for s in list_datasets() if s.role in ("ood_test", "shifted_id", "ood_val")]
+
+
+@dataclass
+class Context:
+    model: str
+    bundle: Any
+    id_name: str
+    ood: list[str]
+
+
+def sidebar(select_ood: bool = True) -> Context:
+    """The experiment picker every page shows: model, ID set, OOD sets."""
+    init_state()
+    models = wb.list_models()
+    specs = [m["spec"] for m in models]
+    labels = {m["spec"]: m["label"] for m in models}
+    if st.session_state["model"] not in specs:
+        st.session_state["model"] = "default"
+    with st.sidebar:
+        st.subheader("Experiment")
+        st.selectbox("Model", specs, format_func=lambda s: labels.get(s, s), key="model")
+        ids = id_names()
+        if st.session_state["id_dataset"] not in ids:
+            st.session_state["id_dataset"] = ids[0]
+        st.selectbox("ID dataset", ids, key="id_dataset", help="its training split provides training statistics")
+        if select_ood:
+            opts = [n for n in ood_names() if n != st.session_state["id_dataset"]]
+            st.session_state["ood_datasets"] = [n for n in st.session_state["ood_datasets"] if n in opts]
+            st.multiselect("OOD datasets", opts, key="ood_datasets",
+                           format_func=lambda n: f"{n} ({get_spec(n).role.replace('_', ' ')})")
+    bundle = get_bundle()
+    return Context(st.session_state["model"], bundle, st.session_state["id_dataset"], list(st.session_state["ood_datasets"]))
+
+
+def current_experiment(detectors: list[str] | None = None) -> Experiment:
+    init_state()
+    dets = detectors or [st.session_state["detector"]]
+    params = {d: dict(st.session_state["params"].get(d, {})) for d in dets if st.session_state["params"].get(d)}
+    return Experiment(model=st.session_state["model"], id_dataset=st.session_state["id_dataset"],
+                      ood_datasets=list(st.session_state["ood_datasets"]), detectors=dets, params=params)
+
+
+def apply_experiment(exp: Experiment) -> None:
+    """Load an experiment JSON back into the session (contract 7)."""
+    st.session_state["model"] = exp.model
+    st.session_state["id_dataset"] = exp.id_dataset
+    st.session_state["ood_datasets"] = list(exp.ood_datasets)
+    if exp.detectors:
+        st.session_state["detector"] = exp.detectors[0]
+    st.session_state["params"] = {d: dict(v) for d, v in exp.params.items()}
+
+
+def knob_widgets(det, key_prefix: str, values: dict[str, Any] | None = None, container=None) -> dict[str, Any]:
+    """Widgets generated from a detector's declared knobs (contract 2)."""
+    import math
+
+    c = container or st
+    values = dict(values or {})
+    out: dict[str, Any] = {}
+    for k in det.knobs:
+        cur = values.get(k.name, k.default)
+        key = f"{key_prefix}.{det.name}.{k.name}"
+        if k.kind == "choice":
+            out[k.name] = c.selectbox(k.label or k.name, list(k.choices), index=list(k.choices).index(cur), key=key, help=k.help)
+        elif k.kind == "bool":
+            out[k.name] = c.checkbox(k.label or k.name, value=bool(cur), key=key, help=k.help)
+        elif k.scale == "log" and k.low and k.high:
+            # A log slider: the widget moves log10(value); the label shows the value.
+            lo, hi = math.log10(k.low), math.log10(k.high)
+            pos = c.slider(f"{k.label or k.name} (log scale)", lo, hi, float(math.log10(cur)), step=(hi - lo) / 200,
+                           key=key, help=k.help, format="%.2f")
+            v = float(f"{10 ** pos:.4g}")
+            c.caption(f"{k.name} = {v:g}")
+            out[k.name] = v
+        elif k.kind == "int":
+            hi = int(k.high) if k.high is not None else max(int(cur) * 10, 10)
+            out[k.name] = int(c.slider(k.label or k.name, int(k.low or 0), hi, int(cur), key=key, help=k.help))
+        else:
+            if k.high is not None and k.high >= 1e5:  # effectively unbounded: a number box, not a slider
+                out[k.name] = float(c.number_input(k.label or k.name, float(k.low or 0.0), float(k.high), float(cur),
+                                                   key=key, help=k.help, format="%.4g"))
+            else:
+                lo, hi = float(k.low if k.low is not None else 0.0), float(k.high if k.high is not None else 1.0)
+                out[k.name] = float(c.slider(k.label or k.name, lo, hi, float(cur), step=(hi - lo) / 200 or None,
+                                             key=key, help=k.help))
+    return out
