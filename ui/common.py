@@ -15,6 +15,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import numpy as np
 import streamlit as st
 
 from ood_core import workbench as wb
@@ -97,6 +98,7 @@ class Context:
 def sidebar(select_ood: bool = True) -> Context:
     """The experiment picker every page shows: model, ID set, OOD sets."""
     init_state()
+    _apply_pending()
     models = wb.list_models()
     specs = [m["spec"] for m in models]
     labels = {m["spec"]: m["label"] for m in models}
@@ -127,7 +129,20 @@ def current_experiment(detectors: list[str] | None = None) -> Experiment:
 
 
 def apply_experiment(exp: Experiment) -> None:
-    """Load an experiment JSON back into the session (contract 7)."""
+    """Load an experiment JSON back into the session (contract 7) on the next run.
+
+    Widget-bound keys cannot change after their widgets exist, so the experiment is
+    parked and applied by :func:`sidebar` before it draws anything.
+    """
+    st.session_state["_pending_experiment"] = exp.to_dict()
+    st.rerun()
+
+
+def _apply_pending() -> None:
+    d = st.session_state.pop("_pending_experiment", None)
+    if not d:
+        return
+    exp = Experiment.from_dict(d)
     st.session_state["model"] = exp.model
     st.session_state["id_dataset"] = exp.id_dataset
     st.session_state["ood_datasets"] = list(exp.ood_datasets)
@@ -138,8 +153,6 @@ def apply_experiment(exp: Experiment) -> None:
 
 def knob_widgets(det, key_prefix: str, values: dict[str, Any] | None = None, container=None) -> dict[str, Any]:
     """Widgets generated from a detector's declared knobs (contract 2)."""
-    import math
-
     c = container or st
     values = dict(values or {})
     out: dict[str, Any] = {}
@@ -151,13 +164,11 @@ def knob_widgets(det, key_prefix: str, values: dict[str, Any] | None = None, con
         elif k.kind == "bool":
             out[k.name] = c.checkbox(k.label or k.name, value=bool(cur), key=key, help=k.help)
         elif k.scale == "log" and k.low and k.high:
-            # A log slider: the widget moves log10(value); the label shows the value.
-            lo, hi = math.log10(k.low), math.log10(k.high)
-            pos = c.slider(f"{k.label or k.name} (log scale)", lo, hi, float(math.log10(cur)), step=(hi - lo) / 200,
-                           key=key, help=k.help, format="%.2f")
-            v = float(f"{10 ** pos:.4g}")
-            c.caption(f"{k.name} = {v:g}")
-            out[k.name] = v
+            # Log-spaced stops that show the real value; the current value is always one of them.
+            nice = [m * 10.0 ** e for e in range(-6, 7) for m in (1, 2, 5) if k.low <= m * 10.0 ** e <= k.high]
+            stops = sorted({float(f"{v:.3g}") for v in np.geomspace(k.low, k.high, 61)} | set(nice) | {float(cur)})
+            out[k.name] = float(c.select_slider(f"{k.label or k.name} (log scale)", stops, value=float(cur), key=key,
+                                                help=k.help, format_func=lambda v: f"{v:g}"))
         elif k.kind == "int":
             hi = int(k.high) if k.high is not None else max(int(cur) * 10, 10)
             out[k.name] = int(c.slider(k.label or k.name, int(k.low or 0), hi, int(cur), key=key, help=k.help))
@@ -170,3 +181,44 @@ def knob_widgets(det, key_prefix: str, values: dict[str, Any] | None = None, con
                 out[k.name] = float(c.slider(k.label or k.name, lo, hi, float(cur), step=(hi - lo) / 200 or None,
                                              key=key, help=k.help))
     return out
+
+
+def run_as_job(key: str, fn, title: str):
+    """Run ``fn(ctx)`` as a background job keyed by ``key``; show progress and a Cancel button.
+
+    Returns the job's result once done; while it runs the page re-renders every half
+    second (the rest of the page above stays usable) and stops here.
+    """
+    import time
+
+    from ood_core.jobs import JOBS
+
+    jobs = st.session_state.setdefault("_jobs", {})
+    job = JOBS.get(jobs.get(key))
+    if job is None:
+        job = JOBS.submit(fn, title)
+        jobs[key] = job.id
+    if job.active:
+        snap = job.snapshot()
+        eta = f", about {snap['eta']:.0f}s left" if snap["eta"] else ""
+        st.progress(snap["fraction"], f"{title}: {snap['message'] or 'starting'}{eta}")
+        if st.button("Cancel", key=f"cancel-{key}"):
+            job.cancel()
+        time.sleep(0.5)
+        st.rerun()
+    if job.state == "failed":
+        jobs.pop(key, None)
+        st.error(f"{title} failed: {job.error}")
+        st.stop()
+    if job.state == "cancelled":
+        jobs.pop(key, None)
+        st.warning(f"{title} was cancelled; change a setting or reload to run it again.")
+        st.stop()
+    return job.result
+
+
+def detector_label(name: str) -> str:
+    from ood_core.detectors import get_detector
+
+    d = get_detector(name)
+    return f"{name}: {d.title or name}"

@@ -1,0 +1,176 @@
+"""Scores: one detector, its knobs, ID vs OOD distributions, ROC/PR, a live threshold."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from ood_core import metrics
+from ood_core import workbench as wb
+from ood_core.data import get_dataset
+from ood_core.detectors import detector_names, get_detector
+from ood_core.figures.scores import pr_figure, roc_figure, score_histogram
+from ui import common
+from ui.export import figure_downloads, table_downloads
+
+st.set_page_config(page_title="Scores · OOD workbench", layout="wide")
+ctx = common.sidebar()
+st.title("Scores")
+st.caption("Pick a detector, move its knobs, and watch the separation of ID and OOD scores change. "
+           "Every score is oriented higher = more in-distribution.")
+
+if not ctx.ood:
+    st.info("Choose at least one OOD dataset in the sidebar.")
+    st.stop()
+
+id_ext = common.extraction(ctx.bundle, ctx.id_name)
+
+# --- detector and knobs --------------------------------------------------------
+names = detector_names()
+reasons = {n: get_detector(n).unavailable_reason(id_ext) for n in names}
+if st.session_state["detector"] not in names:
+    st.session_state["detector"] = "energy"
+left, right = st.columns([1, 3])
+with left:
+    det_name = st.selectbox(
+        "Detector", names, key="detector",
+        format_func=lambda n: f"{n}" + ("  (unavailable)" if reasons[n] else ""),
+    )
+    if reasons[det_name]:
+        st.warning(reasons[det_name])
+        st.stop()
+    with common.guard(f"fitting {det_name}"), st.spinner(f"Fitting {det_name} on the ID training split…"):
+        det = wb.fitted_detector(det_name, ctx.bundle, ctx.id_name)
+    st.caption(det.describe())
+    if det.help:
+        st.caption(det.help)
+    saved = st.session_state["params"].get(det_name, {})
+    knobs = common.knob_widgets(det, "scores", saved)
+    with common.guard(det_name):
+        knobs = det.resolve(knobs)
+    st.session_state["params"][det_name] = knobs
+    derived = det.derived(**knobs)
+    for k, v in derived.items():
+        st.caption(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
+
+# --- scores --------------------------------------------------------------------
+def _score_all() -> dict[str, np.ndarray]:
+    out = {ctx.id_name: wb.score(ctx.bundle, det, ctx.id_name, ctx.id_name, knobs)}
+    for name in ctx.ood:
+        out[name] = wb.score(ctx.bundle, det, name, ctx.id_name, knobs)
+    return out
+
+
+with common.guard(f"scoring with {det_name}"):
+    if det.needs_model and not all(wb.is_cached(ctx.bundle, det, n, knobs) for n in [ctx.id_name, *ctx.ood]):
+        key = f"scores:{ctx.bundle.fingerprint}:{det_name}:{sorted(knobs.items())}:{ctx.id_name}:{ctx.ood}"
+        def _job(jc, _b=ctx.bundle, _d=det, _k=knobs, _sets=[ctx.id_name, *ctx.ood], _id=ctx.id_name):
+            res = {}
+            for i, n in enumerate(_sets):
+                jc.progress(i / len(_sets), f"{n}")
+                res[n] = wb.score(_b, _d, n, _id, _k, progress=lambda f, m, i=i: jc.progress((i + f) / len(_sets), m))
+            return res
+        with right:
+            scores = common.run_as_job(key, _job, f"{det_name} on {1 + len(ctx.ood)} datasets")
+    else:
+        scores = _score_all()
+    id_scores = scores[ctx.id_name]
+    ood_scores = {n: scores[n] for n in ctx.ood}
+    table = metrics.metrics_table(id_scores, ood_scores)
+
+with right:
+    acc = id_ext.accuracy
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("ID accuracy", f"{100 * acc:.2f}%" if np.isfinite(acc) else "n/a")
+    mean_row = table.iloc[-1]
+    c2.metric("AUROC (mean)", f"{100 * mean_row['auroc']:.2f}")
+    c3.metric("FPR@95TPR (mean)", f"{100 * mean_row['fpr95']:.2f}")
+    c4.metric("AUPR-In (mean)", f"{100 * mean_row['aupr_in']:.2f}")
+    diag = det.diagnostics(id_ext, **knobs)
+    for k, v in diag.items():
+        if v:
+            st.warning(f"{k} in the ID test set: {v}. The score's order reverses for them.")
+    show = table.rename(columns={"ood_dataset": "OOD set", "n_ood": "n", "auroc": "AUROC %", "fpr95": "FPR95 %",
+                                 "aupr_in": "AUPR-In %", "aupr_out": "AUPR-Out %"})
+    for c in ["AUROC %", "FPR95 %", "AUPR-In %", "AUPR-Out %"]:
+        show[c] = (100 * show[c]).round(2)
+    st.subheader("Metrics")
+    st.dataframe(show, hide_index=True, width="stretch", key="metrics_table")
+    table_downloads(show, f"metrics_{det_name}", key="metrics")
+
+# --- threshold -----------------------------------------------------------------
+st.subheader("Threshold")
+t95 = metrics.threshold_at_tpr(id_scores, 0.95)
+allv = np.concatenate([id_scores] + list(ood_scores.values()))
+lo, hi = float(np.min(allv)), float(np.max(allv))
+tc1, tc2 = st.columns([3, 1])
+with tc2:
+    mode = st.radio("Set the threshold by", ["ID kept (TPR)", "score value"], key="thr_mode")
+    focus = st.selectbox("OOD set for counts", ctx.ood, key="thr_focus")
+with tc1:
+    if mode == "ID kept (TPR)":
+        tpr_target = st.slider("Keep this fraction of ID samples", 0.50, 1.00, 0.95, 0.005, key="thr_tpr")
+        thr = metrics.threshold_at_tpr(id_scores, tpr_target)
+    else:
+        span = hi - lo if hi > lo else 1.0
+        thr = st.slider("Score threshold (score ≥ threshold → called ID)", lo, hi, float(np.clip(t95, lo, hi)),
+                        span / 500, key="thr_value", format="%.4g")
+    stats = metrics.at_threshold(id_scores, ood_scores[focus], thr)
+    m1, m2, m3, m4, m5 = st.columns(5)
+    m1.metric("threshold", f"{thr:.4g}")
+    m2.metric("TPR (ID kept)", f"{100 * stats.tpr:.1f}%")
+    m3.metric(f"FPR ({focus} called ID)", f"{100 * stats.fpr:.1f}%")
+    m4.metric("ID called OOD", f"{stats.id_below} / {stats.id_above + stats.id_below}")
+    m5.metric(f"{focus} called ID", f"{stats.ood_above} / {stats.ood_above + stats.ood_below}")
+
+g1, g2 = st.columns(2)
+with g1:
+    log_y = st.checkbox("log y-axis", key="hist_log")
+    hist = score_histogram(id_scores, ood_scores, thr, id_name=ctx.id_name, log_y=log_y,
+                           title=f"{det_name} scores (higher = more ID)")
+    st.plotly_chart(hist, width="stretch", key="hist")
+    figure_downloads(hist, f"histogram_{det_name}", key="hist")
+with g2:
+    tab_roc, tab_pr = st.tabs(["ROC", "PR"])
+    with tab_roc:
+        rocf = roc_figure(id_scores, ood_scores, thr)
+        st.plotly_chart(rocf, width="stretch", key="roc")
+        figure_downloads(rocf, f"roc_{det_name}", key="roc")
+    with tab_pr:
+        prf = pr_figure(id_scores, ood_scores)
+        st.plotly_chart(prf, width="stretch", key="pr")
+        figure_downloads(prf, f"pr_{det_name}", key="pr")
+
+# --- the misses ----------------------------------------------------------------
+with st.expander("Mistakes at this threshold: OOD samples called ID, ID samples called OOD"):
+    kind = st.radio("Show", [f"{focus} called ID (highest scores)", "ID called OOD (lowest scores)"],
+                    horizontal=True, key="miss_kind")
+    if kind.startswith(focus):
+        ds_name, s = focus, ood_scores[focus]
+        idx = np.argsort(-s)
+        idx = idx[s[idx] >= thr][:12]
+    else:
+        ds_name, s = ctx.id_name, id_scores
+        idx = np.argsort(s)
+        idx = idx[s[idx] < thr][:12]
+    if len(idx) == 0:
+        st.write("None at this threshold.")
+    else:
+        ds = get_dataset(ds_name)
+        ext = common.extraction(ctx.bundle, ds_name)
+        cols = st.columns(6)
+        for j, i in enumerate(idx):
+            with cols[j % 6]:
+                st.image(ds.images[i], width=84, clamp=True,
+                         caption=f"#{int(ds.sample_ids[i])} score {s[i]:.3g} pred {int(ext.preds[i])}")
+                if st.button("Saliency →", key=f"sal-{ds_name}-{i}"):
+                    st.session_state["selection"] = {"dataset": ds_name, "index": int(i)}
+                    st.switch_page("pages/5_Saliency.py")
+
+with st.expander("Reproduce"):
+    exp = common.current_experiment([det_name])
+    st.code(exp.to_json(), language="json")
+    st.download_button("Experiment JSON", exp.to_json(), "experiment.json", "application/json", key="dl-exp")
+    cli = (f"python -m ood_core evaluate --model {exp.model} --id {exp.id_dataset} --ood {','.join(exp.ood_datasets)} "
+           f"--detectors {det_name} " + " ".join(f"--param {det_name}.{k}={v}" for k, v in knobs.items()) + " --json")
+    st.code(cli, language="bash")
