@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from ood_core import cache
+
+
+def test_key_is_stable_and_sensitive():
+    a = cache.make_key("x", model="m", data={"b": 1, "a": 2.0})
+    assert a == cache.make_key("x", data={"a": 2.0, "b": 1}, model="m")
+    assert a != cache.make_key("x", model="m", data={"a": 2.0, "b": 2})
+    assert a != cache.make_key("y", model="m", data={"a": 2.0, "b": 1})
+
+
+def test_roundtrip_and_compute_once(tmp_cache):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"a": np.arange(5000, dtype=np.float32), "b": np.array("name")}
+
+    k = cache.make_key("t", n=1)
+    first = cache.cached_arrays(k, compute)
+    second = cache.cached_arrays(k, compute)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(first["a"], second["a"])
+    assert str(second["b"]) == "name"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_corrupt_entry_is_dropped_and_recomputed(tmp_cache, damage):
+    k = cache.make_key("t", damage=damage)
+    cache.put_arrays(k, {"a": np.ones(10000, np.float32)})
+    path = cache.value_path(k)
+    assert path is not None and path.exists()
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        path.write_bytes(data[:-10] + bytes(10))
+    else:
+        path.unlink()
+    assert cache.get_arrays(k) is None  # detected, dropped
+    out = cache.cached_arrays(k, lambda: {"a": np.zeros(3)})
+    np.testing.assert_array_equal(out["a"], np.zeros(3))
+
+
+def test_missing_cache_folder_is_recreated(tmp_cache):
+    import shutil
+    k = cache.make_key("t", x=1)
+    cache.put_arrays(k, {"a": np.ones(3)})
+    shutil.rmtree(tmp_cache)
+    cache.reset()
+    assert cache.get_arrays(k) is None
+    cache.put_arrays(k, {"a": np.ones(3)})
+    assert cache.has(k)
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path):
+    p = tmp_path / "d" / "f.bin"
+    cache.atomic_write_bytes(p, b"abc")
+    cache.atomic_write_bytes(p, b"defg")
+    assert p.read_bytes() == b"defg"
+    assert [x.name for x in p.parent.iterdir()] == ["f.bin"]
