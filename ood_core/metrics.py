@@ -196,3 +196,23 @@ def bootstrap_draws(id_scores: np.ndarray, ood_scores: np.ndarray, n_boot: int =
         below_t = cb[np.searchsorted(bs, t, side="left"), np.arange(n_boot)]
         out["fpr95"] = (b.size - below_t) / b.size
     return out
+
+
+def metrics_table(id_scores: np.ndarray, ood_scores: dict[str, np.ndarray], percent: bool = False):
+    """One row per OOD set plus their mean: the table every page shows.
+
+    Returns a pandas DataFrame with columns ood_dataset, n_ood, auroc, fpr95, aupr_in, aupr_out.
+    """
+    import pandas as pd
+
+    rows = []
+    for name, s in ood_scores.items():
+        m = ood_metrics(id_scores, s)
+        rows.append({"ood_dataset": name, "n_ood": int(np.asarray(s).size), **m})
+    df = pd.DataFrame(rows, columns=["ood_dataset", "n_ood", *METRICS])
+    if len(df) > 1:
+        mean = {"ood_dataset": "mean", "n_ood": int(df["n_ood"].sum()), **{k: float(df[k].mean()) for k in METRICS}}
+        df = pd.concat([df, pd.DataFrame([mean])], ignore_index=True)
+    if percent:
+        df[list(METRICS)] = df[list(METRICS)] * 100.0
+    return df
