@@ -261,3 +261,4 @@ def state_dict_bytes(model: nn.Module) -> bytes:
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     return buf.getvalue()
+from . import archs  # noqa: E402,F401  (registers torchvision and CIFAR architectures)

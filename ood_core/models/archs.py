@@ -1,0 +1,128 @@
+"""Architectures a ``state_dict`` can be loaded into, each with its default preprocessing.
+
+torchvision's classification models are built with ``weights=None`` (no download) and
+the requested class count; a CIFAR-style ResNet-18 (3x3 stem, no max-pool, the network
+most CIFAR OOD papers use) is torchvision's ResNet-18 with that stem, so its weights
+share torchvision's key names. ``STATE_KEY_ALIASES`` maps the other common spellings
+(kuangliu/pytorch-cifar's ``shortcut``/``linear``, OpenOOD's ``shortcut``) onto them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from . import ARCHITECTURES, Preprocess
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+MNIST_MEAN = (0.1307,)
+MNIST_STD = (0.3081,)
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    """What the pickers show and the preprocessing a fresh load starts from."""
+
+    label: str
+    input_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channels: int = 3
+    fixed_size: bool = False  # the model only accepts this input size (ViT)
+    big: bool = False  # over ~100 M parameters: slow to build and to test on a CPU
+
+    def preprocess(self, channels: int | None = None) -> Preprocess:
+        c = channels or self.channels
+        mean, std = self.mean, self.std
+        if c != len(mean):  # a 1-channel variant of an RGB model: average the statistics
+            mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+        return Preprocess(self.input_size, c, mean, std)
+
+
+ARCH_INFO: dict[str, ArchInfo] = {
+    "small_cnn": ArchInfo("the workbench's small CNN (MNIST-sized input)", (28, 28), MNIST_MEAN, MNIST_STD, 1),
+}
+
+
+def _first_conv_to(model: nn.Module, in_channels: int) -> nn.Module:
+    """Swap the stem convolution for one with ``in_channels`` inputs (e.g. grayscale ResNets)."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Conv2d):
+            if mod.in_channels == in_channels:
+                return model
+            new = nn.Conv2d(in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
+                            mod.dilation, mod.groups, mod.bias is not None, mod.padding_mode)
+            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+            setattr(parent, name.rpartition(".")[2], new)
+            return model
+    return model
+
+
+def _torchvision(fn_name: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
+        import torchvision.models as tvm
+
+        model = getattr(tvm, fn_name)(weights=None, num_classes=num_classes)
+        return _first_conv_to(model, in_channels)
+
+    build.__name__ = f"build_{fn_name}"
+    return build
+
+
+def resnet18_cifar(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """ResNet-18 for 32x32 inputs: 3x3 stride-1 stem and no max-pool (He et al.'s CIFAR variant)."""
+    import torchvision.models as tvm
+
+    model = tvm.resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+_TORCHVISION = {
+    "resnet18": ("torchvision ResNet-18", False),
+    "resnet34": ("torchvision ResNet-34", False),
+    "resnet50": ("torchvision ResNet-50", False),
+    "resnet101": ("torchvision ResNet-101", False),
+    "wide_resnet50_2": ("torchvision Wide ResNet-50-2", False),
+    "vgg11_bn": ("torchvision VGG-11 with batch norm", True),
+    "vgg16_bn": ("torchvision VGG-16 with batch norm", True),
+    "mobilenet_v2": ("torchvision MobileNetV2", False),
+    "mobilenet_v3_small": ("torchvision MobileNetV3-Small", False),
+    "mobilenet_v3_large": ("torchvision MobileNetV3-Large", False),
+    "densenet121": ("torchvision DenseNet-121", False),
+    "efficientnet_b0": ("torchvision EfficientNet-B0", False),
+    "convnext_tiny": ("torchvision ConvNeXt-Tiny", False),
+    "regnet_y_400mf": ("torchvision RegNetY-400MF", False),
+    "shufflenet_v2_x1_0": ("torchvision ShuffleNetV2 x1.0", False),
+    "vit_b_16": ("torchvision ViT-B/16 (224x224 only)", True),
+}
+
+for _name, (_label, _big) in _TORCHVISION.items():
+    ARCHITECTURES[_name] = _torchvision(_name)
+    ARCH_INFO[_name] = ArchInfo(_label, (224, 224), IMAGENET_MEAN, IMAGENET_STD, 3,
+                                fixed_size=_name.startswith("vit"), big=_big)
+
+ARCHITECTURES["resnet18_cifar"] = resnet18_cifar
+ARCH_INFO["resnet18_cifar"] = ArchInfo("CIFAR-style ResNet-18 (3x3 stem, no max-pool, 32x32)", (32, 32),
+                                       CIFAR_MEAN, CIFAR_STD, 3)
+
+# Other spellings of the same weights, tried when a state_dict's keys do not match:
+# (substring in the file's key, replacement in ours).
+STATE_KEY_ALIASES: dict[str, list[tuple[str, str]]] = {
+    "resnet18_cifar": [(".shortcut.", ".downsample."), ("linear.", "fc.")],
+}
+
+
+def arch_info(arch: str) -> ArchInfo:
+    """Defaults for ``arch``; unknown (user-registered) architectures get CIFAR-like ones."""
+    return ARCH_INFO.get(arch, ArchInfo(arch, (32, 32), CIFAR_MEAN, CIFAR_STD, 3))
+
+
+def list_architectures() -> list[tuple[str, str]]:
+    """``(name, label)`` of every architecture a state_dict can be loaded into."""
+    return [(n, arch_info(n).label) for n in ARCHITECTURES]
