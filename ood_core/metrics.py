@@ -181,9 +181,13 @@ def bootstrap_draws(id_scores: np.ndarray, ood_scores: np.ndarray, n_boot: int =
     np.cumsum(wb[ob], axis=0, out=cb[1:])  # cb[j] = resampled weight of the j smallest OOD scores
     out: dict[str, np.ndarray] = {}
     if "auroc" in metrics:
-        below_or_half = cb[np.searchsorted(bs, a, side="left")]
-        below_or_half += cb[np.searchsorted(bs, a, side="right")]
-        out["auroc"] = np.einsum("ij,ij->j", wa, below_or_half) / (2.0 * a.size * b.size)
+        lt, le = np.searchsorted(bs, a, side="left"), np.searchsorted(bs, a, side="right")
+        if np.array_equal(lt, le):  # no ID score equals an OOD score: one lookup instead of two
+            out["auroc"] = np.einsum("ij,ij->j", wa, cb[lt]) / (a.size * b.size)
+        else:
+            two_below_or_tied = cb[lt]
+            two_below_or_tied += cb[le]
+            out["auroc"] = np.einsum("ij,ij->j", wa, two_below_or_tied) / (2.0 * a.size * b.size)
     if "fpr95" in metrics:
         oa = np.argsort(a, kind="stable")
         as_, wa_s = a[oa], wa[oa]
