@@ -44,6 +44,13 @@ class Extraction:
         self.head_bias = np.asarray(self.head_bias, np.float32)
         if self.sample_ids is None:
             self.sample_ids = np.arange(n, dtype=np.int64)
+        self._memo: dict = {}
+
+    def memo(self, key: str, compute):
+        """Knob-independent derived arrays (norms, sorted values), computed once per object."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def __len__(self) -> int:
         return len(self.logits)

@@ -8,6 +8,7 @@ through the same ``score`` call and are cached on disk per setting.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -67,10 +68,27 @@ def register_model(bundle: ModelBundle, key: str) -> None:
         _models[key] = bundle
 
 
+_extractions: "OrderedDict[tuple, Extraction]" = OrderedDict()
+_MAX_EXTRACTIONS = 64
+
+
 def get_extraction(bundle: ModelBundle, dataset: str | ImageDataset, progress: Progress | None = None,
                    device: str | None = None) -> Extraction:
+    """The cached Extraction of ``dataset``; the same object is reused within a process so
+    per-extraction memos (sorted values, norms) survive a slider move."""
     ds = get_dataset(dataset) if isinstance(dataset, str) else dataset
-    return extract(bundle, ds, device=device, progress=progress)
+    key = (bundle.fingerprint, bundle.head_name, ds.fingerprint, ds.name, str(bundle.preprocess.to_dict()))
+    with _lock:
+        hit = _extractions.get(key)
+        if hit is not None:
+            _extractions.move_to_end(key)
+            return hit
+    ext = extract(bundle, ds, device=device, progress=progress)
+    with _lock:
+        _extractions[key] = ext
+        while len(_extractions) > _MAX_EXTRACTIONS:
+            _extractions.popitem(last=False)
+    return ext
 
 
 def check_compatible(bundle: ModelBundle, ds: ImageDataset) -> None:
