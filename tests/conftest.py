@@ -26,12 +26,17 @@ def tmp_cache(tmp_path, monkeypatch):
 
 
 def make_extraction(n: int = 200, d: int = 16, c: int = 5, seed: int = 0, shift: float = 0.0,
-                    nonneg: bool = True, name: str = "synthetic") -> Extraction:
-    """A random but structured Extraction: ReLU features, a linear head, labels from argmax."""
-    rng = np.random.default_rng(seed)
-    W = rng.normal(0, 0.5, (c, d)).astype(np.float32)
-    b = rng.normal(0, 0.1, c).astype(np.float32)
-    centers = rng.normal(0, 1.5, (c, d))
+                    nonneg: bool = True, name: str = "synthetic", head_seed: int = 0) -> Extraction:
+    """A random but structured Extraction: class-clustered (ReLU) features and a linear head.
+
+    The head and the class centres depend on ``head_seed`` only, so extractions made with
+    different ``seed`` behave like splits of one model's data; ``shift`` moves features away.
+    """
+    hrng = np.random.default_rng(head_seed)
+    W = hrng.normal(0, 0.5, (c, d)).astype(np.float32)
+    b = hrng.normal(0, 0.1, c).astype(np.float32)
+    centers = hrng.normal(0, 1.5, (c, d))
+    rng = np.random.default_rng(seed + 1000)
     y = rng.integers(0, c, n)
     h = centers[y] + rng.normal(0, 1.0, (n, d)) + shift
     if nonneg:
@@ -39,15 +44,6 @@ def make_extraction(n: int = 200, d: int = 16, c: int = 5, seed: int = 0, shift:
     h = h.astype(np.float32)
     logits = h @ W.T + b
     return Extraction(logits, h, y, W, b, name)
-
-
-@pytest.fixture()
-def synthetic():
-    """(train, id_test, ood_test) extractions sharing one head."""
-    rng_head = make_extraction(seed=0)
-    train = make_extraction(400, seed=1)
-    train.head_weight, train.head_bias = rng_head.head_weight, rng_head.head_bias
-    return train
 
 
 @pytest.fixture(scope="session")

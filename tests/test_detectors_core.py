@@ -10,11 +10,7 @@ from tests.conftest import make_extraction
 
 @pytest.fixture()
 def data():
-    train = make_extraction(300, seed=1)
-    test = make_extraction(100, seed=2)
-    test.head_weight, test.head_bias = train.head_weight, train.head_bias
-    test.logits = (test.features @ train.head_weight.T + train.head_bias).astype(np.float32)
-    return train, test
+    return make_extraction(300, seed=1), make_extraction(100, seed=2)
 
 
 @pytest.mark.parametrize("T", [0.5, 1.0, 7.0])
