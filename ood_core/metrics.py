@@ -202,17 +202,64 @@ def bootstrap_draws(id_scores: np.ndarray, ood_scores: np.ndarray, n_boot: int =
     return out
 
 
+class SortedScores:
+    """One set of scores sorted once, so every OOD set is compared by binary search.
+
+    Hand-written because scikit-learn re-sorts and re-validates the concatenated scores on
+    every call (three calls per OOD set per slider move); the results equal
+    ``roc_auc_score`` / ``average_precision_score`` (tests check it to 1e-12).
+    """
+
+    def __init__(self, scores):
+        self.values = np.sort(np.asarray(scores, np.float64).ravel())
+        self.uniq, self.counts = np.unique(self.values, return_counts=True)
+
+    def __len__(self):
+        return self.values.size
+
+    def count_ge(self, t):
+        return self.values.size - np.searchsorted(self.values, t, side="left")
+
+    def count_gt(self, t):
+        return self.values.size - np.searchsorted(self.values, t, side="right")
+
+    def count_le(self, t):
+        return np.searchsorted(self.values, t, side="right")
+
+
+def fast_ood_metrics(A: "SortedScores", B: "SortedScores") -> dict[str, float]:
+    """The four metrics of :func:`ood_metrics` from pre-sorted scores (the slider's hot path)."""
+    na, nb = len(A), len(B)
+    # AUROC = P(ID > OOD) + 0.5 P(ID = OOD): over distinct OOD values with their counts.
+    gt = A.count_gt(B.uniq)
+    eq = A.count_le(B.uniq) - (na - A.count_ge(B.uniq))  # #ID <= b minus #ID < b
+    auroc = float(((gt + 0.5 * eq) * B.counts).sum() / (na * nb))
+    # AUPR-In: thresholds at distinct ID values, descending; TP = #ID >= a, FP = #OOD >= a.
+    tp = A.count_ge(A.uniq)
+    fp = B.count_ge(A.uniq)
+    aupr_in = float((A.counts / na * tp / (tp + fp)).sum())
+    # AUPR-Out: OOD positive on negated scores: thresholds at distinct OOD values; TP = #OOD <= b, FP = #ID <= b.
+    tpo = B.count_le(B.uniq)
+    fpo = A.count_le(B.uniq)
+    aupr_out = float((B.counts / nb * tpo / (tpo + fpo)).sum())
+    t = np.percentile(A.values, 5.0)
+    fpr95 = float(B.count_ge(t) / nb)
+    return {"auroc": auroc, "fpr95": fpr95, "aupr_in": aupr_in, "aupr_out": aupr_out}
+
+
 def metrics_table(id_scores: np.ndarray, ood_scores: dict[str, np.ndarray], percent: bool = False):
     """One row per OOD set plus their mean: the table every page shows.
 
     Returns a pandas DataFrame with columns ood_dataset, n_ood, auroc, fpr95, aupr_in, aupr_out.
+    The ID scores are sorted once and shared by every OOD set (:class:`SortedScores`).
     """
     import pandas as pd
 
+    a = SortedScores(_check(id_scores, [0.0])[0])
     rows = []
     for name, s in ood_scores.items():
-        m = ood_metrics(id_scores, s)
-        rows.append({"ood_dataset": name, "n_ood": int(np.asarray(s).size), **m})
+        _, b = _check(id_scores, s)
+        rows.append({"ood_dataset": name, "n_ood": int(b.size), **fast_ood_metrics(a, SortedScores(b))})
     df = pd.DataFrame(rows, columns=["ood_dataset", "n_ood", *METRICS])
     if len(df) > 1:
         mean = {"ood_dataset": "mean", "n_ood": int(df["n_ood"].sum()), **{k: float(df[k].mean()) for k in METRICS}}

@@ -88,3 +88,23 @@ def test_id_accuracy_ignores_unknown_labels():
     logits = np.array([[1, 0], [0, 1], [1, 0]], float)
     assert metrics.id_accuracy(logits, np.array([0, 0, -1])) == 0.5
     assert np.isnan(metrics.id_accuracy(logits, np.array([-1, -1, -1])))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_sorted_fast_path_equals_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    n, m = rng.integers(1, 400, 2)
+    a, b = rng.normal(1, 1, n), rng.normal(0, 1, m)
+    if seed % 2:
+        a, b = np.round(a), np.round(b)  # heavy ties
+    fast = metrics.fast_ood_metrics(metrics.SortedScores(a), metrics.SortedScores(b))
+    ref = metrics.ood_metrics(a, b)
+    for k in metrics.METRICS:
+        assert fast[k] == pytest.approx(ref[k], abs=1e-12), k
+
+
+def test_metrics_table_equals_per_set_sklearn():
+    a, b = _rand(ties=True)
+    df = metrics.metrics_table(a, {"x": b})
+    for k in metrics.METRICS:
+        assert df.loc[0, k] == pytest.approx(metrics.ood_metrics(a, b)[k], abs=1e-12)
