@@ -221,23 +221,36 @@ def detector_classes() -> dict[str, type[Detector]]:
 
 # --- shared numeric helpers (pure functions on arrays) --------------------------
 
-def logsumexp(z: np.ndarray, axis: int = 1) -> np.ndarray:
-    """Stable log-sum-exp in float64."""
-    z = np.asarray(z, np.float64)
-    m = z.max(axis=axis, keepdims=True)
-    return (m + np.log(np.exp(z - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+def _shifted_exp(z: np.ndarray, T: float, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(m, e, s)``: row max ``m`` of ``z/T``, ``e = exp(z/T − m)`` and ``s = Σ e``, in float64."""
+    zt = np.asarray(z, np.float64)
+    zt = zt / T if T != 1.0 else zt
+    m = zt.max(axis=axis, keepdims=True)
+    e = np.exp(zt - m)
+    return m, e, e.sum(axis=axis, keepdims=True)
+
+
+def logsumexp(z: np.ndarray, axis: int = 1, T: float = 1.0) -> np.ndarray:
+    """Stable ``LSE(z/T)`` along ``axis``."""
+    m, _, s = _shifted_exp(z, T, axis)
+    return (m + np.log(s)).squeeze(axis)
 
 
 def softmax(z: np.ndarray, T: float = 1.0) -> np.ndarray:
-    z = np.asarray(z, np.float64) / T
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    """``softmax(z/T)`` along axis 1 (float64 output)."""
+    _, e, s = _shifted_exp(z, T, 1)
+    return e / s
+
+
+def max_softmax(z: np.ndarray, T: float = 1.0) -> np.ndarray:
+    """``max_i softmax(z/T)_i`` = ``1 / Σ exp(z/T − max)``: no full softmax needed."""
+    _, _, s = _shifted_exp(z, T, 1)
+    return 1.0 / s[:, 0]
 
 
 def energy(logits: np.ndarray, T: float = 1.0) -> np.ndarray:
     """Negative free energy ``T * LSE(f/T)`` (higher = more ID)."""
-    return T * logsumexp(np.asarray(logits, np.float64) / T)
+    return T * logsumexp(logits, T=T)
 
 
 def head_logits(features: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -88,5 +88,5 @@ class RG(_ClipFromTraining):
         return rg_score(ext.logits, ext.features, self.clip_value(k_mode, q, k), T)
 
     def diagnostics(self, ext: Extraction, T: float = 1.0, **_: Any) -> dict[str, Any]:
-        n_neg = int((logsumexp(ext.logits / T) <= 0).sum())
+        n_neg = int((logsumexp(ext.logits, T=T) <= 0).sum())
         return {"samples with LSE(f/T) ≤ 0": n_neg}

@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..extract import Extraction
-from .base import Detector, Knob, Paper, energy, register, softmax
+from .base import Detector, Knob, Paper, energy, max_softmax, register
 
 
 def msp_score(logits: np.ndarray, T: float = 1.0) -> np.ndarray:
     """``max_i softmax(f/T)_i``."""
-    return softmax(logits, T).max(axis=1)
+    return max_softmax(logits, T)
 
 
 @register
