@@ -16,14 +16,15 @@ def gradnorm_u(logits: np.ndarray, T: float = 1.0) -> np.ndarray:
     return np.abs(p - 1.0 / p.shape[1]).sum(axis=1)
 
 
-def gradnorm_closed_form(logits: np.ndarray, features: np.ndarray, T: float = 1.0, include_bias: bool = False) -> np.ndarray:
+def gradnorm_closed_form(logits: np.ndarray, features: np.ndarray, T: float = 1.0, include_bias: bool = False,
+                         feature_l1: np.ndarray | None = None) -> np.ndarray:
     """``‖∂L/∂W‖_1 (+ ‖∂L/∂b‖_1)`` for ``L = KL(u ‖ softmax(f/T))``.
 
     ``∂L/∂f = (p − u)/T`` so ``∂L/∂W = (p − u) hᵀ / T`` and its L1 norm factorises as
     ``(1/T)·Σ_i |p_i − 1/C| · Σ_j |h_j|``; the bias adds ``(1/T)·Σ_i |p_i − 1/C|``.
     """
     u = gradnorm_u(logits, T)
-    v = np.abs(np.asarray(features, np.float64)).sum(axis=1)
+    v = feature_l1 if feature_l1 is not None else np.abs(np.asarray(features, np.float64)).sum(axis=1)
     if include_bias:
         v = v + 1.0
     return u * v / T
@@ -49,4 +50,5 @@ class GradNorm(Detector):
     grid = {"T": [0.5, 1, 2, 4, 8]}
 
     def _score(self, ext: Extraction, T: float, include_bias: bool) -> np.ndarray:
-        return gradnorm_closed_form(ext.logits, ext.features, T, include_bias)
+        l1 = ext.memo("feature_l1", lambda: np.abs(ext.features.astype(np.float64)).sum(axis=1))
+        return gradnorm_closed_form(ext.logits, ext.features, T, include_bias, l1)
