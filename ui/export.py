@@ -64,14 +64,19 @@ def per_sample_downloads(bundle: Any, id_name: str, ood_names: Iterable[str], de
                          params: dict[str, dict[str, Any]] | None = None, basename: str = "per_sample_scores",
                          key: str | None = None) -> None:
     """CSV/Parquet of every sample's dataset, index, label, prediction and detector scores,
-    computed on click (scores come from the disk cache when the page already computed them)."""
+    computed on click (scores come from the disk cache when the page already computed them).
+    ``bundle`` may be a model spec (``"default"``, a path, ``"upload:…"``): it is loaded on click."""
     k = key or basename
     ood_names, detectors, params = list(ood_names), list(detectors), dict(params or {})
     cache: dict[str, pd.DataFrame] = {}
 
     def frame() -> pd.DataFrame:
         if "df" not in cache:
-            cache["df"] = ex.per_sample_scores(bundle, id_name, ood_names, detectors, params)
+            b = bundle
+            if isinstance(b, str):
+                from ood_core import workbench as wb
+                b = wb.load_model(b)
+            cache["df"] = ex.per_sample_scores(b, id_name, ood_names, detectors, params)
         return cache["df"]
 
     row = st.container(horizontal=True)

@@ -33,7 +33,7 @@ class ArchInfo:
     std: tuple[float, ...]
     channels: int = 3
     fixed_size: bool = False  # the model only accepts this input size (ViT)
-    big: bool = False  # over ~100 M parameters: slow to build and to test on a CPU
+    big: bool = False  # over ~40 M parameters: slow to build, save and test on a CPU
 
     def preprocess(self, channels: int | None = None) -> Preprocess:
         c = channels or self.channels
@@ -87,8 +87,8 @@ _TORCHVISION = {
     "resnet18": ("torchvision ResNet-18", False),
     "resnet34": ("torchvision ResNet-34", False),
     "resnet50": ("torchvision ResNet-50", False),
-    "resnet101": ("torchvision ResNet-101", False),
-    "wide_resnet50_2": ("torchvision Wide ResNet-50-2", False),
+    "resnet101": ("torchvision ResNet-101", True),
+    "wide_resnet50_2": ("torchvision Wide ResNet-50-2", True),
     "vgg11_bn": ("torchvision VGG-11 with batch norm", True),
     "vgg16_bn": ("torchvision VGG-16 with batch norm", True),
     "mobilenet_v2": ("torchvision MobileNetV2", False),

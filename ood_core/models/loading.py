@@ -279,12 +279,29 @@ def state_dict_into(state: dict[str, torch.Tensor], arch: str, name: str = "stat
     in_channels = int(state[conv].shape[1]) if conv and conv in state else 3
     if num_classes < 1:
         raise ModelError(f"could not read the class count from {name}: no head weight {head!r}")
-    model = build_arch(arch, num_classes, in_channels)
     try:
-        model.load_state_dict(state, strict=True)
+        model = _build_assigned(arch, num_classes, in_channels, state)
     except RuntimeError as exc:
         raise ModelError(f"{name} does not fit {arch}: {str(exc).splitlines()[0][:200]}") from None
     return model.eval(), num_classes, in_channels
+
+
+def _build_assigned(arch: str, num_classes: int, in_channels: int, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Build on the meta device and adopt the file's tensors (``assign=True``): skips the random
+    initialisation a real build would waste time on (about a second for a ResNet-50)."""
+    with torch.device("meta"):
+        try:
+            model = build_arch(arch, num_classes, in_channels)
+        except NotImplementedError:
+            model = None
+    if model is not None:
+        model.load_state_dict(state, strict=True, assign=True)
+        if not any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
+            return model
+    # non-persistent buffers (or a builder that computes) need a real build
+    model = build_arch(arch, num_classes, in_channels)
+    model.load_state_dict(state, strict=True)
+    return model
 
 
 # --- torch.export archives ---------------------------------------------------------
@@ -819,8 +836,11 @@ def _load_archive(path, fmt, sha, label, input_size, mean, std, channels, head, 
                                  + (f" — pick the final layer among: {', '.join(linears)}" if linears else ""))
     else:
         whole = _Split(body, head_lin)
+        # head_name names the head inside bundle.model (gradients select parameters by it);
+        # the layer's name in the user's model is kept in info["head_layer"].
         bundle = ModelBundle(model=whole, preprocess=pp, name=label, arch=arch_label, num_classes=n_cls,
-                             fingerprint=fp, body=whole.body, head=whole.head, head_name=head_name)
+                             fingerprint=fp, body=whole.body, head=whole.head, head_name="head")
+        bundle.info["head_layer"] = head_name
     bundle.info.update({
         "format": "torch.export archive" if fmt == "pt2" else "TorchScript archive",
         "path": str(path), "sha256": sha, "notes": notes, "preprocess_source": source,
