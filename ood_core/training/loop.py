@@ -1,0 +1,591 @@
+"""The training loop: six methods, one registry, a job-friendly runner.
+
+Methods (METHODS.md, "Training methods"): ``ce``, ``oe``, ``energy_oe``, ``greg``,
+``greg_plus`` and ``gq``. Each declares its knobs as data (like detectors) so the Train
+page builds its widgets from the declaration and the CLI validates ``--param`` against
+it. Batches pair B ID samples with B auxiliary outliers.
+
+Optimiser and schedule follow the seeds: SGD with momentum 0.9 and weight decay 1e-4,
+cosine from ``lr`` to ``lr_min`` per step (as energy_ood's ``LambdaLR``), or a step
+schedule (``lr`` for the first 5/6 of the epochs, then ``lr/10``; GReg+'s from-scratch
+recipe, its default when ``init='scratch'``). The embedded default gets short budgets
+of the same shape.
+
+A run writes its checkpoint after every epoch (so a cancelled or diverged run keeps
+the last good one), with the full config, seed and history in the sidecar; the config
+alone reproduces the checkpoint (:func:`TrainConfig.from_dict` then :func:`train`).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..data import DataError, get_dataset, train_name_for
+from ..detectors.base import DetectorError, Knob, Paper
+from ..jobs import JobContext
+from ..metrics import ood_metrics
+from ..models import ModelBundle, ModelError, build_arch
+from ..models.checkpoints import (DEFAULT_PREPROCESS, _shift_augment, default_model_path, load_checkpoint,
+                                  load_default, models_dir, save_checkpoint)
+from . import losses as L
+from .sampling import pool_features_energies, select_by_energy
+
+Progress = Callable[[float, str], None]
+MAX_LOSS = 1e6  # a term above this is "exploding": stop before the weights turn to NaN
+CONFIG_VERSION = 1
+
+
+class TrainingError(ValueError):
+    """Bad training input (method, init, knob, dataset); the message says what to do."""
+
+
+class TrainingDiverged(TrainingError):
+    """A loss term (or the gradient) became NaN/inf or exploded; the message names term and step."""
+
+
+# --- the registry ---------------------------------------------------------------
+
+COMMON_KNOBS: tuple[Knob, ...] = (
+    Knob("lr", 0.01, 1e-5, 10.0, "log", help="initial learning rate (SGD). The seeds' GReg recipe says 1, which gave "
+         "NaN in the reproduction; 0.01 is the default"),
+    Knob("lr_min", 1e-4, 1e-7, 1.0, "log", help="final learning rate of the cosine schedule"),
+    Knob("schedule", "cosine", kind="choice", choices=("cosine", "step"),
+         help="cosine from lr to lr_min per step, or step: lr for 5/6 of the epochs then lr/10 (GReg+ from scratch)"),
+    Knob("momentum", 0.9, 0.0, 0.99, help="SGD momentum"),
+    Knob("weight_decay", 1e-4, 0.0, 0.01, help="SGD weight decay (L2 penalty)"),
+    Knob("batch_size", 64, 8, 512, kind="int", help="B: ID samples per step (paired with B auxiliary outliers)"),
+    Knob("augment", True, kind="bool", help="random shifts of up to 2 pixels on ID and auxiliary images"),
+)
+
+_LAM_S = Knob("lam_s", 0.1, 0.0, 10.0, help="λ_S, weight of the energy-margin loss L_S")
+_M_IN = Knob("m_in", -25.0, -100.0, 0.0, help="m_in: ID energies above it are penalised (CIFAR-10 value; depends on "
+             "the logit scale: the embedded default's ID energies sit around -15)")
+_M_OUT = Knob("m_out", -7.0, -100.0, 0.0, help="m_out: auxiliary energies below it are penalised")
+_LAM_GRAD = Knob("lam_grad", 1.0, 0.0, 100.0, help="λ_∇S, weight of the gradient penalty L_∇S")
+# With the CIFAR-10 margins the embedded default's first L_S is ~130 (its ID energies sit near -15):
+# fine-tuning at the seeds' lr 0.01 explodes within 10 steps (measured), so the energy-margin
+# methods default to energy_ood's fine-tuning lr, 0.001.
+_MARGIN_LR = {"lr": 0.001}
+_NORM = Knob("norm", "l2", kind="choice", choices=L.NORMS,
+             help="norm of the per-sample input gradient in L_∇S (the seed shows it only as a figure; we read L2)")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A training method declared as data."""
+
+    name: str
+    title: str
+    terms: tuple[str, ...]
+    knobs: tuple[Knob, ...] = ()
+    paper: Paper | None = None
+    uses_aux: bool = True
+    overrides: dict = field(default_factory=dict)  # this method's defaults for common knobs
+    scratch_defaults: dict = field(default_factory=dict)  # ... and for init='scratch'
+    recommended_detector: str = "energy"
+    help: str = ""
+
+    @property
+    def all_knobs(self) -> tuple[Knob, ...]:
+        return COMMON_KNOBS + self.knobs
+
+    def knob(self, name: str) -> Knob:
+        for k in self.all_knobs:
+            if k.name == name:
+                return k
+        raise TrainingError(f"{self.name} has no knob {name!r}; knobs: {', '.join(k.name for k in self.all_knobs)}")
+
+    def defaults(self, init: str = "default") -> dict[str, Any]:
+        out = {k.name: k.default for k in self.all_knobs}
+        out.update(self.overrides)
+        if init == "scratch":
+            out.update(self.scratch_defaults)
+        return out
+
+    def resolve(self, params: dict[str, Any] | None = None, init: str = "default") -> dict[str, Any]:
+        """Defaults (for this init) overlaid with ``params``, each validated against its range."""
+        out = self.defaults(init)
+        for key, value in (params or {}).items():
+            try:
+                out[key] = self.knob(key).validate(value, self.name)
+            except DetectorError as exc:
+                raise TrainingError(str(exc)) from None
+        return out
+
+    def describe(self) -> str:
+        ref = f" ({self.paper.cite()})" if self.paper else ""
+        return f"{self.title}{ref}"
+
+
+class _KnobView:
+    """What ``ui.common.knob_widgets`` expects (``name`` + ``knobs``) for a method's knobs."""
+
+    def __init__(self, name: str, knobs: tuple[Knob, ...]):
+        self.name, self.knobs = name, knobs
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("ce", "Cross-entropy", ("total", "ce"), help="plain cross-entropy on ID data: the baseline", uses_aux=False),
+    Method("oe", "Outlier Exposure", ("total", "ce", "oe"),
+           (Knob("lam", 0.5, 0.0, 10.0, help="λ, weight of the cross-entropy to uniform on auxiliary outliers"),),
+           Paper("Deep Anomaly Detection with Outlier Exposure", "Hendrycks, Mazeika, Dietterich", "ICLR", 2019,
+                 "https://github.com/hendrycks/outlier-exposure"),
+           help="L_CE + λ·mean_aux[-(1/C) Σ_i log softmax(f)_i]", recommended_detector="msp"),
+    Method("energy_oe", "Energy-bounded learning", ("total", "ce", "ls"), (_LAM_S, _M_IN, _M_OUT),
+           Paper("Energy-based Out-of-distribution Detection", "Liu, Wang, Owens, Li", "NeurIPS", 2020,
+                 "https://github.com/wetliu/energy_ood"), overrides=_MARGIN_LR,
+           help="L_CE + λ_S·L_S, L_S = mean_in[max(0, E - m_in)²] + mean_aux[max(0, m_out - E)²]"),
+    Method("greg", "GReg", ("total", "ce", "ls", "grad"), (_LAM_S, _LAM_GRAD, _M_IN, _M_OUT, _NORM),
+           Paper("Gradient-Regularized Out-of-Distribution Detection", "Sharifi, Entesari, Safaei, Patel, Fazlyab",
+                 "ECCV", 2024), overrides=_MARGIN_LR,
+           help="L_CE + λ_S·L_S + λ_∇S·L_∇S; the input-gradient norm of the energy is penalised only on samples "
+                "already on the right side of their margin (double backward)"),
+    Method("greg_plus", "GReg+", ("total", "ce", "ls", "grad"),
+           (_LAM_S, _LAM_GRAD, _M_IN, _M_OUT, _NORM,
+            Knob("pool_factor", 8, 1, 32, kind="int",
+                 help="candidate pool = pool_factor·B auxiliary samples, clustered into B groups per step")),
+           Paper("Gradient-Regularized Out-of-Distribution Detection", "Sharifi, Entesari, Safaei, Patel, Fazlyab",
+                 "ECCV", 2024), overrides=_MARGIN_LR,
+           scratch_defaults={"lr": 0.1, "schedule": "step"},
+           help="GReg with energy-based k-means selection of the auxiliary batch: per cluster the lowest-energy "
+                "outlier feeds L_S, the highest-energy one L_∇S"),
+    Method("gq", "Gradient Quotient (Learning ODIN)", ("total", "ce", "gq"),
+           (Knob("lam", 1.0, 0.01, 10.0, "log", help="λ, weight of the Gradient Quotient"),
+            Knob("operand", "softmax", kind="choice", choices=L.GQ_OPERANDS,
+                 help="differentiate the softmax (the paper's formula) or the logits"),
+            Knob("form", "sample", kind="choice", choices=L.GQ_FORMS,
+                 help="per-sample quotient (default) or the authors' code's batch-level quotient (logits only)")),
+           Paper("Learning ODIN", "Jevnisek, Avidan", "arXiv", 2024),
+           uses_aux=False, recommended_detector="odin",
+           help="L_CE + λ·mean_i ‖∇_x S_y‖₁ / Σ_{j≠y} ‖∇_x S_j‖₁, then score with ODIN"),
+)}
+
+
+def get_method(name: str) -> Method:
+    m = METHODS.get(name)
+    if m is None:
+        raise TrainingError(f"unknown training method {name!r}; available: {', '.join(METHODS)}")
+    return m
+
+
+def knob_view(method: str) -> _KnobView:
+    """An object with ``name`` and ``knobs`` for widget builders."""
+    m = get_method(method)
+    return _KnobView(m.name, m.all_knobs)
+
+
+# --- configuration ----------------------------------------------------------------
+
+DEFAULT_EPOCHS = {"finetune": 2, "scratch": 6}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; the sidecar stores it and :func:`train` accepts it back."""
+
+    method: str
+    init: str = "default"  # "default" | "scratch" | path of a workbench checkpoint
+    epochs: int | None = None  # None: DEFAULT_EPOCHS for the init
+    seed: int = 0
+    id_dataset: str = "mnist"  # its ":train" split trains, the test split measures accuracy
+    aux: str = "aux"
+    aux_val: str = "aux_val"  # held-out OOD for the per-epoch AUROC
+    params: dict[str, Any] = field(default_factory=dict)
+    n_train: int = 0  # 0: the whole ID training split; else a seeded random subset
+    n_eval: int = 0  # 0: all of ID test and aux_val for the per-epoch metrics
+    arch: str = "small_cnn"  # only for init='scratch'
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with method knobs and epochs filled in and validated."""
+        m = get_method(self.method)
+        if self.init != "scratch" and self.init != "default" and not Path(self.init).exists():
+            raise TrainingError(f"no checkpoint at {self.init!r}; --init takes 'default', 'scratch' or a checkpoint path")
+        epochs = self.epochs if self.epochs is not None else DEFAULT_EPOCHS["scratch" if self.init == "scratch" else "finetune"]
+        if not isinstance(epochs, (int, np.integer)) or epochs < 1 or epochs > 1000:
+            raise TrainingError(f"epochs must be a whole number in [1, 1000]; got {epochs!r}")
+        if int(self.n_train) < 0 or int(self.n_eval) < 0:
+            raise TrainingError("n_train and n_eval must be >= 0 (0 means all)")
+        init = self.init if self.init in ("default", "scratch") else str(Path(self.init).resolve())
+        return replace(self, init=init, epochs=int(epochs), seed=int(self.seed), params=m.resolve(self.params, self.init))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": CONFIG_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d.get("training", d))  # a checkpoint sidecar or a bare config
+        d.pop("version", None)
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise TrainingError(f"unknown training config keys: {', '.join(sorted(unknown))}")
+        if "method" not in d:
+            raise TrainingError("a training config needs a 'method'")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise TrainingError(f"could not read training config {path}: {exc}") from None
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    meta: dict[str, Any]
+
+
+# --- the runner ---------------------------------------------------------------------
+
+class _Reporter:
+    """Fan progress/log/info out to a JobContext (pages) and/or a progress callback (CLI)."""
+
+    def __init__(self, ctx: JobContext | None, progress: Progress | None):
+        self.ctx, self.cb = ctx, progress
+
+    def progress(self, frac: float, msg: str) -> None:
+        if self.cb:
+            self.cb(frac, msg)
+        if self.ctx:
+            self.ctx.progress(frac, msg)  # raises Cancelled when the user pressed Stop
+
+    def log(self, **row: Any) -> None:
+        if self.ctx:
+            self.ctx.log(**row)
+
+    def set(self, **info: Any) -> None:
+        if self.ctx:
+            self.ctx.set(**info)
+
+
+def _load_init(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, dict[str, Any], str]:
+    """(trainable model, its sidecar-style meta, init fingerprint). Never mutates a cached bundle."""
+    if cfg.init == "scratch":
+        torch.manual_seed(cfg.seed)
+        try:
+            model = build_arch(cfg.arch, num_classes, DEFAULT_PREPROCESS.channels)
+        except ModelError as exc:
+            raise TrainingError(str(exc)) from None
+        meta = {"arch": cfg.arch, "num_classes": num_classes, "in_channels": DEFAULT_PREPROCESS.channels,
+                "preprocess": DEFAULT_PREPROCESS.to_dict(), "class_names": None}
+        return model, meta, f"scratch:{cfg.arch}:{cfg.seed}"
+    if cfg.init == "default":
+        load_default()  # trains the default on first use
+        path = default_model_path()
+    else:
+        path = Path(cfg.init)
+    if not path.with_suffix(".json").exists():
+        raise TrainingError(f"{path.name} is not a workbench checkpoint (no {path.with_suffix('.json').name} sidecar); "
+                            "fine-tuning needs a .pt written by the workbench, or use --init default|scratch")
+    try:
+        bundle = load_checkpoint(path)
+    except ModelError as exc:
+        raise TrainingError(str(exc)) from None
+    meta = json.loads(path.with_suffix(".json").read_text())
+    model = copy.deepcopy(bundle.model)
+    return model, meta, bundle.fingerprint
+
+
+def _schedule(knobs: dict[str, Any], total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
+    lr, lr_min = float(knobs["lr"]), float(knobs["lr_min"])
+    if knobs["schedule"] == "step":
+        drop_at = math.ceil(total_steps * 5 / 6) if total_steps > 1 else total_steps
+        drop_at = max(steps_per_epoch, (drop_at // steps_per_epoch) * steps_per_epoch)
+        return lambda s: 1.0 if s < drop_at else 0.1
+    # Cosine per step from lr to lr_min, as a multiplicative factor for LambdaLR.
+    return lambda s: (lr_min + (lr - lr_min) * 0.5 * (1 + math.cos(math.pi * s / max(1, total_steps)))) / lr
+
+
+def _fmt_eta(sec: float) -> str:
+    return f"{sec:.0f}s" if sec < 120 else f"{sec / 60:.1f} min"
+
+
+class Trainer:
+    """One training run. ``run()`` trains and returns the checkpoint; ``step()`` is one update."""
+
+    def __init__(self, cfg: TrainConfig, ctx: JobContext | None = None, progress: Progress | None = None):
+        self.cfg = cfg.resolved()
+        self.method = get_method(self.cfg.method)
+        self.k = self.cfg.params
+        self.rep = _Reporter(ctx, progress)
+        self.device = torch.device("cpu")
+        self._prepare()
+
+    # -- setup --
+    def _prepare(self) -> None:
+        cfg, k = self.cfg, self.k
+        try:
+            train_ds = get_dataset(train_name_for(cfg.id_dataset))
+            test_ds = get_dataset(cfg.id_dataset)
+            aux_ds = get_dataset(cfg.aux) if self.method.uses_aux else None
+            val_ds = get_dataset(cfg.aux_val)
+        except DataError as exc:
+            raise TrainingError(str(exc)) from None
+        if not train_ds.has_labels:
+            raise TrainingError(f"{train_ds.name} has no labels; training needs a labelled ID training split")
+        num_classes = int(max(train_ds.labels.max(), test_ds.labels.max())) + 1
+        model, base_meta, init_fp = _load_init(cfg, num_classes)
+        if int(base_meta["num_classes"]) < num_classes:
+            raise TrainingError(f"the init model has {base_meta['num_classes']} classes but {train_ds.name} has labels "
+                                f"up to {num_classes - 1}")
+        self.base_meta, self.init_fp = base_meta, init_fp
+        self.model = model.to(self.device)
+        # The bundle's body/head share parameters with self.model (features for GReg+ selection).
+        self.bundle = ModelBundle(model=self.model, preprocess=load_pp(base_meta), name="training",
+                                  arch=base_meta["arch"], num_classes=int(base_meta["num_classes"]), fingerprint="-")
+        pp = self.bundle.preprocess
+        rng = np.random.default_rng(cfg.seed)
+        idx = np.arange(len(train_ds))
+        if cfg.n_train:
+            idx = np.sort(rng.permutation(len(train_ds))[: cfg.n_train])
+        self.x_train = pp(train_ds.images[idx])
+        self.y_train = torch.as_tensor(train_ds.labels[idx])
+        b = int(k["batch_size"])
+        if len(self.x_train) < b:
+            raise TrainingError(f"{len(self.x_train)} training images are fewer than batch_size={b}; lower batch_size "
+                                "or raise n_train")
+        ev = slice(None) if not cfg.n_eval else slice(0, cfg.n_eval)
+        self.x_test, self.y_test = pp(test_ds.images[ev]), torch.as_tensor(test_ds.labels[ev])
+        self.x_val = pp(val_ds.images[ev])
+        self.x_aux = pp(aux_ds.images) if aux_ds is not None else None
+        if self.method.name == "greg_plus" and len(self.x_aux) < int(k["pool_factor"]) * b:
+            raise TrainingError(f"{cfg.aux} has {len(self.x_aux)} samples, fewer than pool_factor·B = "
+                                f"{int(k['pool_factor']) * b}; lower pool_factor or batch_size")
+        self.steps_per_epoch = len(self.x_train) // b  # drop_last: every step sees B ID samples
+        self.total_steps = self.steps_per_epoch * int(cfg.epochs)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=float(k["lr"]), momentum=float(k["momentum"]),
+                                   weight_decay=float(k["weight_decay"]))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, _schedule(k, self.total_steps, self.steps_per_epoch))
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.np_rng = np.random.default_rng(cfg.seed + 1)
+        self.step_no = 0
+        self.epochs_done, self.epoch = 0, 0
+        self.t0 = time.time()
+        self.path = models_dir() / f"{self._stem()}.pt"
+
+    def _stem(self) -> str:
+        blob = json.dumps({**self.cfg.to_dict(), "init_fp": self.init_fp}, sort_keys=True, default=str)
+        tag = {"default": "ft-default", "scratch": "scratch"}.get(self.cfg.init, f"ft-{Path(self.cfg.init).stem}")
+        return f"{self.cfg.method}-{tag}-s{self.cfg.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+
+    # -- one update --
+    def _aux_batch(self, n: int) -> torch.Tensor:
+        idx = self.np_rng.integers(0, len(self.x_aux), n)
+        return self.x_aux[torch.as_tensor(idx)]
+
+    def _aug(self, x: torch.Tensor) -> torch.Tensor:
+        return _shift_augment(x, self.gen) if self.k["augment"] else x
+
+    def step(self, idx: torch.Tensor) -> dict[str, float]:
+        """One SGD update on the ID samples ``idx``; returns every loss term as a float."""
+        k, name = self.k, self.method.name
+        x_in, y = self._aug(self.x_train[idx]), self.y_train[idx]
+        b = len(idx)
+        terms: dict[str, torch.Tensor] = {}
+        extra: dict[str, float] = {}
+        fwd = self.bundle.logits
+        if name == "ce":
+            terms["ce"] = L.ce_loss(fwd(x_in), y)
+            total = terms["ce"]
+        elif name in ("oe", "energy_oe"):
+            x_aux = self._aug(self._aux_batch(b))
+            logits = fwd(torch.cat([x_in, x_aux]))
+            terms["ce"] = L.ce_loss(logits[:b], y)
+            if name == "oe":
+                terms["oe"] = L.oe_loss(logits[b:])
+                total = terms["ce"] + k["lam"] * terms["oe"]
+            else:
+                e = L.energy(logits)
+                terms["ls"] = L.energy_margin_loss(e[:b], e[b:], k["m_in"], k["m_out"])
+                total = terms["ce"] + k["lam_s"] * terms["ls"]
+        elif name in ("greg", "greg_plus"):
+            if name == "greg":
+                x_low = x_high = self._aug(self._aux_batch(b))
+            else:
+                x_low, x_high = self._select_aux(b)
+            x = torch.cat([x_in, x_high]).requires_grad_(True)
+            logits = fwd(x)
+            e = L.energy(logits)
+            is_aux = torch.arange(len(x)) >= b
+            terms["ce"] = L.ce_loss(logits[:b], y)
+            e_low = e[b:] if name == "greg" else L.energy(fwd(x_low))
+            terms["ls"] = L.energy_margin_loss(e[:b], e_low, k["m_in"], k["m_out"])
+            terms["grad"], st = L.gradient_penalty(x, e, is_aux, k["m_in"], k["m_out"], k["norm"])
+            extra.update(st)
+            total = terms["ce"] + k["lam_s"] * terms["ls"] + k["lam_grad"] * terms["grad"]
+        elif name == "gq":
+            try:
+                terms["gq"], logits = L.gradient_quotient(fwd, x_in, y, k["operand"], k["form"])
+            except L.LossError as exc:
+                raise TrainingError(str(exc)) from None
+            terms["ce"] = L.ce_loss(logits, y)
+            total = terms["ce"] + k["lam"] * terms["gq"]
+        else:  # pragma: no cover - the registry and this switch move together
+            raise TrainingError(f"no step for method {name!r}")
+        terms = {"total": total, **terms}
+        self._check_terms(terms)
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf")))
+        if not math.isfinite(gnorm):
+            self._diverged("the gradient of the total loss", gnorm)
+        lr = self.opt.param_groups[0]["lr"]
+        self.opt.step()
+        self.sched.step()
+        self.step_no += 1
+        return {**{t: float(v.detach()) for t, v in terms.items()}, **extra, "grad_norm": gnorm, "lr": lr}
+
+    def _select_aux(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """GReg+ selection: lowest/highest energy per k-means cluster of a pool_factor·B pool."""
+        pool_idx = torch.as_tensor(self.np_rng.choice(len(self.x_aux), int(self.k["pool_factor"]) * b, replace=False))
+        pool = self._aug(self.x_aux[pool_idx])
+        feats, ens = pool_features_energies(self.bundle.forward, self.model, pool)
+        sel = select_by_energy(feats, ens, b, seed=self.cfg.seed * 1_000_003 + self.step_no)
+        return pool[torch.as_tensor(sel.low)], pool[torch.as_tensor(sel.high)]
+
+    def _check_terms(self, terms: dict[str, torch.Tensor]) -> None:
+        for name in list(terms)[1:] + ["total"]:  # name the culprit term before the total
+            v = float(terms[name].detach())
+            if not math.isfinite(v) or abs(v) > MAX_LOSS:
+                self._diverged(f"the {name} term", v)
+
+    def _diverged(self, what: str, value: float) -> None:
+        lr = self.opt.param_groups[0]["lr"]
+        state = "NaN" if math.isnan(value) else ("inf" if math.isinf(value) else f"{value:.3g} (exploding)")
+        kept = f"the last good checkpoint (epoch {self.epochs_done}) is kept at {self.path}" if self.epochs_done else \
+            "no epoch finished, so no checkpoint was written"
+        raise TrainingDiverged(
+            f"{self.method.name}: {what} became {state} at step {self.step_no + 1} (epoch {self.epoch + 1}, "
+            f"lr {lr:.3g}); lower the learning rate (e.g. {self.method.name}.lr={float(self.k['lr']) / 10:g}); {kept}")
+
+    # -- evaluation --
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """ID test accuracy and the Energy score's AUROC, ID test vs the held-out aux_val."""
+        self.model.eval()
+        try:
+            lt = torch.cat([self.bundle.logits(self.x_test[i: i + 512]) for i in range(0, len(self.x_test), 512)])
+            lv = torch.cat([self.bundle.logits(self.x_val[i: i + 512]) for i in range(0, len(self.x_val), 512)])
+        finally:
+            self.model.train()
+        acc = float((lt.argmax(1) == self.y_test).float().mean())
+        s_in, s_out = torch.logsumexp(lt, 1).numpy(), torch.logsumexp(lv, 1).numpy()
+        if not (np.isfinite(s_in).all() and np.isfinite(s_out).all()):
+            return {"accuracy": acc, "auroc": float("nan"), "fpr95": float("nan")}
+        m = ood_metrics(s_in, s_out)
+        return {"accuracy": acc, "auroc": m["auroc"], "fpr95": m["fpr95"]}
+
+    # -- the run --
+    def label(self, complete: bool) -> str:
+        init = {"default": "fine-tuned default", "scratch": "from scratch"}.get(self.cfg.init,
+                                                                              f"fine-tuned {Path(self.cfg.init).stem}")
+        done = f"{self.cfg.epochs} ep" if complete else f"{self.epochs_done}/{self.cfg.epochs} ep, stopped"
+        changed = {n: v for n, v in self.k.items() if v != self.method.defaults(self.cfg.init).get(n)}
+        extra = ", ".join(f"{n}={v}" for n, v in changed.items())
+        return f"{self.method.name} · {init} · {done} · seed {self.cfg.seed}" + (f" · {extra}" if extra else "")
+
+    def _save(self, complete: bool, history: dict[str, list], last: dict[str, float]) -> Path:
+        meta = {
+            "name": self.path.stem, "arch": self.base_meta["arch"], "num_classes": int(self.base_meta["num_classes"]),
+            "in_channels": int(self.base_meta.get("in_channels", 1)), "preprocess": self.base_meta["preprocess"],
+            "class_names": self.base_meta.get("class_names"), "method": self.method.name,
+            "label": self.label(complete), "training": self.cfg.to_dict(), "seed": self.cfg.seed,
+            "init_fingerprint": self.init_fp, "epochs_done": self.epochs_done, "complete": complete,
+            "trained_on": train_name_for(self.cfg.id_dataset), "aux": self.cfg.aux if self.method.uses_aux else None,
+            "id_test_accuracy": last.get("accuracy"), "val_auroc": last.get("auroc"),
+            "recommended_detector": self.method.recommended_detector,
+            "train_seconds": round(time.time() - self.t0, 1), "history": history,
+        }
+        save_checkpoint(self.model, self.path, meta)
+        self.rep.set(checkpoint=str(self.path), label=meta["label"], complete=complete)
+        return self.path
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        self.t0 = time.time()
+        self.epochs_done, self.epoch = 0, 0
+        history: dict[str, list] = {"steps": [], "epochs": []}
+        self.rep.set(method=cfg.method, config=cfg.to_dict(), steps_per_epoch=self.steps_per_epoch,
+                     total_steps=self.total_steps, terms=list(self.method.terms), checkpoint=None)
+        first = self.evaluate()
+        row0 = {"kind": "epoch", "epoch": 0, **first}
+        history["epochs"].append(row0)
+        self.rep.log(**row0)
+        self.model.train()
+        b = int(self.k["batch_size"])
+        last = first
+        for ep in range(int(cfg.epochs)):
+            self.epoch = ep
+            perm = torch.randperm(len(self.x_train), generator=self.gen)
+            for i in range(self.steps_per_epoch):
+                row = self.step(perm[i * b: (i + 1) * b])
+                row = {"kind": "step", "step": self.step_no, "epoch": ep + row_frac(i, self.steps_per_epoch), **row}
+                history["steps"].append(_rounded(row))
+                self.rep.log(**row)
+                done = self.step_no / self.total_steps
+                el = time.time() - self.t0
+                self.rep.progress(done, f"{cfg.method}: epoch {ep + 1}/{cfg.epochs}, step {self.step_no}/"
+                                        f"{self.total_steps}, loss {row['total']:.4g}, ETA "
+                                        f"{_fmt_eta(el / max(done, 1e-9) * (1 - done))}")
+            last = self.evaluate()
+            self.epochs_done = ep + 1
+            erow = {"kind": "epoch", "epoch": ep + 1, **last}
+            history["epochs"].append(erow)
+            self.rep.log(**erow)
+            self._save(complete=self.epochs_done == cfg.epochs, history=history, last=last)
+        self.rep.progress(1.0, f"{cfg.method}: done, accuracy {100 * last['accuracy']:.2f}%, "
+                               f"AUROC vs {cfg.aux_val} {100 * last['auroc']:.2f}%")
+        meta = json.loads(self.path.with_suffix(".json").read_text())
+        return TrainResult(self.path, meta)
+
+
+def row_frac(i: int, n: int) -> float:
+    return (i + 1) / n
+
+
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (float(f"{v:.6g}") if isinstance(v, float) and math.isfinite(v) else v) for k, v in row.items()}
+
+
+def load_pp(meta: dict[str, Any]):
+    from ..models import Preprocess
+    return Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["preprocess"].items()})
+
+
+def train(cfg: TrainConfig, ctx: JobContext | None = None, progress: Progress | None = None) -> TrainResult:
+    """Train (or fine-tune) per ``cfg``; returns the checkpoint. Raises TrainingError / Cancelled."""
+    return Trainer(cfg, ctx, progress).run()
+
+
+def job_fn(cfg: TrainConfig) -> Callable[[JobContext], TrainResult]:
+    """A function for ``ood_core.jobs.JOBS.submit``; validates ``cfg`` now, trains later."""
+    cfg.resolved()
+    return lambda ctx: train(cfg, ctx)
+
+
+def measure_step_time(method: str, n_steps: int = 20, warmup: int = 3, init: str = "default", seed: int = 0,
+                      params: dict[str, Any] | None = None) -> float:
+    """Mean wall seconds of one training step of ``method`` (same data, batch and model)."""
+    tr = Trainer(TrainConfig(method, init=init, seed=seed, epochs=1, params=params or {}))
+    tr.model.train()
+    b = int(tr.k["batch_size"])
+    perm = torch.randperm(len(tr.x_train), generator=tr.gen)
+    times = []
+    for i in range(warmup + n_steps):
+        idx = perm[(i % tr.steps_per_epoch) * b: (i % tr.steps_per_epoch + 1) * b]
+        t = time.perf_counter()
+        tr.step(idx)
+        times.append(time.perf_counter() - t)
+    return float(np.mean(times[warmup:]))
