@@ -1,0 +1,305 @@
+"""Local datasets: each on-disk format read from generated fixtures, refusals, the persisted registry."""
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fixtures_data as fx
+from ood_core.data import DataError, get_dataset, get_spec
+from ood_core.data import folders as D
+
+
+@pytest.fixture()
+def reg(tmp_cache):
+    """A private cache (the registry file lives there); user datasets are forgotten afterwards."""
+    yield tmp_cache
+    for name in list(D.saved_datasets()):
+        D.unregister_local(name)
+
+
+def _cifar_pixels(root: Path, batch: str) -> tuple[np.ndarray, list[int]]:
+    """The fixture's own bytes, decoded with plain pickle (we wrote them: trusted here)."""
+    with open(root / "cifar-10-batches-py" / batch, "rb") as f:
+        d = pickle.load(f, encoding="bytes")
+    return d[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), d[b"labels"]
+
+
+def test_cifar10_both_splits(tmp_path):
+    root = fx.cifar10_folder(tmp_path / "c10", n_train=24, n_test=12)
+    assert D.detect_format(root) == "cifar10"
+    assert D.source_splits(root, "cifar10") == ["train", "test"]
+    test = D.load_local(root)
+    x, y = _cifar_pixels(root, "test_batch")
+    np.testing.assert_array_equal(test.images, x)
+    np.testing.assert_array_equal(test.labels, y)
+    assert test.class_names[:2] == ["airplane", "automobile"]  # from batches.meta
+    train = D.load_local(root, split="train")
+    assert len(train) == 24 and train.images.shape[1:] == (32, 32, 3)
+    # the same folder given at cifar-10-batches-py itself
+    assert D.load_local(root / "cifar-10-batches-py").fingerprint == test.fingerprint
+
+
+def test_cifar100(tmp_path):
+    root = fx.cifar100_folder(tmp_path / "c100", n=10)
+    assert D.detect_format(root) == "cifar100"
+    ds = D.load_local(root)
+    assert len(ds) == 10 and ds.class_names[5] == "c5" and ds.labels.max() < 100
+
+
+def test_cifar_pickle_with_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    root = tmp_path / "evil" / "cifar-10-batches-py"
+    root.mkdir(parents=True)
+    with open(root / "test_batch", "wb") as f:
+        pickle.dump({b"data": Evil(), b"labels": [0]}, f, protocol=2)
+    with pytest.raises(DataError, match=r"names io\.open.*could run code"):
+        D.load_local(root.parent)
+    assert not marker.exists()
+
+
+def test_svhn_mat_label_10_is_0(tmp_path):
+    import scipy.io
+
+    root = fx.svhn_folder(tmp_path / "svhn", n=12, splits=("train", "test"))
+    assert D.detect_format(root) == "svhn" and D.source_splits(root, "svhn") == ["train", "test"]
+    ds = D.load_local(root)
+    m = scipy.io.loadmat(str(root / "test_32x32.mat"))
+    np.testing.assert_array_equal(ds.images, m["X"].transpose(3, 0, 1, 2))
+    want = m["y"].reshape(-1).astype(int)
+    want[want == 10] = 0
+    np.testing.assert_array_equal(ds.labels, want)
+    assert D.load_local(root / "test_32x32.mat").fingerprint == ds.fingerprint  # a .mat path works too
+
+
+@pytest.mark.parametrize("fashion,gz", [(False, False), (True, True)])
+def test_mnist_raw_idx(tmp_path, fashion, gz):
+    root = fx.mnist_raw_folder(tmp_path / "m", n=10, fashion=fashion, gz=gz)
+    fmt = D.detect_format(root)
+    assert fmt == ("fashion_mnist" if fashion else "mnist")
+    ds = D.load_local(root, split="train")
+    assert ds.images.shape == (10, 28, 28, 1) and ds.labels.max() <= 9
+    assert ds.class_names[0] == ("T-shirt/top" if fashion else "0")
+
+
+def test_mnist_truncated_idx_refused(tmp_path):
+    root = fx.mnist_raw_folder(tmp_path / "m", n=10)
+    f = root / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    f.write_bytes(f.read_bytes()[:500])
+    with pytest.raises(DataError, match="truncated"):
+        D.load_local(root)
+
+
+def test_imagefolder_skips_corrupt_file(tmp_path):
+    root = fx.image_tree(tmp_path / "tree", classes=("cat", "ant", "bee"), per=4, corrupt=1)
+    assert D.detect_format(root) == "imagefolder"
+    ds = D.load_local(root)
+    assert len(ds) == 12 and ds.meta["skipped"] == 1 and "broken0.png" in ds.meta["skipped_files"][0]
+    assert ds.class_names == ["ant", "bee", "cat"]  # sorted folder names, torchvision's convention
+    assert np.bincount(ds.labels).tolist() == [4, 4, 4]
+    from PIL import Image
+    first_ant = np.asarray(Image.open(sorted((root / "ant").glob("*.png"))[0]))
+    np.testing.assert_array_equal(ds.images[0], first_ant)
+    unl = D.load_local(root, labelled=False)
+    assert (unl.labels == -1).all()
+
+
+def test_imagefolder_split_tree_and_grayscale(tmp_path):
+    fx.image_tree(tmp_path / "t" / "train", per=3, corrupt=0, mode="L")
+    fx.image_tree(tmp_path / "t" / "val", per=2, corrupt=0, mode="L")
+    assert D.source_splits(tmp_path / "t", "imagefolder") == ["train", "test"]
+    tr = D.load_local(tmp_path / "t", split="train")
+    te = D.load_local(tmp_path / "t")
+    assert len(tr) == 9 and len(te) == 6 and tr.images.shape[-1] == 1
+
+
+def test_flat_folder_mixed_sizes_resized(tmp_path):
+    root = fx.flat_images(tmp_path / "flat", n=5, sizes=((16, 16), (16, 16), (24, 20)))
+    assert D.detect_format(root) == "flat"
+    ds = D.load_local(root)
+    assert ds.images.shape == (5, 16, 16, 3) and (ds.labels == -1).all()
+    assert ds.meta["resized"] == 1 and "resized" in ds.meta["resize_note"]
+    same = fx.flat_images(tmp_path / "same", n=3, sizes=((12, 10),))
+    d2 = D.load_local(same)
+    assert d2.images.shape == (3, 12, 10, 3) and d2.meta["resized"] == 0
+
+
+def test_empty_and_unreadable_sources_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="could not recognise"):
+        D.load_local(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(3):
+        (bad / f"x{i}.jpg").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="none of the 3 image files"):
+        D.load_local(bad)
+    with pytest.raises(DataError, match="no such file"):
+        D.load_local(tmp_path / "nowhere")
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(DataError, match="unknown file type"):
+        D.load_local(tmp_path / "notes.txt")
+
+
+def test_npz_good_and_float(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (6, 8, 8, 3)).astype(np.uint8)
+    np.savez(tmp_path / "a.npz", x=x, y=np.arange(6))
+    ds = D.load_local(tmp_path / "a.npz")
+    np.testing.assert_array_equal(ds.images, x)
+    np.testing.assert_array_equal(ds.labels, np.arange(6))
+    np.savez(tmp_path / "f.npz", x=x[..., 0] / 255.0)  # floats in [0, 1], grayscale (N,H,W), no labels
+    f = D.load_local(tmp_path / "f.npz")
+    np.testing.assert_array_equal(f.images[..., 0], x[..., 0]) and (f.labels == -1).all()
+    np.savez(tmp_path / "s.npz", x_train=x[:4], y_train=np.zeros(4, int), x_test=x[4:], y_test=np.ones(2, int))
+    assert D.source_splits(tmp_path / "s.npz", "npz") == ["train", "test"]
+    assert len(D.load_local(tmp_path / "s.npz", split="train")) == 4
+
+
+@pytest.mark.parametrize("arrays,match", [
+    ({"x": np.zeros((4, 3, 8, 8), np.uint8)}, "channels-first"),
+    ({"x": np.zeros((4, 8, 8, 5), np.uint8)}, r"must be \(N, H, W\)"),
+    ({"x": np.zeros((4, 8), np.uint8)}, r"must be \(N, H, W\)"),
+    ({"x": np.zeros((4, 8, 8), np.uint8), "y": np.zeros(3, int)}, "4 images but labels of shape"),
+    ({"x": np.zeros((4, 8, 8), np.uint8), "y": np.full(4, 0.5)}, "labels must be integers"),
+    ({"x": np.full((4, 8, 8), 300.0)}, r"pixel values span \[300, 300\]"),
+    ({"images_wrong_name": np.zeros((4, 8, 8), np.uint8)}, "no array named 'x'"),
+    ({"x": np.zeros((0, 8, 8), np.uint8)}, "holds no images"),
+])
+def test_npz_bad_shapes_refused(tmp_path, arrays, match):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DataError, match=match):
+        D.load_local(tmp_path / "bad.npz")
+
+
+def test_npz_object_array_refused(tmp_path):
+    np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}, None], dtype=object))
+    with pytest.raises(DataError, match="object arrays"):
+        D.load_local(tmp_path / "obj.npz")
+
+
+def _zip_of(folder: Path) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                z.write(p, p.relative_to(folder.parent))
+    return buf.getvalue()
+
+
+def test_zip_upload_of_cifar_and_npz(reg, tmp_path):
+    root = fx.cifar10_folder(tmp_path / "c10")
+    spec = D.register_upload(_zip_of(root / "cifar-10-batches-py"), "cifar.zip", "zc10", "id_test")
+    assert spec.splits == ("train", "test")
+    assert get_dataset("zc10").fingerprint == D.load_local(root).fingerprint
+    buf = io.BytesIO()
+    np.savez(buf, x=np.zeros((3, 5, 5), np.uint8))
+    s2 = D.register_upload(buf.getvalue(), "noise.npz", "znpz", "ood_test")
+    assert len(get_dataset(s2.name)) == 3
+    with pytest.raises(DataError, match="upload a .zip"):
+        D.register_upload(b"hello", "x.txt", "bad", "ood_test")
+
+
+def test_zip_tricks_refused(reg):
+    def make(entries):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            for name, data, attr in entries:
+                info = zipfile.ZipInfo(name)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                if attr:
+                    info.external_attr = attr
+                z.writestr(info, data)
+        return buf.getvalue()
+
+    with pytest.raises(DataError, match="points outside the archive"):
+        D.unpack_zip(make([("../../escape.png", b"x", 0)]))
+    with pytest.raises(DataError, match="symbolic link"):
+        D.unpack_zip(make([("link.png", b"/etc/passwd", 0o120777 << 16)]))
+    with pytest.raises(DataError, match="zip bomb"):
+        D.unpack_zip(make([("zeros.png", bytes(20 << 20), 0)]))
+    with pytest.raises(DataError, match="over the"):
+        D.unpack_zip(make([("a.png", bytes(2000), 0)]), max_bytes=1000)
+    with pytest.raises(DataError, match="not a valid zip"):
+        D.unpack_zip(b"PK\x03\x04 broken")
+
+
+def test_register_roles_splits_and_persistence(reg, tmp_path):
+    c10 = fx.cifar10_folder(tmp_path / "c10")
+    spec = D.register_local(c10, "myc10", "id_test")
+    assert spec.role == "id_test" and spec.splits == ("train", "test")
+    assert get_dataset("myc10:train").name == "myc10:train" and get_dataset("myc10:train").role == "id_train"
+    fp = get_dataset("myc10").fingerprint
+    # a single-split ID test set, then its training split from another folder
+    fx.image_tree(tmp_path / "tr", per=2, corrupt=0)
+    fx.image_tree(tmp_path / "te", per=1, corrupt=0)
+    D.register_local(tmp_path / "te", "mine", "id_test")
+    assert get_spec("mine").splits == ("test",)
+    D.register_local(tmp_path / "tr", "mine", "id_train")
+    assert get_spec("mine").splits == ("train", "test") and get_spec("mine").role == "id_test"
+    assert len(get_dataset("mine:train")) == 6
+    sv = fx.svhn_folder(tmp_path / "sv", splits=("train", "test"))
+    D.register_local(sv, "mysvhn", "ood_test", limit=5)
+    small = get_dataset("mysvhn")
+    assert len(small) == 5 and small.role == "ood_test"
+    # a restart: the in-memory registry is empty, the JSON brings everything back
+    from ood_core.data import unregister
+    for n in ("myc10", "mine", "mysvhn"):
+        unregister(n)
+    with pytest.raises(DataError):
+        get_spec("myc10")
+    assert set(D.load_saved()) >= {"myc10", "mine", "mysvhn"}
+    assert get_dataset("myc10").fingerprint == fp
+    assert get_dataset("mysvhn").fingerprint == small.fingerprint  # the same fixed subset
+    D.unregister_local("mine")
+    assert "mine" not in D.saved_datasets()
+
+
+def test_register_refusals(reg, tmp_path):
+    c10 = fx.cifar10_folder(tmp_path / "c10")
+    with pytest.raises(DataError, match="built-in dataset"):
+        D.register_local(c10, "mnist", "ood_test")
+    with pytest.raises(DataError, match="role must be one of"):
+        D.register_local(c10, "x", "train")
+    with pytest.raises(DataError, match="names must be"):
+        D.register_local(c10, "a:b", "ood_test")
+    with pytest.raises(DataError, match="no 'extra' split"):
+        D.register_local(c10, "x", "ood_test", split="extra")
+    with pytest.raises(DataError, match="format must be one of"):
+        D.register_local(c10, "x", "ood_test", fmt="tfrecord")
+    with pytest.raises(DataError, match="limit must be"):
+        D.register_local(c10, "x", "ood_test", limit=0)
+    assert "x" not in D.saved_datasets()
+
+
+def test_sample_grid_and_summary(tmp_path):
+    ds = D.load_local(fx.image_tree(tmp_path / "t", per=3, corrupt=1, size=(10, 10)))
+    grid = D.sample_grid(ds, n=9, cols=4, pad=2)
+    assert grid.dtype == np.uint8 and grid.shape == (3 * 12 + 2, 4 * 12 + 2, 3)
+    info = D.summary(ds)
+    assert info["images"] == 9 and info["skipped"] == 1 and info["classes"] == 3 and info["shape"] == "10x10x3"
+
+
+def test_cli_register(reg, tmp_path, capsys):
+    from ood_core import cli
+
+    c10 = fx.cifar10_folder(tmp_path / "c10")
+    assert cli.main(["register", "--path", str(c10), "--name", "clic10", "--role", "id_test"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("clic10:train\tid_train\t24 images 32x32x3")
+    assert out[1].startswith("clic10\tid_test\t12 images") and "fingerprint" in out[1]
+    assert cli.main(["register", "--path", str(tmp_path / "nope"), "--name", "z"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no such file or folder") and "\n" not in err
+    assert cli.main(["datasets"]) == 0
+    assert "clic10\tid_test" in capsys.readouterr().out
+    assert cli.main(["register", "--name", "clic10", "--remove"]) == 0
