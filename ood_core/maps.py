@@ -1,0 +1,354 @@
+"""2-D maps (PCA, t-SNE, UMAP) of features or low-dimensional gradients, and how separable they are.
+
+``embed`` turns an ``(N, D)`` matrix into ``(N, 2)`` coordinates, disk-cached under a
+hash of the matrix and the settings. ``separability`` measures how well a kNN classifier
+tells ID from OOD points (cross-validated AUROC), so a feature map and a gradient map
+can be compared by a number, in 2-D and in the full space. ``compute_map`` builds the
+points a page draws: coordinates, dataset, sample index, label, prediction and scores,
+so every point leads back to its image.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import cache
+from .workbench import WorkbenchError
+
+Progress = Callable[[float, str], None]
+MAP_VERSION = 1
+METHODS = ("pca", "tsne", "umap")
+METHOD_LABELS = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
+SPACES = ("features", "gradients")
+SCORE_COLUMNS = ("energy", "gradnorm", "msp", "maxlogit", "rg")
+# Main knobs per method with their defaults; anything else is refused by name.
+KNOBS: dict[str, dict[str, Any]] = {
+    "pca": {"standardize": True},
+    # 500 iterations (sklearn's default is 1000): the layout has settled by then and it halves the time.
+    "tsne": {"perplexity": 30.0, "max_iter": 500, "standardize": True},
+    # 200 epochs is what umap-learn itself uses above 10,000 points; 500 below buys little.
+    "umap": {"n_neighbors": 15, "min_dist": 0.1, "n_epochs": 200, "standardize": True},
+}
+PRE_PCA_DIMS = 50
+MIN_POINTS = 3
+
+
+class MapError(WorkbenchError):
+    """A map cannot be drawn as asked; the message says what to change (a WorkbenchError, so pages show it as one line)."""
+
+
+# --- embedding -------------------------------------------------------------------------------
+
+def resolve_knobs(method: str, **knobs: Any) -> dict[str, Any]:
+    """The method's defaults overlaid with ``knobs`` (unknown names and bad types refused)."""
+    if method not in METHODS:
+        raise MapError(f"map method must be one of {', '.join(METHODS)}; got {method!r}")
+    out = dict(KNOBS[method])
+    unknown = set(knobs) - set(out)
+    if unknown:
+        raise MapError(f"{METHOD_LABELS[method]} has no setting(s) {sorted(unknown)}; "
+                       f"settings: {', '.join(out)}")
+    for k, v in knobs.items():
+        default = out[k]
+        try:
+            if isinstance(default, bool):
+                out[k] = bool(v)
+            elif isinstance(default, int):
+                fv = float(v)
+                if not fv.is_integer():
+                    raise ValueError
+                out[k] = int(fv)
+            else:
+                out[k] = float(v)
+        except (TypeError, ValueError):
+            raise MapError(f"{METHOD_LABELS[method]} setting {k} must be a {type(default).__name__}; got {v!r}") from None
+    return out
+
+
+def check_input(X: np.ndarray, method: str, knobs: dict[str, Any]) -> np.ndarray:
+    """Validate the matrix and the knobs against the number of points; a MapError says what to change."""
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise MapError(f"a map needs a 2-D matrix (points × dimensions); got shape {X.shape}")
+    n, d = X.shape
+    if n < MIN_POINTS:
+        raise MapError(f"a map needs at least {MIN_POINTS} points; got {n}. Pick more samples or more datasets")
+    if d < 2 and method == "pca":
+        raise MapError(f"PCA to 2-D needs at least 2 dimensions; the data has {d}")
+    if d < 1:
+        raise MapError("the data has no dimensions (does the model expose features?)")
+    if not np.isfinite(X).all():
+        bad = int((~np.isfinite(X)).any(axis=1).sum())
+        raise MapError(f"{bad} of {n} points have NaN or infinite values; a map needs finite values")
+    if method == "tsne":
+        perp = knobs["perplexity"]
+        top = (n - 1) / 3.0  # each point needs ~3·perplexity neighbours (the Barnes-Hut tree's rule)
+        if perp <= 0:
+            raise MapError(f"t-SNE perplexity must be positive; got {perp:g}")
+        if perp > top:
+            raise MapError(f"t-SNE perplexity {perp:g} is too large for {n} points: use at most {max(1, int(top))} "
+                           f"(≤ (N−1)/3), or map more points")
+        if knobs["max_iter"] < 250:
+            raise MapError(f"t-SNE needs max_iter ≥ 250; got {knobs['max_iter']}")
+    if method == "umap":
+        nn_ = knobs["n_neighbors"]
+        if nn_ < 2:
+            raise MapError(f"UMAP n_neighbors must be at least 2; got {nn_}")
+        if nn_ >= n:
+            raise MapError(f"UMAP n_neighbors {nn_} is too large for {n} points: use at most {n - 1}, or map more points")
+        if not 0.0 <= knobs["min_dist"] <= 1.0:
+            raise MapError(f"UMAP min_dist must be in [0, 1]; got {knobs['min_dist']:g}")
+        if knobs["n_epochs"] < 10:
+            raise MapError(f"UMAP n_epochs must be at least 10; got {knobs['n_epochs']}")
+    return X
+
+
+def _prepare(X: np.ndarray, standardize: bool, reduce_to: int | None, seed: int) -> np.ndarray:
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    Z = StandardScaler(with_std=standardize).fit_transform(np.asarray(X, np.float64))
+    if reduce_to is not None and Z.shape[1] > reduce_to and Z.shape[0] > reduce_to:
+        Z = PCA(reduce_to, random_state=seed).fit_transform(Z)
+    return Z
+
+
+def _embed(X: np.ndarray, method: str, seed: int, knobs: dict[str, Any]) -> np.ndarray:
+    if method == "pca":
+        from sklearn.decomposition import PCA
+        Z = _prepare(X, knobs["standardize"], None, seed)
+        E = PCA(2, random_state=seed).fit_transform(Z) if Z.shape[1] >= 2 else np.c_[Z, np.zeros(len(Z))]
+        return E
+    Z = _prepare(X, knobs["standardize"], PRE_PCA_DIMS, seed).astype(np.float32)
+    if Z.shape[1] == 1:  # t-SNE/UMAP of a single dimension: give them a constant second column
+        Z = np.c_[Z, np.zeros(len(Z), np.float32)]
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+        return TSNE(2, perplexity=knobs["perplexity"], max_iter=knobs["max_iter"], init="pca", learning_rate="auto",
+                    random_state=seed, n_jobs=2).fit_transform(Z)
+    # UMAP: exact neighbours from scikit-learn are faster here than pynndescent's first (JIT-compiled) call.
+    from sklearn.neighbors import NearestNeighbors
+    k = knobs["n_neighbors"]
+    dist, idx = NearestNeighbors(n_neighbors=k).fit(Z).kneighbors(Z)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "n_jobs overridden by random_state": seeded UMAP is single-threaded
+        import umap
+        reducer = umap.UMAP(n_neighbors=k, min_dist=knobs["min_dist"], n_epochs=knobs["n_epochs"],
+                            random_state=seed, precomputed_knn=(idx, dist, None),
+                            init="spectral" if len(Z) > k + 2 else "random")
+        return reducer.fit_transform(Z)
+
+
+def embed_key(X: np.ndarray, method: str, seed: int, knobs: dict[str, Any]) -> str:
+    X = np.ascontiguousarray(X)
+    return cache.make_key("map", v=MAP_VERSION, X=X, shape=list(X.shape), dtype=str(X.dtype), method=method,
+                          seed=int(seed), knobs=knobs)
+
+
+def embed(X: np.ndarray, method: str = "pca", seed: int = 0, **knobs: Any) -> np.ndarray:
+    """2-D coordinates ``(N, 2)`` of the rows of ``X``, disk-cached per (X, method, seed, knobs).
+
+    Columns are centred (and standardised unless ``standardize=False``); t-SNE and UMAP
+    first reduce to 50 principal components for speed. Knobs: t-SNE ``perplexity``,
+    ``max_iter``; UMAP ``n_neighbors``, ``min_dist``, ``n_epochs``.
+    """
+    kn = resolve_knobs(method, **knobs)
+    X = check_input(X, method, kn)
+    key = embed_key(X, method, seed, kn)
+    arr = cache.cached_arrays(key, lambda: {"xy": _embed(X, method, int(seed), kn).astype(np.float32)})
+    return arr["xy"]
+
+
+def is_embedded(X: np.ndarray, method: str = "pca", seed: int = 0, **knobs: Any) -> bool:
+    """Whether ``embed`` would answer from the cache."""
+    kn = resolve_knobs(method, **knobs)
+    return cache.has(embed_key(np.asarray(X), method, seed, kn))
+
+
+# --- separability ----------------------------------------------------------------------------
+
+def separability(X_id: np.ndarray, X_ood: np.ndarray, k: int = 15, folds: int = 5, seed: int = 0) -> float:
+    """Cross-validated kNN AUROC of ID (positive) vs OOD points.
+
+    A kNN classifier (on standardised columns) is fitted on ``folds − 1`` folds and gives
+    each held-out point a probability of being ID; the AUROC of those probabilities is
+    0.5 when the two sets are mixed and 1.0 when they occupy separate regions.
+    """
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    # float32: scikit-learn's neighbour search runs about twice as fast, and AUROC does not notice.
+    X_id, X_ood = np.asarray(X_id, np.float32), np.asarray(X_ood, np.float32)
+    if X_id.ndim != 2 or X_ood.ndim != 2 or X_id.shape[1] != X_ood.shape[1]:
+        raise MapError(f"ID and OOD points must be matrices with the same columns; got {X_id.shape} and {X_ood.shape}")
+    n_min = min(len(X_id), len(X_ood))
+    if n_min < 2:
+        raise MapError(f"separability needs at least 2 ID and 2 OOD points; got {len(X_id)} ID and {len(X_ood)} OOD")
+    if not (np.isfinite(X_id).all() and np.isfinite(X_ood).all()):
+        raise MapError("separability needs finite values")
+    folds = int(min(folds, n_min))
+    X = np.vstack([X_id, X_ood])
+    y = np.r_[np.ones(len(X_id), int), np.zeros(len(X_ood), int)]
+    n_fit = len(X) - (len(X) + folds - 1) // folds  # the smallest training fold
+    k = int(max(1, min(k, n_fit)))
+    clf = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=k))
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    proba = cross_val_predict(clf, X, y, cv=cv, method="predict_proba")[:, 1]
+    return float(roc_auc_score(y, proba))
+
+
+def separability_table(xy: np.ndarray, full: np.ndarray, datasets: Sequence[str], id_name: str, k: int = 15,
+                       seed: int = 0) -> pd.DataFrame:
+    """ID-vs-OOD kNN AUROC in 2-D and in the full space, per OOD set and for all OOD sets pooled."""
+    datasets = np.asarray(datasets)
+    xy, full = np.asarray(xy), np.asarray(full)
+    key = cache.make_key("separability", v=MAP_VERSION, xy=np.ascontiguousarray(xy),
+                         full=np.ascontiguousarray(full), shape=[list(xy.shape), list(full.shape)],
+                         datasets=list(map(str, datasets)), id=id_name, k=k, seed=seed)
+
+    def compute() -> dict[str, np.ndarray]:
+        is_id = datasets == id_name
+        oods = [d for d in dict.fromkeys(datasets.tolist()) if d != id_name]
+        rows = []
+        groups = [(d, datasets == d) for d in oods]
+        if len(oods) > 1:
+            groups.append(("all OOD", ~is_id))
+        for name, m in groups:
+            if m.sum() < 2 or is_id.sum() < 2:
+                continue
+            rows.append((name, int(m.sum()), separability(xy[is_id], xy[m], k, seed=seed),
+                         separability(full[is_id], full[m], k, seed=seed)))
+        return {"ood": np.array([r[0] for r in rows], dtype=str), "n": np.array([r[1] for r in rows], np.int64),
+                "auroc_2d": np.array([r[2] for r in rows]), "auroc_full": np.array([r[3] for r in rows])}
+
+    arr = cache.cached_arrays(key, compute)
+    return pd.DataFrame({"ood": arr["ood"].astype(str), "n_ood": arr["n"], "auroc_2d": arr["auroc_2d"],
+                         "auroc_full": arr["auroc_full"]})
+
+
+# --- the points a page draws ------------------------------------------------------------------
+
+@dataclass
+class MapResult:
+    """One map: its points (``frame``), the full-space matrix, separability and timing."""
+
+    frame: pd.DataFrame
+    full: np.ndarray
+    separability: pd.DataFrame
+    space: str
+    method: str
+    knobs: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    dims: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, float]:
+        """Pooled ID-vs-all-OOD separability (the last row), 2-D and full space."""
+        if self.separability.empty:
+            return {"auroc_2d": float("nan"), "auroc_full": float("nan")}
+        row = self.separability.iloc[-1]
+        return {"auroc_2d": float(row["auroc_2d"]), "auroc_full": float(row["auroc_full"])}
+
+
+def sample_indices(n: int, n_per_set: int | None, seed: int) -> np.ndarray:
+    """A fixed-seed sorted subset of ``range(n)`` of size ``min(n, n_per_set)``."""
+    if n_per_set is None or n_per_set >= n:
+        return np.arange(n)
+    if n_per_set < 1:
+        raise MapError(f"samples per dataset must be at least 1; got {n_per_set}")
+    return np.sort(np.random.default_rng(seed).choice(n, int(n_per_set), replace=False))
+
+
+def _names(id_name: str, ood_names: Sequence[str]) -> list[str]:
+    names = [id_name] + [n for n in dict.fromkeys(ood_names) if n != id_name]
+    return names
+
+
+def compute_map(bundle: Any, id_name: str = "mnist", ood_names: Sequence[str] = (), space: str = "features",
+                method: str = "pca", n_per_set: int | None = 1000, seed: int = 0,
+                grad_params: dict[str, Any] | None = None, progress: Progress | None = None, sep_k: int = 15,
+                **knobs: Any) -> MapResult:
+    """Embed the ID test set and the OOD sets jointly in one 2-D map.
+
+    ``space='features'`` maps penultimate features; ``'gradients'`` maps low-dimensional
+    gradients ``G_low`` (``ood_core.gradients.lowdim_for_dataset`` with ``grad_params``).
+    Each set is subsampled to ``n_per_set`` points with ``seed``. Knobs go to :func:`embed`.
+    """
+    from . import workbench as wb
+    from .data import get_dataset
+
+    if space not in SPACES:
+        raise MapError(f"space must be one of {', '.join(SPACES)}; got {space!r}")
+    kn = resolve_knobs(method, **knobs)
+    names = _names(id_name, ood_names)
+    datasets = [get_dataset(n) for n in names]  # unknown names fail here, before any work
+    if space == "features" and not bundle.has_features:
+        raise MapError(f"this model exposes no features ({bundle.feature_reason}); map its gradients instead")
+    t0 = time.time()
+    say = progress or (lambda f, m: None)
+    total = sum(len(sample_indices(len(ds), n_per_set, seed)) for ds in datasets)
+    if total < MIN_POINTS:
+        raise MapError(f"a map needs at least {MIN_POINTS} points; these settings give {total}. "
+                       "Pick more samples per dataset or more datasets")
+    if method in ("tsne", "umap"):  # refuse a bad perplexity / n_neighbors before computing anything
+        check_input(np.zeros((total, 2)), method, kn)
+    blocks, frames = [], []
+    span = 0.8 if space == "gradients" else 0.5
+    for i, (name, ds) in enumerate(zip(names, datasets)):
+        lo, hi = span * i / len(names), span * (i + 1) / len(names)
+        ext = wb.get_extraction(bundle, ds, progress=lambda f, m, lo=lo, hi=hi: say(lo + (hi - lo) * f, m))
+        idx = sample_indices(len(ds), n_per_set, seed)
+        if space == "features":
+            X = ext.features
+        else:
+            from .gradients import lowdim_for_dataset
+            X = lowdim_for_dataset(bundle, name, id_name, grad_params,
+                                   progress=lambda f, m, lo=lo, hi=hi: say(lo + (hi - lo) * f, m))
+        blocks.append(np.asarray(X, np.float32)[idx])
+        df = pd.DataFrame({
+            "dataset": name, "index": idx.astype(np.int64), "sample_id": np.asarray(ext.sample_ids)[idx],
+            "label": ext.labels[idx], "pred": ext.preds[idx], "is_id": name == id_name,
+        })
+        for d in SCORE_COLUMNS:
+            try:
+                df[d] = wb.score(bundle, d, name, id_name)[idx]
+            except wb.USER_ERRORS:  # e.g. a model without features has no GradNorm/RG: leave the column out
+                pass
+        frames.append(df)
+    X_all = np.vstack(blocks)
+    frame = pd.concat(frames, ignore_index=True)
+    say(span, f"{METHOD_LABELS[method]} of {len(X_all):,} points in {X_all.shape[1]} dimensions…")
+    xy = embed(X_all, method, seed, **kn)
+    frame.insert(0, "y", xy[:, 1])
+    frame.insert(0, "x", xy[:, 0])
+    say(0.95, "separability (kNN AUROC, 2-D and full space)…")
+    sep = separability_table(xy, X_all, frame["dataset"].to_numpy(), id_name, k=sep_k, seed=seed)
+    say(1.0, "map ready")
+    return MapResult(frame, X_all, sep, space, method, kn, time.time() - t0, int(X_all.shape[1]),
+                     {"grad_params": dict(grad_params or {}), "n_points": int(len(X_all))})
+
+
+def map_points(bundle: Any, id_name: str = "mnist", ood_names: Sequence[str] = (), space: str = "features",
+               method: str = "pca", n_per_set: int | None = 1000, seed: int = 0,
+               grad_params: dict[str, Any] | None = None, progress: Progress | None = None, **knobs: Any) -> pd.DataFrame:
+    """The map's points: columns x, y, dataset, index, sample_id, label, pred, is_id and scores."""
+    return compute_map(bundle, id_name, ood_names, space, method, n_per_set, seed, grad_params, progress,
+                       **knobs).frame
+
+
+def gradients_ready(bundle: Any, id_name: str, ood_names: Sequence[str], grad_params: dict[str, Any] | None = None) -> bool:
+    """Whether every set's low-dimensional gradients are already on disk (so no job is needed)."""
+    from .data import get_dataset
+    from .gradients import lowdim_key, resolve_params, subspace_key
+
+    p = resolve_params(grad_params)
+    sk = subspace_key(bundle, id_name, p)
+    return all(cache.has(lowdim_key(bundle, get_dataset(n), sk, p)) for n in _names(id_name, ood_names))
