@@ -121,14 +121,17 @@ def _resample_counts(na: int, nb: int, n_boot: int, seed: int) -> tuple[np.ndarr
     The draws depend only on the sizes and the seed, so one table's cells (same ID set,
     same OOD sets) share them; cached, and read-only so no caller can corrupt the cache.
     Samples-major layout: the cumulative sums below then run over contiguous rows.
+    float32 while every count and sum involved stays below 2^24 (exact integers), float64
+    otherwise.
     """
     rng = np.random.default_rng(seed)
     ia = rng.integers(0, na, size=(n_boot, na))
     ib = rng.integers(0, nb, size=(n_boot, nb))
+    dt = np.float32 if 2 * na * nb < 2 ** 24 else np.float64
     out = []
     for idx, n in ((ia, na), (ib, nb)):
         flat = (idx + (np.arange(n_boot) * n)[:, None]).ravel()
-        c = np.ascontiguousarray(np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).T, dtype=np.float64)
+        c = np.ascontiguousarray(np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).T, dtype=dt)
         c.setflags(write=False)
         out.append(c)
     return out[0], out[1]
@@ -140,18 +143,19 @@ def _np_lerp(lo: np.ndarray, hi: np.ndarray, frac: float) -> np.ndarray:
     return hi - d * (1.0 - frac) if frac >= 0.5 else lo + d * frac
 
 
-def _resampled_order_stat(sorted_vals: np.ndarray, w_sorted: np.ndarray, rank: int) -> np.ndarray:
-    """Per resample, the value at 0-based ``rank`` of the resample sorted ascending.
+def _resampled_order_stats(sorted_vals: np.ndarray, w_sorted: np.ndarray, ranks: tuple[int, ...]) -> list[np.ndarray]:
+    """Per resample, the values at 0-based ``ranks`` of the resample sorted ascending.
 
-    Only the cumulative weights up to the first row that passes ``rank`` in every
+    Only the cumulative weights up to the first row that passes the largest rank in every
     resample are needed; start with a prefix and widen it only if some resample needs more.
     """
-    n, n_boot = w_sorted.shape
-    m = min(n, 2 * rank + 64)
+    n = w_sorted.shape[0]
+    top = max(ranks)
+    m = min(n, 2 * top + 64)
     while True:
         c = np.cumsum(w_sorted[:m], axis=0)
-        if m == n or c[-1].min() > rank:
-            return sorted_vals[np.minimum((c <= rank).sum(axis=0), n - 1)]
+        if m == n or c[-1].min() > top:
+            return [sorted_vals[np.minimum((c <= r).sum(axis=0), n - 1)] for r in ranks]
         m = min(n, 2 * m)
 
 
@@ -165,7 +169,7 @@ def bootstrap_draws(id_scores: np.ndarray, ood_scores: np.ndarray, n_boot: int =
     AUROC (ties count half) and the 5th-percentile threshold (numpy's linear
     interpolation) then cost O(n_boot·(n_id + n_ood)) instead of a sort per resample.
     Equal to ``roc_auc_score`` / ``np.percentile`` on the explicitly resampled arrays
-    (tests/test_compare_tuning.py checks both against a direct loop).
+    (tests/test_compare_tuning.py and tests/test_metrics.py check both against a direct loop).
     """
     a, b = _check(id_scores, ood_scores)
     unknown = set(metrics) - {"auroc", "fpr95"}
@@ -176,31 +180,29 @@ def bootstrap_draws(id_scores: np.ndarray, ood_scores: np.ndarray, n_boot: int =
     wa, wb = _resample_counts(a.size, b.size, int(n_boot), int(seed))
     ob = np.argsort(b, kind="stable")
     bs = b[ob]
-    cb = np.empty((b.size + 1, n_boot))
-    cb[0] = 0.0
+    cb = np.empty((b.size + 1, n_boot), wb.dtype)
+    cb[0] = 0
     np.cumsum(wb[ob], axis=0, out=cb[1:])  # cb[j] = resampled weight of the j smallest OOD scores
     out: dict[str, np.ndarray] = {}
     if "auroc" in metrics:
         lt, le = np.searchsorted(bs, a, side="left"), np.searchsorted(bs, a, side="right")
         if np.array_equal(lt, le):  # no ID score equals an OOD score: one lookup instead of two
-            out["auroc"] = np.einsum("ij,ij->j", wa, cb[lt]) / (a.size * b.size)
+            u2 = 2.0 * np.einsum("ij,ij->j", wa, cb[lt]).astype(np.float64)
         else:
             two_below_or_tied = cb[lt]
             two_below_or_tied += cb[le]
-            out["auroc"] = np.einsum("ij,ij->j", wa, two_below_or_tied) / (2.0 * a.size * b.size)
+            u2 = np.einsum("ij,ij->j", wa, two_below_or_tied).astype(np.float64)
+        out["auroc"] = u2 / (2.0 * a.size * b.size)
     if "fpr95" in metrics:
         oa = np.argsort(a, kind="stable")
-        as_, wa_s = a[oa], wa[oa]
         pos = (a.size - 1) * (5.0 / 100.0)
         lo = int(np.floor(pos))
         frac = float(pos - lo)
-        v_lo = _resampled_order_stat(as_, wa_s, lo)
-        v_hi = _resampled_order_stat(as_, wa_s, min(lo + 1, a.size - 1))
+        v_lo, v_hi = _resampled_order_stats(a[oa], wa[oa], (lo, min(lo + 1, a.size - 1)))
         t = _np_lerp(v_lo, v_hi, frac)
-        below_t = cb[np.searchsorted(bs, t, side="left"), np.arange(n_boot)]
+        below_t = cb[np.searchsorted(bs, t, side="left"), np.arange(n_boot)].astype(np.float64)
         out["fpr95"] = (b.size - below_t) / b.size
     return out
-
 
 class SortedScores:
     """One set of scores sorted once, so every OOD set is compared by binary search.

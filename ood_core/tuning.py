@@ -202,7 +202,7 @@ def sweep(bundle: Any, detector: str, knob_grid: dict[str, list[Any]] | None, id
     df.attrs.update({"notes": notes, "metric": metric, "detector": detector, "val_ood": val,
                      "id_validation": f"{len(hold_idx)} held-out samples of {train_ds.name} (seed {seed})",
                      "knobs": list(grid)})
-    return df, dict(settings[best_i])
+    return df, plain(settings[best_i])
 
 
 def _has_train(id_name: str) -> bool:
@@ -215,3 +215,29 @@ def _has_train(id_name: str) -> bool:
 
 def _short(c: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in c.items())
+
+
+def parse_values(detector: str | Detector, knob: str, text: str) -> list[Any]:
+    """``"0.5, 1, 2"`` -> validated knob values (the Tuning page's grid editor)."""
+    det = get_detector(detector) if isinstance(detector, str) else detector
+    kn = det.knob(knob)
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise TuningError(f"give at least one value for {det.name}.{knob}, separated by commas")
+    out: list[Any] = []
+    for t in items:
+        v: Any = t
+        if kn.kind in ("float", "int"):
+            try:
+                v = float(t)
+            except ValueError:
+                raise TuningError(f"{det.name}.{knob}: {t!r} is not a number") from None
+        v = kn.validate(v, det.name)
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def plain(d: dict[str, Any]) -> dict[str, Any]:
+    """Knob values as plain Python scalars (for session state and experiment JSON)."""
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}

@@ -63,7 +63,8 @@ def _model_scores(name: str, bundle, tiny, which: int, **knobs) -> np.ndarray:
         (tr_ds, tr_ext) = tiny[0]
         det.fit_model(bundle, tr_ds, tr_ext)
     ds, ext = tiny[which]
-    return np.asarray(det.score_model(bundle, ds, ext, **knobs), np.float64)
+    # resolved knobs, as ood_core.workbench.score passes them
+    return np.asarray(det.score_model(bundle, ds, ext, **det.resolve(knobs)), np.float64)
 
 
 def _bad_values(knob) -> list:

@@ -4,12 +4,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy.linalg import eigh
 from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 from sklearn.neighbors import NearestNeighbors
+from threadpoolctl import threadpool_limits
 
 from ..extract import Extraction
 from .base import Detector, DetectorError, Knob, Paper, register
 
+SMALL_SEARCH = 10_000_000  # query × training pairs below which KNN searches on one thread
 COVARIANCE_HELP = ("ledoit_wolf: scikit-learn's Ledoit-Wolf shrinkage (always invertible); empirical: the plain "
                    "maximum-likelihood covariance, pseudo-inverted when singular (e.g. dead ReLU units)")
 
@@ -17,17 +20,18 @@ COVARIANCE_HELP = ("ledoit_wolf: scikit-learn's Ledoit-Wolf shrinkage (always in
 def _precision_factor(cov_estimator: Any, what: str) -> tuple[np.ndarray, dict[str, Any]]:
     """``L`` with ``Σ⁺ = L Lᵀ`` (so ``MD = ‖(h−μ) L‖²``) and facts about the covariance.
 
-    The precision is scikit-learn's ``precision_`` (a pseudo-inverse, ``pinvh``), so a
-    singular covariance does not crash: directions with no variance are ignored. We say
-    so in the returned note instead of hiding it.
+    ``Σ⁺`` is the pseudo-inverse with ``scipy.linalg.pinvh``'s cut-off (what scikit-learn's
+    ``precision_`` uses), taken from one eigendecomposition because we need the whitening
+    factor, which scikit-learn does not expose. A singular covariance therefore does not
+    crash: directions without variance are ignored, and the returned note says so.
     """
     cov = np.asarray(cov_estimator.covariance_, np.float64)
-    ev = np.linalg.eigvalsh(cov)
+    ev, V = eigh(cov)
     if ev.max() <= 0:
         raise DetectorError(f"{what}: the training features have zero variance; Mahalanobis distances are undefined")
-    rank = int((ev > ev.max() * 1e-10).sum())
-    w, V = np.linalg.eigh(np.asarray(cov_estimator.precision_, np.float64))
-    L = V * np.sqrt(np.clip(w, 0.0, None))
+    keep = ev > cov.shape[0] * np.finfo(np.float64).eps * np.abs(ev).max()
+    L = V[:, keep] / np.sqrt(ev[keep])
+    rank = int(keep.sum())
     info: dict[str, Any] = {"rank": rank, "dim": int(cov.shape[0])}
     if rank < cov.shape[0]:
         info["note"] = (f"{what} covariance is singular (rank {rank} of {cov.shape[0]}): used its pseudo-inverse; "
@@ -38,7 +42,9 @@ def _precision_factor(cov_estimator: Any, what: str) -> tuple[np.ndarray, dict[s
 
 
 def _fit_cov(X: np.ndarray, kind: str) -> Any:
-    est = LedoitWolf(assume_centered=True) if kind == "ledoit_wolf" else EmpiricalCovariance(assume_centered=True)
+    # store_precision=False: _precision_factor inverts once; the estimator's own pinvh would repeat it
+    est = (LedoitWolf(assume_centered=True, store_precision=False) if kind == "ledoit_wolf"
+           else EmpiricalCovariance(assume_centered=True, store_precision=False))
     return est.fit(X)
 
 
@@ -191,5 +197,10 @@ class KNN(Detector):
             raise
 
     def _score(self, ext: Extraction, k: int) -> np.ndarray:
-        dist, _ = self.nn.kneighbors(l2_normalise(ext.features), n_neighbors=int(k))
+        z = l2_normalise(ext.features)
+        # Small searches run single-threaded: OpenMP's start-up and barriers cost more than
+        # they save below ~10^7 distance pairs, and far more on a shared, busy CPU.
+        threads = 1 if len(z) * self.n_train <= SMALL_SEARCH else None
+        with threadpool_limits(limits=threads, user_api="openmp"):
+            dist, _ = self.nn.kneighbors(z, n_neighbors=int(k))
         return -dist[:, -1]

@@ -1,0 +1,117 @@
+"""Compare: every detector on every OOD set, with 95% bootstrap intervals."""
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from ood_core import compare as cmp
+from ood_core import workbench as wb
+from ood_core.detectors import detector_classes, get_detector
+from ood_core.figures.compare import LABELS, compare_chart
+from ood_core.metrics import METRICS
+from ui import common
+from ui.export import figure_downloads, table_downloads
+
+st.set_page_config(page_title="Compare · OOD workbench", layout="wide")
+ctx = common.sidebar()
+st.title("Compare detectors")
+st.caption("Which detector should you trust for this model and this kind of shift? Every detector on every OOD set, "
+           "with 95% percentile-bootstrap intervals (ID and OOD resampled separately). Knob values come from the "
+           "Scores and Tuning pages; detectors you have not touched use their defaults.")
+
+if not ctx.ood:
+    st.info("Choose at least one OOD dataset in the sidebar.")
+    st.stop()
+
+common.extraction(ctx.bundle, ctx.id_name)
+classes = detector_classes()
+cached_names = [n for n, c in classes.items() if not c.needs_model]
+model_names = [n for n, c in classes.items() if c.needs_model]
+
+c1, c2, c3 = st.columns([2, 5, 1])
+with c1:
+    metric = st.radio("Metric", list(METRICS), format_func=lambda m: LABELS[m], horizontal=True, key="compare.metric")
+with c2:
+    chosen = st.multiselect("Detectors", list(classes), default=cached_names, key="compare.detectors",
+                            help="model-time detectors (e.g. odin) need a job; their rows appear once it has run")
+with c3:
+    n_boot = int(st.number_input("Resamples", 0, 5000, 1000, 100, key="compare.n_boot",
+                                 help="bootstrap resamples for the intervals (0: no intervals)"))
+if not chosen:
+    st.info("Pick at least one detector.")
+    st.stop()
+
+params = {d: dict(v) for d, v in st.session_state["params"].items() if d in chosen}
+chosen_model = [d for d in chosen if d in model_names]
+
+
+def _model_time_cached() -> tuple[bool, ...]:
+    out = []
+    for d in chosen_model:
+        probe = get_detector(d)
+        try:
+            out.append(all(wb.is_cached(ctx.bundle, probe, n, params.get(d)) for n in [ctx.id_name, *ctx.ood]))
+        except common.USER_ERRORS:
+            out.append(False)
+    return tuple(out)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _table(fingerprint: str, id_name: str, ood: tuple, dets: tuple, params_json: str, n_boot: int,
+           model_state: tuple, _bundle):
+    return cmp.compare_table(_bundle, id_name, list(ood), list(dets), json.loads(params_json), n_boot=n_boot)
+
+
+mt_state = _model_time_cached()
+with common.guard("comparing"), st.spinner(f"Scoring {len(chosen)} detectors on {len(ctx.ood)} OOD sets…"):
+    df = _table(ctx.bundle.fingerprint, ctx.id_name, tuple(ctx.ood), tuple(chosen),
+                json.dumps(params, sort_keys=True, default=str), n_boot, mt_state, ctx.bundle)
+
+# --- model-time detectors: run as a job -------------------------------------------------
+pending = [d for d, ok in zip(chosen_model, mt_state) if not ok]
+if pending:
+    key = f"compare-mt:{ctx.bundle.fingerprint}:{ctx.id_name}:{ctx.ood}:{pending}:{sorted(params.items(), key=str)}"
+    running = key in st.session_state.get("_jobs", {})
+    if running or st.button(f"Run model-time detectors ({', '.join(pending)}) as a job", key="compare.run_mt"):
+        def _job(jc, _b=ctx.bundle, _id=ctx.id_name, _ood=list(ctx.ood), _d=pending, _p=params):
+            return cmp.compare_table(_b, _id, _ood, _d, _p, n_boot=0, progress=jc.progress, run_model_time=True)
+        common.run_as_job(key, _job, f"{', '.join(pending)} on {1 + len(ctx.ood)} datasets")
+        st.session_state["_jobs"].pop(key, None)
+        st.rerun()
+
+# --- the table ----------------------------------------------------------------------------
+ok = cmp.ok_rows(df)
+if ok.empty:
+    st.warning("No detector could run on this model and data; see the reasons below.")
+else:
+    w = cmp.wide(df, metric)
+    best = cmp.best_mask(w, metric)
+    better = "higher" if metric != "fpr95" else "lower"
+    st.subheader(f"{LABELS[metric]} ({better} is better; best per column in bold green)")
+    styled = w.style.format("{:.4f}").apply(
+        lambda col: ["font-weight: bold; background-color: #c8e6c9" if b else "" for b in best[col.name]], axis=0)
+    st.dataframe(styled, width="stretch", key="compare.table")
+    if metric in ("auroc", "fpr95") and n_boot:
+        with st.expander(f"{LABELS[metric]} with 95% bootstrap intervals ({n_boot} resamples)", expanded=True):
+            st.dataframe(cmp.ci_text(df, metric), width="stretch", key="compare.ci")
+    secs = df.attrs.get("seconds")
+    if secs is not None:
+        st.caption(f"{len(ok)} cells computed in {secs:.2f} s (cached afterwards).")
+
+bad = cmp.unavailable(df)
+if not bad.empty:
+    st.markdown("**Not shown**")
+    for _, r in bad.iterrows():
+        st.markdown(f":gray[**{r['detector']}**: {r['status']}. {r['reason']}]")
+
+if not ok.empty:
+    fig = compare_chart(df, metric)
+    st.plotly_chart(fig, width="stretch", key="compare.chart")
+    d1, d2 = st.columns(2)
+    with d1:
+        figure_downloads(fig, f"compare_{metric}", key="compare-fig")
+    with d2:
+        table_downloads(df, "compare_table", key="compare-csv")
+    with st.expander("Long table: every detector × OOD set with all metrics"):
+        st.dataframe(df, hide_index=True, width="stretch", key="compare.long")
