@@ -32,7 +32,7 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -502,7 +502,7 @@ def fit_subspace(bundle: ModelBundle, id_name: str | ImageDataset = "mnist", par
 def _fit(bundle: ModelBundle, train: ImageDataset, p: dict[str, Any], r: int, P: int, progress: Progress | None,
          device: str | None, budget_bytes: int | None) -> tuple[Subspace, np.ndarray | None]:
     """The subspace, and the training set's ``G·V`` when G was held in memory anyway."""
-    from sklearn.decomposition import PCA, IncrementalPCA
+    from sklearn.decomposition import PCA
 
     budget = memory_budget_bytes(device or _default_device()) if budget_bytes is None else int(budget_bytes)
     n = len(train)
@@ -535,26 +535,36 @@ def _fit(bundle: ModelBundle, train: ImageDataset, p: dict[str, Any], r: int, P:
         pca = PCA(n_components=r, svd_solver=solver, random_state=0).fit(G)
         V = pca.components_.T.astype(np.float32)
         return Subspace(V, "pca", "", pca.explained_variance_ratio_, f"PCA ({solver})"), G @ V
-    else:
-        # The N×P matrix would not fit: IncrementalPCA, fed small batches (each needs ≥ r rows;
-        # every call runs an SVD of a (batch + r)×P matrix, so small batches keep calls cheap).
-        # A final tail shorter than r (at most `step` samples) is left out.
-        pca = IncrementalPCA(n_components=r)
-        step = max(32, 2 * r)
-        buf: list[np.ndarray] = []
-        for _, g in it():
-            buf.append(g.cpu().numpy())
-            pending = np.concatenate(buf) if len(buf) > 1 else buf[0]
-            buf = []
-            for i in range(0, len(pending), step):
-                part = pending[i:i + step]
-                if len(part) < step:
-                    buf = [part]  # carry the tail into the next chunk
-                    break
-                pca.partial_fit(part)
-        if buf and len(buf[0]) >= r:
-            pca.partial_fit(buf[0])
+    pca = ipca_fit((g.cpu().numpy() for _, g in it()), r)
     return Subspace(pca.components_.T.astype(np.float32), "pca", "", pca.explained_variance_ratio_, "IncrementalPCA"), None
+
+
+def ipca_fit(chunks: Iterable[np.ndarray], r: int) -> Any:
+    """scikit-learn IncrementalPCA fed chunk by chunk, so the full N×P matrix never exists.
+
+    Each ``partial_fit`` needs ≥ r rows and runs an SVD of a (batch + r)×P matrix, so
+    chunks are re-cut into small batches (max(32, 2r)) to keep every call cheap; a final
+    tail shorter than r rows (fewer than one batch) is left out.
+    """
+    from sklearn.decomposition import IncrementalPCA
+
+    pca = IncrementalPCA(n_components=r)
+    step = max(32, 2 * r)
+    tail = np.zeros((0, 0), np.float32)
+    fitted = False
+    for chunk in chunks:
+        pending = np.concatenate([tail, chunk]) if len(tail) else chunk
+        full = (len(pending) // step) * step
+        for i in range(0, full, step):
+            pca.partial_fit(pending[i:i + step])
+            fitted = True
+        tail = pending[full:]
+    if len(tail) >= r:
+        pca.partial_fit(tail)
+        fitted = True
+    if not fitted:
+        raise GradientError(f"IncrementalPCA needs at least r={r} samples")
+    return pca
 
 
 def _predicted(bundle: ModelBundle, ds: ImageDataset, device: str | None) -> np.ndarray:

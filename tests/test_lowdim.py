@@ -1,0 +1,151 @@
+"""Low-dimensional gradient detectors: formulas on tiny arrays, then every detector on the default."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import mahalanobis
+from scipy.stats import spearmanr
+
+from ood_core import gradients as G
+from ood_core.detectors import DetectorError, detector_classes, get_detector
+from ood_core.detectors.base import energy
+from ood_core.detectors.lowdim import knn_score, maha_fit, maha_score, norm_score, react_score
+from ood_core.metrics import ood_metrics
+
+NAMES = ["lowdim_norm", "lowdim_maha", "lowdim_knn", "lowdim_react", "lowdim_ens"]
+
+
+def test_registered_as_model_time_detectors():
+    for n in NAMES:
+        cls = detector_classes()[n]
+        assert cls.needs_model and "training" in cls.needs
+        assert get_detector(n).defaults()["loss"] == "kl_uniform"
+
+
+# --- formulas on tiny arrays ----------------------------------------------------------------
+
+def test_norm_and_react_formulas():
+    g = np.array([[3.0, -4.0], [0.5, 0.0]])
+    np.testing.assert_allclose(norm_score(g, "kl_uniform"), [5.0, 0.5])
+    np.testing.assert_allclose(norm_score(g, "ce_pred"), [-5.0, -0.5])
+    np.testing.assert_allclose(react_score(g, 1.0, "kl_uniform"), [np.sqrt(2.0), 0.5])  # (1, -1) and (0.5, 0)
+
+
+def test_mahalanobis_formula():
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(60, 3))
+    y = np.repeat([0, 1, 2], 20)
+    g[y == 1] += 4.0
+    classes, means, prec = maha_fit(g, y)
+    np.testing.assert_allclose(means[1], g[y == 1].mean(0))
+    x = rng.normal(size=(5, 3))
+    ref = [-min(mahalanobis(xi, m, prec) ** 2 for m in means) for xi in x]
+    np.testing.assert_allclose(maha_score(x, means, prec), ref, rtol=1e-10)
+
+
+def test_knn_formula():
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(1)
+    tr, x = rng.normal(size=(30, 4)), rng.normal(size=(6, 4))
+    z_tr = tr / np.linalg.norm(tr, axis=1, keepdims=True)
+    z = x / np.linalg.norm(x, axis=1, keepdims=True)
+    d = np.linalg.norm(z[:, None] - z_tr[None], axis=2)
+    nn = NearestNeighbors().fit(z_tr)
+    np.testing.assert_allclose(knn_score(x, nn, 3), -np.sort(d, axis=1)[:, 2])
+
+
+# --- on the embedded default, with small subsets --------------------------------------------
+
+@pytest.fixture(scope="module")
+def sets(default_bundle):
+    from ood_core import workbench as wb
+    from ood_core.data import get_dataset
+
+    out = {}
+    for name, step in (("mnist:train", 8), ("mnist", 5), ("letters", 5), ("gaussian", 5)):
+        full = get_dataset(name)
+        idx = np.arange(0, len(full), step)
+        out[name] = (full.subset(idx), wb.get_extraction(default_bundle, full).subset(idx))
+    return out
+
+
+def _fitted(name, bundle, sets):
+    det = get_detector(name)
+    return det.fit_model(bundle, *sets["mnist:train"])
+
+
+def _scores(det, bundle, sets, name, **knobs):
+    ds, ext = sets[name]
+    return det.score_model(bundle, ds, ext, **det.resolve(knobs))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_detector_on_the_default(name, default_bundle, sets):
+    det = _fitted(name, default_bundle, sets)
+    assert det.fit_key
+    ids = _scores(det, default_bundle, sets, "mnist")
+    far = _scores(det, default_bundle, sets, "gaussian")
+    near = _scores(det, default_bundle, sets, "letters")
+    assert ids.shape == (200,) and np.isfinite(ids).all() and np.isfinite(far).all()
+    assert ood_metrics(ids, far)["auroc"] > 0.6, f"{name}: digits not above Gaussian noise"
+    assert ood_metrics(ids, near)["auroc"] > 0.6, f"{name}: digits not above letters"
+
+
+@pytest.mark.parametrize("loss", ["kl_uniform", "ce_pred"])
+def test_norm_orientation_on_default(loss, default_bundle, sets):
+    """Fixes lowdim_norm's sign: +‖G_low‖ for kl_uniform, −‖G_low‖ for ce_pred (ID = higher)."""
+    det = _fitted("lowdim_norm", default_bundle, sets)
+    ids = _scores(det, default_bundle, sets, "mnist", loss=loss)
+    for ood in ("letters", "gaussian"):
+        s = _scores(det, default_bundle, sets, ood, loss=loss)
+        assert ood_metrics(ids, s)["auroc"] > 0.8, (loss, ood)
+        # the raw (unsigned) norm orders the other way for ce_pred
+        raw = ood_metrics(np.abs(ids), np.abs(s))["auroc"]
+        assert (raw > 0.5) == (loss == "kl_uniform")
+
+
+def test_react_clips_and_tends_to_the_norm(default_bundle, sets):
+    det = _fitted("lowdim_react", default_bundle, sets)
+    norm = _fitted("lowdim_norm", default_bundle, sets)
+    plain = _scores(norm, default_bundle, sets, "mnist")
+    clipped = _scores(det, default_bundle, sets, "mnist", p=60)
+    assert (clipped <= plain + 1e-9).all() and (clipped < plain - 1e-6).any()
+    gl = G.lowdim_for_dataset(default_bundle, sets["mnist"][0], sets["mnist:train"][0], {})
+    c = np.percentile(np.abs(G.lowdim_for_dataset(default_bundle, sets["mnist:train"][0], sets["mnist:train"][0], {})), 60)
+    np.testing.assert_allclose(clipped, np.linalg.norm(np.clip(gl, -c, c), axis=1), rtol=1e-6)
+
+
+def test_ensemble_ends_are_its_parts(default_bundle, sets):
+    det = _fitted("lowdim_ens", default_bundle, sets)
+    ext = sets["mnist"][1]
+    fwd = _scores(det, default_bundle, sets, "mnist", w=0.0)
+    tr_e = energy(sets["mnist:train"][1].logits)
+    np.testing.assert_allclose(fwd, (energy(ext.logits) - tr_e.mean()) / tr_e.std(), rtol=1e-6)
+    back = _scores(det, default_bundle, sets, "mnist", w=1.0)
+    maha = _scores(_fitted("lowdim_maha", default_bundle, sets), default_bundle, sets, "mnist")
+    assert spearmanr(back, maha).statistic > 0.999999
+    half = _scores(det, default_bundle, sets, "mnist", w=0.5)
+    np.testing.assert_allclose(half, 0.5 * fwd + 0.5 * back, rtol=1e-6)
+
+
+def test_bad_input(default_bundle, sets):
+    det = get_detector("lowdim_knn")
+    with pytest.raises(DetectorError, match="fit_model"):
+        _scores(det, default_bundle, sets, "mnist")
+    det = _fitted("lowdim_knn", default_bundle, sets)
+    with pytest.raises(DetectorError, match="k=600 must be smaller than the 500 training samples"):
+        _scores(det, default_bundle, sets, "mnist", k=600)
+    with pytest.raises(G.GradientError, match="r=600 is larger than the 500 training samples"):
+        _scores(det, default_bundle, sets, "mnist", r=600)
+    with pytest.raises(DetectorError, match="lowdim_knn.subspace"):
+        det.resolve({"subspace": "random"})
+
+
+@pytest.mark.slow
+def test_evaluate_json_lists_lowdim_detectors():
+    from ood_core import workbench as wb
+
+    res = wb.evaluate("default", "mnist", ["gaussian"], NAMES)
+    assert {r["detector"] for r in res["results"]} == set(NAMES)
+    assert all(r["auroc"] > 0.7 for r in res["results"])
