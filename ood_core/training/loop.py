@@ -314,8 +314,10 @@ def _fmt_eta(sec: float) -> str:
 class Trainer:
     """One training run. ``run()`` trains and returns the checkpoint; ``step()`` is one update."""
 
-    def __init__(self, cfg: TrainConfig, ctx: JobContext | None = None, progress: Progress | None = None):
+    def __init__(self, cfg: TrainConfig, ctx: JobContext | None = None, progress: Progress | None = None,
+                 out_dir: str | Path | None = None):
         self.cfg = cfg.resolved()
+        self.out_dir = Path(out_dir) if out_dir is not None else None
         self.method = get_method(self.cfg.method)
         self.k = self.cfg.params
         self.rep = _Reporter(ctx, progress)
@@ -373,7 +375,7 @@ class Trainer:
         self.step_no = 0
         self.epochs_done, self.epoch = 0, 0
         self.t0 = time.time()
-        self.path = models_dir() / f"{self._stem()}.pt"
+        self.path = (self.out_dir or models_dir()) / f"{self._stem()}.pt"
 
     def _stem(self) -> str:
         blob = json.dumps({**self.cfg.to_dict(), "init_fp": self.init_fp}, sort_keys=True, default=str)
@@ -564,15 +566,17 @@ def load_pp(meta: dict[str, Any]):
     return Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["preprocess"].items()})
 
 
-def train(cfg: TrainConfig, ctx: JobContext | None = None, progress: Progress | None = None) -> TrainResult:
-    """Train (or fine-tune) per ``cfg``; returns the checkpoint. Raises TrainingError / Cancelled."""
-    return Trainer(cfg, ctx, progress).run()
+def train(cfg: TrainConfig, ctx: JobContext | None = None, progress: Progress | None = None,
+          out_dir: str | Path | None = None) -> TrainResult:
+    """Train (or fine-tune) per ``cfg``; returns the checkpoint (in ``out_dir``, default the
+    model picker's folder). Raises TrainingError (TrainingDiverged) or jobs.Cancelled."""
+    return Trainer(cfg, ctx, progress, out_dir).run()
 
 
-def job_fn(cfg: TrainConfig) -> Callable[[JobContext], TrainResult]:
+def job_fn(cfg: TrainConfig, out_dir: str | Path | None = None) -> Callable[[JobContext], TrainResult]:
     """A function for ``ood_core.jobs.JOBS.submit``; validates ``cfg`` now, trains later."""
     cfg.resolved()
-    return lambda ctx: train(cfg, ctx)
+    return lambda ctx: train(cfg, ctx, out_dir=out_dir)
 
 
 def measure_step_time(method: str, n_steps: int = 20, warmup: int = 3, init: str = "default", seed: int = 0,

@@ -1,0 +1,166 @@
+"""The training loop: a 2-epoch smoke run per method, cancellation, divergence, the CLI.
+
+Runs use 64 ID training images, batch 16 (4 steps an epoch) and 100 evaluation images,
+fine-tuning the embedded default (trained once per test cache).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ood_core.jobs import Cancelled, Job, JobContext
+from ood_core.training import METHODS, TrainConfig, Trainer, TrainingDiverged, TrainingError, train
+from ood_core.training import losses as L
+
+SMALL = dict(n_train=64, n_eval=100)
+
+
+def _cfg(method: str, epochs: int = 2, **params) -> TrainConfig:
+    return TrainConfig(method, init="default", epochs=epochs, seed=0, params={"batch_size": 16, **params}, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ckpt")
+
+
+@pytest.fixture(scope="module")
+def runs(out, default_bundle):
+    """One 2-epoch run per method, shared by the checks below."""
+    return {m: train(_cfg(m), out_dir=out) for m in METHODS}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_smoke_two_epochs(runs, method):
+    res = runs[method]
+    meta = res.meta
+    assert res.path.exists() and res.path.with_suffix(".json").exists()
+    assert meta["method"] == method and meta["complete"] and meta["epochs_done"] == 2
+    assert meta["label"].startswith(f"{method} · fine-tuned default · 2 ep · seed 0")
+    steps = meta["history"]["steps"]
+    assert len(steps) == 2 * 4  # drop_last: 64 // 16 steps an epoch
+    for term in METHODS[method].terms:  # every declared term is logged every step and finite
+        assert all(math.isfinite(r[term]) for r in steps), term
+    epochs = meta["history"]["epochs"]
+    assert [e["epoch"] for e in epochs] == [0, 1, 2]
+    assert all(0 <= e["accuracy"] <= 1 and 0 <= e["auroc"] <= 1 for e in epochs)
+    cfg = meta["training"]
+    assert cfg["method"] == method and cfg["seed"] == 0 and cfg["epochs"] == 2
+    assert set(cfg["params"]) == {k.name for k in METHODS[method].all_knobs}  # full config, defaults included
+
+
+def test_greg_terms_are_live(runs):
+    steps = runs["greg"].meta["history"]["steps"]
+    assert any(r["grad"] > 0 for r in steps), "the gradient penalty never fired"
+    assert all({"ce", "ls", "grad", "frac_in", "frac_aux", "lr", "grad_norm"} <= set(r) for r in steps)
+
+
+def test_checkpoint_loads_and_config_reproduces_it(runs, out, tmp_path):
+    from ood_core.models.checkpoints import load_checkpoint
+
+    first = runs["greg_plus"]
+    b1 = load_checkpoint(first.path)
+    assert b1.info["method"] == "greg_plus"
+    # The sidecar alone reproduces the weights (k-means selection and augmentation included).
+    again = train(TrainConfig.from_dict(json.loads(first.path.with_suffix(".json").read_text())), out_dir=tmp_path)
+    assert again.path.name == first.path.name
+    assert load_checkpoint(again.path).fingerprint == b1.fingerprint
+
+
+def test_cancel_keeps_last_good_checkpoint(out, default_bundle):
+    job = Job(lambda ctx: None, "t")
+    ctx = JobContext(job)
+    trainer = Trainer(_cfg("energy_oe", epochs=3), ctx=ctx, out_dir=out / "cancel")
+
+    def stop_in_epoch_two(frac, msg):
+        if trainer.step_no == 6:  # two steps into the second epoch
+            job.cancel()
+
+    trainer.rep.cb = stop_in_epoch_two
+    with pytest.raises(Cancelled):
+        trainer.run()
+    meta = json.loads(trainer.path.with_suffix(".json").read_text())
+    assert meta["epochs_done"] == 1 and not meta["complete"]
+    assert "1/3 ep, stopped" in meta["label"]
+    assert job.info["checkpoint"] == str(trainer.path)
+    assert any(r.get("kind") == "step" for r in job.rows)  # live rows reached the job
+
+
+def test_nan_names_the_term_and_step(monkeypatch, out, default_bundle):
+    calls = {"n": 0}
+    real = L.oe_loss
+
+    def flaky(logits):
+        calls["n"] += 1
+        return real(logits) * (float("nan") if calls["n"] == 3 else 1.0)
+
+    monkeypatch.setattr(L, "oe_loss", flaky)
+    with pytest.raises(TrainingDiverged) as err:
+        train(_cfg("oe"), out_dir=out / "nan")
+    msg = str(err.value)
+    assert "the oe term became NaN at step 3" in msg and "lower the learning rate" in msg
+    assert "oe.lr=0.001" in msg and "\n" not in msg
+
+
+def test_huge_lr_explodes_with_a_message(out, default_bundle):
+    with pytest.raises(TrainingDiverged, match=r"became .* at step \d+ .*lower the learning rate"):
+        train(_cfg("energy_oe", epochs=3, lr=10.0), out_dir=out / "boom")
+
+
+def test_bad_input_messages(default_bundle):
+    with pytest.raises(TrainingError, match="unknown training method"):
+        TrainConfig("nope").resolved()
+    with pytest.raises(TrainingError, match=r"greg\.lr must be in"):
+        TrainConfig("greg", params={"lr": 100}).resolved()
+    with pytest.raises(TrainingError, match="has no knob"):
+        TrainConfig("ce", params={"lam": 1}).resolved()
+    with pytest.raises(TrainingError, match="no checkpoint at"):
+        TrainConfig("ce", init="/no/such.pt").resolved()
+    with pytest.raises(TrainingError, match="epochs"):
+        TrainConfig("ce", epochs=0).resolved()
+    with pytest.raises(TrainingError, match="identically 1"):
+        Trainer(_cfg("gq", operand="softmax", form="batch")).step(__import__("torch").arange(16))
+    assert METHODS["greg_plus"].defaults("scratch")["schedule"] == "step"
+
+
+def test_cli_train_prints_path_last_and_model_path_evaluates(capsys, out, default_bundle):
+    from ood_core.cli import main
+
+    rc = main(["train", "--method", "ce", "--epochs", "1", "--n-train", "64", "--n-eval", "100",
+               "--param", "ce.batch_size=32", "--quiet"])
+    assert rc == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    path = Path(lines[-1])
+    try:
+        assert path.exists() and path.suffix == ".pt"
+        from ood_core import workbench as wb
+        labels = {m["spec"]: m["label"] for m in wb.list_models()}
+        assert labels[str(path)].startswith("ce · fine-tuned default · 1 ep")  # in the model picker
+        pytest.importorskip("ood_core.models.loading")
+        rc = main(["evaluate", "--model", str(path), "--id", "mnist", "--ood", "gaussian", "--detectors", "energy",
+                   "--json", "--quiet"])
+        assert rc == 0
+        res = json.loads(capsys.readouterr().out)
+        assert res["model"] == str(path) and 0 <= res["results"][0]["auroc"] <= 1
+    finally:
+        for p in (path, path.with_suffix(".json")):
+            p.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--method", "ce", "--param", "greg.lr=0.1"], "--param names method 'greg'"),
+    (["train", "--method", "ce", "--param", "ce.lr=100"], "ce.lr must be in"),
+    (["train", "--method", "ce", "--epochs", "0"], "epochs must be"),
+    (["train", "--method", "ce", "--init", "/no/such.pt"], "no checkpoint at"),
+    (["train"], "train needs --method"),
+    (["train", "--method", "magic"], "invalid choice"),
+])
+def test_cli_bad_input_exits_2_with_one_line(capsys, argv, needle):
+    from ood_core.cli import main
+
+    assert main(argv + ["--quiet"] if argv[-1] != "magic" else argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
