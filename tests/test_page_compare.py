@@ -58,3 +58,15 @@ def test_tuning_page_rejects_a_bad_grid_value(default_bundle):
     at.text_input(key="tuning.grid.energy.T").set_value("1, 5000").run()
     assert not at.exception, at.exception
     assert any("energy.T must be in" in e.value for e in at.error)
+
+
+def test_scores_page_builds_knobs_for_the_library_detectors(default_bundle):
+    """Every cached-array detector of the library renders on the Scores page from its declared knobs."""
+    at = AppTest.from_file(str(ROOT / "pages" / "1_Scores.py"), default_timeout=300)
+    at.session_state["ood_datasets"] = ["letters"]
+    at.run()
+    for name in ["gen", "klm", "mahalanobis", "rmd", "knn", "vim", "ash", "scale", "dice", "rg_add", "uv"]:
+        at.selectbox(key="detector").set_value(name).run()
+        assert not at.exception, (name, at.exception)
+        assert not at.error, (name, [e.value for e in at.error])
+        assert 0.5 < at.dataframe[0].value["AUROC %"].iloc[0] / 100 <= 1.0, name
