@@ -1,0 +1,242 @@
+"""Maps: 2-D maps of penultimate features next to maps of low-dimensional gradients."""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from ood_core import gradients, maps
+from ood_core.data import get_dataset
+from ood_core.figures.maps import SCORE_LABELS, map_figure, separability_figure, separability_frame
+from ui import common
+from ui.export import figure_downloads, table_downloads
+
+st.set_page_config(page_title="Maps · OOD workbench", layout="wide")
+ctx = common.sidebar()
+st.title("Maps: features vs low-dimensional gradients")
+st.caption("The ID test set and the chosen OOD sets embedded jointly in 2-D, once from the model's penultimate "
+           "features and once from per-sample gradients projected on the top directions of ID training gradients. "
+           "The separability numbers (cross-validated kNN AUROC of ID vs OOD) compare the two without squinting. "
+           "Select points with the box or lasso tool to see their images below.")
+
+if not ctx.ood:
+    st.info("Choose at least one OOD dataset in the sidebar.")
+    st.stop()
+
+# --- settings ----------------------------------------------------------------------------------
+with st.expander("Map settings", expanded=True):
+    c1, c2, c3, c4 = st.columns([2, 2, 2, 2])
+    with c1:
+        method = st.radio("Method", list(maps.METHODS), format_func=lambda m: maps.METHOD_LABELS[m], horizontal=True,
+                          key="maps_method", index=list(maps.METHODS).index("umap"))
+        color = st.selectbox("Colour by", ["dataset", "pred", *SCORE_LABELS],
+                             format_func=lambda c: {"dataset": "dataset", "pred": "predicted class"}.get(
+                                 c, f"score: {SCORE_LABELS.get(c, c)}"), key="maps_color")
+    with c2:
+        n_per_set = int(st.slider("Samples per dataset", 10, 2000, 500, 10, key="maps_n",
+                                  help="each set is subsampled to this many points (fixed seed); faces has 400"))
+        seed = int(st.number_input("Seed", 0, 1_000_000, 0, 1, key="maps_seed",
+                                   help="drives the subsample and the embedding"))
+    knobs: dict = {}
+    with c3:
+        if method == "tsne":
+            knobs["perplexity"] = float(st.slider("Perplexity", 2.0, 100.0, 30.0, 1.0, key="maps_perplexity",
+                                                  help="the effective number of neighbours; at most (N−1)/3"))
+            knobs["max_iter"] = int(st.select_slider("Iterations", [250, 500, 750, 1000], 500, key="maps_max_iter"))
+        elif method == "umap":
+            knobs["n_neighbors"] = int(st.slider("n_neighbors", 2, 200, 15, 1, key="maps_n_neighbors",
+                                                 help="larger: more global structure"))
+            knobs["min_dist"] = float(st.slider("min_dist", 0.0, 1.0, 0.1, 0.01, key="maps_min_dist",
+                                                help="how tightly points may pack"))
+        else:
+            st.caption("PCA has no knobs: the two leading principal components of the standardised data.")
+        knobs["standardize"] = st.checkbox("Standardise columns", True, key="maps_standardize",
+                                           help="z-score each dimension before embedding (and for separability)")
+    with c4:
+        gp = gradients.DEFAULT_PARAMS
+        g_loss = st.selectbox("Gradient loss", list(gradients.LOSSES), index=list(gradients.LOSSES).index(gp["loss"]),
+                              key="maps_grad_loss", help="kl_uniform: GradNorm's KL(u‖softmax); ce_pred: CE to the prediction")
+        g_set = st.selectbox("Parameters", list(gradients.PARAM_SETS),
+                             index=list(gradients.PARAM_SETS).index(gp["param_set"]), key="maps_grad_param_set")
+        g_sub = st.selectbox("Subspace", list(gradients.SUBSPACES), index=list(gradients.SUBSPACES).index(gp["subspace"]),
+                             key="maps_grad_subspace", help="pca: top-r directions; avg: class-mean gradients (r = C)")
+        g_r = int(st.number_input("r", 1, 512, int(gp["r"]), 1, key="maps_grad_r", disabled=g_sub == "avg"))
+        grad_params = {"loss": g_loss, "param_set": g_set, "subspace": g_sub, "r": g_r, "T": float(gp["T"])}
+    n_total = sum(min(len(get_dataset(n)), n_per_set) for n in [ctx.id_name, *ctx.ood])
+    st.caption(f"{n_total:,} points per map ({1 + len(ctx.ood)} datasets).")
+
+with common.guard("map settings"):  # refuse bad settings before any work
+    maps.check_input(np.zeros((n_total, 2)), method, maps.resolve_knobs(method, **knobs))
+    gradients.resolve_params(grad_params)
+
+
+# --- computing the two maps ----------------------------------------------------------------------
+def _key(space: str) -> str:
+    gpk = sorted(grad_params.items()) if space == "gradients" else []
+    return (f"map:{ctx.bundle.fingerprint}:{ctx.id_name}:{','.join(ctx.ood)}:{space}:{method}:{n_per_set}:{seed}:"
+            f"{sorted(knobs.items())}:{gpk}")
+
+
+memo: dict = st.session_state.setdefault("_maps_memo", {})
+
+
+def _remember(key: str, res) -> None:
+    memo[key] = res
+    while len(memo) > 6:
+        memo.pop(next(iter(memo)))
+
+
+def _compute(space: str):
+    key = _key(space)
+    if key in memo:
+        return memo[key]
+    bar = st.progress(0.0, f"{space} map…")
+    res = maps.compute_map(ctx.bundle, ctx.id_name, ctx.ood, space, method, n_per_set, seed,
+                           grad_params if space == "gradients" else None,
+                           progress=lambda f, m: bar.progress(float(min(1.0, max(0.0, f))), m), **knobs)
+    bar.empty()
+    _remember(key, res)
+    return res
+
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Penultimate features")
+    with common.guard("features map"), st.spinner(f"{maps.METHOD_LABELS[method]} of the features…"):
+        feat = _compute("features")
+with right:
+    st.subheader("Low-dimensional gradients")
+    with common.guard("gradients map"):
+        gkey = _key("gradients")
+        if gkey in memo or maps.gradients_ready(ctx.bundle, ctx.id_name, ctx.ood, grad_params):
+            with st.spinner(f"{maps.METHOD_LABELS[method]} of the gradients…"):
+                grad = _compute("gradients")
+        else:
+            st.caption("Per-sample gradients of every set are computed once (the subspace from the ID training split, "
+                       "then G·V per set) and cached; later maps reuse them.")
+
+            def _job(jc, _b=ctx.bundle, _id=ctx.id_name, _ood=list(ctx.ood), _m=method, _n=n_per_set, _s=seed,
+                     _gp=dict(grad_params), _kn=dict(knobs)):
+                return maps.compute_map(_b, _id, _ood, "gradients", _m, _n, _s, _gp, progress=jc.progress, **_kn)
+
+            grad = common.run_as_job(gkey, _job, "low-dimensional gradients and their map")
+            _remember(gkey, grad)
+
+# --- selection state (shared by both maps) ---------------------------------------------------------
+selected: list[tuple[str, int]] = list(st.session_state.get("_maps_selected", []))
+
+
+def _picked(event) -> list[tuple[str, int]]:
+    try:
+        pts = event["selection"]["points"]
+    except (KeyError, TypeError):
+        return []
+    out = []
+    for p in pts:
+        cd = p.get("customdata")
+        if isinstance(cd, (list, tuple)) and len(cd) >= 2:
+            out.append((str(cd[0]), int(cd[1])))
+    return out
+
+
+def _draw(res, title: str, key: str):
+    s = res.summary()
+    st.caption(f"{maps.METHOD_LABELS[res.method]} of {len(res.frame):,} points in {res.dims} dimensions "
+               f"({res.seconds:.1f} s). kNN AUROC ID vs all OOD: **2-D {100 * s['auroc_2d']:.1f}**, "
+               f"full space {100 * s['auroc_full']:.1f}.")
+    with common.guard(title):
+        try:
+            fig = map_figure(res.frame, color, ctx.id_name, selected=selected)
+        except ValueError as exc:
+            st.error(str(exc))
+            return None, []
+    event = st.plotly_chart(fig, key=key, on_select="rerun", selection_mode=("points", "box", "lasso"),
+                            width="stretch")
+    figure_downloads(fig, f"map_{key}", key=key)
+    return fig, _picked(event)
+
+
+with left:
+    fig_f, pick_f = _draw(feat, "features map", "map_features")
+with right:
+    desc = f"{grad_params['subspace']}, r={grad.dims}, {grad_params['loss']}, {grad_params['param_set']}"
+    st.caption(f"G_low = G·V ({desc})")
+    fig_g, pick_g = _draw(grad, "gradients map", "map_gradients")
+
+picked = list(dict.fromkeys(pick_f + pick_g))
+if picked != selected and (pick_f or pick_g):
+    st.session_state["_maps_selected"] = picked
+    st.rerun()  # ring the selection in both maps
+
+# --- separability ----------------------------------------------------------------------------------
+st.subheader("Separability")
+st.caption("Cross-validated kNN (k = 15, 5 folds) probability of being ID, scored by AUROC: 50 = ID and OOD mixed, "
+           "100 = they occupy separate regions. '2-D' is on the map's coordinates, 'full' on the vectors the map "
+           "was drawn from (features or G_low), so the gap shows what the 2-D projection loses.")
+sf, sg = feat.summary(), grad.summary()
+m = st.columns(4)
+m[0].metric("features · 2-D", f"{100 * sf['auroc_2d']:.1f}")
+m[1].metric("features · full", f"{100 * sf['auroc_full']:.1f}")
+m[2].metric("gradients · 2-D", f"{100 * sg['auroc_2d']:.1f}", f"{100 * (sg['auroc_2d'] - sf['auroc_2d']):+.1f} vs features")
+m[3].metric("gradients · full", f"{100 * sg['auroc_full']:.1f}",
+            f"{100 * (sg['auroc_full'] - sf['auroc_full']):+.1f} vs features")
+tables = {"features": feat.separability, "gradients": grad.separability}
+sep_table = separability_frame(tables)
+tc, fc = st.columns([2, 3])
+with tc:
+    st.dataframe(sep_table, hide_index=True, width="stretch", key="maps_separability")
+    table_downloads(sep_table, "map_separability", key="maps_sep")
+with fc:
+    sep_fig = separability_figure(tables)
+    st.plotly_chart(sep_fig, width="stretch", key="maps_sep_fig")
+    figure_downloads(sep_fig, "map_separability", key="maps_sep_fig")
+
+# --- gallery ------------------------------------------------------------------------------------------
+st.subheader("Gallery")
+scores_present = [c for c in SCORE_LABELS if c in feat.frame.columns]
+g1, g2 = st.columns([3, 1])
+with g1:
+    source = st.radio("Show", ["selection", "ood_most_id", "id_most_ood"], horizontal=True, key="maps_gallery",
+                      format_func={"selection": "points selected in the maps",
+                                   "ood_most_id": "OOD points that look most ID",
+                                   "id_most_ood": "ID points that look most OOD"}.get)
+with g2:
+    rank_by = st.selectbox("ranked by", scores_present, key="maps_rank_by",
+                           index=scores_present.index("energy") if "energy" in scores_present else 0,
+                           format_func=lambda c: SCORE_LABELS.get(c, c), disabled=source == "selection")
+frame = feat.frame
+if source == "selection":
+    keys = selected
+    if not keys:
+        st.caption("Nothing selected yet: use the box or lasso tool on either map.")
+else:
+    sub = frame[~frame["is_id"]] if source == "ood_most_id" else frame[frame["is_id"]]
+    sub = sub.sort_values(rank_by, ascending=source != "ood_most_id").head(24)
+    keys = list(zip(sub["dataset"].astype(str), sub["index"].astype(int)))
+if keys:
+    if st.button("Clear selection", key="maps_clear", disabled=not selected):
+        st.session_state["_maps_selected"] = []
+        st.rerun()
+    look = frame.set_index(["dataset", "index"])
+    shown = keys[:24]
+    if len(keys) > 24:
+        st.caption(f"Showing 24 of {len(keys)} samples.")
+    cols = st.columns(6)
+    for j, (ds_name, i) in enumerate(shown):
+        row = look.loc[(ds_name, i)] if (ds_name, i) in look.index else None
+        img = get_dataset(ds_name).images[i]
+        img = np.repeat(np.repeat(img, 3, 0), 3, 1)  # crisp pixels instead of the browser's blur
+        cap = f"{ds_name} #{i}"
+        if row is not None:
+            cap += f" · pred {int(row['pred'])}" + (f" · {SCORE_LABELS[rank_by]} {row[rank_by]:.3g}" if rank_by in row else "")
+        with cols[j % 6]:
+            st.image(img[..., 0] if img.shape[-1] == 1 else img, caption=cap, width=96, clamp=True)
+            if st.button("Saliency →", key=f"maps_sal_{ds_name}_{i}"):
+                st.session_state["selection"] = {"dataset": ds_name, "index": int(i)}
+                st.switch_page("pages/5_Saliency.py")
+    sel_rows = frame.set_index(["dataset", "index"]).loc[[k for k in keys if k in look.index]].reset_index()
+    table_downloads(sel_rows, "map_gallery", key="maps_gallery_csv")
+
+with st.expander("All points (features map)"):
+    st.dataframe(frame, hide_index=True, width="stretch", key="maps_points")
+    table_downloads(frame, "map_points_features", key="maps_points_f")
+    table_downloads(grad.frame, "map_points_gradients", key="maps_points_g")

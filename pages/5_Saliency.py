@@ -1,0 +1,127 @@
+"""Saliency: which pixels drive the predicted class and the OOD scores of one sample."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from ood_core import saliency as sal
+from ood_core.data import get_dataset
+from ood_core.figures.saliency import attribution_figure, image_figure, shared_scales
+from ui import common
+from ui.export import figure_downloads, table_downloads
+
+st.set_page_config(page_title="Saliency · OOD workbench", layout="wide")
+ctx = common.sidebar()
+st.title("Saliency")
+st.caption("Attributions (captum) of the predicted-class logit and of the OOD scores themselves, in pixel space. "
+           "For a score, red marks pixels whose increase makes the sample look more in-distribution, blue less; "
+           "Saliency and SmoothGrad show |gradient|. Next to the sample: an ID test sample the model predicts as "
+           "the same class (the nearest in feature space), on the same colour scale.")
+
+# --- which sample ---------------------------------------------------------------------------------
+choices = list(dict.fromkeys([ctx.id_name, *ctx.ood, *common.ood_names()]))
+sel = st.session_state.get("selection")
+if sel and st.session_state.get("_sal_applied") != sel:
+    # A pick from another page (Maps gallery, Scores misses) fills the pickers once; they stay editable.
+    st.session_state["_sal_applied"] = dict(sel)
+    if sel.get("dataset") in choices:
+        st.session_state["sal_dataset"] = sel["dataset"]
+        st.session_state["sal_index"] = int(sel.get("index", 0))
+if st.session_state.get("sal_dataset") not in choices:
+    st.session_state["sal_dataset"] = ctx.ood[0] if ctx.ood else ctx.id_name
+
+pick, gal = st.columns([1, 3])
+with pick:
+    ds_name = st.selectbox("Dataset", choices, key="sal_dataset")
+    ds = get_dataset(ds_name)
+    if int(st.session_state.get("sal_index", 0)) >= len(ds):
+        st.session_state["sal_index"] = 0
+    index = int(st.number_input(f"Index (0–{len(ds) - 1})", 0, len(ds) - 1, key="sal_index", step=1))
+    st.caption("Or pick from the gallery, the Maps page's selection, or the Scores page's mistakes.")
+with gal:
+    with st.expander("Gallery", expanded=sel is None):
+        page = int(st.number_input("Gallery page", 0, max(0, (len(ds) - 1) // 12), 0, 1, key="sal_gallery_page"))
+        cols = st.columns(12)
+        for j, i in enumerate(range(12 * page, min(len(ds), 12 * page + 12))):
+            with cols[j]:
+                st.image(ds.images[i][..., 0] if ds.images.shape[-1] == 1 else ds.images[i], caption=f"#{i}",
+                         width=48, clamp=True)
+                if st.button("use", key=f"sal_use_{i}"):
+                    st.session_state["selection"] = {"dataset": ds_name, "index": i}
+                    st.rerun()
+
+with common.guard("this sample"):
+    img = sal.sample_image(ds_name, index)
+    info = sal.sample_info(ctx.bundle, ds_name, index, ctx.id_name)
+    twin = sal.nearest_id_example(ctx.bundle, ctx.id_name, info["pred"], query=img,
+                                  exclude=index if ds_name == ctx.id_name else None)
+    twin_img = sal.sample_image(ctx.id_name, twin)
+    twin_info = sal.sample_info(ctx.bundle, ctx.id_name, twin, ctx.id_name)
+
+# --- settings ---------------------------------------------------------------------------------------
+with st.expander("Attribution settings", expanded=False):
+    s1, s2, s3 = st.columns(3)
+    with s1:
+        targets = st.multiselect("Attribute", list(sal.TARGETS), default=list(sal.TARGETS), key="sal_targets",
+                                 format_func=lambda t: sal.TARGET_LABELS[t])
+        methods = st.multiselect("Methods", list(sal.METHODS), default=list(sal.METHODS), key="sal_methods",
+                                 format_func=lambda m: sal.METHOD_LABELS[m])
+    with s2:
+        T = float(st.number_input("Temperature T (scores)", 0.1, 1000.0, 1.0, 0.1, key="sal_T", format="%.3g"))
+        with common.guard("RG's k"):
+            k_default = sal.default_rg_k(ctx.bundle, ctx.id_name) if ctx.bundle.has_features else 1.0
+        k = float(st.number_input("RG clip k (feature units)", 0.0, 1e6, float(f"{k_default:.4g}"), key="sal_k",
+                                  format="%.4g", help="default: the 90th percentile of ID training feature values"))
+        abs_grad = st.checkbox("|gradient| for Saliency and SmoothGrad", True, key="sal_abs")
+    with s3:
+        n_steps = int(st.slider("Integrated Gradients steps", 4, 128, 32, 4, key="sal_steps",
+                                help="baseline: a black image"))
+        nt_samples = int(st.slider("SmoothGrad samples", 2, 64, 16, 2, key="sal_nt"))
+        stdev = float(st.slider("SmoothGrad noise (pixel units)", 0.0, 0.5, 0.15, 0.01, key="sal_stdev"))
+opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.6, 0.05, key="sal_opacity")
+
+if not targets or not methods:
+    st.info("Choose at least one thing to attribute and one method.")
+    st.stop()
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _attributions(_bundle, fingerprint: str, ds: str, i: int, twin_i: int, id_name: str, targets: tuple,
+                  methods: tuple, knobs: tuple):
+    images = np.stack([sal.sample_image(ds, i), sal.sample_image(id_name, twin_i)])
+    return sal.attribute_grid(_bundle, images, targets, methods, **dict(knobs))
+
+
+knobs = dict(T=T, k=k, n_steps=n_steps, nt_samples=nt_samples, stdev=stdev, abs=abs_grad)
+with common.guard("attributions"), st.spinner("Attributing…"):
+    attrs, seconds = _attributions(ctx.bundle, ctx.bundle.fingerprint, ds_name, index, twin, ctx.id_name,
+                                   tuple(targets), tuple(methods), tuple(sorted(knobs.items())))
+scales = shared_scales(attrs)
+
+# --- the two samples ---------------------------------------------------------------------------------
+def _describe(inf: dict) -> str:
+    bits = [f"label {inf['label']}" if inf["label"] >= 0 else "no label", f"predicted {inf['pred']}"]
+    bits += [f"{k} {inf[k]:.4g}" for k in ("energy", "gradnorm", "rg", "msp") if k in inf]
+    return " · ".join(bits)
+
+
+st.caption(f"{len(targets) * len(methods)} attributions of 2 images in {seconds:.2f} s "
+           f"({seconds / 2:.2f} s per sample).")
+a, b = st.columns(2)
+for col, im, inf, who, n in ((a, img, info, f"{ds_name} #{index}", 0),
+                             (b, twin_img, twin_info, f"{ctx.id_name} #{twin} (ID, same prediction)", 1)):
+    with col:
+        st.markdown(f"**{who}**")
+        st.caption(_describe(inf))
+        st.plotly_chart(image_figure(im, height=200), width="content", key=f"sal_img_{n}")
+        fig = attribution_figure(im, attrs, n, targets, methods, opacity, scales, sal.TARGET_LABELS,
+                                 sal.METHOD_LABELS)
+        st.plotly_chart(fig, width="stretch", key=f"sal_fig_{n}")
+        figure_downloads(fig, f"saliency_{who.split(' ')[0]}_{index if n == 0 else twin}", key=f"sal_{n}")
+
+rows = [{"sample": who, **inf} for who, inf in ((f"{ds_name} #{index}", info), (f"{ctx.id_name} #{twin}", twin_info))]
+table = pd.DataFrame(rows)
+with st.expander("Scores of the two samples"):
+    st.dataframe(table, hide_index=True, width="stretch", key="sal_table")
+    table_downloads(table, f"saliency_{ds_name}_{index}", key="sal_table")
