@@ -85,7 +85,7 @@ def test_compare_lists_what_could_not_run(default_bundle, table, monkeypatch):
         cmp.compare_table(default_bundle, "mnist", [], ["energy"])
 
 
-def test_compare_runs_model_time_detectors_on_request(default_bundle, tmp_cache):
+def test_compare_runs_model_time_detectors_on_request(default_bundle):
     seen = []
     df = cmp.compare_table(default_bundle, "mnist", ["uniform"], ["odin"], {"odin": {"T": 10.0, "eps": 0.0}},
                            n_boot=20, run_model_time=True, progress=lambda f, m: seen.append(m))
@@ -172,7 +172,7 @@ def test_sweep_declared_grid_sets_the_mode_and_drops_out_of_range(default_bundle
     assert df.loc[(df["U"] == "one") & (df["V"] == "one"), "auroc"].iloc[0] == pytest.approx(0.5)
 
 
-def test_model_time_sweep_with_progress(default_bundle, tmp_cache):
+def test_model_time_sweep_with_progress(default_bundle):
     seen = []
     df, best = tuning.sweep(default_bundle, "odin", {"T": [1, 1000], "eps": [0.0]}, "mnist", ["aux_val"],
                             progress=lambda f, m: seen.append(f))
