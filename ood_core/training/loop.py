@@ -215,7 +215,11 @@ class TrainConfig:
         if int(self.n_train) < 0 or int(self.n_eval) < 0:
             raise TrainingError("n_train and n_eval must be >= 0 (0 means all)")
         init = self.init if self.init in ("default", "scratch") else str(Path(self.init).resolve())
-        return replace(self, init=init, epochs=int(epochs), seed=int(self.seed), params=m.resolve(self.params, self.init))
+        params = m.resolve(self.params, self.init)
+        if self.n_train and int(self.n_train) < int(params["batch_size"]):
+            raise TrainingError(f"n_train={self.n_train} training images are fewer than batch_size="
+                                f"{params['batch_size']}; lower batch_size or raise n_train")
+        return replace(self, init=init, epochs=int(epochs), seed=int(self.seed), params=params)
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": CONFIG_VERSION, **asdict(self)}

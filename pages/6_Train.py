@@ -1,0 +1,157 @@
+"""Train: fine-tune or train from scratch with CE, OE, energy margins, GReg, GReg+ or the Gradient Quotient.
+
+The run is a background job; the live part of the page re-renders every second (a
+fragment) so the rest stays usable. Finished (or stopped) checkpoints join the model
+picker in the sidebar.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from ood_core import workbench as wb
+from ood_core.data import list_datasets
+from ood_core.figures.training import epoch_metrics, loss_curves
+from ood_core.jobs import JOBS
+from ood_core.training import DEFAULT_EPOCHS, METHODS, TrainConfig, TrainingError, job_fn, knob_view
+from ui import common
+
+st.set_page_config(page_title="Train · OOD workbench", layout="wide")
+ctx = common.sidebar(select_ood=False)
+st.title("Train with gradient regularizers")
+st.caption("Batches pair B ID training images with B auxiliary outliers. Every epoch the page shows ID test accuracy "
+           "and the Energy score's AUROC against a held-out OOD set (never an OOD test set). The checkpoint is "
+           "written after every epoch, so Stop keeps the last finished one.")
+
+
+def _init_options() -> tuple[list[str], dict[str, str]]:
+    opts = ["default", "scratch"]
+    labels = {"default": "fine-tune the embedded default", "scratch": "from scratch (small CNN)"}
+    for m in wb.list_models():
+        spec = m["spec"]
+        if spec != "default" and not spec.startswith("upload:") and Path(spec).with_suffix(".json").exists():
+            opts.append(spec)
+            labels[spec] = f"fine-tune {m['label']}"
+    return opts, labels
+
+
+left, right = st.columns([1, 2])
+with left:
+    method_name = st.selectbox("Method", list(METHODS), key="train.method",
+                               format_func=lambda n: f"{n}: {METHODS[n].title}")
+    method = METHODS[method_name]
+    st.caption(method.describe())
+    st.caption(method.help)
+    opts, labels = _init_options()
+    if st.session_state.get("train.init") not in opts:
+        st.session_state["train.init"] = "default"
+    init = st.selectbox("Start from", opts, key="train.init", format_func=lambda s: labels.get(s, s))
+    kind = "scratch" if init == "scratch" else "finetune"
+    epochs = int(st.number_input("Epochs", 1, 1000, DEFAULT_EPOCHS[kind], key=f"train.epochs.{kind}",
+                                 help="the embedded default's short budget; 1 is a quick run"))
+    seed = int(st.number_input("Seed", 0, 2**31 - 1, 0, key="train.seed"))
+    with st.expander("Hyperparameters", expanded=False):
+        st.caption("Defaults are the papers' (see each knob's help); changed values go into the checkpoint's label.")
+        params = common.knob_widgets(knob_view(method_name), f"train.{kind}", values=method.defaults(init))
+    with st.expander("Data", expanded=False):
+        aux_names = [s.name for s in list_datasets() if s.role == "aux"] + \
+            [s.name for s in list_datasets() if s.role not in ("aux", "id_test", "id_train")]
+        aux = st.selectbox("Auxiliary outliers", aux_names, key="train.aux", disabled=not method.uses_aux,
+                           help="any registered dataset can serve; keep it disjoint from your OOD test sets")
+        n_train = int(st.number_input("ID training images (0 = all)", 0, 10**7, 0, key="train.n_train"))
+        n_eval = int(st.number_input("Images for the per-epoch metrics (0 = all)", 0, 10**7, 0, key="train.n_eval"))
+    launch = st.button("Start training", type="primary", key="train.start")
+
+if launch:
+    cfg = TrainConfig(method_name, init=init, epochs=epochs, seed=seed, id_dataset=st.session_state["id_dataset"],
+                      aux=aux, params=params, n_train=n_train, n_eval=n_eval)
+    try:
+        fn = job_fn(cfg)
+    except (TrainingError, *common.USER_ERRORS) as exc:
+        st.error(str(exc).splitlines()[0])
+    else:
+        job = JOBS.submit(fn, f"train {method_name}")
+        st.session_state["train.job"] = job.id
+        st.session_state["train.seen"] = None
+
+
+def _fmt_eta(sec: float | None) -> str:
+    if sec is None:
+        return ""
+    return f", about {sec:.0f}s left" if sec < 120 else f", about {sec / 60:.1f} min left"
+
+
+def _curves(snap: dict, key: str) -> None:
+    rows, info = snap["rows"], snap["info"]
+    terms = info.get("terms")
+    n_steps = sum(1 for r in rows if r.get("kind") == "step")
+    if n_steps:
+        st.plotly_chart(loss_curves(rows, terms, smooth=1 if n_steps < 60 else 10), key=f"{key}.loss",
+                        width="stretch")
+    if any(r.get("kind") == "epoch" for r in rows):
+        val = (info.get("config") or {}).get("aux_val", "aux_val")
+        st.plotly_chart(epoch_metrics(rows, val), key=f"{key}.epochs", width="stretch")
+
+
+def _use_model(path: str) -> None:
+    st.session_state["model"] = path
+
+
+@st.fragment(run_every=1.0)
+def _live(job_id: str) -> None:
+    job = JOBS.get(job_id)
+    if job is None:
+        return
+    snap = job.snapshot()
+    if not job.active:  # finished while we watched: a full rerun refreshes the sidebar's model picker
+        st.rerun()
+    st.progress(snap["fraction"], f"{snap['title']}: {snap['message'] or 'starting'}{_fmt_eta(snap['eta'])}")
+    if st.button("Stop", key="train.stop", help="stop after this step; the last finished epoch's checkpoint stays"):
+        job.cancel()
+    _curves(snap, "train.live")
+
+
+def _finished(job) -> None:
+    snap = job.snapshot()
+    info = snap["info"]
+    path = info.get("checkpoint")
+    if job.state == "done":
+        res = job.result
+        ep = res.meta["history"]["epochs"][-1]
+        st.success(f"{res.meta['label']}: ID accuracy {100 * ep['accuracy']:.2f}%, Energy AUROC vs "
+                   f"{res.meta['training']['aux_val']} {100 * ep['auroc']:.2f}% ({snap['elapsed']:.0f}s)")
+        if res.meta.get("recommended_detector") not in (None, "energy"):
+            st.caption(f"{res.meta['method']} is meant to be scored with {res.meta['recommended_detector']}.")
+    elif job.state == "cancelled":
+        st.warning("Stopped. " + (f"The checkpoint of the last finished epoch is kept: {info.get('label')}"
+                                  if path else "No epoch had finished, so no checkpoint was written."))
+    elif job.state == "failed":
+        st.error(job.error.split(": ", 1)[-1] if job.error else "training failed")
+        if path:
+            st.caption(f"The last good checkpoint is kept: {info.get('label')}")
+    if path and Path(path).exists():
+        st.code(path, language=None)
+        current = st.session_state.get("model") == path
+        st.button("Selected in the sidebar" if current else "Use this model", key="train.use", disabled=current,
+                  on_click=_use_model, args=(path,),
+                  help="select the new checkpoint in the sidebar's model picker for every page")
+    _curves(snap, "train.done")
+
+
+with right:
+    job = JOBS.get(st.session_state.get("train.job"))
+    if job is None:
+        st.info("Choose a method and press Start training. `python -m ood_core train --method NAME` does the same "
+                "from a shell.")
+    elif job.active:
+        _live(job.id)
+    else:
+        _finished(job)
+
+hist = (ctx.bundle.info or {}).get("history") if ctx.bundle is not None else None
+if hist:
+    with st.expander(f"Training history of the selected model: {ctx.bundle.info.get('label', ctx.model)}"):
+        _curves({"rows": hist.get("steps", []) + hist.get("epochs", []),
+                 "info": {"config": ctx.bundle.info.get("training", {})}}, "train.history")
+        st.json(ctx.bundle.info.get("training", {}), expanded=False)
