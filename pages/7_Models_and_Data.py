@@ -17,6 +17,7 @@ from ui.export import per_sample_downloads
 
 st.set_page_config(page_title="Models & data · OOD workbench", layout="wide")
 common.init_state()
+common._apply_pending()  # noqa: SLF001 - an experiment applied below takes effect here (sidebar() does the same)
 # This page shows no model/ID/OOD pickers; re-assigning keeps their values when the
 # sidebar widgets of the other pages are not rendered here (Streamlit drops unrendered widget state).
 for _k in ("model", "id_dataset", "ood_datasets"):
@@ -236,7 +237,7 @@ with tab_data:
                 st.error("give a folder/file path or upload a .zip/.npz")
                 spec = None
         if spec is not None:
-            st.session_state["ds_preview"] = spec.name
+            st.session_state["ds_preview_pick"] = spec.name  # the preview below shows the new set
             if spec.role == "id_test":
                 st.session_state["id_dataset"] = spec.name
                 st.session_state["ood_datasets"] = [n for n in st.session_state["ood_datasets"]
@@ -258,9 +259,9 @@ with tab_data:
                      "source": "built-in" if s.embedded else s.source, "yours": not s.embedded})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="ds_table")
     all_names = [r["name"] for r in rows]
-    default = st.session_state.get("ds_preview")
-    pv = st.selectbox("Preview", all_names, index=all_names.index(default) if default in all_names else 0,
-                      key="ds_preview_pick")
+    if st.session_state.get("ds_preview_pick") not in all_names:
+        st.session_state["ds_preview_pick"] = all_names[0]
+    pv = st.selectbox("Preview", all_names, key="ds_preview_pick")
     pv_spec = get_spec(pv)
     pv_split = st.radio("Split", list(pv_spec.splits), horizontal=True, key="ds_preview_split",
                         index=list(pv_spec.splits).index("test") if "test" in pv_spec.splits else 0)
@@ -308,9 +309,11 @@ with tab_exp:
             for p in problems:
                 st.error(p)
             if not problems and st.button("Apply this experiment", key="exp_apply", type="primary"):
-                common.apply_experiment(got)
-                st.success(f"applied: model {got.model}, ID {got.id_dataset}, OOD {', '.join(got.ood_datasets)}, "
-                           f"detectors {', '.join(got.detectors)}")
+                st.session_state["exp_applied"] = (f"applied: model {got.model}, ID {got.id_dataset}, OOD "
+                                                   f"{', '.join(got.ood_datasets)}, detectors {', '.join(got.detectors)}")
+                common.apply_experiment(got)  # parks it and reruns; applied at the top of the page
+    if st.session_state.get("exp_applied"):
+        st.success(st.session_state.pop("exp_applied"))
 
     st.subheader("Per-sample scores")
     st.caption("One row per ID-test and OOD sample: dataset, index, label, prediction, max softmax and each "
