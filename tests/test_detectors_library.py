@@ -340,3 +340,20 @@ def test_odin_eps_out_of_range_and_the_clamp_fallback(default_bundle, small_sets
     assert det.last_run["share of input values outside the valid range"] > 0.05
     det.score_model(default_bundle, small_sets[0], None, eps=0.01, clamp=True)
     assert det.last_run["share of input values outside the valid range"] == 0
+
+
+def test_odin_reuses_gradient_signs_across_eps(default_bundle, small_sets, monkeypatch):
+    from ood_core.detectors import odin as odin_mod
+
+    calls = []
+    real = odin_mod.odin_grad_sign
+    monkeypatch.setattr(odin_mod, "odin_grad_sign", lambda *a: calls.append(1) or real(*a))
+    det = get_detector("odin")
+    det.score_model(default_bundle, small_sets[0], None, T=100.0, eps=0.001)
+    n_first = len(calls)
+    again = det.score_model(default_bundle, small_sets[0], None, T=100.0, eps=0.004)
+    assert n_first >= 1 and len(calls) == n_first  # same T: no new backward pass
+    fresh = get_detector("odin").score_model(default_bundle, small_sets[0], None, T=100.0, eps=0.004)
+    np.testing.assert_allclose(again, fresh, rtol=1e-6)
+    det.score_model(default_bundle, small_sets[0], None, T=10.0, eps=0.004)
+    assert len(calls) > n_first  # another T: a new backward pass

@@ -5,6 +5,8 @@ workbench runs it as a cached job (``ood_core.workbench.score`` caches per setti
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,32 @@ from ..extract import Extraction
 from .base import Detector, Knob, Paper, ProgressFn, register
 
 BATCH_SIZE = 256
+SIGN_CACHE_VALUES = 20_000_000  # largest set (in input values) whose gradient signs are kept in memory
+SIGN_CACHE_ENTRIES = 6
+
+
+def odin_grad_sign(bundle: Any, x: torch.Tensor, T: float) -> torch.Tensor:
+    """``sign(−∇_x log S_ŷ(x; T))`` of a preprocessed batch, ``ŷ`` the predicted class."""
+    with torch.inference_mode(False), torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        logits = bundle.logits(xg) / T
+        y = logits.argmax(dim=1)
+        # cross-entropy to ŷ is −log S_ŷ; per-sample terms are independent, so one summed
+        # backward gives every sample's own input gradient.
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), xg)
+    return grad.sign()
+
+
+def odin_step(bundle: Any, x: torch.Tensor, sign: torch.Tensor | None, eps: float, clamp: bool = False) -> torch.Tensor:
+    """``x − (ε/std_c)·sign``, optionally clipped to the valid range (see :func:`odin_perturb`)."""
+    x = x.detach()
+    if eps > 0 and sign is not None:
+        std = torch.tensor(bundle.preprocess.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        x = x - eps * sign.to(x.dtype) / std
+    if clamp:
+        lo, hi = (t.to(x.device, x.dtype) for t in bundle.preprocess.valid_range())
+        x = torch.maximum(torch.minimum(x, hi), lo)
+    return x
 
 
 def odin_perturb(bundle: Any, x: torch.Tensor, T: float, eps: float, clamp: bool = False) -> torch.Tensor:
@@ -28,21 +56,7 @@ def odin_perturb(bundle: Any, x: torch.Tensor, T: float, eps: float, clamp: bool
     (``preprocess.valid_range()``); without it, perturbed inputs may leave that range, as
     in the reference code.
     """
-    x = x.detach()
-    if eps > 0:
-        with torch.inference_mode(False), torch.enable_grad():
-            xg = x.clone().requires_grad_(True)
-            logits = bundle.logits(xg) / T
-            y = logits.argmax(dim=1)
-            # cross-entropy to ŷ is −log S_ŷ; per-sample terms are independent, so one
-            # summed backward gives every sample's own input gradient.
-            (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), xg)
-        std = torch.tensor(bundle.preprocess.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        x = x - eps * grad.sign() / std
-    if clamp:
-        lo, hi = (t.to(x.device, x.dtype) for t in bundle.preprocess.valid_range())
-        x = torch.maximum(torch.minimum(x, hi), lo)
-    return x
+    return odin_step(bundle, x, odin_grad_sign(bundle, x, T) if eps > 0 else None, eps, clamp)
 
 
 def fraction_out_of_range(bundle: Any, x: torch.Tensor, tol: float = 1e-6) -> float:
@@ -78,6 +92,39 @@ class ODIN(Detector):
     def __init__(self) -> None:
         super().__init__()
         self.last_run: dict[str, Any] = {}
+        self._sign_cache: OrderedDict[tuple, list[torch.Tensor]] = OrderedDict()
+        self._sign_lock = threading.Lock()
+
+    def __deepcopy__(self, memo: dict) -> "ODIN":  # clone(): a fresh lock and cache, same knobs
+        new = ODIN()
+        new.knobs, new.fitted = self.knobs, self.fitted
+        return new
+
+    def _sign_key(self, bundle: Any, ds: ImageDataset, T: float) -> tuple | None:
+        """The sign does not depend on ε, so a sweep over ε at one T needs one backward pass,
+        not one per ε. Signs (int8) are kept for sets up to SIGN_CACHE_VALUES input values,
+        for the last SIGN_CACHE_ENTRIES (model, dataset, T) combinations, stored only once
+        complete (so a cancelled or concurrent run never leaves a partial entry)."""
+        if ds.images.size > SIGN_CACHE_VALUES:
+            return None
+        return (bundle.fingerprint, ds.fingerprint, float(T))
+
+    def _cached_signs(self, key: tuple | None) -> list[torch.Tensor] | None:
+        if key is None:
+            return None
+        with self._sign_lock:
+            hit = self._sign_cache.get(key)
+            if hit is not None:
+                self._sign_cache.move_to_end(key)
+            return hit
+
+    def _store_signs(self, key: tuple | None, signs: list[torch.Tensor]) -> None:
+        if key is None:
+            return
+        with self._sign_lock:
+            self._sign_cache[key] = signs
+            while len(self._sign_cache) > SIGN_CACHE_ENTRIES:
+                self._sign_cache.popitem(last=False)
 
     def fit_model(self, bundle: Any, train_ds: ImageDataset, train_ext: Extraction,
                   progress: ProgressFn | None = None) -> "ODIN":
@@ -98,9 +145,20 @@ class ODIN(Detector):
         out = np.empty(n, np.float64)
         outside = 0.0
         try:
-            for i in range(0, n, BATCH_SIZE):
+            key = self._sign_key(bundle, ds, T) if eps > 0 else None
+            cached = self._cached_signs(key)
+            fresh: list[torch.Tensor] = []
+            for bi, i in enumerate(range(0, n, BATCH_SIZE)):
                 x = bundle.preprocess(ds.images[i: i + BATCH_SIZE]).to(device)
-                xt = odin_perturb(bundle, x, T, eps, clamp)
+                sign = None
+                if eps > 0:
+                    if cached is not None:
+                        sign = cached[bi].to(device)
+                    else:
+                        sign = odin_grad_sign(bundle, x, T)
+                        if key is not None:
+                            fresh.append(sign.to("cpu", torch.int8))
+                xt = odin_step(bundle, x, sign, eps, clamp)
                 outside += fraction_out_of_range(bundle, xt) * len(x)
                 with torch.no_grad():
                     p = torch.softmax(bundle.logits(xt).double() / T, dim=1)
@@ -110,5 +168,7 @@ class ODIN(Detector):
                     progress(done / n, f"ODIN on {ds.name}: {done}/{n}")
         finally:
             bundle.model.train(model_was_training)
+        if cached is None and key is not None:
+            self._store_signs(key, fresh)
         self.last_run = {"dataset": ds.name, "share of input values outside the valid range": outside / max(1, n)}
         return out
