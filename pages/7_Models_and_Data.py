@@ -61,10 +61,6 @@ from ood_core import cache as _cache  # noqa: E402
 
 _restore_once(str(_cache.cache_dir()))
 
-with st.sidebar:
-    st.subheader("Current experiment")
-    st.caption(f"Model: `{st.session_state['model']}`")
-    st.caption(f"ID: `{st.session_state['id_dataset']}` · OOD: {', '.join(st.session_state['ood_datasets']) or 'none'}")
 
 st.title("Models & data")
 st.caption("Bring your own classifier and datasets. Model files are read as data, never as code: "
@@ -100,7 +96,7 @@ with tab_model:
         fmt_label = {"pt2": "torch.export archive", "torchscript": "TorchScript archive",
                      "state_dict": "state_dict (weights only)", "checkpoint": "workbench checkpoint",
                      "unknown": "unrecognised"}[facts["format"]]
-        st.caption(f"{path.name}: {fmt_label}, {facts['bytes'] / 2**20:.1f} MiB")
+        st.caption(f"{path.name}: {fmt_label}, {loading.human_bytes(facts['bytes'])}")
         arch = None
         if facts["format"] == "unknown":
             st.error("this is not a model file the workbench reads: expected a .pt2 (torch.export), a TorchScript "
@@ -328,3 +324,9 @@ with tab_exp:
                              st.session_state["params"], key="exp")
     else:
         st.info("Choose detectors and at least one OOD dataset.")
+
+# The sidebar is filled last so it shows what this run changed (a model loaded, a set registered).
+with st.sidebar:
+    st.subheader("Current experiment")
+    st.caption(f"Model: `{st.session_state['model']}`")
+    st.caption(f"ID: `{st.session_state['id_dataset']}` · OOD: {', '.join(st.session_state['ood_datasets']) or 'none'}")

@@ -55,7 +55,8 @@ def max_model_bytes() -> int:
         return DEFAULT_MAX_BYTES
 
 
-def _human(n: float) -> str:
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``'1.5 KiB'``."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -66,7 +67,7 @@ def _human(n: float) -> str:
 def check_size(nbytes: int, max_bytes: int | None = None, what: str = "the model file") -> None:
     limit = max_model_bytes() if max_bytes is None else int(max_bytes)
     if nbytes > limit:
-        raise ModelError(f"{what} is {_human(nbytes)}, over the {_human(limit)} limit; "
+        raise ModelError(f"{what} is {human_bytes(nbytes)}, over the {human_bytes(limit)} limit; "
                          "raise it with OOD_MAX_MODEL_BYTES (or max_bytes=) if you trust the file")
 
 
@@ -789,10 +790,12 @@ def _load_archive(path, fmt, sha, label, input_size, mean, std, channels, head, 
     pp = _override(base, input_size, mean, std, channels)
     source = ("input shape recorded in the archive" if fixed_size else why)
     if input_size is None and not fixed_size:
-        # Nothing fixes the size: try the hint, then common sizes, until a dry run passes.
+        # Nothing fixes the size: try the stem's guess, then the ID images' size, then common
+        # sizes, until a dry run passes. (The guess comes first: the ID set chosen while
+        # uploading is often still the default MNIST, not the model's data.)
         tried = []
-        sizes = ([tuple(size_hint)[:2] if len(size_hint) > 1 else (size_hint[0], size_hint[0])] if size_hint else []) \
-            + [pp.input_size] + [(s, s) for s in CANDIDATE_SIZES]
+        hint = [tuple(size_hint)[:2] if len(size_hint) > 1 else (size_hint[0], size_hint[0])] if size_hint else []
+        sizes = [pp.input_size] + hint + [(s, s) for s in CANDIDATE_SIZES]
         out, err = None, None
         for sz in dict.fromkeys(tuple(int(v) for v in s) for s in sizes):
             cand = Preprocess(sz, pp.channels, pp.mean, pp.std)
@@ -807,7 +810,9 @@ def _load_archive(path, fmt, sha, label, input_size, mean, std, channels, head, 
             raise ModelError(f"{err} (also tried input sizes {', '.join(tried)})")
         if tried:
             notes.append(f"input size {pp.input_size[0]}x{pp.input_size[1]} is the first that ran (tried {', '.join(tried)})")
-        source += "; input size found by trying common sizes" if tried else ""
+        if tried:
+            source += ("; input size of the ID images" if hint and tuple(pp.input_size) == tuple(hint[0])
+                       else "; input size found by trying common sizes")
     else:
         out = dry_run(model, pp)
     n_cls = int(out.shape[1])
