@@ -121,6 +121,10 @@ with right:
             grad = common.run_as_job(gkey, _job, "low-dimensional gradients and their map")
             _remember(gkey, grad)
 
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}" if np.isfinite(v) else "n/a"
+
+
 # --- selection state (shared by both maps) ---------------------------------------------------------
 selected: list[tuple[str, int]] = list(st.session_state.get("_maps_selected", []))
 
@@ -141,8 +145,8 @@ def _picked(event) -> list[tuple[str, int]]:
 def _draw(res, title: str, key: str):
     s = res.summary()
     st.caption(f"{maps.METHOD_LABELS[res.method]} of {len(res.frame):,} points in {res.dims} dimensions "
-               f"({res.seconds:.1f} s). kNN AUROC ID vs all OOD: **2-D {100 * s['auroc_2d']:.1f}**, "
-               f"full space {100 * s['auroc_full']:.1f}.")
+               f"({res.seconds:.1f} s). kNN AUROC ID vs all OOD: **2-D {_pct(s['auroc_2d'])}**, "
+               f"full space {_pct(s['auroc_full'])}.")
     with common.guard(title):
         try:
             fig = map_figure(res.frame, color, ctx.id_name, selected=selected)
@@ -173,12 +177,19 @@ st.caption("Cross-validated kNN (k = 15, 5 folds) probability of being ID, score
            "100 = they occupy separate regions. '2-D' is on the map's coordinates, 'full' on the vectors the map "
            "was drawn from (features or G_low), so the gap shows what the 2-D projection loses.")
 sf, sg = feat.summary(), grad.summary()
+
+
+def _delta(a: float, b: float) -> str | None:
+    return f"{100 * (a - b):+.1f} vs features" if np.isfinite(a) and np.isfinite(b) else None
+
+
+if not np.isfinite(sf["auroc_full"]):
+    st.info("Too few points to cross-validate: separability needs at least 2 ID and 2 OOD points.")
 m = st.columns(4)
-m[0].metric("features · 2-D", f"{100 * sf['auroc_2d']:.1f}")
-m[1].metric("features · full", f"{100 * sf['auroc_full']:.1f}")
-m[2].metric("gradients · 2-D", f"{100 * sg['auroc_2d']:.1f}", f"{100 * (sg['auroc_2d'] - sf['auroc_2d']):+.1f} vs features")
-m[3].metric("gradients · full", f"{100 * sg['auroc_full']:.1f}",
-            f"{100 * (sg['auroc_full'] - sf['auroc_full']):+.1f} vs features")
+m[0].metric("features · 2-D", _pct(sf["auroc_2d"]))
+m[1].metric("features · full", _pct(sf["auroc_full"]))
+m[2].metric("gradients · 2-D", _pct(sg["auroc_2d"]), _delta(sg["auroc_2d"], sf["auroc_2d"]))
+m[3].metric("gradients · full", _pct(sg["auroc_full"]), _delta(sg["auroc_full"], sf["auroc_full"]))
 tables = {"features": feat.separability, "gradients": grad.separability}
 sep_table = separability_frame(tables)
 tc, fc = st.columns([2, 3])

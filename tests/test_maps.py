@@ -141,6 +141,12 @@ def test_feature_map_points_lead_back_to_images(default_bundle):
     assert 0.5 < res.summary()["auroc_full"] <= 1.0
 
 
+def test_three_point_map_draws_without_separability(default_bundle):
+    res = maps.compute_map(default_bundle, "mnist", ["letters", "gaussian"], "features", "pca", n_per_set=1)
+    assert len(res.frame) == 3 and res.separability.empty
+    assert np.isnan(res.summary()["auroc_2d"])
+
+
 def test_map_refuses_too_few_points_and_bad_perplexity(default_bundle):
     with pytest.raises(MapError, match="at least 3 points"):
         maps.compute_map(default_bundle, "mnist", [], "features", "pca", n_per_set=1)
