@@ -34,7 +34,7 @@ import threading
 import zipfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 

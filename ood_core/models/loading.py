@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import threading
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -771,7 +772,9 @@ def _load_archive(path, fmt, sha, label, input_size, mean, std, channels, head, 
         linears = [_module_of(t[1]) for t in _pt2_linear_nodes(model.gm)]
     else:
         try:
-            model = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # torch's "jit is deprecated" notice is not the user's problem
+                warnings.simplefilter("ignore", FutureWarning)
+                model = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # noqa: BLE001
             raise ModelError(f"could not load the TorchScript archive {path.name}: {_first_line(exc)}") from None
         model.eval()
