@@ -623,8 +623,13 @@ def _override(pp: Preprocess, input_size: Sequence[int] | int | None, mean: Sequ
 
 
 def _first_line(exc: BaseException, n: int = 200) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:n]
+    """The informative line of an error: the first one, except for TorchScript, whose first line
+    is a generic banner and whose real cause ("RuntimeError: mat1 and mat2 …") comes last."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    line = lines[-1] if "TorchScript interpreter" in lines[0] else lines[0]
+    return line[:n]
 
 
 def dry_run(model: nn.Module, pp: Preprocess, batch: int = 2) -> torch.Tensor:
@@ -635,8 +640,11 @@ def dry_run(model: nn.Module, pp: Preprocess, batch: int = 2) -> torch.Tensor:
         with torch.no_grad():
             out = model(x)
     except Exception as exc:  # noqa: BLE001 - the user's model can raise anything
+        line = _first_line(exc)
+        if not line.startswith(type(exc).__name__):
+            line = f"{type(exc).__name__}: {line}"
         raise ModelError(f"the model failed a dry run on a batch of shape {tuple(x.shape)}: "
-                         f"{type(exc).__name__}: {_first_line(exc)} — check the input size and channels "
+                         f"{line} — check the input size and channels "
                          "(or the architecture)") from None
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         raise ModelError(f"the model returns a {type(out).__name__} of {len(out)} tensors; "
