@@ -117,6 +117,8 @@ def test_torchscript_loads_with_feature_split(files, tiny, x, kind):
     np.testing.assert_allclose(w, tiny.fc.weight.detach().numpy())
     # the split shares the model's tensors instead of copying them
     assert b.body.conv.weight.data_ptr() == b.model.body.conv.weight.data_ptr()
+    named = dict(b.model.named_parameters())
+    assert {"head.weight", "head.bias"} <= set(named) and named["head.weight"].requires_grad
 
 
 def test_torchscript_preprocessing_defaults_and_overrides(files):
@@ -139,6 +141,10 @@ def test_pt2_dynamic_batch(pt2_files, tiny, x):
     assert feats.shape == (5, 6)
     b.model.eval()  # ep.module() refuses .eval(); the wrapper must not
     assert b.info["notes"] == []
+    # gradient methods select parameters by name under head_name and need them trainable
+    named = dict(b.model.named_parameters())
+    assert {"head.weight", "head.bias"} <= set(named) and all(p.requires_grad for p in named.values())
+    assert not any(n.startswith("body.") and n.endswith("fc.weight") for n in named)
 
 
 def test_pt2_fixed_batch_runs_in_chunks(pt2_files, tiny, x):

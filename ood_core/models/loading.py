@@ -504,6 +504,17 @@ def _pt2_split(gm: Any, head: str | None) -> tuple[nn.Module, nn.Linear, str] | 
     body = fx.GraphModule(gm, ng)  # shares gm's parameters
     body.graph.eliminate_dead_code()
     body.recompile()
+    # Drop the tensors the cut graph no longer reads (the head's, at least): a Parameter held by
+    # both halves would be listed once, under body.*, and the head would seem to have none.
+    used = {n.target for n in body.graph.nodes if n.op == "get_attr"}
+    for pname, _ in list(body.named_parameters(remove_duplicate=False)) + list(body.named_buffers(remove_duplicate=False)):
+        if pname not in used:
+            owner, _, leaf = pname.rpartition(".")
+            mod = body.get_submodule(owner) if owner else body
+            if leaf in mod._parameters:  # noqa: SLF001
+                del mod._parameters[leaf]  # noqa: SLF001
+            elif leaf in mod._buffers:  # noqa: SLF001
+                del mod._buffers[leaf]  # noqa: SLF001
     weight = gm.get_parameter(wt) if wt in dict(gm.named_parameters()) else getattr_path(gm, wt)
     bias = None
     if bt:
@@ -528,6 +539,9 @@ def load_pt2(path: Path) -> tuple[_Exported, dict]:
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"could not load the torch.export archive {Path(path).name}: "
                          f"{type(exc).__name__}: {_first_line(exc)}") from None
+    # torch.export.load hands parameters back frozen; gradient-based detectors need them trainable
+    for p in gm.parameters():
+        p.requires_grad_(True)
     facts: dict[str, Any] = {}
     shapes = [n.meta.get("val") for n in gm.graph.nodes if n.op == "placeholder"]
     if len(shapes) != 1 or not hasattr(shapes[0], "shape"):
