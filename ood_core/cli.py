@@ -167,10 +167,8 @@ def add_command(hook: Callable[[Any], None]) -> Callable[[Any], None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        from . import training  # noqa: F401  (registers `train`)
-    except ImportError:  # pragma: no cover
-        pass
+    from . import training  # noqa: F401  (registers `train`)
+    from .data import folders  # noqa: F401  (registers `register` and the saved datasets)
     parser = build_parser()
     try:
         a = parser.parse_args(argv)

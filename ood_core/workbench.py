@@ -42,7 +42,7 @@ def load_model(spec: str = "default", progress: Progress | None = None, **kwargs
     with _lock:
         if spec in _models:  # uploads and other in-memory models are registered by key
             return _models[spec]
-    if spec != "default":
+    if spec != "default" and not spec.startswith("upload:"):
         p = Path(spec)
         if not p.exists():
             raise ModelError(f"no model file at {spec!r}; pass 'default' or the path of a .pt/.pt2/.pth file")
@@ -54,6 +54,9 @@ def load_model(spec: str = "default", progress: Progress | None = None, **kwargs
     if spec == "default":
         from .models.checkpoints import load_default
         bundle = load_default(progress)
+    elif spec.startswith("upload:"):  # an upload remembered from an earlier session
+        from .models.loading import restore_upload
+        return restore_upload(spec)
     else:
         from .models.loading import load_model_file
         bundle = load_model_file(Path(spec), **kwargs)

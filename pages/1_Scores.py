@@ -11,7 +11,7 @@ from ood_core.data import get_dataset
 from ood_core.detectors import detector_names, get_detector
 from ood_core.figures.scores import pr_figure, roc_figure, score_histogram
 from ui import common
-from ui.export import figure_downloads, table_downloads
+from ui.export import figure_downloads, per_sample_downloads, table_downloads
 
 st.set_page_config(page_title="Scores · OOD workbench", layout="wide")
 ctx = common.sidebar()
@@ -97,6 +97,9 @@ with right:
     st.subheader("Metrics")
     st.dataframe(show, hide_index=True, width="stretch", key="metrics_table")
     table_downloads(show, f"metrics_{det_name}", key="metrics")
+    with st.popover("Per-sample scores"):
+        st.caption("Every sample's dataset, index, label, prediction and this detector's score.")
+        per_sample_downloads(ctx.model, ctx.id_name, ctx.ood, [det_name], {det_name: knobs}, key="scores")
 
 # --- threshold -----------------------------------------------------------------
 st.subheader("Threshold")
@@ -115,13 +118,13 @@ with tc1:
         span = hi - lo if hi > lo else 1.0
         thr = st.slider("Score threshold (score ≥ threshold → called ID)", lo, hi, float(np.clip(t95, lo, hi)),
                         span / 500, key="thr_value", format="%.4g")
-    stats = metrics.at_threshold(id_scores, ood_scores[focus], thr)
-    m1, m2, m3, m4, m5 = st.columns(5)
-    m1.metric("threshold", f"{thr:.4g}")
-    m2.metric("TPR (ID kept)", f"{100 * stats.tpr:.1f}%")
-    m3.metric(f"FPR ({focus} called ID)", f"{100 * stats.fpr:.1f}%")
-    m4.metric("ID called OOD", f"{stats.id_below} / {stats.id_above + stats.id_below}")
-    m5.metric(f"{focus} called ID", f"{stats.ood_above} / {stats.ood_above + stats.ood_below}")
+stats = metrics.at_threshold(id_scores, ood_scores[focus], thr)
+m1, m2, m3, m4, m5 = st.columns(5)
+m1.metric("threshold", f"{thr:.4g}")
+m2.metric("TPR (ID kept)", f"{100 * stats.tpr:.1f}%")
+m3.metric(f"FPR ({focus} called ID)", f"{100 * stats.fpr:.1f}%")
+m4.metric("ID called OOD", f"{stats.id_below} / {stats.id_above + stats.id_below}")
+m5.metric(f"{focus} called ID", f"{stats.ood_above} / {stats.ood_above + stats.ood_below}")
 
 g1, g2 = st.columns(2)
 with g1:

@@ -17,7 +17,7 @@ from ui.export import per_sample_downloads
 
 st.set_page_config(page_title="Models & data · OOD workbench", layout="wide")
 common.init_state()
-common._apply_pending()  # noqa: SLF001 - an experiment applied below takes effect here (sidebar() does the same)
+common.apply_pending()  # an experiment applied below takes effect here (sidebar() does the same)
 # This page shows no model/ID/OOD pickers; re-assigning keeps their values when the
 # sidebar widgets of the other pages are not rendered here (Streamlit drops unrendered widget state).
 for _k in ("model", "id_dataset", "ood_datasets"):

@@ -98,7 +98,7 @@ class Context:
 def sidebar(select_ood: bool = True) -> Context:
     """The experiment picker every page shows: model, ID set, OOD sets."""
     init_state()
-    _apply_pending()
+    apply_pending()
     models = wb.list_models()
     specs = [m["spec"] for m in models]
     labels = {m["spec"]: m["label"] for m in models}
@@ -138,7 +138,8 @@ def apply_experiment(exp: Experiment) -> None:
     st.rerun()
 
 
-def _apply_pending() -> None:
+def apply_pending() -> None:
+    """Apply an experiment parked by :func:`apply_experiment` (call before drawing widgets)."""
     d = st.session_state.pop("_pending_experiment", None)
     if not d:
         return

