@@ -24,4 +24,9 @@ def test_landing_then_scores_page(browser_page, app_server, default_bundle):
     page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
     page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 2")  # histogram, ROC
     assert "Traceback" not in page.content()
-    page.screenshot(path=str(ARTIFACTS / "scores.png"), full_page=False)
+    # Streamlit scrolls inside its main container: a tall viewport shows the whole page.
+    page.set_viewport_size({"width": 1400, "height": 1850})
+    page.evaluate("() => document.querySelectorAll('[data-testid=\"stMain\"], section.main, .main')"
+                  ".forEach(e => e.scrollTo(0, 0))")
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(ARTIFACTS / "scores.png"))

@@ -35,8 +35,9 @@ def score_histogram(id_scores: np.ndarray, ood: dict[str, np.ndarray], threshold
         fig.add_vline(x=threshold, line_dash="dash", line_color="black",
                       annotation_text=f"threshold {threshold:.4g}", annotation_position="top")
     fig.update_layout(barmode="overlay", title=title or "Score distributions (higher = more in-distribution)",
-                      xaxis_title="score", yaxis_title="fraction of samples", legend_title_text="dataset",
-                      margin=dict(l=40, r=10, t=50, b=40), height=380)
+                      xaxis_title="score", yaxis_title="fraction of samples", legend_title_text="",
+                      legend=dict(orientation="h", yanchor="top", y=-0.2, x=0),
+                      margin=dict(l=40, r=10, t=50, b=40), height=420)
     if log_y:
         fig.update_yaxes(type="log")
     return fig
@@ -59,7 +60,8 @@ def roc_figure(id_scores: np.ndarray, ood: dict[str, np.ndarray], threshold: flo
                              hoverinfo="skip"))
     fig.add_hline(y=0.95, line_dash="dot", line_color="gray", annotation_text="TPR 95%")
     fig.update_layout(title="ROC (ID positive)", xaxis_title="false positive rate (OOD called ID)",
-                      yaxis_title="true positive rate (ID kept)", height=380, margin=dict(l=40, r=10, t=50, b=40),
+                      yaxis_title="true positive rate (ID kept)", height=420,
+                      legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), margin=dict(l=40, r=10, t=50, b=40),
                       xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.01]))
     return fig
 
@@ -73,5 +75,6 @@ def pr_figure(id_scores: np.ndarray, ood: dict[str, np.ndarray]) -> go.Figure:
         fig.add_trace(go.Scatter(x=r, y=p, mode="lines", name=f"{name} (AUPR-In {100 * ap:.1f})",
                                  line=dict(color=color_for(i), shape="hv")))
     fig.update_layout(title="Precision-recall (ID positive)", xaxis_title="recall (ID)", yaxis_title="precision (ID)",
-                      height=380, margin=dict(l=40, r=10, t=50, b=40), xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.01]))
+                      height=420, margin=dict(l=40, r=10, t=50, b=40), xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.01]),
+                      legend=dict(orientation="h", yanchor="top", y=-0.2, x=0))
     return fig
