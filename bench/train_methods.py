@@ -53,6 +53,7 @@ def main() -> int:
     ap.add_argument("--timing-steps", type=int, default=15)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--json", help="also write every number to this file")
+    ap.add_argument("--timing-only", action="store_true", help="only the step-cost part")
     a = ap.parse_args()
     methods = [m for m in a.methods.split(",") if m]
     dets = [d for d in DETECTORS if d in detector_names()]
@@ -85,6 +86,8 @@ def main() -> int:
         report[f"ratio_greg_ce_{threads}t"] = ratios
         report[f"ratio_greg_energy_oe_{threads}t"] = ratios_same
     torch.set_num_threads(threads0)
+    if a.timing_only:
+        return 0
 
     # 2. training ---------------------------------------------------------------------------
     models: dict[str, dict] = {"default (no training)": {"spec": "default", "seconds": 0.0}}

@@ -104,8 +104,7 @@ def test_gradient_penalty_value_against_finite_differences(norm):
     m_in, m_out = _margins(model, x, is_aux)
     ref, mask_in, mask_aux = _penalty_value_fd(model, x, is_aux, m_in, m_out, norm)
     assert mask_in.any() and (~mask_in & ~is_aux).any() and mask_aux.any()  # the case exercises the indicator
-    xr = x.clone().requires_grad_(True)
-    loss, stats = L.gradient_penalty(xr, L.energy(model(xr)), is_aux, m_in, m_out, norm)
+    loss, stats = L.gradient_penalty(model, x, L.energy(model(x)), is_aux, m_in, m_out, norm)
     assert loss.item() == pytest.approx(ref, rel=1e-6)
     assert stats["frac_in"] == pytest.approx(float(mask_in.sum()) / 4)
     assert stats["frac_aux"] == pytest.approx(float(mask_aux.sum()) / 4)
@@ -117,8 +116,7 @@ def test_gradient_penalty_parameter_gradient_against_finite_differences():
     x = _inputs(6, seed=4)
     is_aux = torch.arange(6) >= 3
     m_in, m_out = _margins(model, x, is_aux)
-    xr = x.clone().requires_grad_(True)
-    loss, _ = L.gradient_penalty(xr, L.energy(model(xr)), is_aux, m_in, m_out, "l2")
+    loss, _ = L.gradient_penalty(model, x, L.energy(model(x)), is_aux, m_in, m_out, "l2")
     w = model[3].weight  # a middle layer: its gradient needs the full second-order path
     (auto,) = torch.autograd.grad(loss, w)
     h = 1e-5
@@ -138,12 +136,12 @@ def test_gradient_penalty_parameter_gradient_against_finite_differences():
 
 def test_gradient_penalty_is_zero_when_nothing_is_detected():
     model = _tiny()
-    x = _inputs(4).requires_grad_(True)
+    x = _inputs(4)
     is_aux = torch.tensor([False, False, True, True])
-    loss, stats = L.gradient_penalty(x, L.energy(model(x)), is_aux, m_in=-1e6, m_out=1e6)
+    loss, stats = L.gradient_penalty(model, x, L.energy(model(x)), is_aux, m_in=-1e6, m_out=1e6)
     assert loss.item() == 0.0 and stats == {"frac_in": 0.0, "frac_aux": 0.0}
     with pytest.raises(L.LossError, match="norm"):
-        L.gradient_penalty(x, L.energy(model(x)), is_aux, 0, 0, norm="l3")
+        L.gradient_penalty(model, x, L.energy(model(x)), is_aux, 0, 0, norm="l3")
 
 
 def _gq_explicit(model, x, y, operand):

@@ -164,3 +164,17 @@ def test_cli_bad_input_exits_2_with_one_line(capsys, argv, needle):
     assert main(argv + ["--quiet"] if argv[-1] != "magic" else argv) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
+
+
+def test_fine_tune_a_trained_checkpoint(runs, out):
+    parent = runs["ce"].path
+    res = train(TrainConfig("oe", init=str(parent), epochs=1, params={"batch_size": 16}, **SMALL), out_dir=out)
+    assert res.meta["label"].startswith(f"oe · fine-tuned {parent.stem} · 1 ep")
+    assert res.meta["training"]["init"] == str(parent.resolve())
+    from ood_core.models.checkpoints import load_checkpoint
+    assert res.meta["init_fingerprint"] == load_checkpoint(parent).fingerprint
+    # A file without a sidecar cannot be fine-tuned (its architecture is unknown).
+    bare = out / "bare.pt"
+    bare.write_bytes(parent.read_bytes())
+    with pytest.raises(TrainingError, match="not a workbench checkpoint"):
+        Trainer(TrainConfig("ce", init=str(bare), epochs=1, **SMALL))

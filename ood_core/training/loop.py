@@ -376,7 +376,8 @@ class Trainer:
                                 f"{int(k['pool_factor']) * b}; lower pool_factor or batch_size")
         self.steps_per_epoch = len(self.x_train) // b  # drop_last: every step sees B ID samples
         self.total_steps = self.steps_per_epoch * int(cfg.epochs)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=float(k["lr"]), momentum=float(k["momentum"]),
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.SGD(self.params, lr=float(k["lr"]), momentum=float(k["momentum"]),
                                    weight_decay=float(k["weight_decay"]))
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, _schedule(k, self.total_steps, self.steps_per_epoch))
@@ -427,14 +428,14 @@ class Trainer:
                 x_low = x_high = self._aug(self._aux_batch(b))
             else:
                 x_low, x_high = self._select_aux(b)
-            x = torch.cat([x_in, x_high]).requires_grad_(True)
+            x = torch.cat([x_in, x_high])
             logits = fwd(x)
             e = L.energy(logits)
             is_aux = torch.arange(len(x)) >= b
             terms["ce"] = L.ce_loss(logits[:b], y)
             e_low = e[b:] if name == "greg" else L.energy(fwd(x_low))
             terms["ls"] = L.energy_margin_loss(e[:b], e_low, k["m_in"], k["m_out"])
-            terms["grad"], st = L.gradient_penalty(x, e, is_aux, k["m_in"], k["m_out"], k["norm"])
+            terms["grad"], st = L.gradient_penalty(fwd, x, e, is_aux, k["m_in"], k["m_out"], k["norm"])
             extra.update(st)
             total = terms["ce"] + k["lam_s"] * terms["ls"] + k["lam_grad"] * terms["grad"]
         elif name == "gq":
@@ -449,8 +450,8 @@ class Trainer:
         terms = {"total": total, **terms}
         self._check_terms(terms)
         self.opt.zero_grad(set_to_none=True)
-        total.backward()
-        gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf")))
+        total.backward(inputs=self.params)  # parameters only: no wasted gradients for the input leaves
+        gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, float("inf")))
         if not math.isfinite(gnorm):
             self._diverged("the gradient of the total loss", gnorm)
         lr = self.opt.param_groups[0]["lr"]

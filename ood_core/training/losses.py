@@ -1,9 +1,9 @@
 """Training losses as pure functions of tensors (METHODS.md, "Training methods").
 
 Energy ``E(x) = -LSE(f(x))``: lower = more ID (the training papers' sign; the
-``energy`` *detector* scores ``-E``). Every function takes logits (and, for the
-gradient terms, the input tensor the logits were computed from, with
-``requires_grad``), so one forward pass feeds every term of a step.
+``energy`` *detector* scores ``-E``). The value terms take logits from the step's one
+forward pass; the gradient terms take the model function and the inputs, because they
+need input gradients (and re-run the forward on what they penalise).
 
 - ``ce_loss``: cross-entropy on the ID batch.
 - ``oe_loss`` (Hendrycks et al., ICLR 2019): ``mean_aux[-(1/C) Σ_i log softmax(f)_i]``,
@@ -61,15 +61,18 @@ def detected_mask(e: torch.Tensor, is_aux: torch.Tensor, m_in: float, m_out: flo
     return torch.where(is_aux, e >= m_out, e <= m_in)
 
 
-def gradient_penalty(x: torch.Tensor, e: torch.Tensor, is_aux: torch.Tensor, m_in: float, m_out: float,
-                     norm: str = "l2", create_graph: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+def gradient_penalty(model_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, e: torch.Tensor,
+                     is_aux: torch.Tensor, m_in: float, m_out: float,
+                     norm: str = "l2") -> tuple[torch.Tensor, dict[str, float]]:
     """``L_∇S`` and its bookkeeping (fraction of ID/aux samples penalised).
 
-    ``x`` must require grad and ``e`` must be ``energy(model(x))``. Each sample's energy
-    depends only on its own input (no batch norm in train mode across the batch), so the
-    gradient of ``Σ E`` with respect to ``x`` holds every per-sample input gradient.
-    Only penalised rows enter the norm: that skips the whole double backward when no
-    sample is on the right side of its margin yet.
+    ``e`` are the batch's energies from the step's main forward pass; they only pick the
+    "correctly detected" rows. Those rows alone go through a second forward with input
+    gradients and the double backward (``create_graph=True``): the penalty is zero on the
+    other rows, so the expensive part scales with the penalised fraction and is skipped
+    entirely when no sample is on the right side of its margin yet. The re-forward matches
+    the main one for models whose forward treats samples independently and deterministically
+    (no dropout, no batch norm in train mode).
     """
     if norm not in NORMS:
         raise LossError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
@@ -82,8 +85,10 @@ def gradient_penalty(x: torch.Tensor, e: torch.Tensor, is_aux: torch.Tensor, m_i
     }
     if not bool(mask.any()):
         return e.new_zeros(()), stats
-    (g,) = torch.autograd.grad(e[mask].sum(), x, create_graph=create_graph)
-    g = g[mask].flatten(1)
+    xs = x[mask].detach().requires_grad_(True)
+    # Each sample's energy depends only on its own input, so d(Σ E)/dx holds every per-sample gradient.
+    (g,) = torch.autograd.grad(energy(model_fn(xs)).sum(), xs, create_graph=True)
+    g = g.flatten(1)
     per = g.norm(p=2, dim=1) if norm == "l2" else g.abs().sum(1)
     aux_sel = is_aux[mask]
     loss = e.new_zeros(())
