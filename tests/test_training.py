@@ -145,6 +145,12 @@ def test_cli_train_prints_path_last_and_model_path_evaluates(capsys, out, defaul
         assert rc == 0
         res = json.loads(capsys.readouterr().out)
         assert res["model"] == str(path) and 0 <= res["results"][0]["auroc"] <= 1
+        # The sidecar alone reproduces the run from the shell too: same file, same weights.
+        from ood_core.models.checkpoints import load_checkpoint
+        fp = load_checkpoint(path).fingerprint
+        assert main(["train", "--config", str(path.with_suffix(".json")), "--quiet"]) == 0
+        assert capsys.readouterr().out.strip().splitlines()[-1] == str(path)
+        assert load_checkpoint(path).fingerprint == fp
     finally:
         for p in (path, path.with_suffix(".json")):
             p.unlink(missing_ok=True)
