@@ -251,7 +251,7 @@ def test_rg_add_hand_formula(train, test):
         v_tr = np.minimum(train.features.astype(np.float64), kv).sum(1)
         a_s = lse_tr.std() / v_tr.std() if v_tr.std() > 0 else 0.0
         hand = logsumexp(test.logits) + c * a_s * np.minimum(test.features.astype(np.float64), kv).sum(1)
-        np.testing.assert_allclose(det.score(test, c=c, k_mode=k_mode, q=q, k=k), hand, rtol=1e-9)
+        np.testing.assert_allclose(det.score(test, c=c, k_mode=k_mode, q=q, k=k), hand, rtol=1e-7)  # k clipped in float32
 
 
 def test_rg_add_alpha_uses_a_fixed_subsample_of_1000():

@@ -253,6 +253,18 @@ def energy(logits: np.ndarray, T: float = 1.0) -> np.ndarray:
     return T * logsumexp(logits, T=T)
 
 
+def clipped_l1(features: np.ndarray, k: float) -> np.ndarray:
+    """``Σ_j min(h_j, k)`` (RG's feature-space factor).
+
+    Clips in the features' own float32 and accumulates in float64: converting an
+    (N, D) block to float64 first would double the cost on a slider's hot path.
+    """
+    h = np.asarray(features)
+    if h.dtype not in (np.float32, np.float64):
+        h = h.astype(np.float32)
+    return np.minimum(h, h.dtype.type(k)).sum(axis=1, dtype=np.float64)
+
+
 def head_logits(features: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(features, np.float64) @ np.asarray(W, np.float64).T + np.asarray(b, np.float64)
 

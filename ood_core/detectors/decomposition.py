@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..extract import Extraction
-from .base import Detector, DetectorError, Knob, SortedValues, energy, logsumexp, register
+from .base import Detector, DetectorError, Knob, SortedValues, clipped_l1, energy, logsumexp, register
 from .feature import RG_PAPER
 from .gradnorm import gradnorm_u
 
@@ -25,11 +25,6 @@ K_KNOBS = (
     Knob("q", 90.0, 1.0, 100.0, help="k as this percentile of all training feature values (k_mode=percentile)"),
     Knob("k", 1.0, 0.0, 1e6, help="k in feature units (k_mode=absolute); the paper's default is 1"),
 )
-
-
-def clipped_l1(features: np.ndarray, k: float) -> np.ndarray:
-    """``Σ_j min(h_j, k)`` (RG's feature-space factor)."""
-    return np.minimum(np.asarray(features, np.float64), k).sum(axis=1)
 
 
 class _ClipK(Detector):

@@ -6,7 +6,8 @@ from typing import Any
 import numpy as np
 
 from ..extract import Extraction
-from .base import Detector, DetectorError, Knob, Paper, SortedValues, energy, head_logits, logsumexp, register
+from .base import (Detector, DetectorError, Knob, Paper, SortedValues, clipped_l1, energy, head_logits, logsumexp,
+                   register)
 
 RG_PAPER = Paper("ReActivate GradNorm: gradient-based OOD detection by decomposing the gradient",
                  "seed 001 (ReAct-GradNorm)", "preprint", 2024, "")
@@ -42,12 +43,14 @@ class ReAct(_ClipFromTraining):
 
     def _score(self, ext: Extraction, p: float) -> np.ndarray:
         c = self.clip_value(p)
-        return energy(head_logits(np.minimum(ext.features, c), ext.head_weight, ext.head_bias))
+        # float32 matmul (a float64 one is ~2x slower on the slider's hot path); ~1e-7 relative.
+        h = np.minimum(ext.features, np.float32(c))
+        return energy((h @ ext.head_weight.T).astype(np.float64) + ext.head_bias)
 
 
 def rg_score(logits: np.ndarray, features: np.ndarray, k: float, T: float = 1.0) -> np.ndarray:
     """RG, multiplicative (eq. 8): ``S = T·LSE(f/T) · Σ_j min(h_j, k)``."""
-    return energy(logits, T) * np.minimum(np.asarray(features, np.float64), k).sum(axis=1)
+    return energy(logits, T) * clipped_l1(features, k)
 
 
 @register
