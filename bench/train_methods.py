@@ -133,7 +133,7 @@ def main() -> int:
         bad = [x for x in rows if x["detector"] == det and x["status"] != "ok"]
         for x in bad[:1]:
             print(f"  ({det}: {x['status']}: {x['reason']})")
-    print(f"\ntraining seconds: " + ", ".join(f"{m} {models[m]['seconds']:.0f}" for m in methods))
+    print("\ntraining seconds: " + ", ".join(f"{m} {models[m]['seconds']:.0f}" for m in methods))
     print(f"total {time.time() - t_all:.0f}s")
     report["models"] = models
     report["rows"] = rows

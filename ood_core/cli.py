@@ -10,7 +10,6 @@ import logging
 import sys
 from typing import Any, Callable, Sequence
 
-import numpy as np
 
 
 class CLIError(Exception):

@@ -7,6 +7,8 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import torch.nn.functional as F
+from torch import nn
 
 
 def cifar10_folder(root: Path, n_train: int = 24, n_test: int = 12, seed: int = 0, batches: int = 2) -> Path:
@@ -107,3 +109,15 @@ def flat_images(root: Path, n: int = 5, sizes=((16, 16),), seed: int = 5) -> Pat
         h, w = sizes[i % len(sizes)]
         Image.fromarray(rng.integers(0, 255, (h, w, 3)).astype(np.uint8)).save(root / f"img{i}.jpg")
     return root
+
+
+class TinyNet(nn.Module):
+    """A 3-channel conv net small enough to script, save and upload in a test."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1).flatten(1))

@@ -8,8 +8,6 @@ import io
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import fixtures_data as fx
 from browser_support import ARTIFACTS, app_server, browser, browser_page, by_key, goto_page, wait_idle  # noqa: F401
@@ -17,14 +15,7 @@ from browser_support import ARTIFACTS, app_server, browser, browser_page, by_key
 pytestmark = pytest.mark.browser
 
 
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.fc = nn.Linear(8, 10)
-
-    def forward(self, x):
-        return self.fc(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1).flatten(1))
+Tiny = fx.TinyNet
 
 
 def _download(page, locator) -> bytes:

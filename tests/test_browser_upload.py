@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from browser_support import ARTIFACTS, app_server, browser, browser_page, by_key, goto_page, wait_idle  # noqa: F401
 
 pytestmark = pytest.mark.browser
 
 
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.fc = nn.Linear(8, 4)
+from fixtures_data import TinyNet  # noqa: E402
 
-    def forward(self, x):
-        return self.fc(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1).flatten(1))
+
+def Tiny():
+    return TinyNet(4)
 
 
 def _upload(page, path) -> None:

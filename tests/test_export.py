@@ -12,7 +12,6 @@ import plotly.graph_objects as go
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import fixtures_data as fx
 from ood_core import export as ex
@@ -65,14 +64,7 @@ def test_tables_csv_and_parquet():
     assert pq["a"].tolist() == [1, 2] and np.isnan(pq["b"][1]) and pq["mixed"].tolist() == ["1", "two"]
 
 
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.fc = nn.Linear(8, 10)
-
-    def forward(self, x):
-        return self.fc(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1).flatten(1))
+Tiny = fx.TinyNet
 
 
 @pytest.fixture()

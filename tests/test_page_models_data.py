@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import fixtures_data as fx
@@ -18,14 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGE_REL = "pages/7_Models_and_Data.py"
 
 
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.fc = nn.Linear(8, 10)
-
-    def forward(self, x):
-        return self.fc(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1).flatten(1))
+Tiny = fx.TinyNet
 
 
 @pytest.fixture()

@@ -1,7 +1,6 @@
 """AppTest: the landing page and the Scores page, as a user drives them."""
 from pathlib import Path
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent

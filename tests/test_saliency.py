@@ -1,7 +1,6 @@
 """ood_core.saliency: captum attributions of a logit and of OOD scores, checked against plain autograd."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest

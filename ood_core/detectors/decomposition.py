@@ -12,42 +12,15 @@ from typing import Any
 import numpy as np
 
 from ..extract import Extraction
-from .base import Detector, DetectorError, Knob, SortedValues, clipped_l1, energy, logsumexp, register
-from .feature import RG_PAPER
+from .base import DetectorError, Knob, clipped_l1, energy, logsumexp, register
+from .feature import K_KNOBS, RG_PAPER, ClipK
 from .gradnorm import gradnorm_u
 
 ALPHA_SAMPLES = 1000
 ALPHA_SEED = 0
 
-K_KNOBS = (
-    Knob("k_mode", "percentile", kind="choice", choices=("percentile", "absolute"),
-         help="give the clip k as a percentile of training feature values or as an absolute value"),
-    Knob("q", 90.0, 1.0, 100.0, help="k as this percentile of all training feature values (k_mode=percentile)"),
-    Knob("k", 1.0, 0.0, 1e6, help="k in feature units (k_mode=absolute); the paper's default is 1"),
-)
-
-
-class _ClipK(Detector):
-    """A clip ``k`` given absolutely or as a percentile of all training feature values."""
-
-    needs = frozenset({"logits", "features", "training"})
-    family = "gradient"
+class _ClipK(ClipK):
     paper = RG_PAPER
-
-    def _fit(self, train: Extraction) -> None:
-        self.sorted_feats = SortedValues.of(train.features)
-        self.train_info = {"n_train": len(train), "feature_max": float(self.sorted_feats.values[-1])}
-
-    def clip_value(self, k_mode: str, q: float, k: float) -> float:
-        return self.sorted_feats.percentile(q) if k_mode == "percentile" else float(k)
-
-    def derived(self, k_mode: str = "percentile", q: float = 90.0, k: float = 1.0, **_: Any) -> dict[str, Any]:
-        if not self.fitted:
-            return {}
-        kv = self.clip_value(k_mode, q, k)
-        vals = self.sorted_feats.values
-        pct = 100.0 * np.searchsorted(vals, kv, side="right") / max(1, vals.size)
-        return {"k (absolute)": kv, "k (percentile of training features)": float(pct)}
 
 
 @register

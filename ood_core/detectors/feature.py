@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from ..extract import Extraction
-from .base import (Detector, DetectorError, Knob, Paper, SortedValues, clipped_l1, energy, head_logits, logsumexp,
+from .base import (Detector, Knob, Paper, SortedValues, clipped_l1, energy, logsumexp,
                    register)
 
 RG_PAPER = Paper("ReActivate GradNorm: gradient-based OOD detection by decomposing the gradient",
@@ -21,6 +21,33 @@ class _ClipFromTraining(Detector):
     def _fit(self, train: Extraction) -> None:
         self.sorted_feats = SortedValues.of(train.features)
         self.train_info = {"n_train": len(train), "feature_max": float(self.sorted_feats.values[-1])}
+
+
+K_KNOBS = (
+    Knob("k_mode", "percentile", kind="choice", choices=("percentile", "absolute"),
+         help="give the clip k as a percentile of training feature values or as an absolute value"),
+    Knob("q", 90.0, 1.0, 100.0, help="k as this percentile of all training feature values (k_mode=percentile)"),
+    Knob("k", 1.0, 0.0, 1e6, help="k in feature units (k_mode=absolute); the paper's default is 1"),
+)
+
+
+class ClipK(_ClipFromTraining):
+    """RG's clip ``k``, given absolutely or as a percentile of all training feature values."""
+
+    needs = frozenset({"logits", "features", "training"})
+    family = "gradient"
+
+    def clip_value(self, k_mode: str, q: float, k: float) -> float:
+        return self.sorted_feats.percentile(q) if k_mode == "percentile" else float(k)
+
+    def derived(self, k_mode: str = "percentile", q: float = 90.0, k: float = 1.0, **_: Any) -> dict[str, Any]:
+        """Both forms of k, so a user sees the absolute clip and where it sits in the training values."""
+        if not self.fitted:
+            return {}
+        kv = self.clip_value(k_mode, q, k)
+        vals = self.sorted_feats.values
+        pct = 100.0 * np.searchsorted(vals, kv, side="right") / max(1, vals.size)
+        return {"k (absolute)": kv, "k (percentile of training features)": float(pct)}
 
 
 @register
@@ -54,7 +81,7 @@ def rg_score(logits: np.ndarray, features: np.ndarray, k: float, T: float = 1.0)
 
 
 @register
-class RG(_ClipFromTraining):
+class RG(ClipK):
     """RG (ReAct-GradNorm, multiplicative): ``S = T·LSE(f/T) · Σ_j min(h_j, k)``.
 
     The output-space factor (energy) times the clipped feature L1 norm. ``k`` is in the
@@ -66,26 +93,11 @@ class RG(_ClipFromTraining):
     name = "rg"
     title = "RG: ReActivate GradNorm (energy × clipped feature L1)"
     paper = RG_PAPER
-    family = "gradient"
     knobs = (
-        Knob("k_mode", "percentile", kind="choice", choices=("percentile", "absolute"),
-             help="give the clip k as a percentile of training feature values or as an absolute value"),
-        Knob("q", 90.0, 1.0, 100.0, help="k as this percentile of all training feature values (k_mode=percentile)"),
-        Knob("k", 1.0, 0.0, 1e6, "linear", help="k in feature units (k_mode=absolute); the paper's default is 1"),
+        *K_KNOBS,
         Knob("T", 1.0, 0.1, 100.0, "log", help="energy temperature"),
     )
     grid = {"k": [0.1, 0.3, 0.5, 0.7, 1, 2, 3, 5, 1e6], "T": [0.5, 1, 2, 4, 8, 16, 32, 64]}
-
-    def clip_value(self, k_mode: str, q: float, k: float) -> float:
-        return self.sorted_feats.percentile(q) if k_mode == "percentile" else float(k)
-
-    def derived(self, k_mode: str = "percentile", q: float = 90.0, k: float = 1.0, **_: Any) -> dict[str, Any]:
-        if not self.fitted:
-            return {}
-        kv = self.clip_value(k_mode, q, k)
-        vals = self.sorted_feats.values
-        pct = 100.0 * np.searchsorted(vals, kv, side="right") / max(1, vals.size)
-        return {"k (absolute)": kv, "k (percentile of training features)": float(pct)}
 
     def _score(self, ext: Extraction, k_mode: str, q: float, k: float, T: float) -> np.ndarray:
         return rg_score(ext.logits, ext.features, self.clip_value(k_mode, q, k), T)
