@@ -217,9 +217,10 @@ def estimate_memory(bundle: ModelBundle, param_set: str | Sequence[str] = "last"
                     budget_bytes: int | None = None, device: str | None = None) -> MemoryEstimate:
     """Estimate the bytes of one chunk of per-sample gradients before running it.
 
-    Per sample: the gradient itself and vmap's per-sample weight-gradient intermediate
-    (2·P floats) plus saved activations and their gradients (4·A floats, A = activation
-    elements of one forward). Fixed: the parameters and a P×r subspace if projecting.
+    Per sample: the gradient, vmap's per-sample weight-gradient intermediates and copies
+    (4·P floats) plus saved activations, their gradients and the batching rules' copies
+    (6·A floats, A = activation elements of one forward); calibrated against measured
+    peaks in bench/per_sample_grads.py. Fixed: the parameters and a P×r subspace if projecting.
     """
     names = param_names(bundle, param_set)
     named = dict(bundle.model.named_parameters())
@@ -230,7 +231,7 @@ def estimate_memory(bundle: ModelBundle, param_set: str | Sequence[str] = "last"
         a += _activation_elems(bundle) // 4
     else:
         a = _activation_elems(bundle)
-    per = 4 * (2 * p + 4 * a) + 4096
+    per = 4 * (4 * p + 6 * a) + 4096
     fixed = 4 * (sum(t.numel() for t in bundle.model.parameters()) + p * max(0, int(r)))
     budget = memory_budget_bytes(device or "cpu") if budget_bytes is None else int(budget_bytes)
     return MemoryEstimate(p, int(chunk), per, fixed, budget)
