@@ -105,6 +105,9 @@ def param_names(bundle: ModelBundle, param_set: str | Sequence[str]) -> list[str
     no trainable (``requires_grad``) parameter.
     """
     model = bundle.model
+    if isinstance(model, torch.jit.ScriptModule):
+        raise GradientError("per-sample gradients need an eager model: TorchScript archives cannot go through "
+                            "torch.func; load this model as a .pt2 (torch.export) archive or a state_dict instead")
     named = dict(model.named_parameters())
     if isinstance(param_set, str):
         if param_set not in PARAM_SETS:
@@ -203,7 +206,8 @@ def _activation_elems(bundle: ModelBundle) -> int:
         if isinstance(out, torch.Tensor):
             total[0] += out.numel()
 
-    hs = [m.register_forward_hook(hook) for m in bundle.model.modules() if not list(m.children())]
+    hs = [m.register_forward_hook(hook) for m in bundle.model.modules()
+          if not list(m.children()) and not isinstance(m, torch.jit.ScriptModule)]  # scripted modules take no hooks
     try:
         with torch.no_grad():
             bundle.model(bundle.dummy_input(1).to(bundle.device))

@@ -225,3 +225,16 @@ def test_lowdim_for_dataset_is_G_times_V_and_cached(tmp_cache):
     # another setting is another entry
     assert G.subspace_key(b, train, {"r": 2}) != G.subspace_key(b, train, {"r": 3})
     assert G.subspace_key(b, train, {"subspace": "avg", "r": 2}) == G.subspace_key(b, train, {"subspace": "avg", "r": 7})
+
+
+def test_torchscript_models_get_a_clear_message(tmp_path):
+    """TorchScript archives cannot go through torch.func: a user error, not a traceback."""
+    import torch
+
+    from ood_core.gradients import GradientError, per_sample_grads
+    from ood_core.models import ModelBundle, Preprocess, SmallCNN
+
+    scripted = torch.jit.script(SmallCNN().eval())
+    bundle = ModelBundle(scripted, Preprocess((28, 28), 1, (0.5,), (0.5,)), name="scripted")
+    with pytest.raises(GradientError, match="TorchScript"):
+        per_sample_grads(bundle, np.zeros((2, 28, 28, 1), np.uint8), param_set="last")
