@@ -61,7 +61,7 @@ def test_react_matches_manual_clip(data):
     c = np.percentile(train.features.astype(np.float64), 85)
     h = np.minimum(ext.features.astype(np.float64), c)
     f = torch.tensor(h @ ext.head_weight.T.astype(np.float64) + ext.head_bias)
-    np.testing.assert_allclose(det.score(ext, p=85), torch.logsumexp(f, 1).numpy(), rtol=1e-7)
+    np.testing.assert_allclose(det.score(ext, p=85), torch.logsumexp(f, 1).numpy(), rtol=1e-6)  # float32 path
     assert det.derived(p=85)["clip c"] == pytest.approx(c)
 
 
