@@ -213,8 +213,12 @@ class SortedScores:
     """
 
     def __init__(self, scores):
-        self.values = np.sort(np.asarray(scores, np.float64).ravel())
-        self.uniq, self.counts = np.unique(self.values, return_counts=True)
+        v = np.sort(np.asarray(scores, np.float64).ravel())
+        self.values = v
+        # Distinct values and their counts from the sorted array (np.unique would sort again).
+        first = np.flatnonzero(np.r_[True, v[1:] != v[:-1]]) if v.size else np.zeros(0, np.int64)
+        self.uniq = v[first]
+        self.counts = np.diff(np.r_[first, v.size])
 
     def __len__(self):
         return self.values.size

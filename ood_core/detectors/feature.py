@@ -69,7 +69,9 @@ def clipped_head_energy(features: np.ndarray, W: np.ndarray, b: np.ndarray, c: f
         z = bb @ WT
         z += b32
         m = z.max(axis=1, keepdims=True)
-        out[i: i + len(hb)] = m[:, 0] + np.log(np.exp(z - m).sum(axis=1, dtype=np.float64))
+        np.subtract(z, m, out=z)  # in place: no temporaries on the hot path
+        np.exp(z, out=z)
+        out[i: i + len(hb)] = m[:, 0] + np.log(z.sum(axis=1, dtype=np.float64))
     return out
 
 
