@@ -221,7 +221,7 @@ def detector_classes() -> dict[str, type[Detector]]:
 
 # --- shared numeric helpers (pure functions on arrays) --------------------------
 
-def _shifted_exp(z: np.ndarray, T: float, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def shifted_exp(z: np.ndarray, T: float, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(m, e, s)``: row max ``m`` of ``z/T``, ``e = exp(z/T − m)`` and ``s = Σ e``, in float64."""
     zt = np.asarray(z, np.float64)
     zt = zt / T if T != 1.0 else zt
@@ -232,19 +232,19 @@ def _shifted_exp(z: np.ndarray, T: float, axis: int) -> tuple[np.ndarray, np.nda
 
 def logsumexp(z: np.ndarray, axis: int = 1, T: float = 1.0) -> np.ndarray:
     """Stable ``LSE(z/T)`` along ``axis``."""
-    m, _, s = _shifted_exp(z, T, axis)
+    m, _, s = shifted_exp(z, T, axis)
     return (m + np.log(s)).squeeze(axis)
 
 
 def softmax(z: np.ndarray, T: float = 1.0) -> np.ndarray:
     """``softmax(z/T)`` along axis 1 (float64 output)."""
-    _, e, s = _shifted_exp(z, T, 1)
+    _, e, s = shifted_exp(z, T, 1)
     return e / s
 
 
 def max_softmax(z: np.ndarray, T: float = 1.0) -> np.ndarray:
     """``max_i softmax(z/T)_i`` = ``1 / Σ exp(z/T − max)``: no full softmax needed."""
-    _, _, s = _shifted_exp(z, T, 1)
+    _, _, s = shifted_exp(z, T, 1)
     return 1.0 / s[:, 0]
 
 

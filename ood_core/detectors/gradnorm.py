@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..extract import Extraction
-from .base import Detector, Knob, Paper, register, softmax
+from .base import Detector, Knob, Paper, shifted_exp, register
 
 GRADNORM_PAPER = Paper("On the Importance of Gradients for Detecting Distributional Shifts in the Wild",
                        "Huang, Geng & Li", "NeurIPS", 2021, "https://arxiv.org/abs/2110.00218")
@@ -12,8 +12,11 @@ GRADNORM_PAPER = Paper("On the Importance of Gradients for Detecting Distributio
 
 def gradnorm_u(logits: np.ndarray, T: float = 1.0) -> np.ndarray:
     """The output-space factor ``Σ_i |p_i − 1/C|`` with ``p = softmax(f/T)``."""
-    p = softmax(logits, T)
-    return np.abs(p - 1.0 / p.shape[1]).sum(axis=1)
+    # Σ|e_i/s − 1/C| = Σ|e_i − s/C| / s, computed in place on the exponentials (hot path).
+    _, e, s = shifted_exp(logits, T, 1)
+    np.subtract(e, s / e.shape[1], out=e)
+    np.abs(e, out=e)
+    return e.sum(axis=1) / s[:, 0]
 
 
 def gradnorm_closed_form(logits: np.ndarray, features: np.ndarray, T: float = 1.0, include_bias: bool = False,
