@@ -13,6 +13,8 @@ def test_landing_then_scores_page(browser_page, app_server, default_bundle):
     goto_page(page, app_server, "")
     page.get_by_text("Gradient-OOD workbench").first.wait_for()
     page.get_by_text("Current experiment").wait_for()
+    page.locator('[data-testid="stPageLink"]').first.wait_for()
+    wait_idle(page)
     page.screenshot(path=str(ARTIFACTS / "landing.png"), full_page=True)
 
     # Navigate as a user would: the sidebar link to the Scores page.
