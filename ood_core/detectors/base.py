@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -221,13 +223,62 @@ def detector_classes() -> dict[str, type[Detector]]:
 
 # --- shared numeric helpers (pure functions on arrays) --------------------------
 
+_POOL: ThreadPoolExecutor | None = None
+_PARALLEL_MIN = 1_000_000  # elements; below this a thread hand-off costs more than it saves
+
+
+def row_blocks(n_rows: int, n_elems: int) -> list[tuple[int, int]]:
+    """Row ranges for :func:`parallel_rows`: one per core for big arrays, else one."""
+    k = (os.cpu_count() or 1) if n_elems >= _PARALLEL_MIN else 1
+    step = -(-n_rows // max(1, k))
+    return [(a, min(n_rows, a + step)) for a in range(0, n_rows, max(1, step))]
+
+
+def parallel_rows(fn: Callable[[int, int], None], n_rows: int, n_elems: int) -> None:
+    """Run ``fn(start, stop)`` over row blocks on all cores.
+
+    numpy's element-wise loops (exp, minimum, sums) run on one core but release the GIL,
+    so threads over row blocks use both cores of a slider's hot path, bit for bit the
+    same result as one call.
+    """
+    global _POOL
+    blocks = row_blocks(n_rows, n_elems)
+    if len(blocks) == 1:
+        fn(*blocks[0])
+        return
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="ood-rows")
+    for f in [_POOL.submit(fn, a, b) for a, b in blocks]:
+        f.result()
+
+
 def shifted_exp(z: np.ndarray, T: float, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(m, e, s)``: row max ``m`` of ``z/T``, ``e = exp(z/T − m)`` and ``s = Σ e``, in float64."""
-    zt = np.asarray(z, np.float64)
-    zt = zt / T if T != 1.0 else zt
-    m = zt.max(axis=axis, keepdims=True)
-    e = np.exp(zt - m)
-    return m, e, e.sum(axis=axis, keepdims=True)
+    z = np.asarray(z)
+    if axis != 1 or z.ndim != 2:
+        zt = np.asarray(z, np.float64)
+        zt = zt / T if T != 1.0 else zt
+        m = zt.max(axis=axis, keepdims=True)
+        e = np.exp(zt - m)
+        return m, e, e.sum(axis=axis, keepdims=True)
+    n = z.shape[0]
+    m = np.empty((n, 1))
+    e = np.empty(z.shape)
+    s = np.empty((n, 1))
+
+    def block(a: int, b: int) -> None:
+        zb = np.asarray(z[a:b], np.float64)
+        if T != 1.0:
+            zb = zb / T
+        mb = zb.max(axis=1, keepdims=True)
+        m[a:b] = mb
+        eb = e[a:b]
+        np.subtract(zb, mb, out=eb)
+        np.exp(eb, out=eb)
+        s[a:b] = eb.sum(axis=1, keepdims=True)
+
+    parallel_rows(block, n, z.size)
+    return m, e, s
 
 
 def logsumexp(z: np.ndarray, axis: int = 1, T: float = 1.0) -> np.ndarray:
@@ -262,7 +313,14 @@ def clipped_l1(features: np.ndarray, k: float) -> np.ndarray:
     h = np.asarray(features)
     if h.dtype not in (np.float32, np.float64):
         h = h.astype(np.float32)
-    return np.minimum(h, h.dtype.type(k)).sum(axis=1, dtype=np.float64)
+    kk = h.dtype.type(k)
+    out = np.empty(len(h))
+
+    def block(a: int, b: int) -> None:
+        out[a:b] = np.minimum(h[a:b], kk).sum(axis=1, dtype=np.float64)
+
+    parallel_rows(block, len(h), h.size)
+    return out
 
 
 def head_logits(features: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
