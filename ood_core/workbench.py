@@ -141,22 +141,23 @@ def score(bundle: ModelBundle, detector: str | Detector, dataset: str, id_name: 
     reason = det.unavailable_reason(ext)
     if reason:
         raise DetectorError(reason)
-    key = cache.make_key("score", v=SCORE_VERSION, detector=det.name, model=bundle.fingerprint,
-                         dataset=ds.fingerprint, knobs=knobs, fit=getattr(det, "fit_key", ""),
-                         preprocess=bundle.preprocess.to_dict())
+    key = _score_key(bundle, det, ds, knobs)
     arr = cache.cached_arrays(key, lambda: {"scores": det.score_model(bundle, ds, ext, progress=progress, **knobs)})  # type: ignore[attr-defined]
     return arr["scores"].astype(np.float64)
+
+
+def _score_key(bundle: ModelBundle, det: Detector, ds: ImageDataset, knobs: dict[str, Any]) -> str:
+    """Disk-cache key of a model-time detector's scores: model, data, knobs and the fit."""
+    return cache.make_key("score", v=SCORE_VERSION, detector=det.name, model=bundle.fingerprint,
+                          dataset=ds.fingerprint, knobs=knobs, fit=getattr(det, "fit_key", ""),
+                          preprocess=bundle.preprocess.to_dict())
 
 
 def is_cached(bundle: ModelBundle, detector: Detector, dataset: str, params: dict[str, Any] | None = None) -> bool:
     """Whether a model-time detector's scores are already on disk for these knobs."""
     if not detector.needs_model:
         return True
-    ds = get_dataset(dataset)
-    key = cache.make_key("score", v=SCORE_VERSION, detector=detector.name, model=bundle.fingerprint,
-                         dataset=ds.fingerprint, knobs=detector.resolve(params), fit=getattr(detector, "fit_key", ""),
-                         preprocess=bundle.preprocess.to_dict())
-    return cache.has(key)
+    return cache.has(_score_key(bundle, detector, get_dataset(dataset), detector.resolve(params)))
 
 
 def parse_params(items: Iterable[str]) -> dict[str, dict[str, Any]]:
