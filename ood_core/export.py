@@ -70,7 +70,6 @@ def figure_bytes(fig: Any, fmt: str, width: int | None = None, height: int | Non
     ok, why = static_export_status()
     if not ok:
         raise ExportError(why)
-    import kaleido
     from plotly.io._utils import validate_coerce_fig_to_dict
 
     fig_dict = validate_coerce_fig_to_dict(fig, True)
@@ -175,6 +174,7 @@ def per_sample_scores(bundle: Any, id_name: str, ood_names: Iterable[str], detec
     """
     from . import workbench as wb
     from .detectors import DetectorError, get_detector
+    from .detectors.base import max_softmax
 
     params = params or {}
     detectors = list(dict.fromkeys(detectors))
@@ -185,12 +185,9 @@ def per_sample_scores(bundle: Any, id_name: str, ood_names: Iterable[str], detec
     frames = []
     for n, role in sets:
         e = exts[n]
-        lg = e.logits.astype(np.float64)
-        p = np.exp(lg - lg.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
         frames.append(pd.DataFrame({"dataset": n, "role": role, "index": e.sample_ids.astype(np.int64),
                                     "label": e.labels.astype(np.int64), "prediction": e.preds.astype(np.int64),
-                                    "max_softmax": p.max(1)}))
+                                    "max_softmax": max_softmax(e.logits)}))
     for d in detectors:
         det0 = get_detector(d)
         reason = det0.unavailable_reason(exts[id_name])

@@ -103,6 +103,7 @@ def test_per_sample_scores(setup):
         np.testing.assert_array_equal(part["prediction"], logits.argmax(1).numpy())
         np.testing.assert_allclose(part["energy"], torch.logsumexp(logits, 1).numpy(), rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(part["msp"], torch.softmax(logits, 1).max(1).values.numpy(), rtol=1e-4)
+        np.testing.assert_allclose(part["max_softmax"], torch.softmax(logits, 1).max(1).values.numpy(), rtol=1e-4)
         assert np.isfinite(part["knn"]).all()
     pq = pd.read_parquet(io.BytesIO(ex.table_parquet(df)))
     assert len(pq) == len(df) and list(pq.columns) == list(df.columns)
