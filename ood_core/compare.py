@@ -35,6 +35,13 @@ def cached_array_detectors() -> list[str]:
     return [n for n, c in detector_classes().items() if not c.needs_model]
 
 
+def model_time_cached(bundle: Any, name: str, datasets: Iterable[str], params: dict[str, Any] | None = None) -> bool:
+    """Whether detector ``name``'s scores for ``params`` are on disk for every dataset (always True
+    for cached-array detectors); bad names or knob values raise as in :func:`compare_table`."""
+    det = get_detector(name)
+    return all(wb.is_cached(bundle, det, d, params) for d in datasets)
+
+
 def _jsonable(d: dict[str, Any]) -> str:
     return json.dumps({k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}, sort_keys=True)
 
@@ -122,9 +129,7 @@ def _detector_rows(bundle: Any, det: Detector, id_name: str, ood_names: list[str
                    progress: Progress | None) -> list[dict[str, Any]]:
     name = det.name
     if det.needs_model and not run_model_time:
-        probe = get_detector(name)
-        cached = all(wb.is_cached(bundle, probe, d, knob_params) for d in [id_name] + ood_names)
-        if not cached:
+        if not model_time_cached(bundle, name, [id_name] + ood_names, knob_params):
             return _status_rows(name, det.family, ood_names, "not computed",
                                 "needs the model at scoring time: run it as a job (Compare's button or the Scores page)")
     fitted = wb.fitted_detector(name, bundle, id_name)

@@ -6,8 +6,7 @@ import json
 import streamlit as st
 
 from ood_core import compare as cmp
-from ood_core import workbench as wb
-from ood_core.detectors import detector_classes, get_detector
+from ood_core.detectors import detector_classes
 from ood_core.figures.compare import LABELS, compare_chart
 from ood_core.metrics import METRICS
 from ui import common
@@ -26,7 +25,7 @@ if not ctx.ood:
 
 common.extraction(ctx.bundle, ctx.id_name)
 classes = detector_classes()
-cached_names = [n for n, c in classes.items() if not c.needs_model]
+cached_names = cmp.cached_array_detectors()
 model_names = [n for n, c in classes.items() if c.needs_model]
 
 c1, c2, c3 = st.columns([2, 5, 1])
@@ -49,9 +48,8 @@ chosen_model = [d for d in chosen if d in model_names]
 def _model_time_cached() -> tuple[bool, ...]:
     out = []
     for d in chosen_model:
-        probe = get_detector(d)
         try:
-            out.append(all(wb.is_cached(ctx.bundle, probe, n, params.get(d)) for n in [ctx.id_name, *ctx.ood]))
+            out.append(cmp.model_time_cached(ctx.bundle, d, [ctx.id_name, *ctx.ood], params.get(d)))
         except common.USER_ERRORS:
             out.append(False)
     return tuple(out)
