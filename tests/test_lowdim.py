@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.spatial.distance import mahalanobis
+from scipy.special import softmax
 from scipy.stats import spearmanr
 
 from ood_core import gradients as G
@@ -122,6 +123,11 @@ def test_ensemble_ends_are_its_parts(default_bundle, sets):
     fwd = _scores(det, default_bundle, sets, "mnist", w=0.0)
     tr_e = energy(sets["mnist:train"][1].logits)
     np.testing.assert_allclose(fwd, (energy(ext.logits) - tr_e.mean()) / tr_e.std(), rtol=1e-6)
+    for forward, ref in (("msp", lambda z: softmax(np.float64(z), axis=1).max(1)),
+                         ("maxlogit", lambda z: np.float64(z).max(1))):  # the other forward scores, by scipy/numpy
+        tr = ref(sets["mnist:train"][1].logits)
+        got = _scores(det, default_bundle, sets, "mnist", w=0.0, forward=forward)
+        np.testing.assert_allclose(got, (ref(ext.logits) - tr.mean()) / tr.std(), rtol=1e-6, atol=1e-9)
     back = _scores(det, default_bundle, sets, "mnist", w=1.0)
     maha = _scores(_fitted("lowdim_maha", default_bundle, sets), default_bundle, sets, "mnist")
     assert spearmanr(back, maha).statistic > 0.999999

@@ -23,7 +23,7 @@ from .. import cache
 from .. import gradients as grads
 from ..data import ImageDataset
 from ..extract import Extraction
-from .base import Detector, DetectorError, Knob, Paper, SortedValues, energy, register, softmax
+from .base import Detector, DetectorError, Knob, Paper, SortedValues, energy, max_softmax, register
 
 LOWDIM_PAPER = Paper("Low-Dimensional Gradient Helps Out-of-Distribution Detection",
                      "Wu, Li, Cheng, Yang & Huang", "arXiv preprint (seed 003)", 2023)
@@ -230,8 +230,8 @@ class LowDimReAct(_LowDim):
 
 
 FORWARD_SCORES = {
-    "energy": lambda logits: energy(logits, 1.0),
-    "msp": lambda logits: softmax(logits).max(axis=1),
+    "energy": energy,
+    "msp": max_softmax,
     "maxlogit": lambda logits: np.asarray(logits, np.float64).max(axis=1),
 }
 
