@@ -135,11 +135,11 @@ with g1:
 with g2:
     tab_roc, tab_pr = st.tabs(["ROC", "PR"])
     with tab_roc:
-        rocf = roc_figure(id_scores, ood_scores, thr)
+        rocf = roc_figure(id_scores, ood_scores, thr, table)
         st.plotly_chart(rocf, width="stretch", key="roc")
         figure_downloads(rocf, f"roc_{det_name}", key="roc")
     with tab_pr:
-        prf = pr_figure(id_scores, ood_scores)
+        prf = pr_figure(id_scores, ood_scores, table)
         st.plotly_chart(prf, width="stretch", key="pr")
         figure_downloads(prf, f"pr_{det_name}", key="pr")
 

@@ -63,3 +63,19 @@ def test_landing_page(default_bundle):
     assert not at.exception, at.exception
     assert at.title[0].value == "Gradient-OOD workbench"
     assert any(m.label == "Model" for m in at.metric)
+
+
+def test_figures_label_curves_with_the_table_metrics():
+    import numpy as np
+
+    from ood_core import metrics
+    from ood_core.figures.scores import pr_figure, roc_figure
+
+    rng = np.random.default_rng(0)
+    a, ood = rng.normal(1, 1, 200), {"x": rng.normal(0, 1, 150), "y": rng.normal(-1, 1, 100)}
+    table = metrics.metrics_table(a, ood)
+    for fig, key, label in [(roc_figure(a, ood, 0.0, table), "auroc", "AUROC"), (pr_figure(a, ood, table), "aupr_in", "AUPR-In")]:
+        names = [t.name for t in fig.data if t.name]
+        for n in ood:
+            want = f"{n} ({label} {100 * metrics.ood_metrics(a, ood[n])[key]:.1f})"
+            assert want in names

@@ -43,12 +43,25 @@ def score_histogram(id_scores: np.ndarray, ood: dict[str, np.ndarray], threshold
     return fig
 
 
-def roc_figure(id_scores: np.ndarray, ood: dict[str, np.ndarray], threshold: float | None = None) -> go.Figure:
-    """ROC with ID as the positive class; markers where the threshold sits on each curve."""
+def _metric(table, name: str, key: str, id_scores: np.ndarray, s: np.ndarray) -> float:
+    """A metric from the page's table when given (no recomputation on a slider move), else computed."""
+    if table is not None:
+        row = table.loc[table["ood_dataset"] == name]
+        if len(row):
+            return float(row[key].iloc[0])
+    return metrics.ood_metrics(id_scores, s)[key]
+
+
+def roc_figure(id_scores: np.ndarray, ood: dict[str, np.ndarray], threshold: float | None = None,
+               table=None) -> go.Figure:
+    """ROC with ID as the positive class; markers where the threshold sits on each curve.
+
+    ``table`` is :func:`ood_core.metrics.metrics_table`'s output for the same scores, if at hand.
+    """
     fig = go.Figure()
     for i, (name, s) in enumerate(ood.items()):
         fpr, tpr, _ = metrics.roc(id_scores, s)
-        auc = metrics.ood_metrics(id_scores, s)["auroc"]
+        auc = _metric(table, name, "auroc", id_scores, s)
         fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{name} (AUROC {100 * auc:.1f})",
                                  line=dict(color=color_for(i)), hovertemplate="FPR %{x:.3f}<br>TPR %{y:.3f}"))
         if threshold is not None:
@@ -66,12 +79,12 @@ def roc_figure(id_scores: np.ndarray, ood: dict[str, np.ndarray], threshold: flo
     return fig
 
 
-def pr_figure(id_scores: np.ndarray, ood: dict[str, np.ndarray]) -> go.Figure:
-    """Precision-recall with ID as the positive class (AUPR-In)."""
+def pr_figure(id_scores: np.ndarray, ood: dict[str, np.ndarray], table=None) -> go.Figure:
+    """Precision-recall with ID as the positive class (AUPR-In); ``table`` as in :func:`roc_figure`."""
     fig = go.Figure()
     for i, (name, s) in enumerate(ood.items()):
         p, r, _ = metrics.pr(id_scores, s)
-        ap = metrics.ood_metrics(id_scores, s)["aupr_in"]
+        ap = _metric(table, name, "aupr_in", id_scores, s)
         fig.add_trace(go.Scatter(x=r, y=p, mode="lines", name=f"{name} (AUPR-In {100 * ap:.1f})",
                                  line=dict(color=color_for(i), shape="hv")))
     fig.update_layout(title="Precision-recall (ID positive)", xaxis_title="recall (ID)", yaxis_title="precision (ID)",
