@@ -141,14 +141,15 @@ def _detector_rows(bundle: Any, det: Detector, id_name: str, ood_names: list[str
         return fitted.score(exts[ds_name], **knobs)
 
     id_s = scores(id_name)
-    id_sorted = None
     pstr = _jsonable(knobs)
     rows, draws = [], []
+    id_sorted = None
     for o in ood_names:
         od_s = scores(o)
         if not (np.isfinite(id_s).all() and np.isfinite(od_s).all()):
             raise MetricError("some scores are NaN or infinite; check the detector's knobs")
-        id_sorted = id_sorted or SortedScores(id_s)  # sorted once, shared by every OOD set
+        if id_sorted is None:
+            id_sorted = SortedScores(id_s)  # sorted once, shared by every OOD set
         m = fast_ood_metrics(id_sorted, SortedScores(od_s))  # equal to ood_metrics (scikit-learn) to 1e-12
         row: dict[str, Any] = {"detector": name, "ood_dataset": o, **m, "status": "ok", "reason": "",
                                "family": det.family, "params": pstr}
@@ -182,11 +183,14 @@ def wide(df: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
     """Detectors × OOD sets (plus ``mean``) for one metric, detectors in the table's order."""
     if metric not in METRICS:
         raise wb.WorkbenchError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}")
-    ok = ok_rows(df)
+    return _pivot(df, ok_rows(df), metric)
+
+
+def _pivot(df: pd.DataFrame, ok: pd.DataFrame, values: str) -> pd.DataFrame:
+    """``ok``'s ``values`` as detectors × OOD sets: detectors in table order, OOD sets then ``mean``."""
     cols = [c for c in dict.fromkeys(df["ood_dataset"]) if c != MEAN] + [MEAN]
-    order = list(dict.fromkeys(ok["detector"]))
-    w = ok.pivot(index="detector", columns="ood_dataset", values=metric)
-    return w.reindex(index=order, columns=[c for c in cols if c in w.columns])
+    w = ok.pivot(index="detector", columns="ood_dataset", values=values)
+    return w.reindex(index=list(dict.fromkeys(ok["detector"])), columns=[c for c in cols if c in w.columns])
 
 
 def best_mask(w: pd.DataFrame, metric: str = "auroc", tol: float = 1e-12) -> pd.DataFrame:
@@ -204,10 +208,7 @@ def ci_text(df: pd.DataFrame, metric: str = "auroc", digits: int = 3) -> pd.Data
                     for v, lo, hi in zip(ok[metric], ok[f"{metric}_lo"], ok[f"{metric}_hi"])]
     else:
         ok["_t"] = [f.format(v) for v in ok[metric]]
-    cols = [c for c in dict.fromkeys(df["ood_dataset"]) if c != MEAN] + [MEAN]
-    order = list(dict.fromkeys(ok["detector"]))
-    t = ok.pivot(index="detector", columns="ood_dataset", values="_t")
-    return t.reindex(index=order, columns=[c for c in cols if c in t.columns])
+    return _pivot(df, ok, "_t")
 
 
 def format_table(df: pd.DataFrame, digits: int = 3) -> str:

@@ -102,7 +102,10 @@ def test_wide_best_and_ci_text(table):
     assert (w[best].min() == w.min()).all()
     assert best.sum().min() >= 1
     t = cmp.ci_text(table, "auroc")
-    assert t.loc["knn", "mean"].startswith(f"{w.loc['knn', 'mean'] * 0 + cmp.wide(table)['mean']['knn']:.3f}")
+    assert list(t.columns) == ["letters", "uniform", "mean"] and list(t.index) == ["energy", "knn"]
+    r = table[(table["detector"] == "knn") & (table["ood_dataset"] == "mean")].iloc[0]
+    assert t.loc["knn", "mean"] == f"{r['auroc']:.3f} [{r['auroc_lo']:.3f}, {r['auroc_hi']:.3f}]"
+    assert cmp.ci_text(table, "aupr_in").loc["knn", "mean"] == f"{r['aupr_in']:.3f}"  # no interval for AUPR
     assert "knn" in cmp.format_table(table) and "odin" in cmp.format_table(table)
 
 
