@@ -294,8 +294,7 @@ def sample_indices(n: int, n_per_set: int | None, seed: int) -> np.ndarray:
 
 
 def _names(id_name: str, ood_names: Sequence[str]) -> list[str]:
-    names = [id_name] + [n for n in dict.fromkeys(ood_names) if n != id_name]
-    return names
+    return [id_name] + [n for n in dict.fromkeys(ood_names) if n != id_name]
 
 
 def compute_map(bundle: Any, id_name: str = "mnist", ood_names: Sequence[str] = (), space: str = "features",
@@ -360,14 +359,6 @@ def compute_map(bundle: Any, id_name: str = "mnist", ood_names: Sequence[str] = 
     say(1.0, "map ready")
     return MapResult(frame, X_all, sep, space, method, kn, time.time() - t0, int(X_all.shape[1]),
                      {"grad_params": dict(grad_params or {}), "n_points": int(len(X_all))})
-
-
-def map_points(bundle: Any, id_name: str = "mnist", ood_names: Sequence[str] = (), space: str = "features",
-               method: str = "pca", n_per_set: int | None = 1000, seed: int = 0,
-               grad_params: dict[str, Any] | None = None, progress: Progress | None = None, **knobs: Any) -> pd.DataFrame:
-    """The map's points: columns x, y, dataset, index, sample_id, label, pred, is_id and scores."""
-    return compute_map(bundle, id_name, ood_names, space, method, n_per_set, seed, grad_params, progress,
-                       **knobs).frame
 
 
 def gradients_ready(bundle: Any, id_name: str, ood_names: Sequence[str], grad_params: dict[str, Any] | None = None) -> bool:
