@@ -88,19 +88,23 @@ def _mode_fixes(det: Detector, grid: dict[str, list[Any]]) -> tuple[dict[str, An
     return {}, []
 
 
-def _fit_on_part(name: str, bundle: Any, id_name: str, fit_idx: np.ndarray, holdout: float, seed: int,
-                 progress: Progress | None) -> tuple[Detector, ImageDataset, Extraction]:
-    det = get_detector(name)
+def _train_split(id_name: str) -> ImageDataset:
     try:
-        train_ds = get_dataset(train_name_for(id_name))
+        return get_dataset(train_name_for(id_name))
     except DataError:
         raise TuningError(f"tuning holds out part of the ID training split, but {split_name(id_name)[0]!r} has "
                           "no training split; register one (role: ID train)") from None
+
+
+def _fit_on_part(name: str, bundle: Any, id_name: str, fit_idx: np.ndarray, holdout: float, seed: int,
+                 progress: Progress | None) -> tuple[Detector, ImageDataset, Extraction]:
+    train_ds = _train_split(id_name)
     train_ext = wb.get_extraction(bundle, train_ds, progress)
     key = (name, bundle.fingerprint, train_ds.fingerprint, holdout, seed)
     with _lock:
         hit = _fitted.get(key)
     if hit is None:
+        det = get_detector(name)
         part_ds = train_ds.subset(fit_idx, name=f"{train_ds.name}[fit {1 - holdout:.0%}]")
         part_ext = train_ext.subset(fit_idx)
         if det.needs_model and hasattr(det, "fit_model"):
@@ -151,11 +155,7 @@ def sweep(bundle: Any, detector: str, knob_grid: dict[str, list[Any]] | None, id
     mode_fix, notes = _mode_fixes(probe, grid)
     base = {**(fixed or {}), **mode_fix}
 
-    train_n = len(get_dataset(train_name_for(id_name))) if _has_train(id_name) else 0
-    if not train_n:
-        raise TuningError(f"tuning holds out part of the ID training split, but {split_name(id_name)[0]!r} has no "
-                          "training split; register one (role: ID train)")
-    fit_idx, hold_idx = holdout_split(train_n, holdout, seed)
+    fit_idx, hold_idx = holdout_split(len(_train_split(id_name)), holdout, seed)
     det, train_ds, train_ext = _fit_on_part(detector, bundle, id_name, fit_idx, holdout, seed, progress)
     reason = det.unavailable_reason(train_ext)
     if reason:
@@ -203,14 +203,6 @@ def sweep(bundle: Any, detector: str, knob_grid: dict[str, list[Any]] | None, id
                      "id_validation": f"{len(hold_idx)} held-out samples of {train_ds.name} (seed {seed})",
                      "knobs": list(grid)})
     return df, plain(settings[best_i])
-
-
-def _has_train(id_name: str) -> bool:
-    try:
-        get_dataset(train_name_for(id_name))
-        return True
-    except DataError:
-        return False
 
 
 def _short(c: dict[str, Any]) -> str:

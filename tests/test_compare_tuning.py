@@ -156,6 +156,11 @@ def test_sweep_validates_the_grid_before_work(default_bundle):
         tuning.sweep(default_bundle, "energy", {"T": [1]}, "mnist", ["aux_val"], metric="accuracy")
 
 
+def test_sweep_without_an_id_training_split_says_so(default_bundle):
+    with pytest.raises(tuning.TuningError, match="'letters' has no training split"):
+        tuning.sweep(default_bundle, "energy", {"T": [1]}, "letters", ["aux_val"])
+
+
 def test_holdout_is_fixed_disjoint_and_never_fitted_on(default_bundle):
     fit, hold = tuning.holdout_split(4000)
     assert len(hold) == 800 and not set(fit) & set(hold)
