@@ -53,26 +53,25 @@ with left:
         st.caption(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
 
 # --- scores --------------------------------------------------------------------
-def _score_all() -> dict[str, np.ndarray]:
-    out = {ctx.id_name: wb.score(ctx.bundle, det, ctx.id_name, ctx.id_name, knobs)}
-    for name in ctx.ood:
-        out[name] = wb.score(ctx.bundle, det, name, ctx.id_name, knobs)
-    return out
+sets = [ctx.id_name, *ctx.ood]
+
+
+def _score_sets(progress=None, _b=ctx.bundle, _d=det, _k=knobs, _sets=sets, _id=ctx.id_name) -> dict[str, np.ndarray]:
+    """Scores of every set; defaults bind this run's values so a background job keeps them."""
+    res = {}
+    for i, n in enumerate(_sets):
+        step = (lambda f, m, i=i: progress((i + f) / len(_sets), m)) if progress else None
+        res[n] = wb.score(_b, _d, n, _id, _k, progress=step)
+    return res
 
 
 with common.guard(f"scoring with {det_name}"):
-    if det.needs_model and not all(wb.is_cached(ctx.bundle, det, n, knobs) for n in [ctx.id_name, *ctx.ood]):
-        key = f"scores:{ctx.bundle.fingerprint}:{det_name}:{sorted(knobs.items())}:{ctx.id_name}:{ctx.ood}"
-        def _job(jc, _b=ctx.bundle, _d=det, _k=knobs, _sets=[ctx.id_name, *ctx.ood], _id=ctx.id_name):
-            res = {}
-            for i, n in enumerate(_sets):
-                jc.progress(i / len(_sets), f"{n}")
-                res[n] = wb.score(_b, _d, n, _id, _k, progress=lambda f, m, i=i: jc.progress((i + f) / len(_sets), m))
-            return res
+    if det.needs_model and not all(wb.is_cached(ctx.bundle, det, n, knobs) for n in sets):
+        key = f"scores:{ctx.bundle.fingerprint}:{det_name}:{sorted(knobs.items())}:{sets}"
         with right:
-            scores = common.run_as_job(key, _job, f"{det_name} on {1 + len(ctx.ood)} datasets")
+            scores = common.run_as_job(key, lambda jc: _score_sets(jc.progress), f"{det_name} on {len(sets)} datasets")
     else:
-        scores = _score_all()
+        scores = _score_sets()
     id_scores = scores[ctx.id_name]
     ood_scores = {n: scores[n] for n in ctx.ood}
     table = metrics.metrics_table(id_scores, ood_scores)

@@ -79,3 +79,18 @@ def test_figures_label_curves_with_the_table_metrics():
         for n in ood:
             want = f"{n} ({label} {100 * metrics.ood_metrics(a, ood[n])[key]:.1f})"
             assert want in names
+
+
+def test_model_time_detector_runs_as_a_job_then_reads_the_cache(default_bundle):
+    """ODIN needs the model: the first run scores in a background job, the table appears when it ends."""
+    at = _page("pages/1_Scores.py")
+    at.session_state["ood_datasets"] = ["faces"]
+    at.session_state["detector"] = "odin"
+    at.session_state["params"] = {"odin": {"T": 10.0, "eps": 0.0007}}
+    at.run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    first = _table(at)
+    assert list(first["OOD set"]) == ["faces"] and first["AUROC %"].iloc[0] > 90
+    from ood_core import workbench as wb
+    det = wb.fitted_detector("odin", default_bundle, "mnist")
+    assert wb.is_cached(default_bundle, det, "faces", {"T": 10.0, "eps": 0.0007})

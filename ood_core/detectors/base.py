@@ -139,9 +139,11 @@ class Detector:
             return f"{self.name} needs the model's features (input of the final linear layer), which this model does not expose"
         if "head" in self.needs and not ext.has_head:
             return f"{self.name} needs the final linear layer's weights"
-        if "nonneg_features" in self.needs and ext.has_features and float(ext.features.min()) < -1e-6:
-            return (f"{self.name} assumes non-negative (post-ReLU) features; this model's features go down to "
-                    f"{float(ext.features.min()):.3g}")
+        if "nonneg_features" in self.needs and ext.has_features:
+            lowest = ext.memo("feature_min", lambda: float(ext.features.min()))  # checked on every page run
+            if lowest < -1e-6:
+                return (f"{self.name} assumes non-negative (post-ReLU) features; this model's features go down to "
+                        f"{lowest:.3g}")
         return None
 
     # --- fit / score ---------------------------------------------------------
