@@ -307,25 +307,27 @@ def sample_info(bundle: ModelBundle, dataset: str, index: int, id_name: str = "m
 
 
 def nearest_id_example(bundle: ModelBundle, id_name: str, predicted_class: int,
-                       query: np.ndarray | None = None, exclude: int | None = None) -> int:
+                       dataset: str | None = None, index: int | None = None) -> int:
     """Index of an ID test sample the model also predicts as ``predicted_class``.
 
-    With ``query`` (a uint8 image) it is the one whose features are nearest in cosine
-    distance; without, the most confident one (highest energy). ``exclude`` skips one
-    index (the query itself when it comes from the ID set).
+    With ``dataset`` and ``index`` it is the one whose features are nearest in cosine
+    distance to that sample's (both read from the cached extractions: no forward pass),
+    the sample itself left out when it is in the ID set; without, the most confident one
+    (highest energy).
     """
     from . import workbench as wb
 
     ext = wb.get_extraction(bundle, id_name)
     cand = np.flatnonzero(ext.preds == int(predicted_class))
-    if exclude is not None:
-        cand = cand[cand != int(exclude)]
+    if dataset == id_name and index is not None:
+        cand = cand[cand != int(index)]
     if cand.size == 0:
         raise SaliencyError(f"no {id_name} test sample is predicted as class {predicted_class}: nothing to compare with")
-    if query is not None and ext.has_features:
-        with torch.no_grad():
-            _, h = bundle.forward(PixelsToInput(bundle.preprocess).to(bundle.device)(to_pixels(query).to(bundle.device)))
-        q = h.cpu().numpy().astype(np.float64)[0]
+    if dataset is not None and index is not None and ext.has_features:
+        q_ext = wb.get_extraction(bundle, dataset)
+        if not 0 <= int(index) < len(q_ext):
+            raise SaliencyError(f"{dataset} has {len(q_ext)} samples: index must be in [0, {len(q_ext) - 1}]; got {index}")
+        q = q_ext.features[int(index)].astype(np.float64)
         F_ = ext.features[cand].astype(np.float64)
         sim = F_ @ q / (np.linalg.norm(F_, axis=1) * np.linalg.norm(q) + 1e-12)
         return int(cand[int(np.argmax(sim))])

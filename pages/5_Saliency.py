@@ -54,8 +54,7 @@ with gal:
 with common.guard("this sample"):
     img = sal.sample_image(ds_name, index)
     info = sal.sample_info(ctx.bundle, ds_name, index, ctx.id_name)
-    twin = sal.nearest_id_example(ctx.bundle, ctx.id_name, info["pred"], query=img,
-                                  exclude=index if ds_name == ctx.id_name else None)
+    twin = sal.nearest_id_example(ctx.bundle, ctx.id_name, info["pred"], ds_name, index)
     twin_img = sal.sample_image(ctx.id_name, twin)
     twin_info = sal.sample_info(ctx.bundle, ctx.id_name, twin, ctx.id_name)
 

@@ -119,14 +119,32 @@ def test_nearest_id_example(default_bundle, images):
     from ood_core import workbench as wb
 
     ext = wb.get_extraction(default_bundle, "mnist")
+
+    def brute(q, cls, skip=None):  # cosine similarity written out, over every ID sample predicted as cls
+        best, arg = -np.inf, None
+        for i in np.flatnonzero(ext.preds == cls):
+            f = ext.features[i].astype(np.float64)
+            c = f @ q / (np.linalg.norm(f) * np.linalg.norm(q))
+            if i != skip and c > best:
+                best, arg = c, int(i)
+        return arg
+
     pred = int(ext.preds[0])
-    j = sal.nearest_id_example(default_bundle, "mnist", pred, query=images[2], exclude=0)
+    j = sal.nearest_id_example(default_bundle, "mnist", pred, "mnist", 0)  # the ID sample itself is left out
     assert j != 0 and ext.preds[j] == pred
-    assert sal.nearest_id_example(default_bundle, "mnist", pred, query=images[2]) == 0  # itself is nearest
+    assert j == brute(ext.features[0].astype(np.float64), pred, skip=0)
+    # an OOD query: its features come from its own cached extraction (equal to a forward pass of its image)
+    let = wb.get_extraction(default_bundle, "letters")
+    with torch.no_grad():
+        _, h = default_bundle.forward(default_bundle.preprocess(images[1:2]))
+    np.testing.assert_allclose(let.features[1], h[0].numpy(), rtol=1e-5, atol=1e-6)
+    assert sal.nearest_id_example(default_bundle, "mnist", pred, "letters", 1) == brute(h[0].double().numpy(), pred)
     k = sal.nearest_id_example(default_bundle, "mnist", pred)
     assert ext.preds[k] == pred
     with pytest.raises(SaliencyError, match="no mnist test sample is predicted as class 42"):
         sal.nearest_id_example(default_bundle, "mnist", 42)
+    with pytest.raises(SaliencyError, match=r"index must be in \[0, 399\]"):
+        sal.nearest_id_example(default_bundle, "mnist", pred, "faces", 400)
 
 
 @pytest.mark.parametrize("kwargs,msg", [
