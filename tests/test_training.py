@@ -184,3 +184,22 @@ def test_fine_tune_a_trained_checkpoint(runs, out):
     bare.write_bytes(parent.read_bytes())
     with pytest.raises(TrainingError, match="not a workbench checkpoint"):
         Trainer(TrainConfig("ce", init=str(bare), epochs=1, **SMALL))
+
+
+def test_evaluate_against_sklearn(default_bundle):
+    """Per-epoch metrics: ID accuracy and the Energy score's AUROC (higher = ID), recomputed independently."""
+    import numpy as np
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    tr = Trainer(_cfg("ce"))
+    got = tr.evaluate()
+    with torch.no_grad():  # the init's weights, untouched: the default model itself
+        lt, lv = default_bundle.model(tr.x_test).double(), default_bundle.model(tr.x_val).double()
+    s_in, s_out = torch.logsumexp(lt, 1).numpy(), torch.logsumexp(lv, 1).numpy()
+    y = np.r_[np.ones(len(s_in)), np.zeros(len(s_out))]
+    assert len(s_in) == len(s_out) == 100
+    assert got["accuracy"] == pytest.approx(float((lt.argmax(1) == tr.y_test).double().mean()), abs=1e-12)
+    assert got["auroc"] == pytest.approx(roc_auc_score(y, np.r_[s_in, s_out]), abs=1e-6)
+    assert got["fpr95"] == pytest.approx(float(np.mean(s_out >= np.percentile(s_in, 5))), abs=0.02)
+    assert 0.5 < got["auroc"] < 1.0  # the sign: ID scores higher

@@ -31,8 +31,9 @@ import torch
 
 from ..data import DataError, get_dataset, train_name_for
 from ..detectors.base import DetectorError, Knob, Paper
+from ..detectors.base import energy as energy_score  # the Energy detector's score: higher = more ID
 from ..jobs import JobContext
-from ..metrics import ood_metrics
+from ..metrics import id_accuracy, ood_metrics
 from ..models import ModelBundle, ModelError, build_arch
 from ..models.checkpoints import (DEFAULT_PREPROCESS, _shift_augment, default_model_path, load_checkpoint,
                                   load_default, models_dir, save_checkpoint)
@@ -489,12 +490,12 @@ class Trainer:
         """ID test accuracy and the Energy score's AUROC, ID test vs the held-out aux_val."""
         self.model.eval()
         try:
-            lt = torch.cat([self.bundle.logits(self.x_test[i: i + 512]) for i in range(0, len(self.x_test), 512)])
-            lv = torch.cat([self.bundle.logits(self.x_val[i: i + 512]) for i in range(0, len(self.x_val), 512)])
+            lt, lv = (torch.cat([self.bundle.logits(x[i: i + 512]) for i in range(0, len(x), 512)]).numpy()
+                      for x in (self.x_test, self.x_val))
         finally:
             self.model.train()
-        acc = float((lt.argmax(1) == self.y_test).float().mean())
-        s_in, s_out = torch.logsumexp(lt, 1).numpy(), torch.logsumexp(lv, 1).numpy()
+        acc = id_accuracy(lt, self.y_test.numpy())
+        s_in, s_out = energy_score(lt), energy_score(lv)
         if not (np.isfinite(s_in).all() and np.isfinite(s_out).all()):
             return {"accuracy": acc, "auroc": float("nan"), "fpr95": float("nan")}
         m = ood_metrics(s_in, s_out)

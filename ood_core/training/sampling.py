@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
+from .losses import energy
+
 
 @dataclass
 class Selection:
@@ -69,7 +71,7 @@ def pool_features_energies(forward, model: torch.nn.Module, x: torch.Tensor,
         for i in range(0, len(x), batch_size):
             logits, h = forward(x[i: i + batch_size])
             feats.append(h.float().cpu().numpy())
-            ens.append((-torch.logsumexp(logits, 1)).float().cpu().numpy())
+            ens.append(energy(logits).float().cpu().numpy())
     finally:
         model.train(was_training)
     return np.concatenate(feats), np.concatenate(ens)
