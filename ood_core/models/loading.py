@@ -26,6 +26,7 @@ import re
 import threading
 import warnings
 import zipfile
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -62,7 +63,6 @@ def human_bytes(n: float) -> str:
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def check_size(nbytes: int, max_bytes: int | None = None, what: str = "the model file") -> None:
@@ -201,10 +201,6 @@ def _arch_meta(arch: str) -> tuple[dict[str, tuple[int, ...]], str | None, str |
     return hit
 
 
-def _arch_shapes(arch: str) -> dict[str, tuple[int, ...]]:
-    return _arch_meta(arch)[0]
-
-
 def _alias(state: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
     """Rename keys spelled as in other code bases (``STATE_KEY_ALIASES``): a pattern starting
     with '.' is replaced anywhere, one without only as the key's prefix."""
@@ -258,11 +254,12 @@ def state_dict_into(state: dict[str, torch.Tensor], arch: str, name: str = "stat
     if arch not in ARCHITECTURES:
         raise ModelError(f"unknown architecture {arch!r}; available: {', '.join(sorted(ARCHITECTURES))}")
     state = _strip_prefixes(state)
-    problems, *_ = _mismatch(state, arch)
-    aliased = _alias(state, arch)
-    if aliased is not state and _mismatch(aliased, arch)[0] < problems:
-        state = aliased
     n, missing, unexpected, clashes = _mismatch(state, arch)
+    aliased = _alias(state, arch)
+    if aliased is not state:
+        alt = _mismatch(aliased, arch)
+        if alt[0] < n:
+            state, (n, missing, unexpected, clashes) = aliased, alt
     if n:
         parts = []
         if missing:
@@ -272,11 +269,11 @@ def state_dict_into(state: dict[str, torch.Tensor], arch: str, name: str = "stat
         if clashes:
             k = clashes[0]
             parts.append(f"{len(clashes)} of another shape ({k}: file {tuple(state[k].shape)}, "
-                         f"{arch} {_arch_shapes(arch)[k]})")
+                         f"{arch} {_arch_meta(arch)[0][k]})")
         best = [a for a, p in match_architectures(state) if p == 0]
         hint = f"it fits {', '.join(best)}" if best else "pick the architecture it was saved from"
         raise ModelError(f"{name} does not fit {arch}: {'; '.join(parts)} — {hint}")
-    ref, head, conv = _arch_meta(arch)
+    _, head, conv = _arch_meta(arch)
     num_classes = int(state[head].shape[0]) if head and head in state else 0
     in_channels = int(state[conv].shape[1]) if conv and conv in state else 3
     if num_classes < 1:
@@ -515,18 +512,9 @@ def _pt2_split(gm: Any, head: str | None) -> tuple[nn.Module, nn.Linear, str] | 
                 del mod._parameters[leaf]  # noqa: SLF001
             elif leaf in mod._buffers:  # noqa: SLF001
                 del mod._buffers[leaf]  # noqa: SLF001
-    weight = gm.get_parameter(wt) if wt in dict(gm.named_parameters()) else getattr_path(gm, wt)
-    bias = None
-    if bt:
-        bias = gm.get_parameter(bt) if bt in dict(gm.named_parameters()) else getattr_path(gm, bt)
+    weight = attrgetter(wt)(gm)
+    bias = attrgetter(bt)(gm) if bt else None
     return body, _linear_from(weight, bias), _module_of(wt)
-
-
-def getattr_path(root: Any, dotted: str) -> Any:
-    obj = root
-    for p in dotted.split("."):
-        obj = getattr(obj, p)
-    return obj
 
 
 def load_pt2(path: Path) -> tuple[_Exported, dict]:
@@ -579,12 +567,12 @@ def _script_split(sm: torch.jit.ScriptModule, head: str | None) -> tuple[nn.Modu
     name = head or names[-1]
     if name not in names:
         return f"no Linear layer named {name!r} in the TorchScript model (found: {', '.join(names)})"
-    lin = getattr_path(sm, name)
+    lin = attrgetter(name)(sm)
     w = lin.weight
     b = getattr(lin, "bias", None)
     body = copy.deepcopy(sm)
     d = int(w.shape[1])
-    blin = getattr_path(body, name)
+    blin = attrgetter(name)(body)
     blin.weight = torch.eye(d, dtype=w.dtype)
     if b is not None:
         blin.bias = torch.zeros(d, dtype=b.dtype)
@@ -594,7 +582,7 @@ def _script_split(sm: torch.jit.ScriptModule, head: str | None) -> tuple[nn.Modu
             continue
         owner, _, leaf = pname.rpartition(".")
         try:
-            setattr(getattr_path(body, owner) if owner else body, leaf, p)
+            setattr(attrgetter(owner)(body) if owner else body, leaf, p)
         except Exception:  # noqa: BLE001 - an unshareable tensor stays a private copy
             pass
     return body, _linear_from(w, b), name
@@ -718,9 +706,9 @@ def load_model_file(path: Path | str, arch: str | None = None, input_size: Seque
     if fmt == "unknown":
         raise ModelError(f"{path.name} is not a model file this workbench reads; expected a .pt2 (torch.export), "
                          "a TorchScript archive (torch.jit.save) or a state_dict (torch.save(model.state_dict()))")
-    sha = _file_sha(path)
     if fmt == "checkpoint":
         return _load_checkpoint(path, input_size, mean, std, channels, head, num_classes)
+    sha = _file_sha(path)  # after the checkpoint branch, which has its own fingerprint
     if fmt == "state_dict":
         return _load_state_dict(path, sha, label, arch, input_size, mean, std, channels, head, num_classes)
     if arch:
@@ -835,7 +823,6 @@ def _load_archive(path, fmt, sha, label, input_size, mean, std, channels, head, 
             raise ModelError(f"{err} (also tried input sizes {', '.join(tried)})")
         if tried:
             notes.append(f"input size {pp.input_size[0]}x{pp.input_size[1]} is the first that ran (tried {', '.join(tried)})")
-        if tried:
             source += ("; input size of the ID images" if hint and tuple(pp.input_size) == tuple(hint[0])
                        else "; input size found by trying common sizes")
     else:
