@@ -231,6 +231,20 @@ def test_ash_b_ties_are_deterministic():
     a = get_detector("ash").fit(None).score(ext, p=50, variant="B")
     b = get_detector("ash").fit(None).score(ext, p=50, variant="B")
     np.testing.assert_array_equal(a, b)
+    # the rule itself: of the tied zeros, the lowest index is kept (and binarised to s1/n_kept)
+    np.testing.assert_allclose(ash(np.array([[0.0, 2.0, 0.0, 0.0]]), 50, "B"), [[1, 1, 0, 0]])
+    np.testing.assert_allclose(ash(np.array([[0.0, 0.0, 2.0, 0.0]]), 50, "B"), [[1, 0, 1, 0]])
+
+
+def test_ash_and_scale_memoised_order_follows_p():
+    """The descending order is memoised per extraction; every p must still prune afresh."""
+    ext = _data(60, seed=6)
+    for name in ("ash", "scale"):
+        det = get_detector(name).fit(None)
+        for p in (50.0, 90.0, 60.0):
+            fresh = ext.subset(np.arange(len(ext)))  # a new object: no memo yet
+            np.testing.assert_array_equal(det.score(ext, p=p), det.score(fresh, p=p))
+        assert "feature_order_desc" in ext._memo
 
 
 @pytest.mark.parametrize("p", [10.0, 50.0, 90.0])

@@ -15,18 +15,32 @@ def n_kept(D: int, p: float) -> int:
     return max(1, D - int(np.round(D * p / 100.0)))
 
 
-def top_mask(h: np.ndarray, p: float) -> np.ndarray:
-    """Boolean mask of each sample's top ``n_kept(D, p)`` activations.
+def descending_order(h: np.ndarray) -> np.ndarray:
+    """Each row's activation indices, largest first; ties (e.g. many zeros after a ReLU) go
+    to the lower index, which makes ASH-B (where kept zeros become non-zero) deterministic.
 
-    Ties (e.g. many zeros after a ReLU) go to the lower index: a stable sort makes the
-    choice deterministic, which matters for ASH-B, where kept zeros become non-zero.
+    Independent of ``p``, so the detectors memoise it per extraction: the sort is most of
+    a knob move's cost. Stored in the smallest integer type that holds D.
     """
-    h = np.asarray(h, np.float64)
+    h = np.asarray(h)
+    if h.dtype.kind != "f":  # negating unsigned integers would wrap
+        h = h.astype(np.float64)
+    order = np.argsort(-h, axis=1, kind="stable")
+    return order.astype(np.min_scalar_type(max(0, h.shape[1] - 1)), copy=False)
+
+
+def top_mask(h: np.ndarray, p: float, order: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of each sample's top ``n_kept(D, p)`` activations (``order``: :func:`descending_order` of ``h``)."""
+    h = np.asarray(h)
     k = n_kept(h.shape[1], p)
-    idx = np.argsort(-h, axis=1, kind="stable")[:, :k]
+    idx = (descending_order(h) if order is None else order)[:, :k]
     mask = np.zeros(h.shape, bool)
     np.put_along_axis(mask, idx, True, axis=1)
     return mask
+
+
+def _order(ext: Extraction) -> np.ndarray:
+    return ext.memo("feature_order_desc", lambda: descending_order(ext.features))
 
 
 def _safe_ratio(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
@@ -35,10 +49,10 @@ def _safe_ratio(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
     return np.divide(s1, s2, out=np.zeros_like(s1), where=s2 > 0)
 
 
-def ash(h: np.ndarray, p: float, variant: str = "S") -> np.ndarray:
+def ash(h: np.ndarray, p: float, variant: str = "S", order: np.ndarray | None = None) -> np.ndarray:
     """ASH-P/-B/-S of non-negative features ``h`` (N, D), pruning the lowest ``p`` percent."""
     h = np.asarray(h, np.float64)
-    mask = top_mask(h, p)
+    mask = top_mask(h, p, order)
     s1 = h.sum(axis=1)
     kept = np.where(mask, h, 0.0)
     if variant == "P":
@@ -50,10 +64,10 @@ def ash(h: np.ndarray, p: float, variant: str = "S") -> np.ndarray:
     raise ValueError(f"unknown ASH variant {variant!r}")
 
 
-def scale_features(h: np.ndarray, p: float) -> np.ndarray:
+def scale_features(h: np.ndarray, p: float, order: np.ndarray | None = None) -> np.ndarray:
     """SCALE: ``h·exp(s1/s2)``, ``s2`` the sum of the top (100−p)% activations; nothing pruned."""
     h = np.asarray(h, np.float64)
-    s2 = np.where(top_mask(h, p), h, 0.0).sum(axis=1)
+    s2 = np.where(top_mask(h, p, order), h, 0.0).sum(axis=1)
     return h * np.exp(_safe_ratio(h.sum(axis=1), s2))[:, None]
 
 
@@ -81,7 +95,7 @@ class ASH(Detector):
     help = POOLED_NOTE
 
     def _score(self, ext: Extraction, p: float, variant: str) -> np.ndarray:
-        return energy(head_logits(ash(ext.features, p, variant), ext.head_weight, ext.head_bias))
+        return energy(head_logits(ash(ext.features, p, variant, _order(ext)), ext.head_weight, ext.head_bias))
 
 
 @register
@@ -99,7 +113,7 @@ class SCALE(Detector):
     help = POOLED_NOTE
 
     def _score(self, ext: Extraction, p: float) -> np.ndarray:
-        return energy(head_logits(scale_features(ext.features, p), ext.head_weight, ext.head_bias))
+        return energy(head_logits(scale_features(ext.features, p, _order(ext)), ext.head_weight, ext.head_bias))
 
 
 @register
