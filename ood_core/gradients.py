@@ -400,24 +400,6 @@ def per_sample_grad_norms(bundle: ModelBundle, data: ImageDataset | np.ndarray |
     return np.concatenate(out)
 
 
-def per_sample_grads_loop(bundle: ModelBundle, x: torch.Tensor, loss: str = "kl_uniform",
-                          param_set: str | Sequence[str] = "last", T: float = 1.0) -> np.ndarray:
-    """Reference engine: one forward and backward per sample (batch size 1).
-
-    Slow; kept for the benchmarks, for tests, and for models ``torch.func`` cannot trace.
-    """
-    _check_loss_T(loss, T)
-    names = param_names(bundle, param_set)
-    named = dict(bundle.model.named_parameters())
-    params = [named[n] for n in names]
-    rows = []
-    for i in range(x.shape[0]):
-        out = bundle.model(x[i:i + 1].to(bundle.device))
-        gs = torch.autograd.grad(sample_loss(out[0], loss, T), params)
-        rows.append(torch.cat([g.reshape(-1) for g in gs]).float().cpu())
-    return torch.stack(rows).numpy()
-
-
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 

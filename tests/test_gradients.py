@@ -81,7 +81,7 @@ def test_grad_norms_and_loop_engine_agree():
     ds = tiny_images(10)
     full = G.per_sample_grads(b, ds, "kl_uniform", "all")
     np.testing.assert_allclose(G.per_sample_grad_norms(b, ds, "kl_uniform", "all", ord=1), np.abs(full).sum(1), rtol=1e-5)
-    loop = G.per_sample_grads_loop(b, b.preprocess(ds.images), "kl_uniform", "all")
+    loop = loop_grads(b, b.preprocess(ds.images), "kl_uniform", G.param_names(b, "all"), 1.0)
     np.testing.assert_allclose(full, loop, rtol=1e-5, atol=1e-7)
 
 
