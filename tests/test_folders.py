@@ -205,6 +205,11 @@ def test_zip_upload_of_cifar_and_npz(reg, tmp_path):
     np.savez(buf, x=np.zeros((3, 5, 5), np.uint8))
     s2 = D.register_upload(buf.getvalue(), "noise.npz", "znpz", "ood_test")
     assert len(get_dataset(s2.name)) == 3
+    # recognised by content: an .npz under another name is stored as one, a folder zip is unpacked
+    s3 = D.register_upload(buf.getvalue(), "noise.bin", "znpz2", "ood_test")
+    assert s3.source.endswith("data.npz") and len(get_dataset(s3.name)) == 3
+    D.register_upload(_zip_of(root / "cifar-10-batches-py"), "cifar.bin", "zc10b", "id_test")
+    assert get_dataset("zc10b").fingerprint == D.load_local(root).fingerprint
     with pytest.raises(DataError, match="upload a .zip"):
         D.register_upload(b"hello", "x.txt", "bad", "ood_test")
 

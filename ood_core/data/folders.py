@@ -806,17 +806,13 @@ def register_upload(data: bytes, filename: str, name: str, role: str, **kwargs: 
     if len(data) > max_dataset_bytes():
         raise DataError(f"the upload is {len(data) / 2**20:.0f} MiB, over the limit; register the folder by path")
     sha = hashlib.sha256(data).hexdigest()[:16]
-    if suffix == ".npz":
+    zipped = data[:4] == b"PK\x03\x04"  # an .npz is a zip of .npy files too
+    if suffix == ".zip" or (suffix != ".npz" and zipped and not _is_npz(data)):
+        p = unpack_zip(data, uploads_dir() / sha)
+    elif suffix == ".npz" or zipped:
         p = uploads_dir() / sha / "data.npz"
         if not p.exists():
             cache.atomic_write_bytes(p, data)
-    elif suffix == ".zip" or data[:4] == b"PK\x03\x04":
-        if suffix == ".zip" or not _is_npz(data):
-            p = unpack_zip(data, uploads_dir() / sha)
-        else:
-            p = uploads_dir() / sha / "data.npz"
-            if not p.exists():
-                cache.atomic_write_bytes(p, data)
     else:
         raise DataError(f"{fname}: upload a .zip (of a folder in a supported format) or a .npz; "
                         "larger sets: register their folder by path")
