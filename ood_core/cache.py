@@ -83,13 +83,6 @@ def make_key(kind: str, **parts: Any) -> str:
     return f"{kind}:{hashlib.sha256(blob.encode()).hexdigest()}"
 
 
-def hash_bytes(*chunks: bytes) -> str:
-    h = hashlib.sha256()
-    for c in chunks:
-        h.update(c)
-    return h.hexdigest()
-
-
 def _pack(arrays: Mapping[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})

@@ -73,8 +73,10 @@ class Extraction:
 
     @property
     def accuracy(self) -> float:
-        m = self.labels >= 0
-        return float((self.preds[m] == self.labels[m]).mean()) if m.any() else float("nan")
+        """Top-1 accuracy on the labelled samples (NaN when none is labelled)."""
+        from .metrics import id_accuracy
+
+        return id_accuracy(self.logits, self.labels)
 
     def subset(self, idx: np.ndarray) -> "Extraction":
         idx = np.asarray(idx)

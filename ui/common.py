@@ -217,9 +217,3 @@ def run_as_job(key: str, fn, title: str):
         st.stop()
     return job.result
 
-
-def detector_label(name: str) -> str:
-    from ood_core.detectors import get_detector
-
-    d = get_detector(name)
-    return f"{name}: {d.title or name}"

@@ -213,7 +213,7 @@ def _aux_sources() -> list[np.ndarray]:
     # Natural photos only: none of these feed an OOD test set (textures use
     # brick/grass/gravel, faces use the LFW subset).
     names = ["camera", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
-             "moon", "coins", "horse", "cat", "motorcycle_left", "page", "text", "clock", "retina",
+             "moon", "coins", "horse", "cat", "page", "text", "clock", "retina",
              "colorwheel", "logo", "microaneurysms"]
     out = []
     for nm in names:

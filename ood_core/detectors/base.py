@@ -9,7 +9,6 @@ evaluation layer runs those as cached jobs.
 """
 from __future__ import annotations
 
-import copy
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -187,9 +186,6 @@ class Detector:
     def diagnostics(self, ext: Extraction, **knobs: Any) -> dict[str, Any]:
         """Per-dataset facts worth showing (e.g. how many samples have a negative energy)."""
         return {}
-
-    def clone(self) -> "Detector":
-        return copy.deepcopy(self)
 
     def describe(self) -> str:
         ref = f" ({self.paper.cite()})" if self.paper else ""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -256,9 +255,4 @@ def build_arch(arch: str, num_classes: int, in_channels: int = 3) -> nn.Module:
         return ARCHITECTURES[arch](num_classes=num_classes, in_channels=in_channels)
     raise ModelError(f"unknown architecture {arch!r}; available: {', '.join(sorted(ARCHITECTURES))}")
 
-
-def state_dict_bytes(model: nn.Module) -> bytes:
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.getvalue()
 from . import archs  # noqa: E402,F401  (registers torchvision and CIFAR architectures)

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -142,9 +141,3 @@ def load_default(progress: Progress | None = None) -> ModelBundle:
             log.warning("default checkpoint unusable (%s); retraining", exc)
     return train_default(progress)
 
-
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    mask = labels >= 0
-    if not mask.any():
-        return float("nan")
-    return float((logits[mask].argmax(1) == labels[mask]).mean())
