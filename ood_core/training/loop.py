@@ -34,7 +34,7 @@ from ..detectors.base import DetectorError, Knob, Paper
 from ..detectors.base import energy as energy_score  # the Energy detector's score: higher = more ID
 from ..jobs import JobContext
 from ..metrics import id_accuracy, ood_metrics
-from ..models import ModelBundle, ModelError, build_arch
+from ..models import ModelBundle, ModelError, Preprocess, build_arch
 from ..models.checkpoints import (DEFAULT_PREPROCESS, _shift_augment, default_model_path, load_checkpoint,
                                   load_default, models_dir, save_checkpoint)
 from . import losses as L
@@ -276,8 +276,8 @@ class _Reporter:
             self.ctx.set(**info)
 
 
-def _load_init(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, dict[str, Any], str]:
-    """(trainable model, its sidecar-style meta, init fingerprint). Never mutates a cached bundle."""
+def _load_init(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, Preprocess, dict[str, Any], str]:
+    """(trainable model, its preprocessing, sidecar-style meta, init fingerprint). Never mutates a cached bundle."""
     if cfg.init == "scratch":
         torch.manual_seed(cfg.seed)
         try:
@@ -286,22 +286,20 @@ def _load_init(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, dic
             raise TrainingError(str(exc)) from None
         meta = {"arch": cfg.arch, "num_classes": num_classes, "in_channels": DEFAULT_PREPROCESS.channels,
                 "preprocess": DEFAULT_PREPROCESS.to_dict(), "class_names": None}
-        return model, meta, f"scratch:{cfg.arch}:{cfg.seed}"
+        return model, DEFAULT_PREPROCESS, meta, f"scratch:{cfg.arch}:{cfg.seed}"
+    path = default_model_path() if cfg.init == "default" else Path(cfg.init)
     if cfg.init == "default":
-        load_default()  # trains the default on first use
-        path = default_model_path()
-    else:
-        path = Path(cfg.init)
-    if not path.with_suffix(".json").exists():
+        bundle = load_default()  # trains the default on first use
+    elif not path.with_suffix(".json").exists():
         raise TrainingError(f"{path.name} is not a workbench checkpoint (no {path.with_suffix('.json').name} sidecar); "
                             "fine-tuning needs a .pt written by the workbench, or use --init default|scratch")
-    try:
-        bundle = load_checkpoint(path)
-    except ModelError as exc:
-        raise TrainingError(str(exc)) from None
+    else:
+        try:
+            bundle = load_checkpoint(path)
+        except ModelError as exc:
+            raise TrainingError(str(exc)) from None
     meta = json.loads(path.with_suffix(".json").read_text())
-    model = copy.deepcopy(bundle.model)
-    return model, meta, bundle.fingerprint
+    return copy.deepcopy(bundle.model), bundle.preprocess, meta, bundle.fingerprint
 
 
 def _schedule(knobs: dict[str, Any], total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
@@ -328,7 +326,6 @@ class Trainer:
         self.method = get_method(self.cfg.method)
         self.k = self.cfg.params
         self.rep = _Reporter(ctx, progress)
-        self.device = torch.device("cpu")
         self._prepare()
 
     # -- setup --
@@ -344,14 +341,14 @@ class Trainer:
         if not train_ds.has_labels:
             raise TrainingError(f"{train_ds.name} has no labels; training needs a labelled ID training split")
         num_classes = int(max(train_ds.labels.max(), test_ds.labels.max())) + 1
-        model, base_meta, init_fp = _load_init(cfg, num_classes)
+        model, preprocess, base_meta, init_fp = _load_init(cfg, num_classes)
         if int(base_meta["num_classes"]) < num_classes:
             raise TrainingError(f"the init model has {base_meta['num_classes']} classes but {train_ds.name} has labels "
                                 f"up to {num_classes - 1}")
         self.base_meta, self.init_fp = base_meta, init_fp
-        self.model = model.to(self.device)
+        self.model = model
         # The bundle's body/head share parameters with self.model (features for GReg+ selection).
-        self.bundle = ModelBundle(model=self.model, preprocess=load_pp(base_meta), name="training",
+        self.bundle = ModelBundle(model=self.model, preprocess=preprocess, name="training",
                                   arch=base_meta["arch"], num_classes=int(base_meta["num_classes"]), fingerprint="-")
         pp = self.bundle.preprocess
         rng = np.random.default_rng(cfg.seed)
@@ -571,11 +568,6 @@ def row_frac(i: int, n: int) -> float:
 
 def _rounded(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (float(f"{v:.6g}") if isinstance(v, float) and math.isfinite(v) else v) for k, v in row.items()}
-
-
-def load_pp(meta: dict[str, Any]):
-    from ..models import Preprocess
-    return Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["preprocess"].items()})
 
 
 def train(cfg: TrainConfig, ctx: JobContext | None = None, progress: Progress | None = None,
