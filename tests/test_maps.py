@@ -127,7 +127,8 @@ def test_separability_needs_two_of_each():
         maps.separability(np.zeros((1, 2)), np.ones((5, 2)))
 
 
-def test_feature_map_points_lead_back_to_images(default_bundle):
+def test_feature_map_points_lead_back_to_images(default_bundle, monkeypatch):
+    from ood_core import extract
     from ood_core import workbench as wb
 
     res = maps.compute_map(default_bundle, "mnist", ["letters", "gaussian"], "features", "pca", n_per_set=25, seed=1)
@@ -143,6 +144,15 @@ def test_feature_map_points_lead_back_to_images(default_bundle):
         np.testing.assert_allclose(rows["energy"], wb.score(default_bundle, "energy", name)[rows["index"]])
     assert list(res.separability["ood"]) == ["letters", "gaussian", "all OOD"]
     assert 0.5 < res.summary()["auroc_full"] <= 1.0
+
+    def boom(*_a, **_k):
+        raise AssertionError("a map ran a forward pass the extraction cache holds")
+
+    # another seed: a new subsample and embedding, but features, predictions and scores come from the caches
+    monkeypatch.setattr(extract, "run_forward", boom)
+    monkeypatch.setattr(default_bundle, "forward", boom)
+    again = maps.compute_map(default_bundle, "mnist", ["letters", "gaussian"], "features", "pca", n_per_set=25, seed=2)
+    assert len(again.frame) == 75 and not again.frame["index"].equals(df["index"])
 
 
 def test_three_point_map_draws_without_separability(default_bundle):
