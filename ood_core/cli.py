@@ -86,7 +86,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             raise CLIError("evaluate needs --id, --ood and --detectors (or --experiment FILE.json)")
         model, id_name, ood, dets = a.model, a.id, _split_csv(a.ood), _split_csv(a.detectors)
         params = wb.parse_params(a.param or [])
-    bundle = wb.load_model(model, progress, **_model_kwargs(a)) if model else _load(a, progress)
+    bundle = wb.load_model(model, progress, **_model_kwargs(a))
     out = wb.evaluate(bundle, id_name, ood, dets, params, progress)
     out["model"] = model
     if a.json:

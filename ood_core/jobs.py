@@ -4,7 +4,7 @@ A :class:`Job` runs a function in a daemon thread. The function receives a
 :class:`JobContext` to report progress (``ctx.progress(frac, msg)``), publish live
 metrics (``ctx.log(step=..., loss=...)``) and check for cancellation
 (``ctx.check_cancel()`` raises :class:`Cancelled`). The Streamlit pages poll
-``job.snapshot()``; the CLI runs the same function in the foreground.
+``job.snapshot()``; the CLI calls the same work directly with a progress callback.
 """
 from __future__ import annotations
 
@@ -82,24 +82,6 @@ class Job:
         self._thread.start()
         return self
 
-    def run_here(self) -> Any:
-        """Run in the calling thread (CLI, tests); errors propagate."""
-        self.started = time.time()
-        self.state = "running"
-        try:
-            self.result = self.fn(JobContext(self))
-            self.state = "done"
-            self.fraction = 1.0
-            return self.result
-        except Cancelled:
-            self.state = "cancelled"
-            raise
-        except Exception as exc:
-            self.state, self.error = "failed", _one_line(exc)
-            raise
-        finally:
-            self.finished = time.time()
-
     def _run(self) -> None:
         try:
             self.result = self.fn(JobContext(self))
@@ -169,10 +151,6 @@ class JobRegistry:
             return None
         with self._lock:
             return self._jobs.get(job_id)
-
-    def all(self) -> list[Job]:
-        with self._lock:
-            return list(self._jobs.values())
 
 
 JOBS = JobRegistry()
