@@ -294,6 +294,20 @@ def test_uv_reproduces_rg_gradnorm_and_autograd(train, test):
     np.testing.assert_allclose(det.score(test, U="energy", V="one"), logsumexp(test.logits), rtol=1e-12)
 
 
+def test_uv_diagnostics_count_non_positive_energies(train, test):
+    from scipy.special import logsumexp as sp_lse
+
+    det = fitted("uv", train)
+    for T in (0.5, 4.0):
+        # LSE((f − c)/T) = LSE(f/T) − c/T: shift by T·median so samples lie on both sides of 0
+        c = T * np.median(sp_lse(test.logits.astype(np.float64) / T, axis=1))
+        shifted = Extraction(test.logits - c, test.features, test.labels, test.head_weight, test.head_bias)
+        want = int((sp_lse(shifted.logits.astype(np.float64) / T, axis=1) <= 0).sum())
+        assert 0 < want < len(shifted)  # the shift puts samples on both sides
+        assert det.diagnostics(shifted, T=T, U="energy") == {"samples with LSE(f/T) ≤ 0": want}
+    assert det.diagnostics(shifted, U="gradnorm") == {}
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["klm", "mahalanobis", "rmd", "knn", "vim", "dice", "rg_add", "uv"])

@@ -114,4 +114,4 @@ class UV(_ClipK):
     def diagnostics(self, ext: Extraction, T: float = 1.0, U: str = "energy", **_: Any) -> dict[str, Any]:
         if U != "energy":
             return {}
-        return {"samples with LSE(f/T) ≤ 0": int((logsumexp(ext.logits / T) <= 0).sum())}
+        return {"samples with LSE(f/T) ≤ 0": int((logsumexp(ext.logits, T=T) <= 0).sum())}
