@@ -33,8 +33,6 @@ def _params_for(method: str, items: list[str]) -> dict[str, Any]:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from ..jobs import Cancelled  # noqa: F401  (documented: a page Stop raises it; the CLI uses Ctrl-C)
-
     try:
         if a.config:
             cfg = TrainConfig.load(a.config)

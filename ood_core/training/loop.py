@@ -503,8 +503,8 @@ class Trainer:
         init = {"default": "fine-tuned default", "scratch": "from scratch"}.get(self.cfg.init,
                                                                               f"fine-tuned {Path(self.cfg.init).stem}")
         done = f"{self.cfg.epochs} ep" if complete else f"{self.epochs_done}/{self.cfg.epochs} ep, stopped"
-        changed = {n: v for n, v in self.k.items() if v != self.method.defaults(self.cfg.init).get(n)}
-        extra = ", ".join(f"{n}={v}" for n, v in changed.items())
+        defaults = self.method.defaults(self.cfg.init)
+        extra = ", ".join(f"{n}={v}" for n, v in self.k.items() if v != defaults.get(n))
         return f"{self.method.name} · {init} · {done} · seed {self.cfg.seed}" + (f" · {extra}" if extra else "")
 
     def _save(self, complete: bool, history: dict[str, list], last: dict[str, float]) -> Path:
@@ -542,7 +542,7 @@ class Trainer:
             perm = torch.randperm(len(self.x_train), generator=self.gen)
             for i in range(self.steps_per_epoch):
                 row = self.step(perm[i * b: (i + 1) * b])
-                row = {"kind": "step", "step": self.step_no, "epoch": ep + row_frac(i, self.steps_per_epoch), **row}
+                row = {"kind": "step", "step": self.step_no, "epoch": ep + (i + 1) / self.steps_per_epoch, **row}
                 history["steps"].append(_rounded(row))
                 self.rep.log(**row)
                 done = self.step_no / self.total_steps
@@ -560,10 +560,6 @@ class Trainer:
                                f"AUROC vs {cfg.aux_val} {100 * last['auroc']:.2f}%")
         meta = json.loads(self.path.with_suffix(".json").read_text())
         return TrainResult(self.path, meta)
-
-
-def row_frac(i: int, n: int) -> float:
-    return (i + 1) / n
 
 
 def _rounded(row: dict[str, Any]) -> dict[str, Any]:
