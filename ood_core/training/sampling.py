@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
+from ..detectors.distance import l2_normalise
 from .losses import energy
 
 
@@ -25,11 +26,6 @@ class Selection:
     low: np.ndarray  # lowest energy per cluster -> L_S
     high: np.ndarray  # highest energy per cluster -> L_∇S
     clusters: np.ndarray  # cluster label of every candidate
-
-
-def l2_normalise(features: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    f = np.asarray(features, np.float64)
-    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), eps)
 
 
 def select_by_energy(features: np.ndarray, energies: np.ndarray, k: int, seed: int = 0) -> Selection:
