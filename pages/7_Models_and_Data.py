@@ -6,9 +6,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from ood_core import cache as _cache
 from ood_core import export as ex
 from ood_core import workbench as wb
 from ood_core.data import folders, get_dataset, get_spec, list_datasets
+from ood_core.detectors import detector_names
 from ood_core.experiment import ExperimentError
 from ood_core.models import loading
 from ood_core.models.archs import arch_info, list_architectures
@@ -56,8 +58,6 @@ def floats(text: str, what: str) -> list[float] | None:
     except ValueError:
         raise ExperimentError(f"{what} must be numbers separated by commas (one, or one per channel); got {text!r}") from None
 
-
-from ood_core import cache as _cache  # noqa: E402
 
 _restore_once(str(_cache.cache_dir()))
 
@@ -150,7 +150,6 @@ with tab_model:
                 key, bundle = res
                 st.session_state["model"] = key
                 st.session_state["md_loaded"] = key
-                common._bundle.clear()  # noqa: SLF001 - a re-upload under the same key must not hit a stale entry
 
     loaded = st.session_state.get("md_loaded")
     if loaded and loaded in {m["spec"] for m in wb.list_models()}:
@@ -176,7 +175,7 @@ with tab_model:
                 pick = st.selectbox("Use another final linear layer", layers, key="md_pick_head",
                                     index=layers.index(cur_head) if (cur_head := bundle.info.get("head_layer", bundle.head_name)) in layers else 0)
                 if st.button("Reload with this layer", key="md_reload_head"):
-                    entry = loading._read_registry().get(loaded, {})  # noqa: SLF001
+                    entry = loading.saved_uploads().get(loaded, {})
                     opts = dict(entry.get("options", {}), head=pick)
                     res = attempt("layer refused", loading.register_upload, entry.get("path", ""), **opts)
                     if res:
@@ -314,8 +313,6 @@ with tab_exp:
     st.subheader("Per-sample scores")
     st.caption("One row per ID-test and OOD sample: dataset, index, label, prediction, max softmax and each "
                "chosen detector's score (higher = more ID). Computed when you click (cached scores are reused).")
-    from ood_core.detectors import detector_names  # noqa: E402
-
     dets = st.multiselect("Detectors", detector_names(), default=[d for d in ["msp", "energy"] if d in detector_names()],
                           key="exp_dets")
     if dets and st.session_state["ood_datasets"]:

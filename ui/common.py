@@ -52,25 +52,20 @@ def guard(what: str = "") -> Iterator[None]:
         st.stop()
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _bundle(spec: str):
-    return wb.load_model(spec)
-
-
 def get_bundle(spec: str | None = None):
-    """The model for ``spec`` (session default), with a progress bar on first-launch training."""
+    """The model for ``spec`` (session default), with a progress bar on first-launch training.
+
+    ``workbench.load_model`` keeps loaded models in-process, so no Streamlit cache is needed.
+    """
     spec = spec or st.session_state["model"]
+    progress = None
     if spec == "default":
         from ood_core.models.checkpoints import default_model_path
         if not default_model_path().exists():
-            bar = st.progress(0.0, "First launch: training the default model (about a minute on 2 cores)…")
-            with guard("loading the model"):
-                b = wb.load_model("default", lambda f, m: bar.progress(min(1.0, f), m))
-            bar.empty()
-            _bundle.clear()
-            return b
+            bar = st.progress(0.0, "First launch: training the default model (about 20 seconds on 2 cores)…")
+            progress = lambda f, m: bar.progress(min(1.0, f), m)  # noqa: E731
     with guard("loading the model"):
-        return _bundle(spec)
+        return wb.load_model(spec, progress)
 
 
 def extraction(bundle, name: str):
