@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/train_methods.py [--epochs 1] [--seed 0] [--n-train 0] [--json OUT.json]
 
-1. Step cost: median seconds per step of ``greg`` (double backward), ``energy_oe`` (the same
+1. Step cost (``step_times`` below): median seconds per step of ``greg`` (double backward), ``energy_oe`` (the same
    2B inputs, single backward) and ``ce`` (B ID inputs), measured interleaved on the same
    batches; prints greg/ce (the bar: ≤ 3×) and greg/energy_oe.
 2. Fine-tunes the embedded default with each of ce, oe, energy_oe, greg, greg_plus, gq
@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,9 +34,44 @@ from ood_core import workbench as wb  # noqa: E402
 from ood_core.compare import MEAN, compare_table, ok_rows  # noqa: E402
 from ood_core.data import DEFAULT_OOD  # noqa: E402
 from ood_core.detectors import detector_names  # noqa: E402
-from ood_core.training import METHODS, TrainConfig, step_times, train  # noqa: E402
+from ood_core.training import METHODS, TrainConfig, Trainer, train  # noqa: E402
 
 DETECTORS = ["energy", "gradnorm", "rg", "odin"]
+
+
+def step_times(methods: list[str], n_steps: int = 20, warmup: int = 3, init: str = "default", seed: int = 0,
+               params: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, float]]:
+    """Median seconds per training step of each method, measured interleaved on the same ID batches.
+
+    Steps alternate between the methods so a shared machine's load hits them alike; both wall
+    and process CPU time are reported (CPU time is the steadier one under contention).
+    """
+    trainers = {m: Trainer(TrainConfig(m, init=init, seed=seed, epochs=1, params=(params or {}).get(m, {})))
+                for m in methods}
+    for tr in trainers.values():
+        tr.model.train()
+    b = min(int(tr.k["batch_size"]) for tr in trainers.values())
+    spe = min(tr.steps_per_epoch for tr in trainers.values())
+    perm = torch.randperm(len(next(iter(trainers.values())).x_train), generator=torch.Generator().manual_seed(seed))
+    wall: dict[str, list[float]] = {m: [] for m in methods}
+    cpu: dict[str, list[float]] = {m: [] for m in methods}
+    extra: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
+    for i in range(warmup + n_steps):
+        idx = perm[(i % spe) * b: (i % spe + 1) * b]
+        for m, tr in trainers.items():
+            t, c = time.perf_counter(), time.process_time()
+            row = tr.step(idx)
+            if i >= warmup:
+                wall[m].append(time.perf_counter() - t)
+                cpu[m].append(time.process_time() - c)
+                extra[m].append(row)
+    out = {}
+    for m in methods:
+        out[m] = {"wall": float(np.median(wall[m])), "cpu": float(np.median(cpu[m])), "batch": b}
+        for key in ("frac_in", "frac_aux"):
+            if extra[m] and key in extra[m][0]:
+                out[m][key] = float(np.mean([r[key] for r in extra[m]]))
+    return out
 
 
 def _cell(r, metric: str) -> str:

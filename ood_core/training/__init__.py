@@ -13,10 +13,10 @@ from typing import Any
 
 from .. import cli as _cli
 from .loop import (DEFAULT_EPOCHS, METHODS, Method, TrainConfig, Trainer, TrainingDiverged, TrainingError,
-                   TrainResult, get_method, job_fn, knob_view, step_times, train)
+                   TrainResult, get_method, job_fn, knob_view, train)
 
 __all__ = ["DEFAULT_EPOCHS", "METHODS", "Method", "TrainConfig", "Trainer", "TrainingDiverged", "TrainingError",
-           "TrainResult", "get_method", "job_fn", "knob_view", "step_times", "train"]
+           "TrainResult", "get_method", "job_fn", "knob_view", "train"]
 
 
 def _params_for(method: str, items: list[str]) -> dict[str, Any]:
