@@ -14,7 +14,7 @@ import numpy as np
 from ..extract import Extraction
 from .base import DetectorError, Knob, clipped_l1, energy, logsumexp, register
 from .feature import K_KNOBS, RG_PAPER, ClipK
-from .gradnorm import gradnorm_u
+from .gradnorm import feature_l1, gradnorm_u
 
 ALPHA_SAMPLES = 1000
 ALPHA_SEED = 0
@@ -109,7 +109,8 @@ class UV(_ClipK):
 
     def _score(self, ext: Extraction, U: str, V: str, T: float, k_mode: str, q: float, k: float) -> np.ndarray:
         kv = self.clip_value(k_mode, q, k) if V == "clipped" else 0.0
-        return u_factor(ext.logits, U, T) * v_factor(ext.features, V, kv)
+        v = feature_l1(ext) if V == "l1" else v_factor(ext.features, V, kv)
+        return u_factor(ext.logits, U, T) * v
 
     def diagnostics(self, ext: Extraction, T: float = 1.0, U: str = "energy", **_: Any) -> dict[str, Any]:
         if U != "energy":

@@ -19,6 +19,11 @@ def gradnorm_u(logits: np.ndarray, T: float = 1.0) -> np.ndarray:
     return e.sum(axis=1) / s[:, 0]
 
 
+def feature_l1(ext: Extraction) -> np.ndarray:
+    """``‖h‖₁`` per sample: knob-independent, so memoised on the extraction."""
+    return ext.memo("feature_l1", lambda: np.abs(ext.features.astype(np.float64)).sum(axis=1))
+
+
 def gradnorm_closed_form(logits: np.ndarray, features: np.ndarray, T: float = 1.0, include_bias: bool = False,
                          feature_l1: np.ndarray | None = None) -> np.ndarray:
     """``‖∂L/∂W‖_1 (+ ‖∂L/∂b‖_1)`` for ``L = KL(u ‖ softmax(f/T))``.
@@ -53,5 +58,4 @@ class GradNorm(Detector):
     grid = {"T": [0.5, 1, 2, 4, 8]}
 
     def _score(self, ext: Extraction, T: float, include_bias: bool) -> np.ndarray:
-        l1 = ext.memo("feature_l1", lambda: np.abs(ext.features.astype(np.float64)).sum(axis=1))
-        return gradnorm_closed_form(ext.logits, ext.features, T, include_bias, l1)
+        return gradnorm_closed_form(ext.logits, ext.features, T, include_bias, feature_l1(ext))
