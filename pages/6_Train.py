@@ -76,12 +76,6 @@ if launch:
         st.session_state["train.seen"] = None
 
 
-def _fmt_eta(sec: float | None) -> str:
-    if sec is None:
-        return ""
-    return f", about {sec:.0f}s left" if sec < 120 else f", about {sec / 60:.1f} min left"
-
-
 def _curves(snap: dict, key: str) -> None:
     rows, info = snap["rows"], snap["info"]
     terms = info.get("terms")
@@ -106,7 +100,8 @@ def _live(job_id: str) -> None:
     snap = job.snapshot()
     if not job.active:  # finished while we watched: a full rerun refreshes the sidebar's model picker
         st.rerun()
-    st.progress(snap["fraction"], f"{snap['title']}: {snap['message'] or 'starting'}{_fmt_eta(snap['eta'])}")
+    # The trainer's message carries its own ETA (training steps only, not the data preparation).
+    st.progress(snap["fraction"], f"{snap['title']}: {snap['message'] or 'starting'}")
     if st.button("Stop", key="train.stop", help="stop after this step; the last finished epoch's checkpoint stays"):
         job.cancel()
     _curves(snap, "train.live")
