@@ -84,6 +84,6 @@ def test_exports_from_the_scores_page(browser_page, app_server, tmp_path):
         for n in names:
             if n in folders.saved_datasets():
                 folders.unregister_local(n)
-        for key in list(loading._read_registry()):
+        for key in list(loading.saved_uploads()):
             if key.startswith("upload:browser_export_model@"):
                 loading.forget_upload(key)

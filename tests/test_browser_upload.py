@@ -50,6 +50,6 @@ def test_upload_torchscript_in_browser(browser_page, app_server, tmp_path):
         assert err.is_visible()
         assert not page.get_by_text("Traceback").count()
     finally:
-        for key in list(loading._read_registry()):  # the shared test cache keeps no upload of ours
+        for key in list(loading.saved_uploads()):  # the shared test cache keeps no upload of ours
             if key.startswith("upload:browser_tiny@"):
                 loading.forget_upload(key)

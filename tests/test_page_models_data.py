@@ -35,7 +35,7 @@ def page(tmp_cache, monkeypatch):
     yield at
     for n in list(folders.saved_datasets()):
         folders.unregister_local(n)
-    for key in list(loading._read_registry()):
+    for key in list(loading.saved_uploads()):
         loading.forget_upload(key)
 
 
@@ -46,6 +46,13 @@ def errors(at) -> list[str]:
 def upload_model(at, name: str, data: bytes):
     at.file_uploader(key="md_upload").set_value((name, data, "application/octet-stream"))
     return at.run()
+
+
+def register_dataset(at, name: str, role: str, path):
+    at.text_input(key="ds_name").set_value(name)
+    at.selectbox(key="ds_role").set_value(role)
+    at.text_input(key="ds_path").set_value(str(path))
+    return at.button(key="ds_register").click().run()
 
 
 def test_torchscript_upload_flow(page, tmp_path):
@@ -122,22 +129,16 @@ def test_model_refusals_are_one_line_errors(page, tmp_path, monkeypatch, case):
 def test_dataset_registration_and_refusals(page, tmp_path):
     at = page.run()
 
-    def register(name, role, path):
-        at.text_input(key="ds_name").set_value(name)
-        at.selectbox(key="ds_role").set_value(role)
-        at.text_input(key="ds_path").set_value(str(path))
-        return at.button(key="ds_register").click().run()
-
-    register("nowhere", "ood_test", tmp_path / "missing")
+    register_dataset(at, "nowhere", "ood_test", tmp_path / "missing")
     assert "dataset refused: no such file or folder" in errors(at)[0]
     (tmp_path / "empty").mkdir()
-    register("empty", "ood_test", tmp_path / "empty")
+    register_dataset(at, "empty", "ood_test", tmp_path / "empty")
     assert "dataset refused: could not recognise" in errors(at)[0]
     np.savez(tmp_path / "chw.npz", x=np.zeros((4, 3, 8, 8), np.uint8))
-    register("chw", "ood_test", tmp_path / "chw.npz")
+    register_dataset(at, "chw", "ood_test", tmp_path / "chw.npz")
     assert "looks channels-first" in errors(at)[0]
     tree = fx.image_tree(tmp_path / "tree", per=3, corrupt=1)
-    register("mytree", "ood_test", tree)
+    register_dataset(at, "mytree", "ood_test", tree)
     assert not errors(at) and not at.exception
     assert "mytree" in at.session_state["ood_datasets"]
     assert any("1 files could not be read" in w.value for w in at.warning)
@@ -181,10 +182,7 @@ def test_end_to_end_cifar10_svhn_resnet18_to_scores(page, tmp_path):
     at.button(key="md_load").click().run()
     assert not errors(at), errors(at)
     for name, role, path in (("cifar10", "id_test", c10), ("svhn", "ood_test", svhn)):
-        at.text_input(key="ds_name").set_value(name)
-        at.selectbox(key="ds_role").set_value(role)
-        at.text_input(key="ds_path").set_value(str(path))
-        at.button(key="ds_register").click().run()
+        register_dataset(at, name, role, path)
         assert not errors(at), errors(at)
     assert at.session_state["id_dataset"] == "cifar10" and at.session_state["ood_datasets"] == ["svhn"]
     model = at.session_state["model"]
@@ -202,3 +200,30 @@ def test_end_to_end_cifar10_svhn_resnet18_to_scores(page, tmp_path):
     assert not at.exception and not errors(at), errors(at)
     assert 0 <= float({m.label: m.value for m in at.metric}["AUROC (mean)"]) <= 100
     assert {"dl-hist-png", "dl-hist-html"} <= {b.key for b in at.get("download_button")}
+
+
+def test_reload_with_another_head_layer(page, tmp_path):
+    """The layer picker reloads the remembered upload (its saved path and options) with ``head=``."""
+    class TwoLinear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(3 * 8 * 8, 6)
+            self.fc2 = nn.Linear(6, 4)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+    torch.manual_seed(0)
+    p = tmp_path / "two.pt"
+    torch.jit.save(torch.jit.script(TwoLinear().eval()), p)
+    at = page.run()
+    upload_model(at, "two.pt", p.read_bytes())
+    at.text_input(key="md_size").set_value("8")
+    at.button(key="md_load").click().run()
+    assert not errors(at), errors(at)
+    pick = at.selectbox(key="md_pick_head")
+    assert list(pick.options) == ["fc1", "fc2"] and pick.value == "fc2"
+    pick.set_value("fc1")
+    at.button(key="md_reload_head").click().run()
+    assert any(e.startswith("layer refused: cannot use 'fc1' as the feature layer") for e in errors(at)), errors(at)
+    assert not at.exception

@@ -935,6 +935,11 @@ def _read_registry() -> dict[str, dict]:
         return {}
 
 
+def saved_uploads() -> dict[str, dict]:
+    """The remembered uploads, ``{key: {"path", "options"}}`` (as ``folders.saved_datasets`` for data)."""
+    return _read_registry()
+
+
 def upload_key(bundle: ModelBundle) -> str:
     return f"upload:{bundle.name}@{bundle.fingerprint[:8]}"
 
