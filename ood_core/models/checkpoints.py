@@ -67,7 +67,7 @@ def load_checkpoint(path: Path, map_location: str = "cpu") -> ModelBundle:
     )
 
 
-def _shift_augment(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+def shift_augment(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
     """Random integer translations (pad + crop); cheap augmentation that MNIST CNNs like."""
     n, c, h, w = x.shape
     pad = F.pad(x, (max_shift,) * 4, value=float(x.min()))
@@ -102,7 +102,7 @@ def train_default(progress: Progress | None = None, epochs: int = DEFAULT_EPOCHS
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), bs):
             idx = perm[i: i + bs]
-            xb = _shift_augment(x[idx], gen)
+            xb = shift_augment(x[idx], gen)
             loss = F.cross_entropy(model(xb), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

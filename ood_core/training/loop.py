@@ -35,7 +35,7 @@ from ..detectors.base import energy as energy_score  # the Energy detector's sco
 from ..jobs import JobContext
 from ..metrics import id_accuracy, ood_metrics
 from ..models import ModelBundle, ModelError, Preprocess, build_arch
-from ..models.checkpoints import (DEFAULT_PREPROCESS, _shift_augment, default_model_path, load_checkpoint,
+from ..models.checkpoints import (DEFAULT_PREPROCESS, shift_augment, default_model_path, load_checkpoint,
                                   load_default, models_dir, save_checkpoint)
 from . import losses as L
 from .sampling import pool_features_energies, select_by_energy
@@ -397,7 +397,7 @@ class Trainer:
         return self.x_aux[torch.as_tensor(idx)]
 
     def _aug(self, x: torch.Tensor) -> torch.Tensor:
-        return _shift_augment(x, self.gen) if self.k["augment"] else x
+        return shift_augment(x, self.gen) if self.k["augment"] else x
 
     def step(self, idx: torch.Tensor) -> dict[str, float]:
         """One SGD update on the ID samples ``idx``; returns every loss term as a float."""
