@@ -154,6 +154,20 @@ def value_path(key: str) -> Path | None:
     return Path(store.directory) / row[0]
 
 
+def read_json_dict(path: Path) -> dict:
+    """A small JSON registry file as a dict; missing, unreadable or not-a-dict reads as empty."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_json_dict(path: Path, data: dict) -> None:
+    """Write a small JSON registry atomically (readers never see half a file)."""
+    atomic_write_bytes(Path(path), json.dumps(data, indent=2, sort_keys=True, default=str).encode())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so readers never see it half-written (temp file + rename)."""
     path = Path(path)

@@ -71,6 +71,18 @@ def register_model(bundle: ModelBundle, key: str) -> None:
         _models[key] = bundle
 
 
+def has_model(key: str) -> bool:
+    """Whether ``key`` is already loaded or registered in this process."""
+    with _lock:
+        return key in _models
+
+
+def forget_model(key: str) -> None:
+    """Drop a registered model from this process (its files stay where they are)."""
+    with _lock:
+        _models.pop(key, None)
+
+
 _extractions: "OrderedDict[tuple, Extraction]" = OrderedDict()
 _MAX_EXTRACTIONS = 64
 

@@ -61,3 +61,14 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     cache.atomic_write_bytes(p, b"defg")
     assert p.read_bytes() == b"defg"
     assert [x.name for x in p.parent.iterdir()] == ["f.bin"]
+
+
+def test_json_registry_helpers(tmp_path):
+    p = tmp_path / "r" / "registry.json"
+    assert cache.read_json_dict(p) == {}  # missing
+    cache.write_json_dict(p, {"b": {"x": 1}, "a": [1, 2]})
+    assert cache.read_json_dict(p) == {"a": [1, 2], "b": {"x": 1}}
+    p.write_text("{not json")
+    assert cache.read_json_dict(p) == {}  # unreadable reads as empty, never raises
+    p.write_text("[1, 2]")
+    assert cache.read_json_dict(p) == {}  # not a dict

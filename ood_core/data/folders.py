@@ -25,7 +25,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import logging
 import os
 import pickle
@@ -659,16 +658,13 @@ def _registry_file() -> Path:
 
 
 def _read_saved() -> dict[str, dict]:
-    try:
-        data = json.loads(_registry_file().read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    from .. import cache
+    return cache.read_json_dict(_registry_file())
 
 
 def _write_saved(data: dict[str, dict]) -> None:
     from .. import cache
-    cache.atomic_write_bytes(_registry_file(), json.dumps(data, indent=2, sort_keys=True).encode())
+    cache.write_json_dict(_registry_file(), data)
 
 
 def _builtin_names() -> set[str]:

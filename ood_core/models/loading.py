@@ -928,11 +928,8 @@ def _registry_path() -> Path:
 
 
 def _read_registry() -> dict[str, dict]:
-    try:
-        data = json.loads(_registry_path().read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    from .. import cache
+    return cache.read_json_dict(_registry_path())
 
 
 def saved_uploads() -> dict[str, dict]:
@@ -957,7 +954,7 @@ def register_upload(path: Path | str, **options: Any) -> tuple[str, ModelBundle]
     wb.register_model(bundle, key)
     reg = _read_registry()
     reg[key] = {"path": str(Path(path).resolve()), "options": opts}
-    cache.atomic_write_bytes(_registry_path(), json.dumps(reg, indent=2).encode())
+    cache.write_json_dict(_registry_path(), reg)
     return key, bundle
 
 
@@ -982,9 +979,8 @@ def restore_uploads() -> list[str]:
 
     done = []
     for key in _read_registry():
-        with wb._lock:  # noqa: SLF001 - read-only peek at the registry
-            if key in wb._models:  # noqa: SLF001
-                continue
+        if wb.has_model(key):
+            continue
         try:
             restore_upload(key)
             done.append(key)
@@ -1000,6 +996,5 @@ def forget_upload(key: str) -> None:
 
     reg = _read_registry()
     reg.pop(key, None)
-    cache.atomic_write_bytes(_registry_path(), json.dumps(reg, indent=2).encode())
-    with wb._lock:  # noqa: SLF001
-        wb._models.pop(key, None)  # noqa: SLF001
+    cache.write_json_dict(_registry_path(), reg)
+    wb.forget_model(key)
