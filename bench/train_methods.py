@@ -45,6 +45,8 @@ def step_times(methods: list[str], n_steps: int = 20, warmup: int = 3, init: str
 
     Steps alternate between the methods so a shared machine's load hits them alike; both wall
     and process CPU time are reported (CPU time is the steadier one under contention).
+    ``n_steps=0`` times one whole epoch: a greg step grows dearer as training puts more rows on the
+    right side of their margins (more rows penalised), so the first steps alone flatter it.
     """
     trainers = {m: Trainer(TrainConfig(m, init=init, seed=seed, epochs=1, params=(params or {}).get(m, {})))
                 for m in methods}
@@ -52,6 +54,7 @@ def step_times(methods: list[str], n_steps: int = 20, warmup: int = 3, init: str
         tr.model.train()
     b = min(int(tr.k["batch_size"]) for tr in trainers.values())
     spe = min(tr.steps_per_epoch for tr in trainers.values())
+    n_steps = n_steps or spe - warmup
     perm = torch.randperm(len(next(iter(trainers.values())).x_train), generator=torch.Generator().manual_seed(seed))
     wall: dict[str, list[float]] = {m: [] for m in methods}
     cpu: dict[str, list[float]] = {m: [] for m in methods}
@@ -67,7 +70,9 @@ def step_times(methods: list[str], n_steps: int = 20, warmup: int = 3, init: str
                 extra[m].append(row)
     out = {}
     for m in methods:
-        out[m] = {"wall": float(np.median(wall[m])), "cpu": float(np.median(cpu[m])), "batch": b}
+        out[m] = {"wall": float(np.median(wall[m])), "cpu": float(np.median(cpu[m])), "batch": b,
+                  "steps": n_steps, "cpu_p10": float(np.percentile(cpu[m], 10)),
+                  "cpu_p90": float(np.percentile(cpu[m], 90))}
         for key in ("frac_in", "frac_aux"):
             if extra[m] and key in extra[m][0]:
                 out[m][key] = float(np.mean([r[key] for r in extra[m]]))
@@ -86,7 +91,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-train", type=int, default=0, help="ID training images (0 = all 4,000)")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--timing-steps", type=int, default=15)
+    ap.add_argument("--timing-steps", type=int, default=0, help="timed steps per method (0 = the rest of one epoch)")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--json", help="also write every number to this file")
     ap.add_argument("--timing-only", action="store_true", help="only the step-cost part")
@@ -100,8 +105,8 @@ def main() -> int:
     t_all = time.time()
 
     # 1. step cost -------------------------------------------------------------------------
-    print(f"== step cost: median of {a.timing_steps} interleaved steps, batch 64, fine-tuning the default ==",
-          flush=True)
+    what = f"{a.timing_steps} interleaved steps" if a.timing_steps else "one epoch of interleaved steps"
+    print(f"== step cost: median over {what}, batch 64, fine-tuning the default ==", flush=True)
     threads0 = torch.get_num_threads()
     # One thread as well: on a shared 2-core machine two OpenMP threads stall on each other,
     # and single-threaded CPU time is the steadiest measure of the work itself.
@@ -111,7 +116,8 @@ def main() -> int:
         print(f"-- {threads} thread(s)")
         for m, v in st.items():
             fr = f"  (penalised: ID {v['frac_in']:.2f}, aux {v['frac_aux']:.2f})" if "frac_in" in v else ""
-            print(f"{m:<10} wall {1000 * v['wall']:7.1f} ms   cpu {1000 * v['cpu']:7.1f} ms{fr}")
+            print(f"{m:<10} wall {1000 * v['wall']:7.1f} ms   cpu {1000 * v['cpu']:7.1f} ms "
+                  f"[p10 {1000 * v['cpu_p10']:5.1f}, p90 {1000 * v['cpu_p90']:5.1f}]{fr}")
         ratios = {k: st["greg"][k] / st["ce"][k] for k in ("wall", "cpu")}
         ratios_same = {k: st["greg"][k] / st["energy_oe"][k] for k in ("wall", "cpu")}
         print(f"greg / ce step:        wall {ratios['wall']:.2f}x   cpu {ratios['cpu']:.2f}x   (bar: <= 3x; ce sees "
