@@ -105,6 +105,23 @@ def test_nan_names_the_term_and_step(monkeypatch, out, default_bundle):
     assert "oe.lr=0.001" in msg and "\n" not in msg
 
 
+def test_collapsed_cross_entropy_stops_the_job(monkeypatch, out, default_bundle):
+    """A CE far above a uniform guess's ln C stops the job, though it is nowhere near MAX_LOSS."""
+    calls = {"n": 0}
+    real = L.ce_loss
+
+    def collapsing(logits, labels):
+        calls["n"] += 1
+        return real(logits, labels) + (40.0 if calls["n"] >= 2 else 0.0)  # 40 > 10·ln 10 ≈ 23
+
+    monkeypatch.setattr(L, "ce_loss", collapsing)
+    with pytest.raises(TrainingDiverged) as err:
+        train(_cfg("ce"), out_dir=out / "collapse")
+    msg = str(err.value)
+    assert "the ce term (above 23" in msg and "collapsed classifier" in msg and "at step 2 " in msg
+    assert "exploding" in msg and "ce.lr=0.001" in msg
+
+
 def test_huge_lr_explodes_with_a_message(out, default_bundle):
     with pytest.raises(TrainingDiverged, match=r"became .* at step \d+ .*lower the learning rate"):
         train(_cfg("energy_oe", epochs=3, lr=10.0), out_dir=out / "boom")
