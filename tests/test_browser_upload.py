@@ -38,7 +38,11 @@ def test_upload_torchscript_in_browser(browser_page, app_server, tmp_path):
     ok = page.get_by_text("Loaded browser_tiny (TorchScript archive): 4 classes")
     ok.wait_for()
     assert ok.is_visible()
-    assert page.get_by_text("the input of").first.is_visible()  # the feature layer was found
+    # The page streams its elements: wait for the feature-layer line rather than sample it at once
+    # (a clean-clone CI run sampled it before it had arrived).
+    found = page.get_by_text("the input of").first
+    found.wait_for()
+    assert found.is_visible()  # the feature layer was found
     page.screenshot(path=str(ARTIFACTS / "browser_upload_accepted.png"), full_page=True)
     try:
         # a pickled whole model, through the same input, is refused in one line

@@ -526,8 +526,7 @@ class Trainer:
         """ID test accuracy and the Energy score's AUROC, ID test vs the held-out aux_val."""
         self.model.eval()
         try:
-            lt, lv = (torch.cat([self.bundle.logits(x[i: i + 512]) for i in range(0, len(x), 512)]).numpy()
-                      for x in (self.x_test, self.x_val))
+            lt, lv = (_chunked(self.bundle.logits, x, 512).numpy() for x in (self.x_test, self.x_val))
         finally:
             self.model.train()
         acc = id_accuracy(lt, self.y_test.numpy())
