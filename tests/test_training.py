@@ -58,6 +58,26 @@ def test_greg_terms_are_live(runs):
     assert all({"ce", "ls", "grad", "frac_in", "frac_aux", "lr", "grad_norm"} <= set(r) for r in steps)
 
 
+def test_training_runs_channels_last_and_checkpoints_load_into_plain_models(runs, default_bundle):
+    import torch
+
+    from ood_core.models import SmallCNN
+
+    from ood_core.models.checkpoints import load_checkpoint
+
+    tr = Trainer(_cfg("greg"))
+    assert tr.model.features[2].weight.is_contiguous(memory_format=torch.channels_last)
+    assert tr.sample_independent  # no batch norm: ID and aux rows run as separate B-row passes
+    plain = SmallCNN()
+    plain.load_state_dict(torch.load(runs["greg"].path, weights_only=True))
+    assert plain.features[2].weight.is_contiguous()  # the checkpoint imposes no layout
+    loaded = load_checkpoint(runs["greg"].path).model
+    assert loaded.features[2].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), plain.eval()(x), rtol=1e-5, atol=1e-5)  # same values, either layout
+
+
 def test_checkpoint_loads_and_config_reproduces_it(runs, out, tmp_path):
     from ood_core.models.checkpoints import load_checkpoint
 

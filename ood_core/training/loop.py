@@ -360,13 +360,9 @@ class Trainer:
             raise TrainingError(f"the init model has {base_meta['num_classes']} classes but {train_ds.name} has labels "
                                 f"up to {num_classes - 1}")
         self.base_meta, self.init_fp = base_meta, init_fp
-        # Channels-last memory: PyTorch's NCHW max-pool kernel on the CPU branches per element and ran
-        # 11x slower on natural-image activations than on MNIST's (4.7 vs 0.42 ms per call on the default
-        # CNN, batch 64), so a forward pass over auxiliary images took 1.9x one over ID digits (16.8 vs
-        # 8.8 ms); the channels-last
-        # kernel is vectorised and mkldnn's convolutions prefer that layout. Values are unchanged (a
-        # layout, not a transform): checkpoints load into ordinary NCHW models.
-        self.model = model.to(memory_format=torch.channels_last)
+        # ModelBundle (below) stores the weights channels-last: with NCHW a forward pass over auxiliary
+        # images took 1.9x one over ID digits (16.8 vs 8.8 ms, the default CNN, batch 64).
+        self.model = model
         # Models whose forward treats every sample on its own (no batch norm) can run ID and auxiliary
         # rows as separate passes of at most B rows: one 2B-row pass ran 18-20% slower than two B-row
         # passes here (its activations outgrow the caches). With batch norm the split would change the

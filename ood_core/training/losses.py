@@ -3,7 +3,8 @@
 Energy ``E(x) = -LSE(f(x))``: lower = more ID (the training papers' sign; the
 ``energy`` *detector* scores ``-E``). The value terms take logits from the step's one
 forward pass; the gradient terms take the model function and the inputs, because they
-need input gradients (and re-run the forward on what they penalise).
+need input gradients (GReg's penalty reuses the main forward when :func:`penalised_forward`
+recorded it, else re-runs the forward on what it penalises).
 
 - ``ce_loss``: cross-entropy on the ID batch.
 - ``oe_loss`` (Hendrycks et al., ICLR 2019): ``mean_aux[-(1/C) Σ_i log softmax(f)_i]``,
