@@ -158,3 +158,4 @@ def test_input_gradient_skips_the_weight_gradient(monkeypatch):
     assert calls == []
     (pen + e.sum()).backward()
     assert len(calls) == 4 and all(p.grad is not None for p in model.parameters())
+

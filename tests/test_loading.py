@@ -480,3 +480,26 @@ def test_upload_register_and_restore(tmp_cache, files):
     L.forget_upload(key)
     with pytest.raises(ModelError, match="upload it again"):
         L.restore_upload(key)
+
+
+def test_models_go_channels_last_unless_their_forward_needs_nchw():
+    import torch
+    from torch import nn
+
+    from ood_core.models import ModelBundle, Preprocess, SmallCNN
+
+    class ViewNet(nn.Module):  # LeNet-style: .view on a conv activation fails on channels-last strides
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.fc = nn.Linear(4 * 6 * 6, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.conv(x))
+            return self.fc(h.view(h.shape[0], -1))
+
+    pre = Preprocess(input_size=(8, 8), channels=1, mean=(0.0,), std=(1.0,))
+    b = ModelBundle(model=ViewNet(), preprocess=pre)
+    assert b.model.conv.weight.is_contiguous() and b.num_classes == 3  # kept NCHW, and it works
+    b2 = ModelBundle(model=SmallCNN(), preprocess=Preprocess(input_size=(28, 28), channels=1, mean=(0.0,), std=(1.0,)))
+    assert b2.model.features[0].weight.is_contiguous(memory_format=torch.channels_last)

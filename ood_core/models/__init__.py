@@ -128,19 +128,26 @@ def state_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:20]
 
 
-def _prefer_channels_last(model: nn.Module) -> None:
+def _prefer_channels_last(model: nn.Module, probe: torch.Tensor) -> None:
     """Store a plain module's 4-D weights channels-last (a layout: values and state_dict keep).
 
     On the CPU this halved the default CNN's forward on every embedded set (MNIST 253 -> 105 ms,
     textures 217 -> 96 ms per 1,000 images; logits within 4e-6): mkldnn's convolutions prefer that
     layout, and PyTorch's NCHW max-pool kernel branches per element (11x slower on natural-image
     activations than on digits'). Compiled programs (TorchScript, torch.export) keep the layout
-    they were traced with.
+    they were traced with, and a module whose forward fails on ``probe`` once converted (say it
+    calls ``.view`` on an activation) goes back to NCHW.
     """
     if isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)):
         return
-    if any(p.dim() == 4 for p in model.parameters()):
-        model.to(memory_format=torch.channels_last)
+    if not any(p.dim() == 4 for p in model.parameters()):
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            model(probe.to(next(model.parameters()).device))
+    except Exception:  # noqa: BLE001 - any failure means "keep the layout the author wrote for"
+        model.to(memory_format=torch.contiguous_format)
 
 
 @dataclass
@@ -162,7 +169,7 @@ class ModelBundle:
 
     def __post_init__(self) -> None:
         self.model.eval()
-        _prefer_channels_last(self.model)
+        _prefer_channels_last(self.model, self.dummy_input(2))
         if not self.fingerprint:
             self.fingerprint = state_fingerprint(self.model)
         if self.body is None and self.head is None:
