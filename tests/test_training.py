@@ -240,3 +240,31 @@ def test_evaluate_against_sklearn(default_bundle):
     assert got["auroc"] == pytest.approx(roc_auc_score(y, np.r_[s_in, s_out]), abs=1e-6)
     assert got["fpr95"] == pytest.approx(float(np.mean(s_out >= np.percentile(s_in, 5))), abs=0.02)
     assert 0.5 < got["auroc"] < 1.0  # the sign: ID scores higher
+
+
+def test_two_greg_jobs_in_threads_train_as_if_alone(default_bundle):
+    """The rerouted convolutions (a per-thread torch-function mode, a per-use switch) don't leak between jobs."""
+    import threading
+
+    import torch
+
+    from ood_core.models import state_fingerprint
+
+    def run(seed: int, out: dict) -> None:
+        tr = Trainer(_cfg("greg"))
+        tr.model.train()
+        perm = torch.randperm(len(tr.x_train), generator=torch.Generator().manual_seed(seed))
+        for i in range(4):
+            tr.step(perm[i * 16:(i + 1) * 16])
+        out[seed] = state_fingerprint(tr.model)
+
+    alone: dict = {}
+    run(0, alone)
+    run(1, alone)
+    together: dict = {}
+    threads = [threading.Thread(target=run, args=(s, together)) for s in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone and alone[0] != alone[1]
