@@ -128,7 +128,7 @@ def state_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:20]
 
 
-def _prefer_channels_last(model: nn.Module, probe: torch.Tensor) -> None:
+def _prefer_channels_last(model: nn.Module, probe: torch.Tensor) -> torch.Tensor | None:
     """Store a plain module's 4-D weights channels-last (a layout: values and state_dict keep).
 
     On the CPU this halved the default CNN's forward on every embedded set (MNIST 253 -> 105 ms,
@@ -136,18 +136,20 @@ def _prefer_channels_last(model: nn.Module, probe: torch.Tensor) -> None:
     layout, and PyTorch's NCHW max-pool kernel branches per element (11x slower on natural-image
     activations than on digits'). Compiled programs (TorchScript, torch.export) keep the layout
     they were traced with, and a module whose forward fails on ``probe`` once converted (say it
-    calls ``.view`` on an activation) goes back to NCHW.
+    calls ``.view`` on an activation) goes back to NCHW. Returns the probe's output when the
+    dry run succeeded (the caller reads the class count from it instead of running it again).
     """
     if isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)):
-        return
+        return None
     if not any(p.dim() == 4 for p in model.parameters()):
-        return
+        return None
     model.to(memory_format=torch.channels_last)
     try:
         with torch.no_grad():
-            model(probe.to(next(model.parameters()).device))
+            return model(probe.to(next(model.parameters()).device))
     except Exception:  # noqa: BLE001 - any failure means "keep the layout the author wrote for"
         model.to(memory_format=torch.contiguous_format)
+        return None
 
 
 @dataclass
@@ -169,14 +171,16 @@ class ModelBundle:
 
     def __post_init__(self) -> None:
         self.model.eval()
-        _prefer_channels_last(self.model, self.dummy_input(2))
+        probed = _prefer_channels_last(self.model, self.dummy_input(2))
         if not self.fingerprint:
             self.fingerprint = state_fingerprint(self.model)
         if self.body is None and self.head is None:
             self._split()
         if not self.num_classes:
-            with torch.no_grad():
-                self.num_classes = int(self.logits(self.dummy_input(1)).shape[1])
+            if not isinstance(probed, torch.Tensor) or probed.ndim != 2:
+                with torch.no_grad():
+                    probed = self.logits(self.dummy_input(1))
+            self.num_classes = int(probed.shape[1])
 
     def _split(self) -> None:
         found = None
