@@ -20,6 +20,8 @@ from typing import Any, Callable, Mapping
 import diskcache
 import numpy as np
 
+from .errors import UserError
+
 log = logging.getLogger(__name__)
 
 _DEFAULT_DIR = Path(__file__).resolve().parent.parent / "cache"
@@ -27,7 +29,7 @@ _lock = threading.Lock()
 _caches: dict[str, diskcache.Cache] = {}
 
 
-class CacheCorrupt(RuntimeError):
+class CacheCorrupt(UserError):
     """A cache entry failed its integrity check."""
 
 

@@ -10,9 +10,11 @@ import logging
 import sys
 from typing import Any, Callable, Sequence
 
+from .errors import UserError, first_line
 
 
-class CLIError(Exception):
+
+class CLIError(UserError):
     pass
 
 
@@ -176,14 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return a.fn(a)
     except CLIError as exc:
-        print(str(exc).splitlines()[0], file=sys.stderr)
+        print(first_line(exc), file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001
-        from .workbench import USER_ERRORS
-        from .metrics import MetricError
-        from .experiment import ExperimentError
-        if isinstance(exc, USER_ERRORS + (MetricError, FileNotFoundError, ExperimentError)):
-            print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        if isinstance(exc, (UserError, FileNotFoundError)):
+            print(f"error: {first_line(exc)}", file=sys.stderr)
             return 2
         raise
 

@@ -18,6 +18,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from . import workbench as wb
+from .errors import UserError, first_line, jsonable
 from .data import DataError, get_dataset, train_name_for
 from .detectors import Detector, detector_classes, get_detector
 from .metrics import (HIGHER_IS_BETTER, METRICS, MetricError, SortedScores, bootstrap_draws, fast_ood_metrics,
@@ -42,8 +43,8 @@ def model_time_cached(bundle: Any, name: str, datasets: Iterable[str], params: d
     return all(wb.is_cached(bundle, det, d, params) for d in datasets)
 
 
-def _jsonable(d: dict[str, Any]) -> str:
-    return json.dumps({k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}, sort_keys=True)
+def _params_text(d: dict[str, Any]) -> str:
+    return json.dumps(jsonable(d), sort_keys=True)
 
 
 def _status_rows(name: str, family: str, ood_names: list[str], status: str, reason: str) -> list[dict[str, Any]]:
@@ -106,7 +107,7 @@ def _rows(bundle: Any, id_name: str, ood_names: list[str], names: list[str], ext
             progress(di / max(1, len(names)), f"scoring {name}")
         try:
             det = get_detector(name)
-        except wb.USER_ERRORS as exc:
+        except UserError as exc:
             rows += _status_rows(name, "", ood_names, "error", str(exc))
             continue
         reason = det.unavailable_reason(id_ext)
@@ -116,9 +117,8 @@ def _rows(bundle: Any, id_name: str, ood_names: list[str], names: list[str], ext
         try:
             rows += _detector_rows(bundle, det, id_name, ood_names, exts, params.get(name), n_boot, seed,
                                    run_model_time, progress)
-        except wb.USER_ERRORS + (MetricError,) as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            rows += _status_rows(name, det.family, ood_names, "error", msg)
+        except UserError as exc:
+            rows += _status_rows(name, det.family, ood_names, "error", first_line(exc))
     if progress:
         progress(1.0, "done")
     return pd.DataFrame(rows).reindex(columns=COLUMNS)
@@ -141,7 +141,7 @@ def _detector_rows(bundle: Any, det: Detector, id_name: str, ood_names: list[str
         return fitted.score(exts[ds_name], **knobs)
 
     id_s = scores(id_name)
-    pstr = _jsonable(knobs)
+    pstr = _params_text(knobs)
     rows, draws = [], []
     id_sorted = None
     for o in ood_names:

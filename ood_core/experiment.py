@@ -6,10 +6,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 SCHEMA = "ood-workbench/experiment@1"
 
 
-class ExperimentError(ValueError):
+class ExperimentError(UserError):
     pass
 
 

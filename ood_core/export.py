@@ -20,6 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from .errors import UserError, first_line, jsonable
 from .experiment import Experiment, ExperimentError
 
 SYSTEM_CHROMIUM = "/usr/bin/chromium"
@@ -29,7 +30,7 @@ MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf", "h
 MAX_EXPERIMENT_BYTES = 1 << 20
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError):
     """An export could not be produced; the message says what to install or change."""
 
 
@@ -81,8 +82,7 @@ def figure_bytes(fig: Any, fmt: str, width: int | None = None, height: int | Non
     except ExportError:
         raise
     except Exception as exc:  # noqa: BLE001 - the browser can fail in many ways
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"{fmt.upper()} export failed in Chromium ({browser_path()}): {msg[:200]}") from None
+        raise ExportError(f"{fmt.upper()} export failed in Chromium ({browser_path()}): {first_line(exc, 200)}") from None
     if not data:
         raise ExportError(f"{fmt.upper()} export returned nothing")
     return bytes(data)
@@ -199,9 +199,9 @@ def per_sample_scores(bundle: Any, id_name: str, ood_names: Iterable[str], detec
             det = wb.fitted_detector(d, bundle, id_name, progress)
             cols = [wb.score(bundle, det, n, id_name, knobs, progress) for n, _ in sets]
         except DetectorError as exc:
-            skipped[d] = str(exc).splitlines()[0]
+            skipped[d] = first_line(exc)
             continue
-        resolved[d] = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in knobs.items()}
+        resolved[d] = jsonable(knobs)
         for f, s in zip(frames, cols):
             f[d] = np.asarray(s, np.float64)
     df = pd.concat(frames, ignore_index=True)
@@ -247,5 +247,5 @@ def check_experiment(exp: Experiment) -> list[str]:
         try:
             get_detector(d).resolve(exp.params.get(d))
         except DetectorError as exc:
-            problems.append(str(exc).splitlines()[0])
+            problems.append(first_line(exc))
     return problems

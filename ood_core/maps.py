@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import cache
+from .errors import UserError
 from .workbench import WorkbenchError
 
 Progress = Callable[[float, str], None]
@@ -345,7 +346,7 @@ def compute_map(bundle: Any, id_name: str = "mnist", ood_names: Sequence[str] = 
         for d in SCORE_COLUMNS:
             try:
                 df[d] = wb.score(bundle, d, name, id_name)[idx]
-            except wb.USER_ERRORS:  # e.g. a model without features has no GradNorm/RG: leave the column out
+            except UserError:  # e.g. a model without features has no GradNorm/RG: leave the column out
                 pass
         frames.append(df)
     X_all = np.vstack(blocks)

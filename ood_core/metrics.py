@@ -13,11 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve, precision_recall_curve
 
+from .errors import UserError
+
 METRICS = ("auroc", "fpr95", "aupr_in", "aupr_out")
 HIGHER_IS_BETTER = {"auroc": True, "fpr95": False, "aupr_in": True, "aupr_out": True}
 
 
-class MetricError(ValueError):
+class MetricError(UserError):
     pass
 
 

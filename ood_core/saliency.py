@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import UserError
 from .models import ModelBundle, Preprocess
 from .workbench import WorkbenchError
 
@@ -301,7 +302,7 @@ def sample_info(bundle: ModelBundle, dataset: str, index: int, id_name: str = "m
     for d in SCORE_COLUMNS:
         try:
             info[d] = float(wb.score(bundle, d, dataset, id_name)[index])
-        except wb.USER_ERRORS:
+        except UserError:
             pass
     return info
 

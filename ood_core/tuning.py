@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import cache
 from . import workbench as wb
+from .errors import jsonable
 from .data import DataError, ImageDataset, get_dataset, get_spec, split_name, train_name_for
 from .detectors import Detector, DetectorError, get_detector
 from .extract import Extraction
@@ -224,7 +225,7 @@ def parse_values(detector: str | Detector, knob: str, text: str) -> list[Any]:
                 v = float(t)
             except ValueError:
                 raise TuningError(f"{det.name}.{knob}: {t!r} is not a number") from None
-        v = kn.validate(v, det.name)
+        v = det.resolve({knob: v})[knob]
         if v not in out:
             out.append(v)
     return out
@@ -232,4 +233,4 @@ def parse_values(detector: str | Detector, knob: str, text: str) -> list[Any]:
 
 def plain(d: dict[str, Any]) -> dict[str, Any]:
     """Knob values as plain Python scalars (for session state and experiment JSON)."""
-    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
+    return jsonable(d)

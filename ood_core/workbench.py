@@ -15,8 +15,10 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from . import cache
+from .errors import UserError, jsonable
 from .data import DataError, ImageDataset, get_dataset, split_name, train_name_for
 from .detectors import Detector, DetectorError, get_detector
+from .detectors.base import ModelDetector
 from .extract import Extraction, extract
 from .metrics import ood_metrics
 from .models import ModelBundle, ModelError
@@ -28,11 +30,8 @@ _fitted: dict[tuple, Detector] = {}
 SCORE_VERSION = 1
 
 
-class WorkbenchError(ValueError):
+class WorkbenchError(UserError):
     """Bad input anywhere in the pipeline, with a message fit for a user."""
-
-
-USER_ERRORS = (WorkbenchError, DataError, DetectorError, ModelError, cache.CacheCorrupt)
 
 
 def load_model(spec: str = "default", progress: Progress | None = None, **kwargs: Any) -> ModelBundle:
@@ -132,8 +131,8 @@ def fitted_detector(name: str, bundle: ModelBundle, id_name: str, progress: Prog
     if hit is not None:
         return hit
     train_ext = get_extraction(bundle, train_ds, progress)
-    if det.needs_model:
-        det.fit_model(bundle, train_ds, train_ext, progress=progress)  # type: ignore[attr-defined]
+    if isinstance(det, ModelDetector):
+        det.fit_model(bundle, train_ds, train_ext, progress=progress)
     else:
         det.fit(train_ext)
     with _lock:
@@ -154,7 +153,7 @@ def score(bundle: ModelBundle, detector: str | Detector, dataset: str, id_name: 
     if reason:
         raise DetectorError(reason)
     key = _score_key(bundle, det, ds, knobs)
-    arr = cache.cached_arrays(key, lambda: {"scores": det.score_model(bundle, ds, ext, progress=progress, **knobs)})  # type: ignore[attr-defined]
+    arr = cache.cached_arrays(key, lambda: {"scores": det.score_model(bundle, ds, ext, progress=progress, **knobs)})
     return arr["scores"].astype(np.float64)
 
 
@@ -222,7 +221,7 @@ def evaluate(model: str | ModelBundle = "default", id_name: str = "mnist", ood: 
         id_scores = score(bundle, det, id_name, id_name, resolved[d], progress)
         for name in ood:
             s = score(bundle, det, name, id_name, resolved[d], progress)
-            results.append({"detector": d, "params": _jsonable(resolved[d]), "ood_dataset": name,
+            results.append({"detector": d, "params": jsonable(resolved[d]), "ood_dataset": name,
                             **ood_metrics(id_scores, s)})
     return {
         "model": bundle.name if isinstance(model, ModelBundle) else str(model),
@@ -231,10 +230,6 @@ def evaluate(model: str | ModelBundle = "default", id_name: str = "mnist", ood: 
         "id_accuracy": id_ext.accuracy,
         "results": results,
     }
-
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
 
 
 def list_models() -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ import streamlit as st
 
 from ood_core import compare as cmp
 from ood_core.detectors import detector_classes
+from ood_core.errors import UserError
 from ood_core.figures.compare import LABELS, compare_chart
 from ood_core.metrics import METRICS
 from ui import common
@@ -50,7 +51,7 @@ def _model_time_cached() -> tuple[bool, ...]:
     for d in chosen_model:
         try:
             out.append(cmp.model_time_cached(ctx.bundle, d, [ctx.id_name, *ctx.ood], params.get(d)))
-        except common.USER_ERRORS:
+        except UserError:
             out.append(False)
     return tuple(out)
 

@@ -12,9 +12,10 @@ import streamlit as st
 
 from ood_core import workbench as wb
 from ood_core.data import list_datasets
+from ood_core.errors import UserError, first_line
 from ood_core.figures.training import epoch_metrics, loss_curves
 from ood_core.jobs import JOBS
-from ood_core.training import DEFAULT_EPOCHS, METHODS, TrainConfig, TrainingError, job_fn, knob_view
+from ood_core.training import DEFAULT_EPOCHS, METHODS, TrainConfig, job_fn, knob_view
 from ui import common
 
 st.set_page_config(page_title="Train · OOD workbench", layout="wide")
@@ -68,8 +69,8 @@ if launch:
                       aux=aux, params=params, n_train=n_train, n_eval=n_eval)
     try:
         fn = job_fn(cfg)
-    except (TrainingError, *common.USER_ERRORS) as exc:
-        st.error(str(exc).splitlines()[0])
+    except UserError as exc:
+        st.error(first_line(exc))
     else:
         job = JOBS.submit(fn, f"train {method_name}")
         st.session_state["train.job"] = job.id

@@ -11,6 +11,7 @@ from ood_core import export as ex
 from ood_core import workbench as wb
 from ood_core.data import folders, get_dataset, get_spec, list_datasets
 from ood_core.detectors import detector_names
+from ood_core.errors import UserError, first_line
 from ood_core.experiment import ExperimentError
 from ood_core.models import loading
 from ood_core.models.archs import arch_info, list_architectures
@@ -25,7 +26,6 @@ common.apply_pending()  # an experiment applied below takes effect here (sidebar
 for _k in ("model", "id_dataset", "ood_datasets"):
     st.session_state[_k] = st.session_state[_k]
 
-USER_ERRORS = common.USER_ERRORS + (ExperimentError, ex.ExportError)
 ROLE_LABELS = {"id_test": "ID test (in-distribution; its training split feeds statistics)",
                "id_train": "ID train (adds the training split to an ID set of the same name)",
                "ood_test": "OOD test", "ood_val": "OOD validation (for tuning)", "aux": "auxiliary outliers (training)"}
@@ -41,9 +41,8 @@ def attempt(what: str, fn, *args, **kwargs):
     """Run ``fn``; a user error becomes one st.error line (the rest of the page still renders)."""
     try:
         return fn(*args, **kwargs)
-    except USER_ERRORS as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        st.error(f"{what}: {msg}")
+    except UserError as exc:
+        st.error(f"{what}: {first_line(exc)}")
     except OSError as exc:
         st.error(f"{what}: {exc.strerror or exc}")
     return None
@@ -141,7 +140,7 @@ with tab_model:
                     opts["size_hint"] = list(id_ds.shape[:2])
                     if expect and id_ds.has_labels:
                         opts["num_classes"] = len(id_ds.class_names or []) or int(id_ds.labels.max()) + 1
-                except USER_ERRORS:
+                except UserError:
                     pass
                 with st.spinner("Loading and dry-running the model…"):
                     return loading.register_upload(path, **opts)

@@ -41,14 +41,14 @@ def _penalty_and_grads(model: nn.Module, x: torch.Tensor, fast: bool):
         with fast_double_backward() as (phase, mode):
             logits = model(xs)
         phase.input_only = True
-        (g,) = torch.autograd.grad(L.energy(logits).sum(), xs, create_graph=True)
+        (g,) = torch.autograd.grad(L.free_energy(logits).sum(), xs, create_graph=True)
         phase.input_only = False
     else:
         logits = model(xs)
-        (g,) = torch.autograd.grad(L.energy(logits).sum(), xs, create_graph=True)
+        (g,) = torch.autograd.grad(L.free_energy(logits).sum(), xs, create_graph=True)
         mode = None
     # The primal path matters too: add a value term so the ordinary backward runs through the same nodes.
-    loss = g.flatten(1).norm(dim=1).sum() + 0.3 * L.energy(logits).pow(2).mean()
+    loss = g.flatten(1).norm(dim=1).sum() + 0.3 * L.free_energy(logits).pow(2).mean()
     grads = torch.autograd.grad(loss, params)
     return logits.detach(), g.detach(), grads, mode
 
@@ -73,14 +73,14 @@ def test_gradient_penalty_parameter_gradients_equal_plain_double_backward():
     model = SmallCNN(width=8, feat_dim=16)
     x = torch.randn(12, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     is_aux = torch.arange(12) >= 6
-    e = L.energy(model(x)).detach()
+    e = L.free_energy(model(x)).detach()
     m_in, m_out = float(e[:6].median()), float(e[6:].median())
     loss, _ = L.gradient_penalty(model, x, e, is_aux, m_in, m_out)
     fast = torch.autograd.grad(loss, list(model.parameters()))
 
     mask = L.detected_mask(e, is_aux, m_in, m_out)
     xs = x[mask].clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(L.energy(model(xs)).sum(), xs, create_graph=True)
+    (g,) = torch.autograd.grad(L.free_energy(model(xs)).sum(), xs, create_graph=True)
     per = g.flatten(1).norm(dim=1)
     sel = is_aux[mask]
     ref_loss = per[~sel].sum() / 6 + per[sel].sum() / 6
@@ -133,7 +133,7 @@ def test_gradient_penalty_routes_agree(reuse_from):
             logits, graph = L.penalised_forward(model, x)
         else:
             logits, graph = model(x), None
-        e = L.energy(logits)
+        e = L.free_energy(logits)
         m_in, m_out = float(e[:5].detach().median()), float(e[5:].detach().median())
         pen, stats = L.gradient_penalty(model, x, e, is_aux, m_in, m_out, graph=graph, reuse_from=reuse_from)
         total = pen + 0.1 * L.energy_margin_loss(e[:5], e[5:], m_in, m_out)
@@ -153,7 +153,7 @@ def test_input_gradient_skips_the_weight_gradient(monkeypatch):
     monkeypatch.setattr(torch.nn.grad, "conv2d_weight", lambda *a, **k: calls.append(1) or real(*a, **k))
     model = SmallCNN(width=4, feat_dim=8)
     logits, graph = L.penalised_forward(model, torch.randn(3, 1, 28, 28))
-    e = L.energy(logits)
+    e = L.free_energy(logits)
     pen, _ = L.gradient_penalty(model, None, e, torch.tensor([False, True, True]), 1e9, -1e9, graph=graph, reuse_from=0)
     assert calls == []
     (pen + e.sum()).backward()

@@ -29,7 +29,7 @@ def _np_lse(z: np.ndarray) -> np.ndarray:
 def test_energy_and_ce():
     z = np.random.default_rng(0).normal(0, 3, (7, 5))
     t = torch.as_tensor(z)
-    np.testing.assert_allclose(L.energy(t).numpy(), -_np_lse(z), rtol=1e-12)
+    np.testing.assert_allclose(L.free_energy(t).numpy(), -_np_lse(z), rtol=1e-12)
     y = np.array([0, 1, 2, 3, 4, 0, 1])
     ref = np.mean(_np_lse(z) - z[np.arange(7), y])
     assert L.ce_loss(t, torch.as_tensor(y)).item() == pytest.approx(ref, rel=1e-12)
@@ -70,8 +70,8 @@ def _fd_input_grad(model: nn.Module, x: torch.Tensor, h: float = 1e-6) -> torch.
             xp, xm = flat.clone(), flat.clone()
             xp[:, j] += h
             xm[:, j] -= h
-            ep = L.energy(model(xp.reshape(x.shape)))
-            em = L.energy(model(xm.reshape(x.shape)))
+            ep = L.free_energy(model(xp.reshape(x.shape)))
+            em = L.free_energy(model(xm.reshape(x.shape)))
             g.reshape(len(x), -1)[:, j] = (ep - em) / (2 * h)
     return g
 
@@ -79,7 +79,7 @@ def _fd_input_grad(model: nn.Module, x: torch.Tensor, h: float = 1e-6) -> torch.
 def _margins(model: nn.Module, x: torch.Tensor, is_aux: torch.Tensor) -> tuple[float, float]:
     """Margins that put about half of each group on the penalised side, far from any sample's energy."""
     with torch.no_grad():
-        e = L.energy(model(x))
+        e = L.free_energy(model(x))
     e_in, e_aux = np.sort(e[~is_aux].numpy()), np.sort(e[is_aux].numpy())
     m_in = float((e_in[len(e_in) // 2 - 1] + e_in[len(e_in) // 2]) / 2)
     m_out = float((e_aux[len(e_aux) // 2 - 1] + e_aux[len(e_aux) // 2]) / 2)
@@ -90,7 +90,7 @@ def _penalty_value_fd(model, x, is_aux, m_in, m_out, norm):
     g = _fd_input_grad(model, x).reshape(len(x), -1)
     per = g.norm(dim=1) if norm == "l2" else g.abs().sum(1)
     with torch.no_grad():
-        e = L.energy(model(x))
+        e = L.free_energy(model(x))
     mask_in = (~is_aux) & (e <= m_in)
     mask_aux = is_aux & (e >= m_out)
     return float((per * mask_in).sum() / (~is_aux).sum() + (per * mask_aux).sum() / is_aux.sum()), mask_in, mask_aux
@@ -104,7 +104,7 @@ def test_gradient_penalty_value_against_finite_differences(norm):
     m_in, m_out = _margins(model, x, is_aux)
     ref, mask_in, mask_aux = _penalty_value_fd(model, x, is_aux, m_in, m_out, norm)
     assert mask_in.any() and (~mask_in & ~is_aux).any() and mask_aux.any()  # the case exercises the indicator
-    loss, stats = L.gradient_penalty(model, x, L.energy(model(x)), is_aux, m_in, m_out, norm)
+    loss, stats = L.gradient_penalty(model, x, L.free_energy(model(x)), is_aux, m_in, m_out, norm)
     assert loss.item() == pytest.approx(ref, rel=1e-6)
     assert stats["frac_in"] == pytest.approx(float(mask_in.sum()) / 4)
     assert stats["frac_aux"] == pytest.approx(float(mask_aux.sum()) / 4)
@@ -116,7 +116,7 @@ def test_gradient_penalty_parameter_gradient_against_finite_differences():
     x = _inputs(6, seed=4)
     is_aux = torch.arange(6) >= 3
     m_in, m_out = _margins(model, x, is_aux)
-    loss, _ = L.gradient_penalty(model, x, L.energy(model(x)), is_aux, m_in, m_out, "l2")
+    loss, _ = L.gradient_penalty(model, x, L.free_energy(model(x)), is_aux, m_in, m_out, "l2")
     w = model[3].weight  # a middle layer: its gradient needs the full second-order path
     (auto,) = torch.autograd.grad(loss, w)
     h = 1e-5
@@ -138,10 +138,10 @@ def test_gradient_penalty_is_zero_when_nothing_is_detected():
     model = _tiny()
     x = _inputs(4)
     is_aux = torch.tensor([False, False, True, True])
-    loss, stats = L.gradient_penalty(model, x, L.energy(model(x)), is_aux, m_in=-1e6, m_out=1e6)
+    loss, stats = L.gradient_penalty(model, x, L.free_energy(model(x)), is_aux, m_in=-1e6, m_out=1e6)
     assert loss.item() == 0.0 and stats == {"frac_in": 0.0, "frac_aux": 0.0}
     with pytest.raises(L.LossError, match="norm"):
-        L.gradient_penalty(model, x, L.energy(model(x)), is_aux, 0, 0, norm="l3")
+        L.gradient_penalty(model, x, L.free_energy(model(x)), is_aux, 0, 0, norm="l3")
 
 
 def _gq_explicit(model, x, y, operand):

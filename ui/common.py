@@ -21,7 +21,7 @@ import streamlit as st
 from ood_core import workbench as wb
 from ood_core.data import DEFAULT_OOD, get_spec, list_datasets
 from ood_core.experiment import Experiment
-from ood_core.metrics import MetricError
+from ood_core.errors import UserError, first_line
 
 DEFAULTS: dict[str, Any] = {
     "model": "default",
@@ -31,9 +31,6 @@ DEFAULTS: dict[str, Any] = {
     "params": {},
     "selection": None,
 }
-
-USER_ERRORS = wb.USER_ERRORS + (MetricError,)
-
 
 def init_state() -> None:
     for k, v in DEFAULTS.items():
@@ -46,9 +43,8 @@ def guard(what: str = "") -> Iterator[None]:
     """Show bad input as one ``st.error`` line and stop the page, never a traceback."""
     try:
         yield
-    except USER_ERRORS as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        st.error(f"{what + ': ' if what else ''}{msg}")
+    except UserError as exc:
+        st.error(f"{what + ': ' if what else ''}{first_line(exc)}")
         st.stop()
 
 

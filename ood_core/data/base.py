@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import UserError
+
 ROLES = ("id_train", "id_test", "ood_test", "ood_val", "aux", "shifted_id")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A dataset could not be read or is unusable; the message says why and what to do."""
 
 

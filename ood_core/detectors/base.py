@@ -12,83 +12,22 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
+from .. import knobs as _knobs
+from ..errors import UserError
 from ..extract import Extraction
+from ..knobs import Knob, KnobError, Paper
 
 
-class DetectorError(ValueError):
+ProgressFn = Callable[[float, str], None]
+
+
+class DetectorError(UserError):
     """Bad detector name, knob value or missing requirement; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class Paper:
-    title: str
-    authors: str
-    venue: str
-    year: int
-    url: str = ""
-
-    def cite(self) -> str:
-        return f"{self.authors}, \"{self.title}\", {self.venue} {self.year}"
-
-
-@dataclass(frozen=True)
-class Knob:
-    """A detector parameter described as data: the pages build widgets from this."""
-
-    name: str
-    default: Any
-    low: float | None = None
-    high: float | None = None
-    scale: str = "linear"  # "linear" | "log"
-    kind: str = "float"  # "float" | "int" | "choice" | "bool"
-    choices: tuple[Any, ...] = ()
-    help: str = ""
-    label: str = ""
-
-    def validate(self, value: Any, detector: str = "") -> Any:
-        where = f"{detector}.{self.name}" if detector else self.name
-        if self.kind == "choice":
-            if value not in self.choices:
-                raise DetectorError(f"{where} must be one of {', '.join(map(str, self.choices))}; got {value!r}")
-            return value
-        if self.kind == "bool":
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise DetectorError(f"{where} must be true or false; got {value!r}")
-            return bool(value)
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise DetectorError(f"{where} must be a number in [{self.low}, {self.high}]; got {value!r}") from None
-        if self.kind == "int":
-            if not float(v).is_integer():
-                raise DetectorError(f"{where} must be a whole number in [{self.low}, {self.high}]; got {value!r}")
-            v = int(v)
-        if math.isnan(v) or (self.low is not None and v < self.low) or (self.high is not None and v > self.high):
-            raise DetectorError(f"{where} must be in [{_fmt(self.low)}, {_fmt(self.high)}]; got {value!r}")
-        return v
-
-    def with_range(self, low: float | None = None, high: float | None = None, default: Any = None) -> "Knob":
-        kw: dict[str, Any] = {}
-        if low is not None:
-            kw["low"] = low
-        if high is not None:
-            kw["high"] = high
-        if default is not None:
-            kw["default"] = default
-        return replace(self, **kw)
-
-
-def _fmt(v: float | None) -> str:
-    return "-inf" if v is None else (str(int(v)) if float(v).is_integer() else f"{v:g}")
 
 
 class Detector:
@@ -115,22 +54,20 @@ class Detector:
         return "training" in self.needs
 
     def knob(self, name: str) -> Knob:
-        for k in self.knobs:
-            if k.name == name:
-                return k
-        raise DetectorError(f"{self.name} has no knob {name!r}; knobs: {', '.join(k.name for k in self.knobs) or 'none'}")
+        try:
+            return _knobs.find(self.knobs, name, self.name)
+        except KnobError as exc:
+            raise DetectorError(str(exc)) from None
 
     def defaults(self) -> dict[str, Any]:
         return {k.name: k.default for k in self.knobs}
 
     def resolve(self, params: dict[str, Any] | None = None) -> dict[str, Any]:
         """Defaults overlaid with ``params``, each validated against its declared range."""
-        params = dict(params or {})
-        out = self.defaults()
-        for key, value in params.items():
-            knob = self.knob(key)
-            out[key] = knob.validate(value, self.name)
-        return out
+        try:
+            return _knobs.resolve(self.knobs, params, self.name)
+        except KnobError as exc:
+            raise DetectorError(str(exc)) from None
 
     def unavailable_reason(self, ext: Extraction) -> str | None:
         """Why this detector cannot run on ``ext`` (None when it can)."""
@@ -164,7 +101,7 @@ class Detector:
     def score(self, ext: Extraction, **params: Any) -> np.ndarray:
         """Scores, higher = more ID. ``params`` override knob defaults and are validated."""
         if self.needs_model:
-            raise DetectorError(f"{self.name} needs the model at scoring time; use ood_core.evaluate.score_dataset")
+            raise DetectorError(f"{self.name} needs the model at scoring time; use ood_core.workbench.score")
         reason = self.unavailable_reason(ext)
         if reason:
             raise DetectorError(reason)
@@ -190,6 +127,30 @@ class Detector:
     def describe(self) -> str:
         ref = f" ({self.paper.cite()})" if self.paper else ""
         return f"{self.title or self.name}{ref}"
+
+
+class ModelDetector(Detector):
+    """A detector that needs the model itself at fitting or scoring time (ODIN, gradients).
+
+    The evaluation layer (``workbench.fitted_detector`` / ``workbench.score``) calls
+    :meth:`fit_model` once per (model, training set) and caches :meth:`score_model`'s
+    result on disk per setting; ``score`` on cached arrays alone is refused.
+    """
+
+    needs_model: ClassVar[bool] = True
+
+    def fit_model(self, bundle: Any, train_ds: Any, train_ext: Extraction,
+                  progress: ProgressFn | None = None) -> "ModelDetector":
+        """Learn what scoring needs from the model and the ID training split (default: nothing)."""
+        if self.needs_training:
+            self.fit(train_ext)
+        self.fitted = True
+        return self
+
+    def score_model(self, bundle: Any, ds: Any, ext: Extraction | None = None,
+                    progress: ProgressFn | None = None, **knobs: Any) -> np.ndarray:
+        """Scores (higher = more ID) of every image in ``ds``, batched, with progress."""
+        raise NotImplementedError
 
 
 _REGISTRY: dict[str, type[Detector]] = {}
@@ -351,5 +312,3 @@ class SortedValues:
         hi = min(lo + 1, v.size - 1)
         return float(v[lo] + (v[hi] - v[lo]) * (pos - lo))
 
-
-ProgressFn = Callable[[float, str], None]

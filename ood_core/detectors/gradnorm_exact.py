@@ -8,7 +8,7 @@ import numpy as np
 from .. import gradients as grads
 from ..data import ImageDataset
 from ..extract import Extraction
-from .base import Detector, DetectorError, Knob, register
+from .base import ModelDetector, DetectorError, Knob, register
 from .gradnorm import GRADNORM_PAPER
 
 
@@ -23,7 +23,7 @@ def gradnorm_exact_scores(bundle: Any, data: Any, T: float = 1.0, param_set: str
 
 
 @register
-class GradNormExact(Detector):
+class GradNormExact(ModelDetector):
     """GradNorm, exact: ``S = ‖∂ KL(u ‖ softmax(f/T)) / ∂θ‖_1`` by per-sample autograd.
 
     θ = the head's weight (``last_weight``: the reference code's choice, equal to the
@@ -36,7 +36,6 @@ class GradNormExact(Detector):
     title = "GradNorm (exact, per-sample autograd)"
     paper = GRADNORM_PAPER
     needs = frozenset({"logits", "model"})
-    needs_model = True
     family = "gradient"
     knobs = (
         Knob("T", 1.0, 0.1, 100.0, "log", help="temperature of the softmax in the KL loss"),

@@ -23,7 +23,7 @@ from .. import cache
 from .. import gradients as grads
 from ..data import ImageDataset
 from ..extract import Extraction
-from .base import Detector, DetectorError, Knob, Paper, SortedValues, energy, max_softmax, register
+from .base import ModelDetector, DetectorError, Knob, Paper, SortedValues, energy, max_softmax, register
 
 LOWDIM_PAPER = Paper("Low-Dimensional Gradient Helps Out-of-Distribution Detection",
                      "Wu, Li, Cheng, Yang & Huang", "arXiv preprint (seed 003)", 2023)
@@ -89,13 +89,12 @@ def knn_score(g_low: np.ndarray, nn: Any, k: int, skip_self: bool = False) -> np
     return -dist[:, kk - 1]
 
 
-class _LowDim(Detector):
+class _LowDim(ModelDetector):
     """Shared fit: the ID training split now, subspace and statistics per setting later."""
 
     paper = LOWDIM_PAPER
     family = "gradient"
     needs = frozenset({"logits", "model", "training"})
-    needs_model = True
     knobs = _SHARED_KNOBS
     grid = {"r": [2, 5, 10, 20, 50], "subspace": ["pca", "avg"]}
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..data import ImageDataset
 from ..extract import Extraction
-from .base import Detector, Knob, Paper, ProgressFn, register
+from .base import ModelDetector, Knob, Paper, ProgressFn, register
 
 BATCH_SIZE = 256
 SIGN_CACHE_VALUES = 20_000_000  # largest set (in input values) whose gradient signs are kept in memory
@@ -66,7 +66,7 @@ def fraction_out_of_range(bundle: Any, x: torch.Tensor, tol: float = 1e-6) -> fl
 
 
 @register
-class ODIN(Detector):
+class ODIN(ModelDetector):
     """ODIN: ``S = max_i softmax(f(x̃)/T)_i`` with ``x̃ = x − ε·sign(−∇_x log S_ŷ(x; T))``.
 
     ``ε`` is in pixel units and divided per channel by the preprocessing std. Inputs that
@@ -81,7 +81,6 @@ class ODIN(Detector):
                   "Liang, Li & Srikant", "ICLR", 2018, "https://arxiv.org/abs/1706.02690")
     needs = frozenset({"logits", "model"})
     family = "input-gradient"
-    needs_model = True
     knobs = (
         Knob("T", 1000.0, 1.0, 10000.0, "log", help="softmax temperature"),
         Knob("eps", 0.0014, 0.0, 0.02, help="perturbation size in pixel units (images in [0, 1])"),

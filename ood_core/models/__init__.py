@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 
-class ModelError(ValueError):
+
+class ModelError(UserError):
     """A model could not be loaded or used; the message says why and what to do instead."""
 
 

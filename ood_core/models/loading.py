@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import first_line
 from . import ARCHITECTURES, ModelBundle, ModelError, Preprocess, build_arch, find_head
 from .archs import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, MNIST_MEAN, MNIST_STD, STATE_KEY_ALIASES, arch_info
 
@@ -142,7 +143,7 @@ def _weights_only_message(path: Path, exc: Exception) -> str:
                 f"Use a file that holds only tensors: {SAVE_HINT}")
     if "TorchScript" in text:
         return f"{Path(path).name} looks like a damaged TorchScript archive: save it again with torch.jit.save"
-    first = text.strip().splitlines()[0][:160] if text.strip() else type(exc).__name__
+    first = first_line(exc, 160)
     return (f"{Path(path).name} is not a PyTorch model file this workbench can read ({first}); "
             "expected a .pt2 (torch.export), a TorchScript archive or a state_dict saved with torch.save")
 
@@ -281,7 +282,7 @@ def state_dict_into(state: dict[str, torch.Tensor], arch: str, name: str = "stat
     try:
         model = _build_assigned(arch, num_classes, in_channels, state)
     except RuntimeError as exc:
-        raise ModelError(f"{name} does not fit {arch}: {str(exc).splitlines()[0][:200]}") from None
+        raise ModelError(f"{name} does not fit {arch}: {first_line(exc, 200)}") from None
     return model.eval(), num_classes, in_channels
 
 
@@ -526,7 +527,7 @@ def load_pt2(path: Path) -> tuple[_Exported, dict]:
         gm = ep.module()
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"could not load the torch.export archive {Path(path).name}: "
-                         f"{type(exc).__name__}: {_first_line(exc)}") from None
+                         f"{type(exc).__name__}: {first_line(exc, 200)}") from None
     # torch.export.load hands parameters back frozen; gradient-based detectors need them trainable
     for p in gm.parameters():
         p.requires_grad_(True)
@@ -624,16 +625,6 @@ def _override(pp: Preprocess, input_size: Sequence[int] | int | None, mean: Sequ
     return Preprocess(size, c, m, s)
 
 
-def _first_line(exc: BaseException, n: int = 200) -> str:
-    """The informative line of an error: the first one, except for TorchScript, whose first line
-    is a generic banner and whose real cause ("RuntimeError: mat1 and mat2 …") comes last."""
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    if not lines:
-        return type(exc).__name__
-    line = lines[-1] if "TorchScript interpreter" in lines[0] else lines[0]
-    return line[:n]
-
-
 def dry_run(model: nn.Module, pp: Preprocess, batch: int = 2) -> torch.Tensor:
     """One forward pass on a small random batch; refuses with a short message on failure."""
     gen = torch.Generator().manual_seed(0)
@@ -642,7 +633,7 @@ def dry_run(model: nn.Module, pp: Preprocess, batch: int = 2) -> torch.Tensor:
         with torch.no_grad():
             out = model(x)
     except Exception as exc:  # noqa: BLE001 - the user's model can raise anything
-        line = _first_line(exc)
+        line = first_line(exc, 200)
         if not line.startswith(type(exc).__name__):
             line = f"{type(exc).__name__}: {line}"
         raise ModelError(f"the model failed a dry run on a batch of shape {tuple(x.shape)}: "
@@ -677,7 +668,7 @@ def _verify_split(model: nn.Module, body: nn.Module, head: nn.Linear, pp: Prepro
             h = body(x)
             got = head(h.flatten(1) if h.ndim > 2 else h)
     except Exception as exc:  # noqa: BLE001
-        return f"splitting at the head failed ({_first_line(exc, 120)})"
+        return f"splitting at the head failed ({first_line(exc, 120)})"
     if got.shape != ref.shape or not torch.allclose(got, ref, rtol=1e-4, atol=1e-4):
         return "the chosen layer is not the final one: head(features) differs from the model's output"
     return ""
@@ -786,7 +777,7 @@ def _load_archive(path, fmt, sha, label, input_size, mean, std, channels, head, 
                 warnings.simplefilter("ignore", FutureWarning)
                 model = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # noqa: BLE001
-            raise ModelError(f"could not load the TorchScript archive {path.name}: {_first_line(exc)}") from None
+            raise ModelError(f"could not load the TorchScript archive {path.name}: {first_line(exc, 200)}") from None
         model.eval()
         params = list(model.named_parameters())
         fixed_size, fixed_ch = None, None

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from .. import cli as _cli
+from ..errors import first_line
 from .loop import (DEFAULT_EPOCHS, METHODS, Method, TrainConfig, Trainer, TrainingDiverged, TrainingError,
                    TrainResult, get_method, job_fn, knob_view, train)
 
@@ -58,7 +59,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     except TrainingError as exc:
         if not a.quiet:
             sys.stderr.write("\n")
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     ep = res.meta["history"]["epochs"][-1]
     print(f"{res.meta['label']}: ID accuracy {100 * ep['accuracy']:.2f}%, "

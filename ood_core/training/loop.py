@@ -29,9 +29,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..errors import UserError
 from ..data import DataError, get_dataset, train_name_for
-from ..detectors.base import DetectorError, Knob, Paper
-from ..detectors.base import energy as energy_score  # the Energy detector's score: higher = more ID
+from ..knobs import Knob, KnobError, Paper
+from ..detectors.base import energy as energy_score  # the Energy detector's score (higher = more ID), not L.free_energy
 from ..jobs import JobContext
 from ..metrics import id_accuracy, ood_metrics
 from ..models import ModelBundle, ModelError, Preprocess, build_arch
@@ -49,7 +50,7 @@ CE_COLLAPSE = 10.0
 CONFIG_VERSION = 1
 
 
-class TrainingError(ValueError):
+class TrainingError(UserError):
     """Bad training input (method, init, knob, dataset); the message says what to do."""
 
 
@@ -122,7 +123,7 @@ class Method:
         for key, value in (params or {}).items():
             try:
                 out[key] = self.knob(key).validate(value, self.name)
-            except DetectorError as exc:
+            except KnobError as exc:
                 raise TrainingError(str(exc)) from None
         return out
 
@@ -448,7 +449,7 @@ class Trainer:
                 terms["oe"] = L.oe_loss(logits[b:])
                 total = terms["ce"] + k["lam"] * terms["oe"]
             else:
-                e = L.energy(logits)
+                e = L.free_energy(logits)
                 terms["ls"] = L.energy_margin_loss(e[:b], e[b:], k["m_in"], k["m_out"])
                 total = terms["ce"] + k["lam_s"] * terms["ls"]
         elif name in ("greg", "greg_plus"):
@@ -458,10 +459,10 @@ class Trainer:
                 x_low, x_high = self._select_aux(b)
             x = torch.cat([x_in, x_high])
             logits, graph = L.penalised_forward(self._logits, x)
-            e = L.energy(logits)
+            e = L.free_energy(logits)
             is_aux = torch.arange(len(x)) >= b
             terms["ce"] = L.ce_loss(logits[:b], y)
-            e_low = e[b:] if name == "greg" else L.energy(self._logits(x_low))
+            e_low = e[b:] if name == "greg" else L.free_energy(self._logits(x_low))
             terms["ls"] = L.energy_margin_loss(e[:b], e_low, k["m_in"], k["m_out"])
             terms["grad"], st = L.gradient_penalty(self._logits, x, e, is_aux, k["m_in"], k["m_out"], k["norm"],
                                                    graph=graph)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import jacrev, vmap
 
+from ..errors import UserError
 from .double_backward import Phase, fast_double_backward
 
 # Fraction of penalised rows from which the input gradients come from the main forward (measured).
@@ -39,12 +40,13 @@ GQ_OPERANDS = ("softmax", "logits")
 GQ_FORMS = ("sample", "batch")
 
 
-class LossError(ValueError):
+class LossError(UserError):
     """A loss was asked for an impossible setting; the message says what to use instead."""
 
 
-def energy(logits: torch.Tensor) -> torch.Tensor:
-    """``E = -LSE(f)`` per sample (lower = more ID)."""
+def free_energy(logits: torch.Tensor) -> torch.Tensor:
+    """Free energy ``E = -LSE(f)`` per sample (lower = more ID): the opposite sign of the Energy
+    detector's score ``detectors.base.energy`` (higher = more ID)."""
     return -torch.logsumexp(logits, dim=1)
 
 
@@ -137,7 +139,7 @@ def gradient_penalty(model_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.
     else:
         xs = x[mask].detach().requires_grad_(True)
         with fast_double_backward() as (phase, _):
-            e_sel = energy(model_fn(xs))
+            e_sel = free_energy(model_fn(xs))
         g = _input_grad(e_sel.sum(), xs, phase)
     g = g.flatten(1)
     per = g.norm(p=2, dim=1) if norm == "l2" else g.abs().sum(1)

@@ -16,7 +16,7 @@ import torch
 from sklearn.cluster import KMeans
 
 from ..detectors.distance import l2_normalise
-from .losses import energy
+from .losses import free_energy
 
 
 @dataclass
@@ -67,7 +67,7 @@ def pool_features_energies(forward, model: torch.nn.Module, x: torch.Tensor,
         for i in range(0, len(x), batch_size):
             logits, h = forward(x[i: i + batch_size])
             feats.append(h.float().cpu().numpy())
-            ens.append(energy(logits).float().cpu().numpy())
+            ens.append(free_energy(logits).float().cpu().numpy())
     finally:
         model.train(was_training)
     return np.concatenate(feats), np.concatenate(ens)
