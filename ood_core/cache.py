@@ -40,6 +40,13 @@ def cache_dir() -> Path:
     return d
 
 
+def subdir(*parts: str) -> Path:
+    """A folder under the cache root (created): ``subdir("uploads", "models")``."""
+    d = cache_dir().joinpath(*parts)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 def _store() -> diskcache.Cache:
     d = str(cache_dir() / "arrays")
     with _lock:
