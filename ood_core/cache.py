@@ -2,7 +2,7 @@
 
 Every expensive result (extractions, per-sample gradients, model-time scores, maps)
 is stored as a dict of numpy arrays under a key that hashes *all* of its inputs
-(DESIGN.md contract 4), so a changed input can never hit a stale entry. Each entry
+(docs/architecture.md, "Cache keys"), so a changed input can never hit a stale entry. Each entry
 carries a SHA-256 of its payload; an entry that fails the check (a half-written or
 truncated file) is dropped and recomputed instead of crashing the caller.
 """

@@ -199,7 +199,7 @@ def _coerce(v: str) -> Any:
 def evaluate(model: str | ModelBundle = "default", id_name: str = "mnist", ood: Iterable[str] = (),
              detectors: Iterable[str] = ("msp",), params: dict[str, dict[str, Any]] | None = None,
              progress: Progress | None = None) -> dict[str, Any]:
-    """DESIGN.md contract 6's JSON: ID accuracy and metrics per (detector, OOD set)."""
+    """The JSON of docs/architecture.md, "Command line": ID accuracy and metrics per (detector, OOD set)."""
     params = params or {}
     ood = list(ood)
     detectors = list(detectors)
