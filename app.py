@@ -7,7 +7,18 @@ from __future__ import annotations
 
 import streamlit as st
 
+from ood_core import cache, workbench
+
 st.set_page_config(page_title="Gradient-OOD workbench", layout="wide")
+
+
+@st.cache_resource(show_spinner=False)
+def restore_saved(cache_root: str):
+    """Datasets and uploads of earlier sessions, once per process (and cache folder), before any page draws."""
+    return workbench.restore_saved()
+
+
+restore_saved(str(cache.cache_dir()))
 
 PAGES = [
     ("home.py", "Home", "", ":material/home:"),

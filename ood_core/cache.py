@@ -2,7 +2,7 @@
 
 Every expensive result (extractions, per-sample gradients, model-time scores, maps)
 is stored as a dict of numpy arrays under a key that hashes *all* of its inputs
-(DESIGN.md contract 4), so a changed input can never hit a stale entry. Each entry
+(docs/architecture.md, "Cache keys"), so a changed input can never hit a stale entry. Each entry
 carries a SHA-256 of its payload; an entry that fails the check (a half-written or
 truncated file) is dropped and recomputed instead of crashing the caller.
 """
@@ -36,6 +36,13 @@ class CacheCorrupt(UserError):
 def cache_dir() -> Path:
     """The cache root: ``$OOD_CACHE_DIR`` or ``cache/`` beside the package."""
     d = Path(os.environ.get("OOD_CACHE_DIR", _DEFAULT_DIR))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def subdir(*parts: str) -> Path:
+    """A folder under the cache root (created): ``subdir("uploads", "models")``."""
+    d = cache_dir().joinpath(*parts)
     d.mkdir(parents=True, exist_ok=True)
     return d
 

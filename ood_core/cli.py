@@ -1,6 +1,10 @@
-"""``python -m ood_core``: the workbench headless (DESIGN.md contract 6).
+"""``python -m ood_core``: the workbench headless (docs/architecture.md, "Command line").
 
-Exit code 0 on success; 2 with one line on stderr for bad input.
+This module owns every subcommand: ``datasets``, ``detectors``, ``evaluate``, ``extract``,
+``train`` and ``register``; each handler calls down into ``ood_core`` (mostly the
+:mod:`~ood_core.workbench` front door). :func:`main` restores the datasets and uploads saved
+by earlier sessions before it dispatches. Exit code 0 on success; 2 with one line on stderr
+for bad input.
 """
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ import sys
 from typing import Any, Callable, Sequence
 
 from .errors import UserError, first_line
-
 
 
 class CLIError(UserError):
@@ -152,30 +155,135 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True)
     x.set_defaults(fn=cmd_extract)
 
-    # Other modules add subcommands (train, ...) without touching this parser's core.
-    for hook in _EXTRA_COMMANDS:
-        hook(sub)
+    _add_train_parser(sub)
+    _add_register_parser(sub)
     return p
 
 
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+# --- train -------------------------------------------------------------------------------
+
+def _add_train_parser(sub: Any) -> None:
+    from .training import DEFAULT_EPOCHS, METHODS
+
+    t = sub.add_parser("train", help="train or fine-tune with ce, oe, energy_oe, greg, greg_plus or gq")
+    t.add_argument("--method", choices=list(METHODS), help="training method")
+    t.add_argument("--init", default="default", help="'default' (fine-tune the embedded model), 'scratch', or a "
+                   "workbench checkpoint path")
+    t.add_argument("--epochs", type=int, default=None,
+                   help=f"epochs (default {DEFAULT_EPOCHS['finetune']} fine-tuning, {DEFAULT_EPOCHS['scratch']} from "
+                        "scratch; 1 is a quick run)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--param", action="append", help="method.knob=value (repeatable), e.g. greg.lr=0.01")
+    t.add_argument("--id", default="mnist", help="ID dataset (its :train split trains)")
+    t.add_argument("--aux", default="aux", help="auxiliary outlier dataset (any registered dataset)")
+    t.add_argument("--n-train", dest="n_train", type=int, default=0, help="train on a random subset (0 = all)")
+    t.add_argument("--n-eval", dest="n_eval", type=int, default=0, help="per-epoch metrics on a subset (0 = all)")
+    t.add_argument("--config", help="a training config JSON or a checkpoint's .json sidecar: reproduce that run")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(fn=cmd_train)
 
 
-def add_command(hook: Callable[[Any], None]) -> Callable[[Any], None]:
-    _EXTRA_COMMANDS.append(hook)
-    return hook
+def _train_params(method: str, items: list[str]) -> dict[str, Any]:
+    from .training import TrainingError
+    from .workbench import WorkbenchError, parse_params
+
+    try:
+        parsed = parse_params(items)
+    except WorkbenchError as exc:
+        raise TrainingError(str(exc).replace("detector.knob", "method.knob")) from None
+    for name in parsed:
+        if name != method:
+            raise TrainingError(f"--param names method {name!r} but --method is {method!r}")
+    return parsed.get(method, {})
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    """Train with a progress bar on stderr; the checkpoint's path is the last line of stdout."""
+    from .training import METHODS, TrainConfig, Trainer, TrainingError, get_method
+
+    try:
+        if a.config:
+            cfg = TrainConfig.load(a.config)
+            if a.method and a.method != cfg.method:
+                raise TrainingError(f"--method {a.method} contradicts the config's method {cfg.method}")
+        else:
+            if not a.method:
+                raise TrainingError(f"train needs --method (one of {', '.join(METHODS)}) or --config FILE.json")
+            get_method(a.method)
+            cfg = TrainConfig(a.method, init=a.init, epochs=a.epochs, seed=a.seed, id_dataset=a.id, aux=a.aux,
+                              params=_train_params(a.method, a.param or []), n_train=a.n_train, n_eval=a.n_eval)
+        trainer = Trainer(cfg, progress=None if a.quiet else _progress_bar())
+        try:
+            res = trainer.run()
+        except KeyboardInterrupt:
+            sys.stderr.write("\n")
+            if trainer.epochs_done:
+                print(f"stopped after epoch {trainer.epochs_done}; last good checkpoint:", file=sys.stderr)
+                print(str(trainer.path))
+                return 130
+            print("stopped before the first epoch finished; no checkpoint written", file=sys.stderr)
+            return 130
+    except TrainingError as exc:
+        if not a.quiet:
+            sys.stderr.write("\n")
+        print(f"error: {first_line(exc)}", file=sys.stderr)
+        return 2
+    ep = res.meta["history"]["epochs"][-1]
+    print(f"{res.meta['label']}: ID accuracy {100 * ep['accuracy']:.2f}%, "
+          f"Energy AUROC vs {cfg.aux_val} {100 * ep['auroc']:.2f}%")
+    print(str(res.path))
+    return 0
+
+
+# --- register ----------------------------------------------------------------------------
+
+def _add_register_parser(sub: Any) -> None:
+    from .data.readers import FORMATS
+    from .data.registry import USER_ROLES
+
+    p = sub.add_parser("register", help="register a local dataset folder/file (remembered across restarts)")
+    p.add_argument("--path", help="folder or file (.npz, .mat, .zip)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--role", choices=USER_ROLES, default="ood_test")
+    p.add_argument("--format", dest="fmt", default="auto", choices=FORMATS)
+    p.add_argument("--split", help="which split of the source to use (default: test, or train for id_train)")
+    p.add_argument("--limit", type=int, help="keep a fixed random subset of this many samples")
+    p.add_argument("--unlabelled", action="store_true", help="ignore labels (folder names)")
+    p.add_argument("--remove", action="store_true", help="forget the dataset NAME instead")
+    p.set_defaults(fn=cmd_register)
+
+
+def cmd_register(a: argparse.Namespace) -> int:
+    from . import persist
+    from .data import DataError, get_dataset
+    from .figures.previews import summary
+
+    if a.remove:
+        persist.unregister_local(a.name)
+        print(f"removed {a.name}")
+        return 0
+    if not a.path:
+        raise DataError("register needs --path (or --remove)")
+    spec = persist.register_local(a.path, a.name, a.role, a.fmt, a.split, a.limit, labelled=not a.unlabelled)
+    for s in spec.splits:
+        ds = get_dataset(spec.name, s)
+        info = summary(ds)
+        extra = f", {info['skipped']} unreadable skipped" if info["skipped"] else ""
+        print(f"{ds.name}\t{spec.role if s == 'test' else 'id_train'}\t{info['images']} images {info['shape']}, "
+              f"{info['classes']} classes, fingerprint {info['fingerprint']}{extra}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from . import training  # noqa: F401  (registers `train`)
-    from .data import folders  # noqa: F401  (registers `register` and the saved datasets)
     parser = build_parser()
     try:
         a = parser.parse_args(argv)
         if not getattr(a, "fn", None):
             parser.print_help()
             return 2
+        from . import workbench as wb
+        wb.restore_saved()  # datasets and uploads of earlier sessions (skips are logged, never fatal)
         return a.fn(a)
     except CLIError as exc:
         print(first_line(exc), file=sys.stderr)

@@ -1,4 +1,4 @@
-"""DESIGN.md contract 7: an experiment serialises to a small JSON both app and CLI accept."""
+"""docs/architecture.md, "Reproducible": an experiment serialises to a small JSON both app and CLI accept."""
 from __future__ import annotations
 
 import json

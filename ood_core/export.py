@@ -6,7 +6,7 @@
 - figures -> interactive HTML with plotly.js inlined (works offline, no CDN);
 - tables -> CSV and Parquet (pyarrow);
 - per-sample scores: dataset, index, label, prediction and one column per detector;
-- experiments: the JSON of DESIGN.md contract 7, which ``evaluate --experiment`` and the app accept.
+- experiments: the JSON of docs/architecture.md, "Reproducible", which ``evaluate --experiment`` and the app accept.
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ EXTRACT_VERSION = 1
 
 @dataclass
 class Extraction:
-    """DESIGN.md contract 3: float32 arrays of one model on one dataset.
+    """docs/architecture.md, "Extraction": float32 arrays of one model on one dataset.
 
     ``features`` is the input of the final linear layer, ``(N, 0)`` when the model has
     none we can find; ``labels`` is -1 where unknown.

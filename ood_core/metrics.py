@@ -1,4 +1,4 @@
-"""OOD metrics on scikit-learn (DESIGN.md contract 1: ID is the positive class).
+"""OOD metrics on scikit-learn (docs/architecture.md, "Score sign": ID is the positive class).
 
 - AUROC: ``roc_auc_score`` with ID = 1 (ties count half).
 - AUPR-In: average precision, ID positive; AUPR-Out: OOD positive on negated scores.

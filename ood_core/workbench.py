@@ -3,7 +3,11 @@
 ``load_model`` -> ``get_extraction`` (cached forward) -> ``fitted_detector`` (training
 statistics, fitted once per model/ID split) -> ``score`` -> ``evaluate``. Detectors that
 need the model at scoring time (ODIN, exact gradients, low-dimensional gradients) go
-through the same ``score`` call and are cached on disk per setting.
+through the same ``score`` call and are cached on disk per setting (docs/architecture.md,
+"The flow" and "Cache keys").
+
+:func:`restore_saved` brings back the datasets and uploads of earlier sessions; the app calls
+it once per process and the CLI before every command. Nothing is restored on import.
 """
 from __future__ import annotations
 
@@ -14,18 +18,17 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from . import cache
+from . import cache, persist
 from .errors import UserError, jsonable
 from .data import DataError, ImageDataset, get_dataset, split_name, train_name_for
 from .detectors import Detector, DetectorError, get_detector
 from .detectors.base import ModelDetector
 from .extract import Extraction, extract
 from .metrics import ood_metrics
-from .models import ModelBundle, ModelError
+from .models import ModelBundle, ModelError, loaded
 
 Progress = Callable[[float, str], None]
 _lock = threading.RLock()
-_models: dict[str, ModelBundle] = {}
 _fitted: dict[tuple, Detector] = {}
 SCORE_VERSION = 1
 
@@ -35,51 +38,52 @@ class WorkbenchError(UserError):
 
 
 def load_model(spec: str = "default", progress: Progress | None = None, **kwargs: Any) -> ModelBundle:
-    """``'default'`` (trained on first use) or a path to a checkpoint/archive/state_dict."""
+    """``'default'`` (trained on first use), an ``upload:…`` key, or a path to a checkpoint/archive/state_dict."""
     spec = str(spec)
     key = spec
-    with _lock:
-        if spec in _models:  # uploads and other in-memory models are registered by key
-            return _models[spec]
+    hit = loaded.get(spec)  # uploads and other in-memory models are registered by key
+    if hit is not None:
+        return hit
     if spec != "default" and not spec.startswith("upload:"):
         p = Path(spec)
         if not p.exists():
             raise ModelError(f"no model file at {spec!r}; pass 'default' or the path of a .pt/.pt2/.pth file")
         key = f"{p.resolve()}:{p.stat().st_mtime_ns}:{sorted(kwargs.items())}"
-    with _lock:
-        hit = _models.get(key)
-    if hit is not None:
-        return hit
+        hit = loaded.get(key)
+        if hit is not None:
+            return hit
     if spec == "default":
         from .models.checkpoints import load_default
         bundle = load_default(progress)
     elif spec.startswith("upload:"):  # an upload remembered from an earlier session
-        from .models.loading import restore_upload
-        return restore_upload(spec)
+        return persist.restore_upload(spec)
     else:
-        from .models.loading import load_model_file
+        from .models.files import load_model_file
         bundle = load_model_file(Path(spec), **kwargs)
-    with _lock:
-        _models[key] = bundle
+    loaded.put(key, bundle)
     return bundle
 
 
 def register_model(bundle: ModelBundle, key: str) -> None:
     """Make an in-memory bundle (e.g. an upload) reachable by ``load_model(key)``."""
-    with _lock:
-        _models[key] = bundle
+    loaded.put(key, bundle)
 
 
 def has_model(key: str) -> bool:
     """Whether ``key`` is already loaded or registered in this process."""
-    with _lock:
-        return key in _models
+    return loaded.has(key)
 
 
 def forget_model(key: str) -> None:
     """Drop a registered model from this process (its files stay where they are)."""
-    with _lock:
-        _models.pop(key, None)
+    loaded.forget(key)
+
+
+def restore_saved() -> persist.Restored:
+    """Register the datasets and reload the uploads remembered by earlier sessions (explicitly, once
+    per process in the app; before every command in the CLI). Returns what came back and what was
+    skipped, each skip with a one-line reason; a skip never raises."""
+    return persist.restore_saved()
 
 
 _extractions: "OrderedDict[tuple, Extraction]" = OrderedDict()
@@ -195,7 +199,7 @@ def _coerce(v: str) -> Any:
 def evaluate(model: str | ModelBundle = "default", id_name: str = "mnist", ood: Iterable[str] = (),
              detectors: Iterable[str] = ("msp",), params: dict[str, dict[str, Any]] | None = None,
              progress: Progress | None = None) -> dict[str, Any]:
-    """DESIGN.md contract 6's JSON: ID accuracy and metrics per (detector, OOD set)."""
+    """The JSON of docs/architecture.md, "Command line": ID accuracy and metrics per (detector, OOD set)."""
     params = params or {}
     ood = list(ood)
     detectors = list(detectors)
@@ -248,8 +252,6 @@ def list_models() -> list[dict[str, Any]]:
         except Exception:  # noqa: BLE001 - a broken sidecar hides that checkpoint, nothing more
             continue
         out.append({"spec": str(pt), "label": meta.get("label") or f"{side.stem} ({meta.get('method', '?')})", "meta": meta})
-    with _lock:
-        for key, b in _models.items():
-            if key.startswith("upload:"):
-                out.append({"spec": key, "label": f"{b.name} (uploaded)", "meta": b.summary()})
+    for key, b in loaded.items("upload:"):
+        out.append({"spec": key, "label": f"{b.name} (uploaded)", "meta": b.summary()})
     return out

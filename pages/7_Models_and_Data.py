@@ -6,15 +6,18 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from ood_core import cache as _cache
 from ood_core import export as ex
+from ood_core import persist
 from ood_core import workbench as wb
-from ood_core.data import folders, get_dataset, get_spec, list_datasets
+from ood_core.data import get_dataset, get_spec, list_datasets
+from ood_core.data.readers import FORMATS
 from ood_core.detectors import detector_names
 from ood_core.errors import UserError, first_line
 from ood_core.experiment import ExperimentError
-from ood_core.models import loading
+from ood_core.figures.previews import preview_input, sample_grid, summary
 from ood_core.models.archs import arch_info, list_architectures
+from ood_core.models.files import inspect_model_file
+from ood_core.models.formats import human_bytes, max_model_bytes
 from ui import common
 from ui.export import per_sample_downloads
 
@@ -29,12 +32,6 @@ for _k in ("model", "id_dataset", "ood_datasets"):
 ROLE_LABELS = {"id_test": "ID test (in-distribution; its training split feeds statistics)",
                "id_train": "ID train (adds the training split to an ID set of the same name)",
                "ood_test": "OOD test", "ood_val": "OOD validation (for tuning)", "aux": "auxiliary outliers (training)"}
-
-
-@st.cache_resource(show_spinner=False)
-def _restore_once(cache_root: str) -> tuple[list[str], list[str]]:
-    """Datasets and uploaded models remembered from earlier sessions (once per process and cache)."""
-    return folders.load_saved(), loading.restore_uploads()
 
 
 def attempt(what: str, fn, *args, **kwargs):
@@ -58,9 +55,6 @@ def floats(text: str, what: str) -> list[float] | None:
         raise ExperimentError(f"{what} must be numbers separated by commas (one, or one per channel); got {text!r}") from None
 
 
-_restore_once(str(_cache.cache_dir()))
-
-
 st.title("Models & data")
 st.caption("Bring your own classifier and datasets. Model files are read as data, never as code: "
            "torch.export archives (.pt2), TorchScript archives, or state_dicts loaded with "
@@ -71,7 +65,7 @@ tab_model, tab_data, tab_exp = st.tabs(["Model", "Datasets", "Experiment & expor
 
 # =============================================================================== model
 with tab_model:
-    limit_mb = loading.max_model_bytes() // 2**20
+    limit_mb = max_model_bytes() // 2**20
     src = st.radio("Model source", ["Upload a file", "Path on this machine"], horizontal=True, key="md_src")
     path: Path | None = None
     if src == "Upload a file":
@@ -79,7 +73,7 @@ with tab_model:
                               key="md_upload", max_upload_size=max(1, limit_mb),
                               help="recognised by content, not by extension")
         if up is not None:
-            path = attempt("upload refused", loading.save_upload, up.getvalue(), up.name)
+            path = attempt("upload refused", persist.save_upload, up.getvalue(), up.name)
     else:
         typed = st.text_input("Path of a model file", key="md_path",
                               placeholder="/data/models/resnet18_cifar10.pt")
@@ -90,12 +84,12 @@ with tab_model:
             else:
                 path = p
 
-    facts = attempt("cannot read this file", loading.inspect_model_file, path) if path else None
+    facts = attempt("cannot read this file", inspect_model_file, path) if path else None
     if facts:
         fmt_label = {"pt2": "torch.export archive", "torchscript": "TorchScript archive",
                      "state_dict": "state_dict (weights only)", "checkpoint": "workbench checkpoint",
                      "unknown": "unrecognised"}[facts["format"]]
-        st.caption(f"{path.name}: {fmt_label}, {loading.human_bytes(facts['bytes'])}")
+        st.caption(f"{path.name}: {fmt_label}, {human_bytes(facts['bytes'])}")
         arch = None
         if facts["format"] == "unknown":
             st.error("this is not a model file the workbench reads: expected a .pt2 (torch.export), a TorchScript "
@@ -143,7 +137,7 @@ with tab_model:
                 except UserError:
                     pass
                 with st.spinner("Loading and dry-running the model…"):
-                    return loading.register_upload(path, **opts)
+                    return persist.register_upload(path, **opts)
             res = attempt("model refused", _load)
             if res:
                 key, bundle = res
@@ -174,9 +168,9 @@ with tab_model:
                 pick = st.selectbox("Use another final linear layer", layers, key="md_pick_head",
                                     index=layers.index(cur_head) if (cur_head := bundle.info.get("head_layer", bundle.head_name)) in layers else 0)
                 if st.button("Reload with this layer", key="md_reload_head"):
-                    entry = loading.saved_uploads().get(loaded, {})
+                    entry = persist.saved_uploads().get(loaded, {})
                     opts = dict(entry.get("options", {}), head=pick)
-                    res = attempt("layer refused", loading.register_upload, entry.get("path", ""), **opts)
+                    res = attempt("layer refused", persist.register_upload, entry.get("path", ""), **opts)
                     if res:
                         st.session_state["model"] = st.session_state["md_loaded"] = res[0]
                         st.rerun()
@@ -188,7 +182,7 @@ with tab_model:
             ds = attempt("preview", get_dataset, ds_name)
             if ds is not None:
                 idx = st.number_input("Sample", 0, len(ds) - 1, 0, key="md_prev_idx")
-                shown, stats = loading.preview_input(pp, ds.images[int(idx)])
+                shown, stats = preview_input(pp, ds.images[int(idx)])
                 i1, i2 = st.columns(2)
                 i1.image(ds.images[int(idx)], caption=f"raw {'×'.join(map(str, ds.shape))}", width=160)
                 i2.image(shown, caption=f"model input {pp.channels}×{pp.input_size[0]}×{pp.input_size[1]} "
@@ -201,7 +195,7 @@ with tab_data:
     c1, c2, c3 = st.columns(3)
     ds_name_in = c1.text_input("Name", key="ds_name", placeholder="cifar10")
     role = c2.selectbox("Role", list(ROLE_LABELS), format_func=lambda r: ROLE_LABELS[r], key="ds_role")
-    fmt = c3.selectbox("Format", folders.FORMATS, key="ds_fmt",
+    fmt = c3.selectbox("Format", FORMATS, key="ds_fmt",
                        help="auto recognises CIFAR-10/100, SVHN, MNIST/Fashion-MNIST, class folders, flat folders, .npz")
     c4, c5, c6 = st.columns(3)
     split = c4.selectbox("Split of the source", ["auto", "train", "test", "extra"], key="ds_split",
@@ -223,10 +217,10 @@ with tab_data:
                 st.error("give the dataset a name")
                 spec = None
             elif dup is not None:
-                spec = attempt("dataset refused", folders.register_upload, dup.getvalue(), dup.name,
+                spec = attempt("dataset refused", persist.register_dataset_upload, dup.getvalue(), dup.name,
                                ds_name_in.strip(), role, **kw)
             elif dpath and dpath.strip():
-                spec = attempt("dataset refused", folders.register_local, dpath.strip(), ds_name_in.strip(), role, **kw)
+                spec = attempt("dataset refused", persist.register_local, dpath.strip(), ds_name_in.strip(), role, **kw)
             else:
                 st.error("give a folder/file path or upload a .zip/.npz")
                 spec = None
@@ -246,7 +240,7 @@ with tab_data:
                 st.success(f"registered {spec.name} ({spec.role.replace('_', ' ')}, splits: {', '.join(spec.splits)}).")
 
     st.subheader("Datasets")
-    saved = folders.saved_datasets()
+    saved = persist.saved_datasets()
     rows = []
     for s in list_datasets():
         rows.append({"name": s.name, "role": s.role, "splits": ", ".join(s.splits),
@@ -261,7 +255,7 @@ with tab_data:
                         index=list(pv_spec.splits).index("test") if "test" in pv_spec.splits else 0)
     pds = attempt(f"reading {pv}", get_dataset, pv, pv_split)
     if pds is not None:
-        info = folders.summary(pds)
+        info = summary(pds)
         m1, m2, m3, m4 = st.columns(4)
         m1.metric("images", f"{info['images']:,}")
         m2.metric("shape (H×W×C)", info["shape"])
@@ -273,14 +267,14 @@ with tab_data:
         if info["skipped"]:
             st.warning(f"{info['skipped']} files could not be read and were skipped: "
                        f"{', '.join(pds.meta.get('skipped_files', [])[:5])}")
-        st.image(folders.sample_grid(pds, 32, 8), caption=f"32 random samples of {pds.name}",
+        st.image(sample_grid(pds, 32, 8), caption=f"32 random samples of {pds.name}",
                  width=min(900, 8 * (pds.shape[1] + 2) * max(1, 64 // max(pds.shape[1], 1))))
         if info["class_counts"]:
             with st.expander("Counts per class"):
                 st.dataframe(pd.DataFrame({"class": list(info["class_counts"]), "count": list(info["class_counts"].values())}),
                              hide_index=True, key="ds_counts")
         if pv in saved and st.button(f"Forget {pv}", key="ds_forget", help="the files are not touched"):
-            attempt("remove", folders.unregister_local, pv)
+            attempt("remove", persist.unregister_local, pv)
             st.session_state["ood_datasets"] = [n for n in st.session_state["ood_datasets"] if n != pv]
             if st.session_state["id_dataset"] == pv:
                 st.session_state["id_dataset"] = "mnist"

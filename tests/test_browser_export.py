@@ -25,8 +25,7 @@ def _download(page, locator) -> bytes:
 
 
 def test_exports_from_the_scores_page(browser_page, app_server, tmp_path):
-    from ood_core.data import folders
-    from ood_core.models import loading
+    from ood_core import persist
 
     page = browser_page
     torch.manual_seed(0)
@@ -82,8 +81,8 @@ def test_exports_from_the_scores_page(browser_page, app_server, tmp_path):
         assert pd.read_parquet(io.BytesIO(pq)).shape == table.shape
     finally:
         for n in names:
-            if n in folders.saved_datasets():
-                folders.unregister_local(n)
-        for key in list(loading.saved_uploads()):
+            if n in persist.saved_datasets():
+                persist.unregister_local(n)
+        for key in list(persist.saved_uploads()):
             if key.startswith("upload:browser_export_model@"):
-                loading.forget_upload(key)
+                persist.forget_upload(key)

@@ -23,7 +23,7 @@ def _upload(page, path) -> None:
 
 
 def test_upload_torchscript_in_browser(browser_page, app_server, tmp_path):
-    from ood_core.models import loading
+    from ood_core import persist
 
     page = browser_page
     torch.manual_seed(0)
@@ -54,6 +54,6 @@ def test_upload_torchscript_in_browser(browser_page, app_server, tmp_path):
         assert err.is_visible()
         assert not page.get_by_text("Traceback").count()
     finally:
-        for key in list(loading.saved_uploads()):  # the shared test cache keeps no upload of ours
+        for key in list(persist.saved_uploads()):  # the shared test cache keeps no upload of ours
             if key.startswith("upload:browser_tiny@"):
-                loading.forget_upload(key)
+                persist.forget_upload(key)

@@ -70,19 +70,18 @@ Tiny = fx.TinyNet
 @pytest.fixture()
 def setup(tmp_cache, tmp_path):
     """A TorchScript model and CIFAR/SVHN fixture folders registered in a private cache."""
-    from ood_core.data import folders
-    from ood_core.models import loading
+    from ood_core import persist
 
     torch.manual_seed(0)
     p = tmp_path / "tiny.pt"
     torch.jit.save(torch.jit.script(Tiny().eval()), p)
-    folders.register_local(fx.cifar10_folder(tmp_path / "c10"), "exc10", "id_test")
-    folders.register_local(fx.svhn_folder(tmp_path / "sv"), "exsv", "ood_test")
-    key, bundle = loading.register_upload(p, name="tiny")
+    persist.register_local(fx.cifar10_folder(tmp_path / "c10"), "exc10", "id_test")
+    persist.register_local(fx.svhn_folder(tmp_path / "sv"), "exsv", "ood_test")
+    key, bundle = persist.register_upload(p, name="tiny")
     yield key, bundle
     for n in ("exc10", "exsv"):
-        folders.unregister_local(n)
-    loading.forget_upload(key)
+        persist.unregister_local(n)
+    persist.forget_upload(key)
 
 
 def test_per_sample_scores(setup):
@@ -110,7 +109,7 @@ def test_per_sample_scores(setup):
 
 
 def test_per_sample_scores_skips_unavailable(setup, tmp_path):
-    from ood_core.models import loading
+    from ood_core.models.files import load_model_file
 
     class NoHead(Tiny):
         def forward(self, x):
@@ -118,7 +117,7 @@ def test_per_sample_scores_skips_unavailable(setup, tmp_path):
 
     p = tmp_path / "nohead.pt"
     torch.jit.save(torch.jit.script(NoHead().eval()), p)
-    b = loading.load_model_file(p)
+    b = load_model_file(p)
     df = ex.per_sample_scores(b, "exc10", ["exsv"], ["energy", "knn"])
     assert "energy" in df.columns and "knn" not in df.columns
     assert "features" in df.attrs["skipped"]["knn"]

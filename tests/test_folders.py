@@ -11,15 +11,18 @@ import pytest
 
 import fixtures_data as fx
 from ood_core.data import DataError, get_dataset, get_spec
-from ood_core.data import folders as D
+from ood_core import persist as P
+from ood_core.data import readers as R
+from ood_core.data import safety as S
+from ood_core.figures import previews as V
 
 
 @pytest.fixture()
 def reg(tmp_cache):
     """A private cache (the registry file lives there); user datasets are forgotten afterwards."""
     yield tmp_cache
-    for name in list(D.saved_datasets()):
-        D.unregister_local(name)
+    for name in list(P.saved_datasets()):
+        P.unregister_local(name)
 
 
 def _cifar_pixels(root: Path, batch: str) -> tuple[np.ndarray, list[int]]:
@@ -31,23 +34,23 @@ def _cifar_pixels(root: Path, batch: str) -> tuple[np.ndarray, list[int]]:
 
 def test_cifar10_both_splits(tmp_path):
     root = fx.cifar10_folder(tmp_path / "c10", n_train=24, n_test=12)
-    assert D.detect_format(root) == "cifar10"
-    assert D.source_splits(root, "cifar10") == ["train", "test"]
-    test = D.load_local(root)
+    assert R.detect_format(root) == "cifar10"
+    assert R.source_splits(root, "cifar10") == ["train", "test"]
+    test = R.load_local(root)
     x, y = _cifar_pixels(root, "test_batch")
     np.testing.assert_array_equal(test.images, x)
     np.testing.assert_array_equal(test.labels, y)
     assert test.class_names[:2] == ["airplane", "automobile"]  # from batches.meta
-    train = D.load_local(root, split="train")
+    train = R.load_local(root, split="train")
     assert len(train) == 24 and train.images.shape[1:] == (32, 32, 3)
     # the same folder given at cifar-10-batches-py itself
-    assert D.load_local(root / "cifar-10-batches-py").fingerprint == test.fingerprint
+    assert R.load_local(root / "cifar-10-batches-py").fingerprint == test.fingerprint
 
 
 def test_cifar100(tmp_path):
     root = fx.cifar100_folder(tmp_path / "c100", n=10)
-    assert D.detect_format(root) == "cifar100"
-    ds = D.load_local(root)
+    assert R.detect_format(root) == "cifar100"
+    ds = R.load_local(root)
     assert len(ds) == 10 and ds.class_names[5] == "c5" and ds.labels.max() < 100
 
 
@@ -63,7 +66,7 @@ def test_cifar_pickle_with_code_is_refused(tmp_path):
     with open(root / "test_batch", "wb") as f:
         pickle.dump({b"data": Evil(), b"labels": [0]}, f, protocol=2)
     with pytest.raises(DataError, match=r"names io\.open.*could run code"):
-        D.load_local(root.parent)
+        R.load_local(root.parent)
     assert not marker.exists()
 
 
@@ -71,22 +74,22 @@ def test_svhn_mat_label_10_is_0(tmp_path):
     import scipy.io
 
     root = fx.svhn_folder(tmp_path / "svhn", n=12, splits=("train", "test"))
-    assert D.detect_format(root) == "svhn" and D.source_splits(root, "svhn") == ["train", "test"]
-    ds = D.load_local(root)
+    assert R.detect_format(root) == "svhn" and R.source_splits(root, "svhn") == ["train", "test"]
+    ds = R.load_local(root)
     m = scipy.io.loadmat(str(root / "test_32x32.mat"))
     np.testing.assert_array_equal(ds.images, m["X"].transpose(3, 0, 1, 2))
     want = m["y"].reshape(-1).astype(int)
     want[want == 10] = 0
     np.testing.assert_array_equal(ds.labels, want)
-    assert D.load_local(root / "test_32x32.mat").fingerprint == ds.fingerprint  # a .mat path works too
+    assert R.load_local(root / "test_32x32.mat").fingerprint == ds.fingerprint  # a .mat path works too
 
 
 @pytest.mark.parametrize("fashion,gz", [(False, False), (True, True)])
 def test_mnist_raw_idx(tmp_path, fashion, gz):
     root = fx.mnist_raw_folder(tmp_path / "m", n=10, fashion=fashion, gz=gz)
-    fmt = D.detect_format(root)
+    fmt = R.detect_format(root)
     assert fmt == ("fashion_mnist" if fashion else "mnist")
-    ds = D.load_local(root, split="train")
+    ds = R.load_local(root, split="train")
     assert ds.images.shape == (10, 28, 28, 1) and ds.labels.max() <= 9
     assert ds.class_names[0] == ("T-shirt/top" if fashion else "0")
 
@@ -96,73 +99,73 @@ def test_mnist_truncated_idx_refused(tmp_path):
     f = root / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
     f.write_bytes(f.read_bytes()[:500])
     with pytest.raises(DataError, match="truncated"):
-        D.load_local(root)
+        R.load_local(root)
 
 
 def test_imagefolder_skips_corrupt_file(tmp_path):
     root = fx.image_tree(tmp_path / "tree", classes=("cat", "ant", "bee"), per=4, corrupt=1)
-    assert D.detect_format(root) == "imagefolder"
-    ds = D.load_local(root)
+    assert R.detect_format(root) == "imagefolder"
+    ds = R.load_local(root)
     assert len(ds) == 12 and ds.meta["skipped"] == 1 and "broken0.png" in ds.meta["skipped_files"][0]
     assert ds.class_names == ["ant", "bee", "cat"]  # sorted folder names, torchvision's convention
     assert np.bincount(ds.labels).tolist() == [4, 4, 4]
     from PIL import Image
     first_ant = np.asarray(Image.open(sorted((root / "ant").glob("*.png"))[0]))
     np.testing.assert_array_equal(ds.images[0], first_ant)
-    unl = D.load_local(root, labelled=False)
+    unl = R.load_local(root, labelled=False)
     assert (unl.labels == -1).all()
 
 
 def test_imagefolder_split_tree_and_grayscale(tmp_path):
     fx.image_tree(tmp_path / "t" / "train", per=3, corrupt=0, mode="L")
     fx.image_tree(tmp_path / "t" / "val", per=2, corrupt=0, mode="L")
-    assert D.source_splits(tmp_path / "t", "imagefolder") == ["train", "test"]
-    tr = D.load_local(tmp_path / "t", split="train")
-    te = D.load_local(tmp_path / "t")
+    assert R.source_splits(tmp_path / "t", "imagefolder") == ["train", "test"]
+    tr = R.load_local(tmp_path / "t", split="train")
+    te = R.load_local(tmp_path / "t")
     assert len(tr) == 9 and len(te) == 6 and tr.images.shape[-1] == 1
 
 
 def test_flat_folder_mixed_sizes_resized(tmp_path):
     root = fx.flat_images(tmp_path / "flat", n=5, sizes=((16, 16), (16, 16), (24, 20)))
-    assert D.detect_format(root) == "flat"
-    ds = D.load_local(root)
+    assert R.detect_format(root) == "flat"
+    ds = R.load_local(root)
     assert ds.images.shape == (5, 16, 16, 3) and (ds.labels == -1).all()
     assert ds.meta["resized"] == 1 and "resized" in ds.meta["resize_note"]
     same = fx.flat_images(tmp_path / "same", n=3, sizes=((12, 10),))
-    d2 = D.load_local(same)
+    d2 = R.load_local(same)
     assert d2.images.shape == (3, 12, 10, 3) and d2.meta["resized"] == 0
 
 
 def test_empty_and_unreadable_sources_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="could not recognise"):
-        D.load_local(tmp_path / "empty")
+        R.load_local(tmp_path / "empty")
     bad = tmp_path / "bad"
     bad.mkdir()
     for i in range(3):
         (bad / f"x{i}.jpg").write_bytes(b"garbage")
     with pytest.raises(DataError, match="none of the 3 image files"):
-        D.load_local(bad)
+        R.load_local(bad)
     with pytest.raises(DataError, match="no such file"):
-        D.load_local(tmp_path / "nowhere")
+        R.load_local(tmp_path / "nowhere")
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(DataError, match="unknown file type"):
-        D.load_local(tmp_path / "notes.txt")
+        R.load_local(tmp_path / "notes.txt")
 
 
 def test_npz_good_and_float(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (6, 8, 8, 3)).astype(np.uint8)
     np.savez(tmp_path / "a.npz", x=x, y=np.arange(6))
-    ds = D.load_local(tmp_path / "a.npz")
+    ds = R.load_local(tmp_path / "a.npz")
     np.testing.assert_array_equal(ds.images, x)
     np.testing.assert_array_equal(ds.labels, np.arange(6))
     np.savez(tmp_path / "f.npz", x=x[..., 0] / 255.0)  # floats in [0, 1], grayscale (N,H,W), no labels
-    f = D.load_local(tmp_path / "f.npz")
+    f = R.load_local(tmp_path / "f.npz")
     np.testing.assert_array_equal(f.images[..., 0], x[..., 0]) and (f.labels == -1).all()
     np.savez(tmp_path / "s.npz", x_train=x[:4], y_train=np.zeros(4, int), x_test=x[4:], y_test=np.ones(2, int))
-    assert D.source_splits(tmp_path / "s.npz", "npz") == ["train", "test"]
-    assert len(D.load_local(tmp_path / "s.npz", split="train")) == 4
+    assert R.source_splits(tmp_path / "s.npz", "npz") == ["train", "test"]
+    assert len(R.load_local(tmp_path / "s.npz", split="train")) == 4
 
 
 @pytest.mark.parametrize("arrays,match", [
@@ -178,13 +181,13 @@ def test_npz_good_and_float(tmp_path):
 def test_npz_bad_shapes_refused(tmp_path, arrays, match):
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(DataError, match=match):
-        D.load_local(tmp_path / "bad.npz")
+        R.load_local(tmp_path / "bad.npz")
 
 
 def test_npz_object_array_refused(tmp_path):
     np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}, None], dtype=object))
     with pytest.raises(DataError, match="object arrays"):
-        D.load_local(tmp_path / "obj.npz")
+        R.load_local(tmp_path / "obj.npz")
 
 
 def _zip_of(folder: Path) -> bytes:
@@ -198,20 +201,20 @@ def _zip_of(folder: Path) -> bytes:
 
 def test_zip_upload_of_cifar_and_npz(reg, tmp_path):
     root = fx.cifar10_folder(tmp_path / "c10")
-    spec = D.register_upload(_zip_of(root / "cifar-10-batches-py"), "cifar.zip", "zc10", "id_test")
+    spec = P.register_dataset_upload(_zip_of(root / "cifar-10-batches-py"), "cifar.zip", "zc10", "id_test")
     assert spec.splits == ("train", "test")
-    assert get_dataset("zc10").fingerprint == D.load_local(root).fingerprint
+    assert get_dataset("zc10").fingerprint == R.load_local(root).fingerprint
     buf = io.BytesIO()
     np.savez(buf, x=np.zeros((3, 5, 5), np.uint8))
-    s2 = D.register_upload(buf.getvalue(), "noise.npz", "znpz", "ood_test")
+    s2 = P.register_dataset_upload(buf.getvalue(), "noise.npz", "znpz", "ood_test")
     assert len(get_dataset(s2.name)) == 3
     # recognised by content: an .npz under another name is stored as one, a folder zip is unpacked
-    s3 = D.register_upload(buf.getvalue(), "noise.bin", "znpz2", "ood_test")
+    s3 = P.register_dataset_upload(buf.getvalue(), "noise.bin", "znpz2", "ood_test")
     assert s3.source.endswith("data.npz") and len(get_dataset(s3.name)) == 3
-    D.register_upload(_zip_of(root / "cifar-10-batches-py"), "cifar.bin", "zc10b", "id_test")
-    assert get_dataset("zc10b").fingerprint == D.load_local(root).fingerprint
+    P.register_dataset_upload(_zip_of(root / "cifar-10-batches-py"), "cifar.bin", "zc10b", "id_test")
+    assert get_dataset("zc10b").fingerprint == R.load_local(root).fingerprint
     with pytest.raises(DataError, match="upload a .zip"):
-        D.register_upload(b"hello", "x.txt", "bad", "ood_test")
+        P.register_dataset_upload(b"hello", "x.txt", "bad", "ood_test")
 
 
 def test_zip_tricks_refused(reg):
@@ -227,33 +230,33 @@ def test_zip_tricks_refused(reg):
         return buf.getvalue()
 
     with pytest.raises(DataError, match="points outside the archive"):
-        D.unpack_zip(make([("../../escape.png", b"x", 0)]))
+        S.unpack_zip(make([("../../escape.png", b"x", 0)]))
     with pytest.raises(DataError, match="symbolic link"):
-        D.unpack_zip(make([("link.png", b"/etc/passwd", 0o120777 << 16)]))
+        S.unpack_zip(make([("link.png", b"/etc/passwd", 0o120777 << 16)]))
     with pytest.raises(DataError, match="zip bomb"):
-        D.unpack_zip(make([("zeros.png", bytes(20 << 20), 0)]))
+        S.unpack_zip(make([("zeros.png", bytes(20 << 20), 0)]))
     with pytest.raises(DataError, match="over the"):
-        D.unpack_zip(make([("a.png", bytes(2000), 0)]), max_bytes=1000)
+        S.unpack_zip(make([("a.png", bytes(2000), 0)]), max_bytes=1000)
     with pytest.raises(DataError, match="not a valid zip"):
-        D.unpack_zip(b"PK\x03\x04 broken")
+        S.unpack_zip(b"PK\x03\x04 broken")
 
 
 def test_register_roles_splits_and_persistence(reg, tmp_path):
     c10 = fx.cifar10_folder(tmp_path / "c10")
-    spec = D.register_local(c10, "myc10", "id_test")
+    spec = P.register_local(c10, "myc10", "id_test")
     assert spec.role == "id_test" and spec.splits == ("train", "test")
     assert get_dataset("myc10:train").name == "myc10:train" and get_dataset("myc10:train").role == "id_train"
     fp = get_dataset("myc10").fingerprint
     # a single-split ID test set, then its training split from another folder
     fx.image_tree(tmp_path / "tr", per=2, corrupt=0)
     fx.image_tree(tmp_path / "te", per=1, corrupt=0)
-    D.register_local(tmp_path / "te", "mine", "id_test")
+    P.register_local(tmp_path / "te", "mine", "id_test")
     assert get_spec("mine").splits == ("test",)
-    D.register_local(tmp_path / "tr", "mine", "id_train")
+    P.register_local(tmp_path / "tr", "mine", "id_train")
     assert get_spec("mine").splits == ("train", "test") and get_spec("mine").role == "id_test"
     assert len(get_dataset("mine:train")) == 6
     sv = fx.svhn_folder(tmp_path / "sv", splits=("train", "test"))
-    D.register_local(sv, "mysvhn", "ood_test", limit=5)
+    P.register_local(sv, "mysvhn", "ood_test", limit=5)
     small = get_dataset("mysvhn")
     assert len(small) == 5 and small.role == "ood_test"
     # a restart: the in-memory registry is empty, the JSON brings everything back
@@ -262,35 +265,35 @@ def test_register_roles_splits_and_persistence(reg, tmp_path):
         unregister(n)
     with pytest.raises(DataError):
         get_spec("myc10")
-    assert set(D.load_saved()) >= {"myc10", "mine", "mysvhn"}
+    assert set(P.restore_datasets().datasets) >= {"myc10", "mine", "mysvhn"}
     assert get_dataset("myc10").fingerprint == fp
     assert get_dataset("mysvhn").fingerprint == small.fingerprint  # the same fixed subset
-    D.unregister_local("mine")
-    assert "mine" not in D.saved_datasets()
+    P.unregister_local("mine")
+    assert "mine" not in P.saved_datasets()
 
 
 def test_register_refusals(reg, tmp_path):
     c10 = fx.cifar10_folder(tmp_path / "c10")
     with pytest.raises(DataError, match="built-in dataset"):
-        D.register_local(c10, "mnist", "ood_test")
+        P.register_local(c10, "mnist", "ood_test")
     with pytest.raises(DataError, match="role must be one of"):
-        D.register_local(c10, "x", "train")
+        P.register_local(c10, "x", "train")
     with pytest.raises(DataError, match="names must be"):
-        D.register_local(c10, "a:b", "ood_test")
+        P.register_local(c10, "a:b", "ood_test")
     with pytest.raises(DataError, match="no 'extra' split"):
-        D.register_local(c10, "x", "ood_test", split="extra")
+        P.register_local(c10, "x", "ood_test", split="extra")
     with pytest.raises(DataError, match="format must be one of"):
-        D.register_local(c10, "x", "ood_test", fmt="tfrecord")
+        P.register_local(c10, "x", "ood_test", fmt="tfrecord")
     with pytest.raises(DataError, match="limit must be"):
-        D.register_local(c10, "x", "ood_test", limit=0)
-    assert "x" not in D.saved_datasets()
+        P.register_local(c10, "x", "ood_test", limit=0)
+    assert "x" not in P.saved_datasets()
 
 
 def test_sample_grid_and_summary(tmp_path):
-    ds = D.load_local(fx.image_tree(tmp_path / "t", per=3, corrupt=1, size=(10, 10)))
-    grid = D.sample_grid(ds, n=9, cols=4, pad=2)
+    ds = R.load_local(fx.image_tree(tmp_path / "t", per=3, corrupt=1, size=(10, 10)))
+    grid = V.sample_grid(ds, n=9, cols=4, pad=2)
     assert grid.dtype == np.uint8 and grid.shape == (3 * 12 + 2, 4 * 12 + 2, 3)
-    info = D.summary(ds)
+    info = V.summary(ds)
     assert info["images"] == 9 and info["skipped"] == 1 and info["classes"] == 3 and info["shape"] == "10x10x3"
 
 

@@ -19,7 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ood_core.models import ARCHITECTURES, ModelError, build_arch
-from ood_core.models import loading as L
+from ood_core import persist as P
+from ood_core.figures import previews
+from ood_core.models.files import load_model_file
+from ood_core.models import formats, state_dicts
 from ood_core.models.archs import ARCH_INFO, CIFAR_MEAN, IMAGENET_MEAN
 
 
@@ -104,7 +107,7 @@ def pt2_files(tmp_path_factory, tiny):
 
 @pytest.mark.parametrize("kind", ["script", "traced"])
 def test_torchscript_loads_with_feature_split(files, tiny, x, kind):
-    b = L.load_model_file(files[kind])
+    b = load_model_file(files[kind])
     assert b.info["format"] == "TorchScript archive"
     assert b.num_classes == 3 and b.has_features and b.info["head_layer"] == "fc"
     with torch.no_grad():
@@ -122,16 +125,16 @@ def test_torchscript_loads_with_feature_split(files, tiny, x, kind):
 
 
 def test_torchscript_preprocessing_defaults_and_overrides(files):
-    b = L.load_model_file(files["script"])
+    b = load_model_file(files["script"])
     assert b.preprocess.input_size == (32, 32) and b.preprocess.channels == 3
     assert b.preprocess.mean == pytest.approx(CIFAR_MEAN)  # 3x3 RGB stem -> CIFAR-style
-    b2 = L.load_model_file(files["script"], input_size=[40], mean=[0.5], std=[0.25])
+    b2 = load_model_file(files["script"], input_size=[40], mean=[0.5], std=[0.25])
     assert b2.preprocess.input_size == (40, 40) and b2.preprocess.mean == (0.5, 0.5, 0.5)
     assert b2.preprocess.std == (0.25,) * 3
 
 
 def test_pt2_dynamic_batch(pt2_files, tiny, x):
-    b = L.load_model_file(pt2_files["dynamic"])
+    b = load_model_file(pt2_files["dynamic"])
     assert b.info["format"] == "torch.export archive"
     assert b.preprocess.input_size == (32, 32)  # read from the archive's input shape
     assert b.has_features and b.info["head_layer"] == "fc"
@@ -148,7 +151,7 @@ def test_pt2_dynamic_batch(pt2_files, tiny, x):
 
 
 def test_pt2_fixed_batch_runs_in_chunks(pt2_files, tiny, x):
-    b = L.load_model_file(pt2_files["fixed"])
+    b = load_model_file(pt2_files["fixed"])
     assert any("chunks of 1" in n for n in b.info["notes"])
     with torch.no_grad():
         assert torch.allclose(b.logits(x), tiny(x), atol=1e-5)
@@ -157,7 +160,7 @@ def test_pt2_fixed_batch_runs_in_chunks(pt2_files, tiny, x):
 
 def test_pt2_refuses_other_input_size(pt2_files):
     with pytest.raises(ModelError, match="exported for 32x32"):
-        L.load_model_file(pt2_files["dynamic"], input_size=[64])
+        load_model_file(pt2_files["dynamic"], input_size=[64])
 
 
 def test_pt2_saved_on_gpu_loads_on_cpu(pt2_files, tmp_path, tiny, x):
@@ -175,7 +178,7 @@ def test_pt2_saved_on_gpu_loads_on_cpu(pt2_files, tmp_path, tiny, x):
     if not torch.cuda.is_available():
         with pytest.raises(Exception):  # the raw archive really wants a GPU
             torch.export.load(gpu).module()(x)
-    b = L.load_model_file(gpu)
+    b = load_model_file(gpu)
     with torch.no_grad():
         assert torch.allclose(b.logits(x), tiny(x), atol=1e-5)
 
@@ -191,7 +194,7 @@ def test_state_dict_saved_on_gpu_loads_on_cpu(tmp_path, tiny, monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA"):
             torch.load(p, weights_only=True)
-    state = L.read_state_dict(p)
+    state = state_dicts.read_state_dict(p)
     assert all(v.device.type == "cpu" for v in state.values())
     torch.testing.assert_close(state["fc.weight"], tiny.fc.weight.detach())
 
@@ -201,7 +204,7 @@ def test_resnet18_cifar_state_dict_detected(tmp_path):
     m = build_arch("resnet18_cifar", 7, 3).eval()
     p = tmp_path / "r18.pt"
     torch.save(m.state_dict(), p)
-    b = L.load_model_file(p)  # no architecture given: detected from the weights
+    b = load_model_file(p)  # no architecture given: detected from the weights
     assert b.arch == "resnet18_cifar" and b.num_classes == 7 and b.head_name == "fc"
     assert b.preprocess.input_size == (32, 32) and b.preprocess.mean == pytest.approx(CIFAR_MEAN)
     assert "detected" in b.info["notes"][0]
@@ -220,7 +223,7 @@ def test_state_dict_key_spellings(tmp_path):
         sd["module." + k] = v
     p = tmp_path / "kuangliu.pt"
     torch.save({"epoch": 200, "acc": 95.1, "net": sd}, p)
-    b = L.load_model_file(p, arch="resnet18_cifar")
+    b = load_model_file(p, arch="resnet18_cifar")
     xb = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(b.logits(xb), m(xb), atol=1e-5)
@@ -230,7 +233,7 @@ def test_grayscale_resnet_channels_from_first_conv(tmp_path):
     m = build_arch("resnet18_cifar", 4, 1)
     p = tmp_path / "gray.pt"
     torch.save(m.state_dict(), p)
-    b = L.load_model_file(p, arch="resnet18_cifar")
+    b = load_model_file(p, arch="resnet18_cifar")
     assert b.preprocess.channels == 1 and len(b.preprocess.mean) == 1
 
 
@@ -241,8 +244,8 @@ def test_workbench_checkpoint_delegates(tmp_path):
     meta = {"name": "mine", "arch": "small_cnn", "num_classes": 10, "in_channels": 1,
             "preprocess": {"input_size": [28, 28], "channels": 1, "mean": [0.1307], "std": [0.3081]}}
     p = save_checkpoint(m, tmp_path / "mine.pt", meta)
-    assert L.detect_format(p) == "checkpoint"
-    b = L.load_model_file(p)
+    assert formats.detect_format(p) == "checkpoint"
+    b = load_model_file(p)
     assert b.arch == "small_cnn" and b.name == "mine" and b.has_features
 
 
@@ -275,10 +278,10 @@ def _roundtrip_arch(tmp_path: Path, arch: str) -> None:
     m = _quick_build(arch, 3, info.channels)
     p = tmp_path / f"{arch}.pt"
     torch.save(m.state_dict(), p)
-    b = L.load_model_file(p, arch=arch)
+    b = load_model_file(p, arch=arch)
     assert b.num_classes == 3 and b.has_features, b.feature_reason
     assert b.preprocess.input_size == info.input_size
-    assert L.match_architectures(torch.load(p, weights_only=True))[0] == (arch, 0)
+    assert state_dicts.match_architectures(torch.load(p, weights_only=True))[0] == (arch, 0)
     xb = torch.randn(2, info.channels, *info.input_size)
     with torch.no_grad():
         logits, feats = b.forward(xb)
@@ -301,7 +304,7 @@ def test_imagenet_defaults_for_torchvision(tmp_path):
     m = build_arch("mobilenet_v3_small", 3, 3)
     p = tmp_path / "mnv3.pt"
     torch.save(m.state_dict(), p)
-    b = L.load_model_file(p)
+    b = load_model_file(p)
     assert b.arch == "mobilenet_v3_small" and b.preprocess.input_size == (224, 224)
     assert b.preprocess.mean == pytest.approx(IMAGENET_MEAN)
 
@@ -321,7 +324,7 @@ def test_pickled_whole_model_refused(tmp_path, tiny):
     p = tmp_path / "whole.pt"
     torch.save(tiny, p)
     with pytest.raises(ModelError, match="pickled Python object.*TinyNet") as e:
-        L.load_model_file(p)
+        load_model_file(p)
     assert "state_dict" in str(e.value) and "torch.export" in str(e.value)  # says what to do instead
 
 
@@ -331,13 +334,13 @@ def test_pickle_payload_never_runs(tmp_path):
     p = tmp_path / "evil.pt"
     torch.save({"fc.weight": torch.zeros(2, 2), "x": Booby()}, p)
     with pytest.raises(ModelError, match="pickled Python object"):
-        L.load_model_file(p, arch="resnet18")
+        load_model_file(p, arch="resnet18")
     assert not marker.exists()
     # a legacy (non-zip) pickle too
     p2 = tmp_path / "evil_legacy.pt"
     p2.write_bytes(pickle.dumps(Booby(), protocol=2))
     with pytest.raises(ModelError):
-        L.load_model_file(p2)
+        load_model_file(p2)
     assert not marker.exists()
 
 
@@ -363,7 +366,7 @@ def test_pt2_with_pickled_payload_refused(pt2_files, tmp_path):
         # replace the weight file with a pickle (zip appends; the last entry wins on read)
         z.writestr(f"{root}/data/weights/{target}", buf.getvalue())
     with pytest.raises(ModelError, match="pickled Python object"):
-        L.load_model_file(evil)
+        load_model_file(evil)
     assert not marker.exists()
 
 
@@ -375,36 +378,36 @@ def test_pt2_with_compiled_code_refused(pt2_files, tmp_path):
             zout.writestr(info, zin.read(info))
         zout.writestr(f"{root}/data/aotinductor/model/model.so", b"\x7fELF")
     with pytest.raises(ModelError, match="compiled code"):
-        L.load_model_file(evil)
+        load_model_file(evil)
 
 
 def test_size_limit(files, monkeypatch):
     with pytest.raises(ModelError, match="over the 100 B limit"):
-        L.load_model_file(files["script"], max_bytes=100)
+        load_model_file(files["script"], max_bytes=100)
     monkeypatch.setenv("OOD_MAX_MODEL_BYTES", "1000")
     with pytest.raises(ModelError, match="OOD_MAX_MODEL_BYTES"):
-        L.load_model_file(files["script"])
+        load_model_file(files["script"])
     with pytest.raises(ModelError, match="limit"):
-        L.save_upload(b"x" * 2000, "big.pt")
+        P.save_upload(b"x" * 2000, "big.pt")
 
 
 def test_class_count_mismatch(files):
     with pytest.raises(ModelError, match="outputs 3 logits per sample but 10 classes were expected"):
-        L.load_model_file(files["script"], num_classes=10)
+        load_model_file(files["script"], num_classes=10)
 
 
 def test_dry_run_failure_is_one_line(tmp_path):
     p = tmp_path / "fixed.pt"
     torch.jit.save(torch.jit.script(FixedSizeNet().eval()), p)
     with pytest.raises(ModelError) as e:
-        L.load_model_file(p)  # no size fits among the common ones
+        load_model_file(p)  # no size fits among the common ones
     msg = str(e.value)
     assert "failed a dry run" in msg and "also tried input sizes" in msg and "\n" not in msg
     assert "mat1 and mat2 shapes cannot be multiplied" in msg  # TorchScript's real cause, not its banner
-    b = L.load_model_file(p, input_size=[8, 8])  # the user says the size: it works
+    b = load_model_file(p, input_size=[8, 8])  # the user says the size: it works
     assert b.preprocess.input_size == (8, 8)
     with pytest.raises(ModelError, match="dry run on a batch of shape \\(2, 3, 16, 16\\)"):
-        L.load_model_file(p, input_size=[16])
+        load_model_file(p, input_size=[16])
 
 
 def test_no_final_linear_gives_logits_only_with_reason(tmp_path, x):
@@ -412,55 +415,55 @@ def test_no_final_linear_gives_logits_only_with_reason(tmp_path, x):
     p = tmp_path / "scaled.pt"
     m = _trained_bn(ScaledOutput())
     torch.jit.save(torch.jit.script(m), p)
-    b = L.load_model_file(p)
+    b = load_model_file(p)
     assert not b.has_features and "logits only" in b.feature_reason and "fc" in b.feature_reason
     with torch.no_grad():
         logits, feats = b.forward(x)
     assert feats is None and torch.allclose(logits, m(x), atol=1e-5)
     ep = torch.export.export(m, (torch.zeros(2, 3, 32, 32),), dynamic_shapes={"x": {0: torch.export.Dim("b")}})
     torch.export.save(ep, tmp_path / "scaled.pt2")
-    b2 = L.load_model_file(tmp_path / "scaled.pt2")
+    b2 = load_model_file(tmp_path / "scaled.pt2")
     assert not b2.has_features and "linear" in b2.feature_reason
     with pytest.raises(ModelError, match="cannot use 'fc' as the feature layer"):
-        L.load_model_file(p, head="fc")
+        load_model_file(p, head="fc")
 
 
 def test_wrong_architecture_says_which_fits(tmp_path):
     p = tmp_path / "r18c.pt"
     torch.save(build_arch("resnet18_cifar", 3, 3).state_dict(), p)
     with pytest.raises(ModelError, match="does not fit resnet34.*it fits resnet18_cifar"):
-        L.load_model_file(p, arch="resnet34")
+        load_model_file(p, arch="resnet34")
     with pytest.raises(ModelError, match="unknown architecture 'resnet9000'"):
-        L.load_model_file(p, arch="resnet9000")
+        load_model_file(p, arch="resnet9000")
 
 
 def test_unknown_state_dict_and_junk(tmp_path, files):
     with pytest.raises(ModelError, match="no known architecture.*pick its architecture"):
-        L.load_model_file(files["state"])  # TinyNet is not in the list
+        load_model_file(files["state"])  # TinyNet is not in the list
     junk = tmp_path / "notes.pt"
     junk.write_bytes(b"hello, this is not a model" * 10)
     with pytest.raises(ModelError, match="not a model file"):
-        L.load_model_file(junk)
+        load_model_file(junk)
     png = tmp_path / "cat.pt"
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
     with pytest.raises(ModelError, match="not a model file"):
-        L.load_model_file(png)
+        load_model_file(png)
     lst = tmp_path / "list.pt"
     torch.save([torch.zeros(2)], lst)
     with pytest.raises(ModelError, match="holds a list, not a state_dict"):
-        L.load_model_file(lst)
+        load_model_file(lst)
     with pytest.raises(ModelError, match="no model file"):
-        L.load_model_file(tmp_path / "missing.pt")
+        load_model_file(tmp_path / "missing.pt")
 
 
 def test_preview_input_inverts_normalisation():
     from ood_core.models import Preprocess
 
     img = np.random.default_rng(0).integers(0, 256, (20, 20, 3)).astype(np.uint8)
-    shown, stats = L.preview_input(Preprocess((20, 20), 3, CIFAR_MEAN, (0.25, 0.25, 0.25)), img)
+    shown, stats = previews.preview_input(Preprocess((20, 20), 3, CIFAR_MEAN, (0.25, 0.25, 0.25)), img)
     assert shown.shape == (20, 20, 3) and np.abs(shown.astype(int) - img).max() <= 1
     assert stats["min"] < 0 < stats["max"]
-    gray, _ = L.preview_input(Preprocess((10, 10), 1, (0.5,), (0.5,)), img)
+    gray, _ = previews.preview_input(Preprocess((10, 10), 1, (0.5,), (0.5,)), img)
     assert gray.shape == (10, 10)
 
 
@@ -468,18 +471,17 @@ def test_upload_register_and_restore(tmp_cache, files):
     from ood_core import workbench as wb
 
     data = files["script"].read_bytes()
-    p = L.save_upload(data, "../../etc/passwd model.pt")  # the name cannot escape the uploads folder
+    p = P.save_upload(data, "../../etc/passwd model.pt")  # the name cannot escape the uploads folder
     assert p.is_relative_to(tmp_cache) and p.read_bytes() == data and ".." not in p.name
-    key, b = L.register_upload(p, name="tiny")
+    key, b = P.register_upload(p, name="tiny")
     assert key.startswith("upload:tiny@") and wb.load_model(key) is b
     assert any(m["spec"] == key for m in wb.list_models())
-    with wb._lock:
-        wb._models.pop(key)
-    assert key in L.restore_uploads()  # as after a restart
+    wb.forget_model(key)
+    assert key in P.restore_uploads().models  # as after a restart
     assert wb.load_model(key).fingerprint == b.fingerprint
-    L.forget_upload(key)
+    P.forget_upload(key)
     with pytest.raises(ModelError, match="upload it again"):
-        L.restore_upload(key)
+        P.restore_upload(key)
 
 
 def test_models_go_channels_last_unless_their_forward_needs_nchw():

@@ -24,8 +24,7 @@ Tiny = fx.TinyNet
 def page(tmp_cache, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from ood_core.data import folders
-    from ood_core.models import loading
+    from ood_core import persist
 
     monkeypatch.chdir(ROOT)
     # Start from the app's main script so switch_page can reach the Scores page later;
@@ -33,10 +32,10 @@ def page(tmp_cache, monkeypatch):
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
     at.switch_page(PAGE_REL)
     yield at
-    for n in list(folders.saved_datasets()):
-        folders.unregister_local(n)
-    for key in list(loading.saved_uploads()):
-        loading.forget_upload(key)
+    for n in list(persist.saved_datasets()):
+        persist.unregister_local(n)
+    for key in list(persist.saved_uploads()):
+        persist.forget_upload(key)
 
 
 def errors(at) -> list[str]:

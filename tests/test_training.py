@@ -176,7 +176,6 @@ def test_cli_train_prints_path_last_and_model_path_evaluates(capsys, out, defaul
         from ood_core import workbench as wb
         labels = {m["spec"]: m["label"] for m in wb.list_models()}
         assert labels[str(path)].startswith("ce · fine-tuned default · 1 ep")  # in the model picker
-        pytest.importorskip("ood_core.models.loading")
         rc = main(["evaluate", "--model", str(path), "--id", "mnist", "--ood", "gaussian", "--detectors", "energy",
                    "--json", "--quiet"])
         assert rc == 0

@@ -1,5 +1,8 @@
 """Architectures a ``state_dict`` can be loaded into, each with its default preprocessing.
 
+The registry ``ARCHITECTURES`` (name -> builder) starts with the workbench's own
+:class:`SmallCNN` (the embedded default model) and lists torchvision's classifiers after it.
+
 torchvision's classification models are built with ``weights=None`` (no download) and
 the requested class count; a CIFAR-style ResNet-18 (3x3 stem, no max-pool, the network
 most CIFAR OOD papers use) is torchvision's ResNet-18 with that stem, so its weights
@@ -11,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import nn
 
-from . import ARCHITECTURES, Preprocess
+from .bundle import ModelError, Preprocess
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -21,6 +25,38 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
+
+
+class SmallCNN(nn.Module):
+    """The embedded default: three conv layers and a 128-d post-ReLU feature layer."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32, feat_dim: int = 128):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(3),
+            nn.Flatten(),
+            nn.Linear(2 * width * 9, feat_dim), nn.ReLU(),
+        )
+        self.fc = nn.Linear(feat_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "small_cnn": lambda num_classes=10, in_channels=1: SmallCNN(num_classes, in_channels),
+}
+
+
+def build_arch(arch: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """Instantiate a named architecture (the workbench's own or torchvision's)."""
+    if arch in ARCHITECTURES:
+        return ARCHITECTURES[arch](num_classes=num_classes, in_channels=in_channels)
+    raise ModelError(f"unknown architecture {arch!r}; available: {', '.join(sorted(ARCHITECTURES))}")
+
 
 
 @dataclass(frozen=True)

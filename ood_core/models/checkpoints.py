@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import cache
-from . import ModelBundle, ModelError, Preprocess, build_arch
+from .archs import build_arch
+from .bundle import ModelBundle, ModelError, Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,7 @@ Progress = Callable[[float, str], None]
 
 
 def models_dir() -> Path:
-    d = cache.cache_dir() / "models"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return cache.subdir("models")
 
 
 def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict) -> Path:

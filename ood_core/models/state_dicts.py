@@ -1,0 +1,208 @@
+"""Reading a ``state_dict`` safely and matching it to a named architecture.
+
+Files are read **only** with ``torch.load(weights_only=True, map_location="cpu")``; a pickled
+whole model (or any file needing other globals) is refused with a message saying what to save
+instead, never unpickled (docs/architecture.md, "Uploads are data, not code"). Keys are
+unwrapped from common checkpoint dicts, stripped of wrapper prefixes (``module.``,
+``_orig_mod.``), renamed by the architecture's aliases, and compared by shape with every
+architecture in :data:`~ood_core.models.archs.ARCHITECTURES` built on the meta device.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from ..errors import first_line
+from .archs import ARCHITECTURES, STATE_KEY_ALIASES, arch_info, build_arch
+from .bundle import ModelError, find_head
+from .formats import SAVE_HINT
+
+_STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "params")
+_KEY_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """``torch.load(weights_only=True, map_location="cpu")`` and unwrap common checkpoint dicts.
+
+    A pickled whole model (or any file needing other globals) is refused, never unpickled.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one user message
+        raise ModelError(_weights_only_message(path, exc)) from None
+    return _unwrap_state(obj, Path(path).name)
+
+
+def _weights_only_message(path: Path, exc: Exception) -> str:
+    text = str(exc)
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if m or "Weights only load failed" in text:
+        what = f" (it contains a {m.group(1)} object)" if m else ""
+        return (f"refused {Path(path).name}: it is a pickled Python object{what}, which could run code when loaded. "
+                f"Use a file that holds only tensors: {SAVE_HINT}")
+    if "TorchScript" in text:
+        return f"{Path(path).name} looks like a damaged TorchScript archive: save it again with torch.jit.save"
+    first = first_line(exc, 160)
+    return (f"{Path(path).name} is not a PyTorch model file this workbench can read ({first}); "
+            "expected a .pt2 (torch.export), a TorchScript archive or a state_dict saved with torch.save")
+
+
+def _unwrap_state(obj: Any, name: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors
+        for key in _STATE_DICT_WRAPPERS:
+            inner = obj.get(key)
+            if isinstance(inner, dict):
+                t = {k: v for k, v in inner.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+                if t:
+                    return t
+        keys = ", ".join(map(str, list(obj)[:6]))
+        raise ModelError(f"{name} holds a dict without tensors (keys: {keys}); expected a state_dict "
+                         f"(name -> tensor), possibly under one of: {', '.join(_STATE_DICT_WRAPPERS)}")
+    raise ModelError(f"{name} holds a {type(obj).__name__}, not a state_dict; {SAVE_HINT}")
+
+
+def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop wrapper prefixes (DataParallel's ``module.``, torch.compile's ``_orig_mod.``)."""
+    changed = True
+    while changed:
+        changed = False
+        for p in _KEY_PREFIXES:
+            if state and all(k.startswith(p) for k in state):
+                state = {k[len(p):]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+_META: dict[str, tuple[dict[str, tuple[int, ...]], str | None, str | None]] = {}
+_META_LOCK = threading.Lock()
+
+
+def _arch_meta(arch: str) -> tuple[dict[str, tuple[int, ...]], str | None, str | None]:
+    """``(shapes, head weight key, stem conv key)`` of ``arch`` built with 1 class on the meta
+    device: no memory and no initialisation cost, so every architecture can be compared."""
+    with _META_LOCK:
+        hit = _META.get(arch)
+    if hit is None:
+        try:
+            with torch.device("meta"):
+                m = build_arch(arch, 1, arch_info(arch).channels)
+        except NotImplementedError:  # a builder that computes with tensors (RegNet): build it for real
+            m = build_arch(arch, 1, arch_info(arch).channels)
+        shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+        found = find_head(m)
+        head = f"{found[0]}.weight" if found else None
+        conv = next((k for k, s in shapes.items() if len(s) == 4), None)
+        hit = (shapes, head, conv)
+        with _META_LOCK:
+            _META[arch] = hit
+    return hit
+
+
+def _alias(state: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
+    """Rename keys spelled as in other code bases (``STATE_KEY_ALIASES``): a pattern starting
+    with '.' is replaced anywhere, one without only as the key's prefix."""
+    out = state
+    for old, new in STATE_KEY_ALIASES.get(arch, []):
+        if old.startswith("."):
+            out = {k.replace(old, new): v for k, v in out.items()}
+        else:
+            out = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in out.items()}
+    return out
+
+
+def _mismatch(state: dict[str, torch.Tensor], arch: str) -> tuple[int, list[str], list[str], list[str]]:
+    """(number of problems, missing keys, unexpected keys, shape clashes) of ``state`` against ``arch``."""
+    ref, head, conv = _arch_meta(arch)
+    skip_dim0 = {head, head[:-len("weight")] + "bias"} if head else set()
+    missing = [k for k in ref if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in ref]
+    clashes = []
+    for k, s in ref.items():
+        if k in state:
+            got = tuple(state[k].shape)
+            if len(got) != len(s):
+                clashes.append(k)
+            elif k in skip_dim0:
+                if got[1:] != s[1:]:
+                    clashes.append(k)
+            elif k == conv:
+                if got[0] != s[0] or got[2:] != s[2:]:
+                    clashes.append(k)
+            elif got != s:
+                clashes.append(k)
+    return len(missing) + len(unexpected) + len(clashes), missing, unexpected, clashes
+
+
+def match_architectures(state: dict[str, torch.Tensor], candidates: Iterable[str] | None = None) -> list[tuple[str, int]]:
+    """Architectures ranked by how well ``state``'s keys and shapes fit them: ``[(arch, problems)]``."""
+    state = strip_prefixes(state)
+    out = []
+    for arch in candidates or ARCHITECTURES:
+        best = min(_mismatch(s, arch)[0] for s in (state, _alias(state, arch)))
+        out.append((arch, best))
+    return sorted(out, key=lambda t: t[1])
+
+
+def state_dict_into(state: dict[str, torch.Tensor], arch: str, name: str = "state_dict") -> tuple[nn.Module, int, int]:
+    """Build ``arch`` with the class count read from the head weight and load ``state`` strictly.
+
+    Returns ``(model, num_classes, in_channels)``.
+    """
+    if arch not in ARCHITECTURES:
+        raise ModelError(f"unknown architecture {arch!r}; available: {', '.join(sorted(ARCHITECTURES))}")
+    state = strip_prefixes(state)
+    n, missing, unexpected, clashes = _mismatch(state, arch)
+    aliased = _alias(state, arch)
+    if aliased is not state:
+        alt = _mismatch(aliased, arch)
+        if alt[0] < n:
+            state, (n, missing, unexpected, clashes) = aliased, alt
+    if n:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing ({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}{', …' if len(unexpected) > 3 else ''})")
+        if clashes:
+            k = clashes[0]
+            parts.append(f"{len(clashes)} of another shape ({k}: file {tuple(state[k].shape)}, "
+                         f"{arch} {_arch_meta(arch)[0][k]})")
+        best = [a for a, p in match_architectures(state) if p == 0]
+        hint = f"it fits {', '.join(best)}" if best else "pick the architecture it was saved from"
+        raise ModelError(f"{name} does not fit {arch}: {'; '.join(parts)} — {hint}")
+    _, head, conv = _arch_meta(arch)
+    num_classes = int(state[head].shape[0]) if head and head in state else 0
+    in_channels = int(state[conv].shape[1]) if conv and conv in state else 3
+    if num_classes < 1:
+        raise ModelError(f"could not read the class count from {name}: no head weight {head!r}")
+    try:
+        model = _build_assigned(arch, num_classes, in_channels, state)
+    except RuntimeError as exc:
+        raise ModelError(f"{name} does not fit {arch}: {first_line(exc, 200)}") from None
+    return model.eval(), num_classes, in_channels
+
+
+def _build_assigned(arch: str, num_classes: int, in_channels: int, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Build on the meta device and adopt the file's tensors (``assign=True``): skips the random
+    initialisation a real build would waste time on (about a second for a ResNet-50)."""
+    with torch.device("meta"):
+        try:
+            model = build_arch(arch, num_classes, in_channels)
+        except NotImplementedError:
+            model = None
+    if model is not None:
+        model.load_state_dict(state, strict=True, assign=True)
+        if not any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
+            return model
+    # non-persistent buffers (or a builder that computes) need a real build
+    model = build_arch(arch, num_classes, in_channels)
+    model.load_state_dict(state, strict=True)
+    return model

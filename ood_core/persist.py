@@ -1,0 +1,232 @@
+"""Saved state: user datasets and uploaded models, remembered in the cache and restored explicitly.
+
+One mechanism for both (docs/architecture.md, "Saved state"): a small JSON registry
+``{key: entry}`` under the cache folder, read and written whole (atomically, through
+:func:`ood_core.cache.write_json_dict`) under a lock:
+
+- datasets: ``<cache>/datasets/registry.json``, ``{name: entry}`` with the entry of
+  :mod:`ood_core.data.registry` (paths, formats, role); the files stay where the user keeps them,
+  uploads (.zip / .npz) are stored content-addressed under ``<cache>/uploads/datasets``;
+- models: ``<cache>/uploads/models/registry.json``, ``{"upload:NAME@HASH": {"path", "options"}}``;
+  uploaded files are stored content-addressed under ``<cache>/uploads/models``.
+
+Nothing is restored at import time. :func:`restore_saved` (exposed to the app and the CLI as
+``workbench.restore_saved()``) registers every remembered dataset and reloads every remembered
+upload into :mod:`ood_core.models.loaded`, and reports what it skipped and why.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import cache
+from .data import DataError, DatasetSpec, unregister
+from .data import registry as data_registry
+from .data.safety import is_npz, max_dataset_bytes, unpack_zip, uploads_dir as dataset_uploads_dir
+from .errors import UserError, first_line
+from .models import ModelBundle, ModelError, loaded
+from .models.files import load_model_file
+from .models.formats import check_size
+
+log = logging.getLogger(__name__)
+
+
+class SavedRegistry:
+    """A JSON file ``{key: entry}`` under the cache root, read and written whole under one lock."""
+
+    def __init__(self, kind: str, *parts: str):
+        self.kind = kind  # "dataset" / "model": what the log lines and skip reasons call an entry
+        self.folder = parts[:-1]
+        self.filename = parts[-1]
+        self.lock = threading.RLock()
+
+    def path(self) -> Path:
+        return cache.subdir(*self.folder) / self.filename
+
+    def read(self) -> dict[str, dict]:
+        return cache.read_json_dict(self.path())
+
+    def write(self, data: dict[str, dict]) -> None:
+        cache.write_json_dict(self.path(), data)
+
+    def put(self, key: str, entry: dict) -> None:
+        with self.lock:
+            data = self.read()
+            data[key] = entry
+            self.write(data)
+
+    def pop(self, key: str) -> dict | None:
+        with self.lock:
+            data = self.read()
+            entry = data.pop(key, None)
+            self.write(data)
+            return entry
+
+    def restore(self, restore_one: Callable[[str, dict], Any], skip: Callable[[str], bool] = lambda key: False
+                ) -> tuple[list[str], dict[str, str]]:
+        """Call ``restore_one(key, entry)`` for every entry (not those ``skip`` names); a user error
+        or a vanished file skips that entry with a one-line reason instead of failing the rest."""
+        done, skipped = [], {}
+        for key, entry in self.read().items():
+            if skip(key):
+                continue
+            try:
+                restore_one(key, entry)
+                done.append(key)
+            except (UserError, OSError, KeyError, TypeError) as exc:  # a vanished file, a malformed entry
+                skipped[key] = first_line(exc)
+                log.warning("%s %s not restored: %s", self.kind, key, skipped[key])
+        return done, skipped
+
+
+DATASETS = SavedRegistry("dataset", "datasets", "registry.json")
+UPLOADS = SavedRegistry("model", "uploads", "models", "registry.json")
+
+
+@dataclass
+class Restored:
+    """What :func:`restore_saved` brought back, and what it skipped with a one-line reason each."""
+
+    datasets: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # dataset name or upload key -> why
+
+    def __add__(self, other: "Restored") -> "Restored":
+        return Restored(self.datasets + other.datasets, self.models + other.models, {**self.skipped, **other.skipped})
+
+
+def restore_saved() -> Restored:
+    """Register every remembered dataset, then reload every remembered upload not yet in memory."""
+    return restore_datasets() + restore_uploads()
+
+
+# --- datasets --------------------------------------------------------------------------
+
+def register_local(path: Path | str, name: str, role: str, fmt: str = "auto", split: str | None = None,
+                   limit: int | None = None, labelled: bool = True, description: str = "",
+                   persist: bool = True, validate: bool = True) -> DatasetSpec:
+    """Register a local source under ``name`` (see :func:`ood_core.data.registry.add_source`) and,
+    with ``persist``, remember it so :func:`restore_saved` brings it back after a restart."""
+    with DATASETS.lock:
+        saved = DATASETS.read()
+        spec, entry = data_registry.add_source(path, name, role, fmt, split, limit, labelled, description,
+                                               previous=saved.get(str(name).strip()), validate=validate)
+        if persist:
+            saved[spec.name] = entry
+            DATASETS.write(saved)
+    return spec
+
+
+def register_dataset_upload(data: bytes, filename: str, name: str, role: str, **kwargs: Any) -> DatasetSpec:
+    """Register uploaded bytes (a .zip or .npz): stored under the cache, then like a local path."""
+    fname = Path(str(filename)).name
+    suffix = Path(fname).suffix.lower()
+    if len(data) > max_dataset_bytes():
+        raise DataError(f"the upload is {len(data) / 2**20:.0f} MiB, over the limit; register the folder by path")
+    sha = hashlib.sha256(data).hexdigest()[:16]
+    zipped = data[:4] == b"PK\x03\x04"  # an .npz is a zip of .npy files too
+    if suffix == ".zip" or (suffix != ".npz" and zipped and not is_npz(data)):
+        p = unpack_zip(data, dataset_uploads_dir() / sha)
+    elif suffix == ".npz" or zipped:
+        p = dataset_uploads_dir() / sha / "data.npz"
+        if not p.exists():
+            cache.atomic_write_bytes(p, data)
+    else:
+        raise DataError(f"{fname}: upload a .zip (of a folder in a supported format) or a .npz; "
+                        "larger sets: register their folder by path")
+    return register_local(p, name, role, **kwargs)
+
+
+def unregister_local(name: str) -> None:
+    """Forget a user dataset (the files are not touched)."""
+    with DATASETS.lock:
+        saved = DATASETS.read()
+        if name not in saved:
+            raise DataError(f"{name!r} is not a registered local dataset")
+        saved.pop(name)
+        DATASETS.write(saved)
+        unregister(name)
+
+
+def saved_datasets() -> dict[str, dict]:
+    """The persisted registrations, ``{name: {"role", "sources", "format", "description"}}``."""
+    return DATASETS.read()
+
+
+def restore_datasets() -> Restored:
+    """Register every remembered dataset whose files still exist (lazily: nothing is read yet)."""
+    done, skipped = DATASETS.restore(data_registry.restore_entry)
+    return Restored(datasets=done, skipped=skipped)
+
+
+# --- uploaded models --------------------------------------------------------------------
+
+def model_uploads_dir() -> Path:
+    return cache.subdir("uploads", "models")
+
+
+def _safe_filename(name: str) -> str:
+    base = Path(str(name)).name or "model"
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "model"
+    return base[:100]
+
+
+def save_upload(data: bytes, filename: str, max_bytes: int | None = None) -> Path:
+    """Store uploaded bytes under the cache (content-addressed); the size limit is checked first."""
+    check_size(len(data), max_bytes, f"the upload {Path(str(filename)).name}")
+    sha = hashlib.sha256(data).hexdigest()[:16]
+    p = model_uploads_dir() / sha / _safe_filename(filename)
+    if not p.exists():
+        cache.atomic_write_bytes(p, data)
+    return p
+
+
+def saved_uploads() -> dict[str, dict]:
+    """The remembered uploads, ``{key: {"path", "options"}}`` (as :func:`saved_datasets` for data)."""
+    return UPLOADS.read()
+
+
+def upload_key(bundle: ModelBundle) -> str:
+    return f"upload:{bundle.name}@{bundle.fingerprint[:8]}"
+
+
+def register_upload(path: Path | str, **options: Any) -> tuple[str, ModelBundle]:
+    """Load a model file, make it reachable as ``upload:NAME@HASH`` (``workbench.load_model``) and
+    remember it (path + options) so :func:`restore_saved` brings it back after a restart."""
+    opts = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items() if v is not None}
+    bundle = load_model_file(Path(path), **opts)
+    key = upload_key(bundle)
+    bundle.info["spec"] = key
+    loaded.put(key, bundle)
+    UPLOADS.put(key, {"path": str(Path(path).resolve()), "options": opts})
+    return key, bundle
+
+
+def restore_upload(key: str, entry: dict | None = None) -> ModelBundle:
+    """Reload one remembered upload into memory (``workbench.load_model('upload:…')`` after a restart)."""
+    entry = entry if entry is not None else UPLOADS.read().get(key)
+    if not entry:
+        raise ModelError(f"no uploaded model {key!r}; upload it again on the Models & Data page")
+    if not Path(entry["path"]).exists():
+        raise ModelError(f"the file of {key!r} is gone from the cache; upload it again")
+    bundle = load_model_file(Path(entry["path"]), **entry.get("options", {}))
+    bundle.info["spec"] = key
+    loaded.put(key, bundle)
+    return bundle
+
+
+def restore_uploads() -> Restored:
+    """Reload every remembered upload not yet in memory."""
+    done, skipped = UPLOADS.restore(restore_upload, skip=loaded.has)
+    return Restored(models=done, skipped=skipped)
+
+
+def forget_upload(key: str) -> None:
+    """Drop a remembered upload (the file stays in the content-addressed store)."""
+    UPLOADS.pop(key)
+    loaded.forget(key)
