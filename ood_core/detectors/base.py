@@ -1,7 +1,7 @@
 """The shared detector API: knobs as data, ``fit`` then ``score``, one registry.
 
 Every detector returns one float per sample, **higher = more in-distribution**
-(DESIGN.md contract 1). A detector declares its paper, what it needs, its knobs (so the
+(``docs/architecture.md``, score sign). A detector declares its paper, what it needs, its knobs (so the
 pages build sliders from the declaration) and its sweep grid (as OpenOOD does), and
 implements ``score(extraction, **knobs)`` on cached arrays. Detectors that need the
 model at scoring time set ``needs_model`` and implement ``score_model`` instead; the
