@@ -1,13 +1,16 @@
-"""Entry point (`streamlit run app.py`): the page list and the navigation.
+"""Entry point (`streamlit run app.py`): the page list, the navigation and the sidebar.
 
 Each page is one file; `home.py` is the landing page. Titles and URL paths are set
-here so the sidebar reads "Home, Scores, Compare, …" and links stay stable.
+here so the sidebar reads "Home, Scores, Compare, …" and links stay stable. The
+experiment sidebar is drawn here, once per run, before the page; pages read what it set
+(`ui.common.context()`).
 """
 from __future__ import annotations
 
 import streamlit as st
 
 from ood_core import cache, workbench
+from ui import common
 
 st.set_page_config(page_title="Gradient-OOD workbench", layout="wide")
 
@@ -31,8 +34,16 @@ PAGES = [
     ("pages/7_Models_and_Data.py", "Models & data", "Models_and_Data", ":material/upload_file:"),
 ]
 
+# What the sidebar shows per page (by URL path): all pickers unless listed. Models & data
+# sets the experiment itself, so it gets a summary drawn after the page has run.
+SIDEBAR = {"Tuning": "no_ood", "Train": "no_ood", "Models_and_Data": "none"}
+
 nav = st.navigation([
     st.Page(path, title=title, icon=icon, default=(path == "home.py"), **({"url_path": url} if url else {}))
     for path, title, url, icon in PAGES
 ])
+sidebar = SIDEBAR.get(nav.url_path, "pickers")
+common.sidebar(sidebar)
 nav.run()
+if sidebar == "none":
+    common.sidebar_summary()

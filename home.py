@@ -5,9 +5,9 @@ import streamlit as st
 
 from ood_core.data import get_spec
 from ood_core.experiment import Experiment, ExperimentError
-from ui import common
+from ui import common, state
 
-ctx = common.sidebar()
+ctx = common.context()
 
 st.title("Gradient-OOD workbench")
 st.markdown(
@@ -56,8 +56,8 @@ with st.expander("Load an experiment JSON (reproduces a saved setting)"):
     if up is not None:
         try:
             exp = Experiment.from_json(up.getvalue().decode("utf-8", errors="replace"))
-            if st.session_state.get("_exp_applied") != up.file_id:
-                st.session_state["_exp_applied"] = up.file_id
+            if state.get("experiment_upload_applied") != up.file_id:
+                state.put("experiment_upload_applied", up.file_id)
                 common.apply_experiment(exp)  # reruns the page with the experiment applied
             st.success(f"Loaded: model {exp.model}, ID {exp.id_dataset}, OOD {', '.join(exp.ood_datasets)}, "
                        f"detectors {', '.join(exp.detectors)}.")

@@ -45,6 +45,7 @@ class Knob:
     choices: tuple[Any, ...] = ()
     help: str = ""
     label: str = ""
+    step: float | None = None  # a slider's step (None: the widget builder picks one)
 
     def validate(self, value: Any, owner: str = "") -> Any:
         """``value`` converted to the knob's type; :class:`KnobError` naming ``owner.name`` when it does not fit."""
@@ -104,3 +105,17 @@ def resolve(knobs: Iterable[Knob], params: Mapping[str, Any] | None = None, owne
     for key, value in dict(params or {}).items():
         out[key] = find(knobs, key, owner).validate(value, owner)
     return out
+
+
+@dataclass(frozen=True)
+class KnobSet:
+    """A named group of knobs (a map method, the gradient settings of a map): what widget builders take."""
+
+    name: str
+    knobs: tuple[Knob, ...]
+
+    def defaults(self) -> dict[str, Any]:
+        return {k.name: k.default for k in self.knobs}
+
+    def resolve(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return resolve(self.knobs, params, self.name)

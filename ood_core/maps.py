@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 
 from . import cache
+from . import gradients as _grad
 from .errors import UserError
+from .knobs import Knob, KnobError, KnobSet
 from .workbench import WorkbenchError
 
 Progress = Callable[[float, str], None]
@@ -27,14 +29,37 @@ METHODS = ("pca", "tsne", "umap")
 METHOD_LABELS = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
 SPACES = ("features", "gradients")
 SCORE_COLUMNS = ("energy", "gradnorm", "msp", "maxlogit", "rg")
-# Main knobs per method with their defaults; anything else is refused by name.
-KNOBS: dict[str, dict[str, Any]] = {
-    "pca": {"standardize": True},
-    # 500 iterations (sklearn's default is 1000): the layout has settled by then and it halves the time.
-    "tsne": {"perplexity": 30.0, "max_iter": 500, "standardize": True},
-    # 200 epochs is what umap-learn itself uses above 10,000 points; 500 below buys little.
-    "umap": {"n_neighbors": 15, "min_dist": 0.1, "n_epochs": 200, "standardize": True},
+_STANDARDIZE = Knob("standardize", True, kind="bool", label="Standardise columns",
+                    help="z-score each dimension before embedding (and for separability)")
+# Each method's knobs, declared once: the Maps page builds its widgets from these and
+# every entry point (embed, is_embedded, compute_map) validates through them.
+KNOBS: dict[str, KnobSet] = {
+    "pca": KnobSet("pca", (_STANDARDIZE,)),
+    "tsne": KnobSet("tsne", (
+        Knob("perplexity", 30.0, 2.0, 100.0, step=1.0, label="Perplexity",
+             help="the effective number of neighbours; at most (N−1)/3"),
+        # 500 iterations (sklearn's default is 1000): the layout has settled by then and it halves the time.
+        Knob("max_iter", 500, 250, 1000, kind="int", step=250, label="Iterations"),
+        _STANDARDIZE,
+    )),
+    "umap": KnobSet("umap", (
+        Knob("n_neighbors", 15, 2, 200, kind="int", label="n_neighbors", help="larger: more global structure"),
+        Knob("min_dist", 0.1, 0.0, 1.0, step=0.01, label="min_dist", help="how tightly points may pack"),
+        # 200 epochs is what umap-learn itself uses above 10,000 points; 500 below buys little.
+        Knob("n_epochs", 200, 10, 1000, kind="int", step=10, label="n_epochs",
+             help="optimisation epochs of the layout"),
+        _STANDARDIZE,
+    )),
 }
+# The low-dimensional gradient settings a gradient map exposes (validated by ood_core.gradients).
+GRADIENT_KNOBS = KnobSet("gradients", (
+    Knob("loss", _grad.DEFAULT_PARAMS["loss"], kind="choice", choices=_grad.LOSSES, label="Gradient loss",
+         help="kl_uniform: GradNorm's KL(u‖softmax); ce_pred: CE to the prediction"),
+    Knob("param_set", _grad.DEFAULT_PARAMS["param_set"], kind="choice", choices=_grad.PARAM_SETS, label="Parameters"),
+    Knob("subspace", _grad.DEFAULT_PARAMS["subspace"], kind="choice", choices=_grad.SUBSPACES, label="Subspace",
+         help="pca: top-r directions; avg: class-mean gradients (r = C)"),
+    Knob("r", _grad.DEFAULT_PARAMS["r"], 1, 512, kind="int", label="r"),
+))
 PRE_PCA_DIMS = 50
 MIN_POINTS = 3
 
@@ -46,33 +71,17 @@ class MapError(WorkbenchError):
 # --- embedding -------------------------------------------------------------------------------
 
 def resolve_knobs(method: str, **knobs: Any) -> dict[str, Any]:
-    """The method's defaults overlaid with ``knobs`` (unknown names and bad types refused)."""
+    """The method's defaults overlaid with ``knobs``, each validated against its declaration."""
     if method not in METHODS:
         raise MapError(f"map method must be one of {', '.join(METHODS)}; got {method!r}")
-    out = dict(KNOBS[method])
-    unknown = set(knobs) - set(out)
-    if unknown:
-        raise MapError(f"{METHOD_LABELS[method]} has no setting(s) {sorted(unknown)}; "
-                       f"settings: {', '.join(out)}")
-    for k, v in knobs.items():
-        default = out[k]
-        try:
-            if isinstance(default, bool):
-                out[k] = bool(v)
-            elif isinstance(default, int):
-                fv = float(v)
-                if not fv.is_integer():
-                    raise ValueError
-                out[k] = int(fv)
-            else:
-                out[k] = float(v)
-        except (TypeError, ValueError):
-            raise MapError(f"{METHOD_LABELS[method]} setting {k} must be a {type(default).__name__}; got {v!r}") from None
-    return out
+    try:
+        return KNOBS[method].resolve(knobs)
+    except KnobError as exc:
+        raise MapError(str(exc)) from None
 
 
 def check_input(X: np.ndarray, method: str, knobs: dict[str, Any]) -> np.ndarray:
-    """Validate the matrix and the knobs against the number of points; a MapError says what to change."""
+    """Validate the matrix, and the resolved ``knobs`` against its number of points; a MapError says what to change."""
     X = np.asarray(X)
     if X.ndim != 2:
         raise MapError(f"a map needs a 2-D matrix (points × dimensions); got shape {X.shape}")
@@ -89,23 +98,13 @@ def check_input(X: np.ndarray, method: str, knobs: dict[str, Any]) -> np.ndarray
     if method == "tsne":
         perp = knobs["perplexity"]
         top = (n - 1) / 3.0  # each point needs ~3·perplexity neighbours (the Barnes-Hut tree's rule)
-        if perp <= 0:
-            raise MapError(f"t-SNE perplexity must be positive; got {perp:g}")
         if perp > top:
             raise MapError(f"t-SNE perplexity {perp:g} is too large for {n} points: use at most {max(1, int(top))} "
                            f"(≤ (N−1)/3), or map more points")
-        if knobs["max_iter"] < 250:
-            raise MapError(f"t-SNE needs max_iter ≥ 250; got {knobs['max_iter']}")
     if method == "umap":
         nn_ = knobs["n_neighbors"]
-        if nn_ < 2:
-            raise MapError(f"UMAP n_neighbors must be at least 2; got {nn_}")
         if nn_ >= n:
             raise MapError(f"UMAP n_neighbors {nn_} is too large for {n} points: use at most {n - 1}, or map more points")
-        if not 0.0 <= knobs["min_dist"] <= 1.0:
-            raise MapError(f"UMAP min_dist must be in [0, 1]; got {knobs['min_dist']:g}")
-        if knobs["n_epochs"] < 10:
-            raise MapError(f"UMAP n_epochs must be at least 10; got {knobs['n_epochs']}")
     return X
 
 
@@ -155,10 +154,14 @@ def embed(X: np.ndarray, method: str = "pca", seed: int = 0, **knobs: Any) -> np
     """2-D coordinates ``(N, 2)`` of the rows of ``X``, disk-cached per (X, method, seed, knobs).
 
     Columns are centred (and standardised unless ``standardize=False``); t-SNE and UMAP
-    first reduce to 50 principal components for speed. Knobs: t-SNE ``perplexity``,
-    ``max_iter``; UMAP ``n_neighbors``, ``min_dist``, ``n_epochs``.
+    first reduce to 50 principal components for speed. Knobs: :data:`KNOBS` (t-SNE
+    ``perplexity``, ``max_iter``; UMAP ``n_neighbors``, ``min_dist``, ``n_epochs``).
     """
-    kn = resolve_knobs(method, **knobs)
+    return _embed_cached(X, method, seed, resolve_knobs(method, **knobs))
+
+
+def _embed_cached(X: np.ndarray, method: str, seed: int, kn: dict[str, Any]) -> np.ndarray:
+    """:func:`embed` with knobs already resolved."""
     X = check_input(X, method, kn)
     key = embed_key(X, method, seed, kn)
     arr = cache.cached_arrays(key, lambda: {"xy": _embed(X, method, int(seed), kn).astype(np.float32)})
@@ -352,7 +355,7 @@ def compute_map(bundle: Any, id_name: str = "mnist", ood_names: Sequence[str] = 
     X_all = np.vstack(blocks)
     frame = pd.concat(frames, ignore_index=True)
     say(span, f"{METHOD_LABELS[method]} of {len(X_all):,} points in {X_all.shape[1]} dimensions…")
-    xy = embed(X_all, method, seed, **kn)
+    xy = _embed_cached(X_all, method, seed, kn)
     frame.insert(0, "y", xy[:, 1])
     frame.insert(0, "x", xy[:, 0])
     say(0.95, "separability (kNN AUROC, 2-D and full space)…")

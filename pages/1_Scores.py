@@ -9,11 +9,11 @@ from ood_core import workbench as wb
 from ood_core.data import get_dataset
 from ood_core.detectors import detector_names, get_detector
 from ood_core.figures.scores import pr_figure, roc_figure, score_histogram
-from ui import common
+from ui import common, state
 from ui.export import figure_downloads, per_sample_downloads, table_downloads
 
 st.set_page_config(page_title="Scores · OOD workbench", layout="wide")
-ctx = common.sidebar()
+ctx = common.context()
 st.title("Scores")
 st.caption("Pick a detector, move its knobs, and watch the separation of ID and OOD scores change. "
            "Every score is oriented higher = more in-distribution.")
@@ -27,8 +27,8 @@ id_ext = common.extraction(ctx.bundle, ctx.id_name)
 # --- detector and knobs --------------------------------------------------------
 names = detector_names()
 reasons = {n: get_detector(n).unavailable_reason(id_ext) for n in names}
-if st.session_state["detector"] not in names:
-    st.session_state["detector"] = "energy"
+if state.get("detector") not in names:
+    state.put("detector", "energy")
 left, right = st.columns([1, 3])
 with left:
     det_name = st.selectbox(
@@ -43,11 +43,10 @@ with left:
     st.caption(det.describe())
     if det.help:
         st.caption(det.help)
-    saved = st.session_state["params"].get(det_name, {})
-    knobs = common.knob_widgets(det, "scores", saved)
+    knobs = common.knob_widgets(det, "scores", state.detector_knobs(det_name))
     with common.guard(det_name):
         knobs = det.resolve(knobs)
-    st.session_state["params"][det_name] = knobs
+    state.set_detector_knobs(det_name, knobs)
     derived = det.derived(**knobs)
     for k, v in derived.items():
         st.caption(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
@@ -165,7 +164,7 @@ with st.expander("Mistakes at this threshold: OOD samples called ID, ID samples 
                 st.image(ds.images[i], width=84, clamp=True,
                          caption=f"#{int(ds.sample_ids[i])} score {s[i]:.3g} pred {int(ext.preds[i])}")
                 if st.button("Saliency →", key=f"sal-{ds_name}-{i}"):
-                    st.session_state["selection"] = {"dataset": ds_name, "index": int(i)}
+                    state.select_sample(ds_name, i)
                     st.switch_page("pages/5_Saliency.py")
 
 with st.expander("Reproduce"):

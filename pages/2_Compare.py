@@ -10,11 +10,11 @@ from ood_core.detectors import detector_classes
 from ood_core.errors import UserError
 from ood_core.figures.compare import LABELS, compare_chart
 from ood_core.metrics import METRICS
-from ui import common
+from ui import common, state
 from ui.export import figure_downloads, table_downloads
 
 st.set_page_config(page_title="Compare · OOD workbench", layout="wide")
-ctx = common.sidebar()
+ctx = common.context()
 st.title("Compare detectors")
 st.caption("Which detector should you trust for this model and this kind of shift? Every detector on every OOD set, "
            "with 95% percentile-bootstrap intervals (ID and OOD resampled separately). Knob values come from the "
@@ -42,7 +42,7 @@ if not chosen:
     st.info("Pick at least one detector.")
     st.stop()
 
-params = {d: dict(v) for d, v in st.session_state["params"].items() if d in chosen}
+params = {d: v for d, v in state.detector_knobs().items() if d in chosen}
 chosen_model = [d for d in chosen if d in model_names]
 
 
@@ -71,12 +71,12 @@ with common.guard("comparing"), st.spinner(f"Scoring {len(chosen)} detectors on 
 pending = [d for d, ok in zip(chosen_model, mt_state) if not ok]
 if pending:
     key = f"compare-mt:{ctx.bundle.fingerprint}:{ctx.id_name}:{ctx.ood}:{pending}:{sorted(params.items(), key=str)}"
-    running = key in st.session_state.get("_jobs", {})
+    running = key in state.get("job_ids", {})
     if running or st.button(f"Run model-time detectors ({', '.join(pending)}) as a job", key="compare.run_mt"):
         def _job(jc, _b=ctx.bundle, _id=ctx.id_name, _ood=list(ctx.ood), _d=pending, _p=params):
             return cmp.compare_table(_b, _id, _ood, _d, _p, n_boot=0, progress=jc.progress, run_model_time=True)
         common.run_as_job(key, _job, f"{', '.join(pending)} on {1 + len(ctx.ood)} datasets")
-        st.session_state["_jobs"].pop(key, None)
+        state.get("job_ids").pop(key, None)
         st.rerun()
 
 # --- the table ----------------------------------------------------------------------------

@@ -7,11 +7,11 @@ from ood_core import tuning
 from ood_core.detectors import detector_classes, get_detector
 from ood_core.figures.compare import LABELS, tuning_curve
 from ood_core.metrics import METRICS
-from ui import common
+from ui import common, state
 from ui.export import figure_downloads, table_downloads
 
 st.set_page_config(page_title="Tuning · OOD workbench", layout="wide")
-ctx = common.sidebar(select_ood=False)
+ctx = common.context("no_ood")
 st.title("Tune a detector")
 st.caption("Sweep knob values and keep the best. Validation never touches the OOD test sets: the ID side is the "
            f"held-out {tuning.HOLDOUT:.0%} of the ID training split (fixed seed; the detector is fitted on the "
@@ -23,9 +23,9 @@ if not val_sets:
     st.stop()
 
 names = [n for n in detector_classes() if get_detector(n).knobs]
-start = st.session_state["detector"] if st.session_state["detector"] in names else names[0]
-if st.session_state.get("tuning.detector") not in names:
-    st.session_state["tuning.detector"] = start
+start = state.get("detector") if state.get("detector") in names else names[0]
+if state.widget("tuning.detector") not in names:
+    state.set_widget("tuning.detector", start)
 
 left, right = st.columns([1, 2])
 with left:
@@ -56,13 +56,13 @@ with left:
     st.caption(f"{n} settings" + (" (model-time: runs as a job with progress)" if det.needs_model else ""))
     run = st.button("Run sweep", key="tuning.run", type="primary", disabled=not (swept and val))
 
-fixed = {k: v for k, v in st.session_state["params"].get(det_name, {}).items() if k not in grid}
+fixed = {k: v for k, v in state.detector_knobs(det_name).items() if k not in grid}
 run_key = f"tuning:{ctx.bundle.fingerprint}:{ctx.id_name}:{det_name}:{sorted(grid.items())}:{val}:{metric}:{sorted(fixed.items(), key=str)}"
 if run:
-    st.session_state["tuning.pending"] = run_key
+    state.put("tuning_requested_sweep", run_key)
 
 with right:
-    if st.session_state.get("tuning.pending") == run_key:
+    if state.get("tuning_requested_sweep") == run_key:
         def _sweep(progress=None, _b=ctx.bundle, _d=det_name, _g=grid, _id=ctx.id_name, _v=list(val), _m=metric,
                    _f=fixed):
             return tuning.sweep(_b, _d, _g, _id, _v, _m, fixed=_f, progress=progress)
@@ -73,10 +73,10 @@ with right:
             else:
                 with st.spinner(f"Sweeping {n} settings of {det_name}…"):
                     res = _sweep()
-        st.session_state["tuning.result"] = {"key": run_key, "detector": det_name, "df": res[0], "best": res[1]}
-        st.session_state["tuning.pending"] = None
+        state.put("tuning_result", {"key": run_key, "detector": det_name, "df": res[0], "best": res[1]})
+        state.put("tuning_requested_sweep", None)
 
-    result = st.session_state.get("tuning.result")
+    result = state.get("tuning_result")
     if not result or result["detector"] != det_name:
         st.info("Set the grid and press Run sweep.")
         st.stop()
@@ -97,7 +97,6 @@ with right:
     row = df[df["best"]].iloc[0]
     st.success(f"Best {LABELS[m]} {row[m]:.4f} at " + ", ".join(f"{k}={best[k]}" for k in knobs_swept))
     if st.button("Apply best", key="tuning.apply"):
-        st.session_state["params"] = {**st.session_state["params"], det_name: dict(best)}
-        for k in best:  # let the Scores page rebuild its widgets from the applied values
-            st.session_state.pop(f"scores.{det_name}.{k}", None)
+        state.set_detector_knobs(det_name, best)
+        state.reset_knob_widgets("scores", det_name, best)  # Scores rebuilds them from the applied values
         st.success(f"Applied to {det_name}: the Scores and Compare pages now use these values.")

@@ -7,11 +7,11 @@ import streamlit as st
 from ood_core import gradients, maps
 from ood_core.data import get_dataset
 from ood_core.figures.maps import SCORE_LABELS, map_figure, separability_figure, separability_frame
-from ui import common
+from ui import common, state
 from ui.export import figure_downloads, table_downloads
 
 st.set_page_config(page_title="Maps · OOD workbench", layout="wide")
-ctx = common.sidebar()
+ctx = common.context()
 st.title("Maps: features vs low-dimensional gradients")
 st.caption("The ID test set and the chosen OOD sets embedded jointly in 2-D, once from the model's penultimate "
            "features and once from per-sample gradients projected on the top directions of ID training gradients. "
@@ -36,37 +36,17 @@ with st.expander("Map settings", expanded=True):
                                   help="each set is subsampled to this many points (fixed seed); faces has 400"))
         seed = int(st.number_input("Seed", 0, 1_000_000, 0, 1, key="maps_seed",
                                    help="drives the subsample and the embedding"))
-    knobs: dict = {}
     with c3:
-        if method == "tsne":
-            knobs["perplexity"] = float(st.slider("Perplexity", 2.0, 100.0, 30.0, 1.0, key="maps_perplexity",
-                                                  help="the effective number of neighbours; at most (N−1)/3"))
-            knobs["max_iter"] = int(st.select_slider("Iterations", [250, 500, 750, 1000], 500, key="maps_max_iter"))
-        elif method == "umap":
-            knobs["n_neighbors"] = int(st.slider("n_neighbors", 2, 200, 15, 1, key="maps_n_neighbors",
-                                                 help="larger: more global structure"))
-            knobs["min_dist"] = float(st.slider("min_dist", 0.0, 1.0, 0.1, 0.01, key="maps_min_dist",
-                                                help="how tightly points may pack"))
-        else:
+        if method == "pca":
             st.caption("PCA has no knobs: the two leading principal components of the standardised data.")
-        knobs["standardize"] = st.checkbox("Standardise columns", True, key="maps_standardize",
-                                           help="z-score each dimension before embedding (and for separability)")
+        knobs = common.knob_widgets(maps.KNOBS[method], "maps")
     with c4:
-        gp = gradients.DEFAULT_PARAMS
-        g_loss = st.selectbox("Gradient loss", list(gradients.LOSSES), index=list(gradients.LOSSES).index(gp["loss"]),
-                              key="maps_grad_loss", help="kl_uniform: GradNorm's KL(u‖softmax); ce_pred: CE to the prediction")
-        g_set = st.selectbox("Parameters", list(gradients.PARAM_SETS),
-                             index=list(gradients.PARAM_SETS).index(gp["param_set"]), key="maps_grad_param_set")
-        g_sub = st.selectbox("Subspace", list(gradients.SUBSPACES), index=list(gradients.SUBSPACES).index(gp["subspace"]),
-                             key="maps_grad_subspace", help="pca: top-r directions; avg: class-mean gradients (r = C)")
-        g_r = int(st.number_input("r", 1, 512, int(gp["r"]), 1, key="maps_grad_r", disabled=g_sub == "avg"))
-        grad_params = {"loss": g_loss, "param_set": g_set, "subspace": g_sub, "r": g_r, "T": float(gp["T"])}
+        g = maps.GRADIENT_KNOBS
+        avg = state.widget(state.knob_key("maps", g.name, "subspace"), g.defaults()["subspace"]) == "avg"
+        grad_params = {**common.knob_widgets(g, "maps", disabled=["r"] if avg else []),
+                       "T": float(gradients.DEFAULT_PARAMS["T"])}
     n_total = sum(min(len(get_dataset(n)), n_per_set) for n in [ctx.id_name, *ctx.ood])
     st.caption(f"{n_total:,} points per map ({1 + len(ctx.ood)} datasets).")
-
-with common.guard("map settings"):  # refuse bad settings before any work
-    maps.check_input(np.zeros((n_total, 2)), method, maps.resolve_knobs(method, **knobs))
-    gradients.resolve_params(grad_params)
 
 
 # --- computing the two maps ----------------------------------------------------------------------
@@ -76,7 +56,7 @@ def _key(space: str) -> str:
             f"{sorted(knobs.items())}:{gpk}")
 
 
-memo: dict = st.session_state.setdefault("_maps_memo", {})
+memo: dict = state.setdefault("maps_results", {})
 
 
 def _remember(key: str, res) -> None:
@@ -126,7 +106,7 @@ def _pct(v: float) -> str:
 
 
 # --- selection state (shared by both maps) ---------------------------------------------------------
-selected: list[tuple[str, int]] = list(st.session_state.get("_maps_selected", []))
+selected: list[tuple[str, int]] = list(state.get("maps_selected_points", []))
 
 
 def _picked(event) -> list[tuple[str, int]]:
@@ -168,7 +148,7 @@ with right:
 
 picked = list(dict.fromkeys(pick_f + pick_g))
 if picked != selected and (pick_f or pick_g):
-    st.session_state["_maps_selected"] = picked
+    state.put("maps_selected_points", picked)
     st.rerun()  # ring the selection in both maps
 
 # --- separability ----------------------------------------------------------------------------------
@@ -225,7 +205,7 @@ else:
     keys = list(zip(sub["dataset"].astype(str), sub["index"].astype(int)))
 if keys:
     if st.button("Clear selection", key="maps_clear", disabled=not selected):
-        st.session_state["_maps_selected"] = []
+        state.put("maps_selected_points", [])
         st.rerun()
     look = frame.set_index(["dataset", "index"])
     shown = keys[:24]
@@ -242,7 +222,7 @@ if keys:
         with cols[j % 6]:
             st.image(img[..., 0] if img.shape[-1] == 1 else img, caption=cap, width=96, clamp=True)
             if st.button("Saliency →", key=f"maps_sal_{ds_name}_{i}"):
-                st.session_state["selection"] = {"dataset": ds_name, "index": int(i)}
+                state.select_sample(ds_name, i)
                 st.switch_page("pages/5_Saliency.py")
     sel_rows = frame.set_index(["dataset", "index"]).loc[[k for k in keys if k in look.index]].reset_index()
     table_downloads(sel_rows, "map_gallery", key="maps_gallery_csv")

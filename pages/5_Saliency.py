@@ -8,11 +8,11 @@ import streamlit as st
 from ood_core import saliency as sal
 from ood_core.data import get_dataset
 from ood_core.figures.saliency import attribution_figure, image_figure, shared_scales
-from ui import common
+from ui import common, state
 from ui.export import figure_downloads, table_downloads
 
 st.set_page_config(page_title="Saliency · OOD workbench", layout="wide")
-ctx = common.sidebar()
+ctx = common.context()
 st.title("Saliency")
 st.caption("Attributions (captum) of the predicted-class logit and of the OOD scores themselves, in pixel space. "
            "For a score, red marks pixels whose increase makes the sample look more in-distribution, blue less; "
@@ -21,22 +21,22 @@ st.caption("Attributions (captum) of the predicted-class logit and of the OOD sc
 
 # --- which sample ---------------------------------------------------------------------------------
 choices = list(dict.fromkeys([ctx.id_name, *ctx.ood, *common.ood_names()]))
-sel = st.session_state.get("selection")
-if sel and st.session_state.get("_sal_applied") != sel:
+sel = state.get("selected_sample")
+if sel and state.get("saliency_shown_selection") != sel:
     # A pick from another page (Maps gallery, Scores misses) fills the pickers once; they stay editable.
-    st.session_state["_sal_applied"] = dict(sel)
+    state.put("saliency_shown_selection", dict(sel))
     if sel.get("dataset") in choices:
-        st.session_state["sal_dataset"] = sel["dataset"]
-        st.session_state["sal_index"] = int(sel.get("index", 0))
-if st.session_state.get("sal_dataset") not in choices:
-    st.session_state["sal_dataset"] = ctx.ood[0] if ctx.ood else ctx.id_name
+        state.set_widget("sal_dataset", sel["dataset"])
+        state.set_widget("sal_index", int(sel.get("index", 0)))
+if state.widget("sal_dataset") not in choices:
+    state.set_widget("sal_dataset", ctx.ood[0] if ctx.ood else ctx.id_name)
 
 pick, gal = st.columns([1, 3])
 with pick:
     ds_name = st.selectbox("Dataset", choices, key="sal_dataset")
     ds = get_dataset(ds_name)
-    if int(st.session_state.get("sal_index", 0)) >= len(ds):
-        st.session_state["sal_index"] = 0
+    if int(state.widget("sal_index", 0)) >= len(ds):
+        state.set_widget("sal_index", 0)
     index = int(st.number_input(f"Index (0–{len(ds) - 1})", 0, len(ds) - 1, key="sal_index", step=1))
     st.caption("Or pick from the gallery, the Maps page's selection, or the Scores page's mistakes.")
 with gal:
@@ -48,7 +48,7 @@ with gal:
                 st.image(ds.images[i][..., 0] if ds.images.shape[-1] == 1 else ds.images[i], caption=f"#{i}",
                          width=48, clamp=True)
                 if st.button("use", key=f"sal_use_{i}"):
-                    st.session_state["selection"] = {"dataset": ds_name, "index": i}
+                    state.select_sample(ds_name, i)
                     st.rerun()
 
 with common.guard("this sample"):

@@ -16,10 +16,10 @@ from ood_core.errors import UserError, first_line
 from ood_core.figures.training import epoch_metrics, loss_curves
 from ood_core.jobs import JOBS
 from ood_core.training import DEFAULT_EPOCHS, METHODS, TrainConfig, job_fn, knob_view
-from ui import common
+from ui import common, state
 
 st.set_page_config(page_title="Train · OOD workbench", layout="wide")
-ctx = common.sidebar(select_ood=False)
+ctx = common.context("no_ood")
 st.title("Train with gradient regularizers")
 st.caption("Batches pair B ID training images with B auxiliary outliers. Every epoch the page shows ID test accuracy "
            "and the Energy score's AUROC against a held-out OOD set (never an OOD test set). The checkpoint is "
@@ -45,8 +45,8 @@ with left:
     st.caption(method.describe())
     st.caption(method.help)
     opts, labels = _init_options()
-    if st.session_state.get("train.init") not in opts:
-        st.session_state["train.init"] = "default"
+    if state.widget("train.init") not in opts:
+        state.set_widget("train.init", "default")
     init = st.selectbox("Start from", opts, key="train.init", format_func=lambda s: labels.get(s, s))
     kind = "scratch" if init == "scratch" else "finetune"
     epochs = int(st.number_input("Epochs", 1, 1000, DEFAULT_EPOCHS[kind], key=f"train.epochs.{kind}",
@@ -65,7 +65,7 @@ with left:
     launch = st.button("Start training", type="primary", key="train.start")
 
 if launch:
-    cfg = TrainConfig(method_name, init=init, epochs=epochs, seed=seed, id_dataset=st.session_state["id_dataset"],
+    cfg = TrainConfig(method_name, init=init, epochs=epochs, seed=seed, id_dataset=state.id_dataset(),
                       aux=aux, params=params, n_train=n_train, n_eval=n_eval)
     try:
         fn = job_fn(cfg)
@@ -73,8 +73,7 @@ if launch:
         st.error(first_line(exc))
     else:
         job = JOBS.submit(fn, f"train {method_name}")
-        st.session_state["train.job"] = job.id
-        st.session_state["train.seen"] = None
+        state.put("train_job_id", job.id)
 
 
 def _curves(snap: dict, key: str) -> None:
@@ -90,7 +89,7 @@ def _curves(snap: dict, key: str) -> None:
 
 
 def _use_model(path: str) -> None:
-    st.session_state["model"] = path
+    state.put("model", path)
 
 
 @st.fragment(run_every=1.0)
@@ -128,7 +127,7 @@ def _finished(job) -> None:
             st.caption(f"The last good checkpoint is kept: {info.get('label')}")
     if path and Path(path).exists():
         st.code(path, language=None)
-        current = st.session_state.get("model") == path
+        current = state.model() == path
         st.button("Selected in the sidebar" if current else "Use this model", key="train.use", disabled=current,
                   on_click=_use_model, args=(path,),
                   help="select the new checkpoint in the sidebar's model picker for every page")
@@ -136,7 +135,7 @@ def _finished(job) -> None:
 
 
 with right:
-    job = JOBS.get(st.session_state.get("train.job"))
+    job = JOBS.get(state.get("train_job_id"))
     if job is None:
         st.info("Choose a method and press Start training. `python -m ood_core train --method NAME` does the same "
                 "from a shell.")

@@ -1,11 +1,13 @@
 """Models & data: bring your own classifier and datasets (safely), and take experiments in and out."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
+from ood_core import cache as _cache
 from ood_core import export as ex
 from ood_core import persist
 from ood_core import workbench as wb
@@ -18,16 +20,11 @@ from ood_core.figures.previews import preview_input, sample_grid, summary
 from ood_core.models.archs import arch_info, list_architectures
 from ood_core.models.files import inspect_model_file
 from ood_core.models.formats import human_bytes, max_model_bytes
-from ui import common
+from ui import common, state
 from ui.export import per_sample_downloads
 
 st.set_page_config(page_title="Models & data · OOD workbench", layout="wide")
-common.init_state()
-common.apply_pending()  # an experiment applied below takes effect here (sidebar() does the same)
-# This page shows no model/ID/OOD pickers; re-assigning keeps their values when the
-# sidebar widgets of the other pages are not rendered here (Streamlit drops unrendered widget state).
-for _k in ("model", "id_dataset", "ood_datasets"):
-    st.session_state[_k] = st.session_state[_k]
+common.frame("none")  # no pickers: this page sets the experiment itself
 
 ROLE_LABELS = {"id_test": "ID test (in-distribution; its training split feeds statistics)",
                "id_train": "ID train (adds the training split to an ID set of the same name)",
@@ -55,6 +52,32 @@ def floats(text: str, what: str) -> list[float] | None:
         raise ExperimentError(f"{what} must be numbers separated by commas (one, or one per channel); got {text!r}") from None
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def _content_hash(file_id: str, _data: bytes) -> str:
+    """sha256 of an upload, once per upload (Streamlit gives each upload its own file id)."""
+    return hashlib.sha256(_data).hexdigest()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _stored_upload(sha: str, name: str, cache_root: str, _data: bytes) -> Path:
+    """An upload stored under the cache once per content, not on every widget change."""
+    return persist.save_upload(_data, name)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _inspected_upload(sha: str, _path: Path) -> dict:
+    """An upload's facts (format, fitting architectures), read once per content."""
+    return inspect_model_file(_path)
+
+
+def store_upload(up) -> tuple[Path, str]:
+    """The stored copy of an upload and its content hash (hashed once per upload)."""
+    data = up.getvalue()
+    sha = _content_hash(up.file_id, data)
+    saved = _stored_upload(sha, up.name, str(_cache.cache_dir()), data)
+    return (saved if saved.exists() else persist.save_upload(data, up.name)), sha
+
+
 st.title("Models & data")
 st.caption("Bring your own classifier and datasets. Model files are read as data, never as code: "
            "torch.export archives (.pt2), TorchScript archives, or state_dicts loaded with "
@@ -73,7 +96,7 @@ with tab_model:
                               key="md_upload", max_upload_size=max(1, limit_mb),
                               help="recognised by content, not by extension")
         if up is not None:
-            path = attempt("upload refused", persist.save_upload, up.getvalue(), up.name)
+            path, sha = attempt("upload refused", store_upload, up) or (None, None)
     else:
         typed = st.text_input("Path of a model file", key="md_path",
                               placeholder="/data/models/resnet18_cifar10.pt")
@@ -84,7 +107,12 @@ with tab_model:
             else:
                 path = p
 
-    facts = attempt("cannot read this file", inspect_model_file, path) if path else None
+    if path is None:
+        facts = None
+    elif src == "Upload a file":
+        facts = attempt("cannot read this file", _inspected_upload, sha, path)
+    else:
+        facts = attempt("cannot read this file", inspect_model_file, path)
     if facts:
         fmt_label = {"pt2": "torch.export archive", "torchscript": "TorchScript archive",
                      "state_dict": "state_dict (weights only)", "checkpoint": "workbench checkpoint",
@@ -130,7 +158,7 @@ with tab_model:
                     except ValueError:
                         raise ExperimentError(f"input size must be one or two integers, got {size_txt!r}") from None
                 try:
-                    id_ds = get_dataset(st.session_state["id_dataset"])
+                    id_ds = get_dataset(state.id_dataset())
                     opts["size_hint"] = list(id_ds.shape[:2])
                     if expect and id_ds.has_labels:
                         opts["num_classes"] = len(id_ds.class_names or []) or int(id_ds.labels.max()) + 1
@@ -141,10 +169,10 @@ with tab_model:
             res = attempt("model refused", _load)
             if res:
                 key, bundle = res
-                st.session_state["model"] = key
-                st.session_state["md_loaded"] = key
+                state.put("model", key)
+                state.put("loaded_model", key)
 
-    loaded = st.session_state.get("md_loaded")
+    loaded = state.get("loaded_model")
     if loaded and loaded in {m["spec"] for m in wb.list_models()}:
         bundle = wb.load_model(loaded)
         st.success(f"Loaded {bundle.name} ({bundle.info.get('format', bundle.arch)}): {bundle.num_classes} classes; "
@@ -172,11 +200,12 @@ with tab_model:
                     opts = dict(entry.get("options", {}), head=pick)
                     res = attempt("layer refused", persist.register_upload, entry.get("path", ""), **opts)
                     if res:
-                        st.session_state["model"] = st.session_state["md_loaded"] = res[0]
+                        state.put("model", res[0])
+                        state.put("loaded_model", res[0])
                         st.rerun()
         with c2:
             names = [s.name for s in list_datasets()]
-            cur = st.session_state["id_dataset"]
+            cur = state.id_dataset()
             ds_name = st.selectbox("Preview one sample from", names, index=names.index(cur) if cur in names else 0,
                                    key="md_prev_ds")
             ds = attempt("preview", get_dataset, ds_name)
@@ -225,16 +254,15 @@ with tab_data:
                 st.error("give a folder/file path or upload a .zip/.npz")
                 spec = None
         if spec is not None:
-            st.session_state["ds_preview_pick"] = spec.name  # the preview below shows the new set
+            state.set_widget("ds_preview_pick", spec.name)  # the preview below shows the new set
             if spec.role == "id_test":
-                st.session_state["id_dataset"] = spec.name
-                st.session_state["ood_datasets"] = [n for n in st.session_state["ood_datasets"]
-                                                    if not get_spec(n).embedded]
+                state.put("id_dataset", spec.name)
+                state.put("ood_datasets", [n for n in state.ood_datasets() if not get_spec(n).embedded])
                 st.success(f"registered {spec.name} ({', '.join(spec.splits)}); it is now the ID dataset. "
                            "The built-in MNIST-style OOD sets were deselected: register OOD sets for this domain.")
             elif spec.role in ("ood_test", "ood_val"):
-                if spec.name not in st.session_state["ood_datasets"]:
-                    st.session_state["ood_datasets"] = [*st.session_state["ood_datasets"], spec.name]
+                if spec.name not in state.ood_datasets():
+                    state.put("ood_datasets", [*state.ood_datasets(), spec.name])
                 st.success(f"registered {spec.name} as {ROLE_LABELS[spec.role]}; added to the OOD selection.")
             else:
                 st.success(f"registered {spec.name} ({spec.role.replace('_', ' ')}, splits: {', '.join(spec.splits)}).")
@@ -247,8 +275,8 @@ with tab_data:
                      "source": "built-in" if s.embedded else s.source, "yours": not s.embedded})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="ds_table")
     all_names = [r["name"] for r in rows]
-    if st.session_state.get("ds_preview_pick") not in all_names:
-        st.session_state["ds_preview_pick"] = all_names[0]
+    if state.widget("ds_preview_pick") not in all_names:
+        state.set_widget("ds_preview_pick", all_names[0])
     pv = st.selectbox("Preview", all_names, key="ds_preview_pick")
     pv_spec = get_spec(pv)
     pv_split = st.radio("Split", list(pv_spec.splits), horizontal=True, key="ds_preview_split",
@@ -275,9 +303,9 @@ with tab_data:
                              hide_index=True, key="ds_counts")
         if pv in saved and st.button(f"Forget {pv}", key="ds_forget", help="the files are not touched"):
             attempt("remove", persist.unregister_local, pv)
-            st.session_state["ood_datasets"] = [n for n in st.session_state["ood_datasets"] if n != pv]
-            if st.session_state["id_dataset"] == pv:
-                st.session_state["id_dataset"] = "mnist"
+            state.put("ood_datasets", [n for n in state.ood_datasets() if n != pv])
+            if state.id_dataset() == pv:
+                state.put("id_dataset", "mnist")
             st.rerun()
 
 # =============================================================================== experiment & export
@@ -297,26 +325,19 @@ with tab_exp:
             for p in problems:
                 st.error(p)
             if not problems and st.button("Apply this experiment", key="exp_apply", type="primary"):
-                st.session_state["exp_applied"] = (f"applied: model {got.model}, ID {got.id_dataset}, OOD "
+                state.put("experiment_applied_message", f"applied: model {got.model}, ID {got.id_dataset}, OOD "
                                                    f"{', '.join(got.ood_datasets)}, detectors {', '.join(got.detectors)}")
-                common.apply_experiment(got)  # parks it and reruns; applied at the top of the page
-    if st.session_state.get("exp_applied"):
-        st.success(st.session_state.pop("exp_applied"))
+                common.apply_experiment(got)  # parks it and reruns; the next run applies it before any widget
+    if state.get("experiment_applied_message"):
+        st.success(state.pop("experiment_applied_message"))
 
     st.subheader("Per-sample scores")
     st.caption("One row per ID-test and OOD sample: dataset, index, label, prediction, max softmax and each "
                "chosen detector's score (higher = more ID). Computed when you click (cached scores are reused).")
     dets = st.multiselect("Detectors", detector_names(), default=[d for d in ["msp", "energy"] if d in detector_names()],
                           key="exp_dets")
-    if dets and st.session_state["ood_datasets"]:
-        spec = st.session_state["model"]
-        per_sample_downloads(spec, st.session_state["id_dataset"], st.session_state["ood_datasets"], dets,
-                             st.session_state["params"], key="exp")
+    if dets and state.ood_datasets():
+        per_sample_downloads(state.model(), state.id_dataset(), state.ood_datasets(), dets, state.detector_knobs(),
+                             key="exp")
     else:
         st.info("Choose detectors and at least one OOD dataset.")
-
-# The sidebar is filled last so it shows what this run changed (a model loaded, a set registered).
-with st.sidebar:
-    st.subheader("Current experiment")
-    st.caption(f"Model: `{st.session_state['model']}`")
-    st.caption(f"ID: `{st.session_state['id_dataset']}` · OOD: {', '.join(st.session_state['ood_datasets']) or 'none'}")

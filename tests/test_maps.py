@@ -113,8 +113,10 @@ def test_separability_table_rows(tmp_cache):
     (np.zeros((10, 1)), "pca", {}, "at least 2 dimensions"),
     (np.full((10, 3), np.nan), "pca", {}, "NaN or infinite"),
     (np.zeros((10, 3)), "mds", {}, "must be one of pca, tsne, umap"),
-    (np.zeros((10, 3)), "tsne", {"n_neighbors": 5}, "no setting(s) ['n_neighbors']"),
-    (np.zeros((10, 3)), "umap", {"n_neighbors": 2.5}, "must be a int"),
+    (np.zeros((10, 3)), "tsne", {"n_neighbors": 5}, "tsne has no knob 'n_neighbors'; knobs: perplexity, max_iter"),
+    (np.zeros((10, 3)), "umap", {"n_neighbors": 2.5}, "umap.n_neighbors must be a whole number in [2, 200]; got 2.5"),
+    (np.zeros((10, 3)), "umap", {"min_dist": 1.5}, "umap.min_dist must be in [0, 1]; got 1.5"),
+    (np.zeros((10, 3)), "tsne", {"max_iter": 100}, "tsne.max_iter must be in [250, 1000]; got 100"),
 ])
 def test_bad_input_is_refused_with_a_message(tmp_cache, X, method, knobs, msg):
     with pytest.raises(MapError) as e:

@@ -49,7 +49,7 @@ def test_tuning_page_runs_a_sweep_and_applies_the_best(default_bundle):
     best_T = float(df.loc[df["best"], "T"].iloc[0])
     at.button(key="tuning.apply").click().run()
     assert not at.exception, at.exception
-    assert at.session_state["params"]["energy"]["T"] == best_T
+    assert at.session_state["detector_knobs"]["energy"]["T"] == best_T
 
 
 def test_tuning_page_rejects_a_bad_grid_value(default_bundle):

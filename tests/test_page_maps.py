@@ -45,14 +45,14 @@ def test_maps_page_colour_and_method_knobs(default_bundle):
     _ok(at)
     at.radio(key="maps_method").set_value("tsne").run()
     _ok(at)
-    assert at.slider(key="maps_perplexity").value == 30.0
-    at.slider(key="maps_perplexity").set_value(10.0).run()
+    assert at.slider(key="maps.tsne.perplexity").value == 30.0
+    at.slider(key="maps.tsne.perplexity").set_value(10.0).run()
     _ok(at)
     assert any("t-SNE of 120 points" in c.value for c in at.caption)
 
 
 def test_maps_page_refuses_a_perplexity_too_large(default_bundle):
-    at = _maps(maps_method="tsne", maps_n=10, maps_perplexity=30.0).run()
+    at = _maps(maps_method="tsne", maps_n=10, **{"maps.tsne.perplexity": 30.0}).run()
     assert not at.exception, at.exception
     msgs = [e.value for e in at.error]
     assert any("perplexity 30 is too large for 30 points: use at most 9" in m for m in msgs), msgs
@@ -68,14 +68,14 @@ def test_maps_gallery_sends_a_sample_to_saliency(default_bundle):
     ds, idx = first[len("maps_sal_"):].rsplit("_", 1)
     at.button(key=first).click().run()
     assert not at.exception, at.exception
-    assert at.session_state["selection"] == {"dataset": ds, "index": int(idx)}
+    assert at.session_state["selected_sample"] == {"dataset": ds, "index": int(idx)}
     assert at.title[0].value == "Saliency"
     assert at.selectbox(key="sal_dataset").value == ds
     assert at.number_input(key="sal_index").value == int(idx)
 
 
 def test_saliency_page_from_a_selection(default_bundle):
-    at = _page("pages/5_Saliency.py", selection={"dataset": "letters", "index": 3}).run()
+    at = _page("pages/5_Saliency.py", selected_sample={"dataset": "letters", "index": 3}).run()
     _ok(at)
     assert at.selectbox(key="sal_dataset").value == "letters"
     assert at.number_input(key="sal_index").value == 3

@@ -145,6 +145,38 @@ def test_dataset_registration_and_refusals(page, tmp_path):
     assert any("fingerprint" in c.value for c in at.caption)
 
 
+def test_an_upload_is_inspected_once_not_on_every_widget_change(page, tmp_path, monkeypatch):
+    from ood_core import persist
+    from ood_core.models import files
+
+    calls = {"save": 0, "inspect": 0}
+    save, inspect = persist.save_upload, files.inspect_model_file
+
+    def counted_save(*a, **k):
+        calls["save"] += 1
+        return save(*a, **k)
+
+    def counted_inspect(*a, **k):
+        calls["inspect"] += 1
+        return inspect(*a, **k)
+
+    monkeypatch.setattr(persist, "save_upload", counted_save)
+    monkeypatch.setattr(files, "inspect_model_file", counted_inspect)
+    torch.manual_seed(7)  # bytes no other test uploads, so the content-keyed cache starts cold
+    p = tmp_path / "once.pt"
+    torch.save(Tiny().state_dict(), p)
+    at = upload_model(page.run(), "once.pt", p.read_bytes())
+    assert not at.exception and not errors(at), errors(at)
+    assert any("state_dict (weights only)" in c.value for c in at.caption)
+    assert calls == {"save": 1, "inspect": 1}
+    at.text_input(key="md_name").set_value("renamed").run()  # unrelated widgets: no new inspection
+    at.checkbox(key="md_expect").check().run()
+    at.text_input(key="ds_name").set_value("whatever").run()
+    assert not at.exception and not errors(at), errors(at)
+    assert calls == {"save": 1, "inspect": 1}
+    assert any("state_dict (weights only)" in c.value for c in at.caption)
+
+
 def test_experiment_json_upload(page, tmp_path):
     at = page.run()
     up = at.file_uploader(key="exp_upload")
@@ -161,7 +193,7 @@ def test_experiment_json_upload(page, tmp_path):
     at.run()
     assert not errors(at)
     at.button(key="exp_apply").click().run()
-    assert at.session_state["ood_datasets"] == ["faces"] and at.session_state["params"] == {"msp": {"T": 2.0}}
+    assert at.session_state["ood_datasets"] == ["faces"] and at.session_state["detector_knobs"] == {"msp": {"T": 2.0}}
     assert at.session_state["detector"] == "msp"
 
 

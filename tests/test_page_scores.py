@@ -25,7 +25,7 @@ def test_scores_page_knob_moves_the_table(default_bundle):
     after = _table(at)
     assert not at.exception
     assert (before["AUROC %"] != after["AUROC %"]).any()
-    assert at.session_state["params"]["energy"]["T"] == 20.0
+    assert at.session_state["detector_knobs"]["energy"]["T"] == 20.0
 
 
 def test_scores_page_switch_detector_builds_its_knobs(default_bundle):
@@ -86,7 +86,7 @@ def test_model_time_detector_runs_as_a_job_then_reads_the_cache(default_bundle):
     at = _page("pages/1_Scores.py")
     at.session_state["ood_datasets"] = ["faces"]
     at.session_state["detector"] = "odin"
-    at.session_state["params"] = {"odin": {"T": 10.0, "eps": 0.0007}}
+    at.session_state["detector_knobs"] = {"odin": {"T": 10.0, "eps": 0.0007}}
     at.run()
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
     first = _table(at)

@@ -25,7 +25,7 @@ def test_train_page_launches_a_job_and_offers_the_checkpoint(default_bundle):
     at.button(key="train.start").click().run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
-    job = JOBS.get(at.session_state["train.job"])
+    job = JOBS.get(at.session_state["train_job_id"])
     assert job is not None
     path = None
     try:
@@ -58,4 +58,4 @@ def test_train_page_rejects_bad_settings_with_one_line(default_bundle):
     at.button(key="train.start").click().run()
     assert not at.exception, at.exception
     assert any("fewer than batch_size" in e.value for e in at.error)
-    assert "train.job" not in at.session_state
+    assert "train_job_id" not in at.session_state

@@ -1,41 +1,27 @@
-"""Shared Streamlit helpers for the pages: the experiment sidebar, errors, caching.
+"""Shared Streamlit helpers for the pages: the experiment sidebar, errors, knob widgets, jobs.
 
-Session-state keys (the only state the pages share):
-- ``model``: the model spec (``"default"``, a checkpoint path, or an ``upload:…`` key);
-- ``id_dataset``: the ID test set name (its ``:train`` split feeds training statistics);
-- ``ood_datasets``: list of OOD set names;
-- ``detector``: the detector shown on the Scores page;
-- ``params``: ``{detector: {knob: value}}``, the knob values the user set;
-- ``selection``: ``{"dataset": name, "index": i}`` a sample picked on any page (Saliency reads it).
-No torch here: everything goes through ``ood_core``.
+The session's shared keys live in :mod:`ui.state`. ``app.py`` draws the sidebar once per run
+(:func:`sidebar`); pages read the experiment with :func:`context`. No torch here: everything
+goes through ``ood_core``.
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import streamlit as st
 
 from ood_core import workbench as wb
-from ood_core.data import DEFAULT_OOD, get_spec, list_datasets
+from ood_core.data import get_spec, list_datasets
 from ood_core.experiment import Experiment
 from ood_core.errors import UserError, first_line
+from ood_core.knobs import Knob
 
-DEFAULTS: dict[str, Any] = {
-    "model": "default",
-    "id_dataset": "mnist",
-    "ood_datasets": list(DEFAULT_OOD),
-    "detector": "energy",
-    "params": {},
-    "selection": None,
-}
+from . import state
 
-def init_state() -> None:
-    for k, v in DEFAULTS.items():
-        if k not in st.session_state:
-            st.session_state[k] = v if not isinstance(v, (list, dict)) else type(v)(v)
+PICKERS = ("model", "id_dataset", "ood_datasets")
 
 
 @contextlib.contextmanager
@@ -53,7 +39,7 @@ def get_bundle(spec: str | None = None):
 
     ``workbench.load_model`` keeps loaded models in-process, so no Streamlit cache is needed.
     """
-    spec = spec or st.session_state["model"]
+    spec = spec or state.model()
     progress = None
     if spec == "default":
         from ood_core.models.checkpoints import default_model_path
@@ -86,93 +72,131 @@ class Context:
     ood: list[str]
 
 
-def sidebar(select_ood: bool = True) -> Context:
-    """The experiment picker every page shows: model, ID set, OOD sets."""
-    init_state()
+def sidebar(mode: str = "pickers") -> None:
+    """The experiment picker, drawn once per run by ``app.py`` before the page runs.
+
+    ``mode``: ``"pickers"`` (model, ID set, OOD sets), ``"no_ood"`` (model and ID set), or
+    ``"none"`` for a page that sets the experiment itself (its values are kept; see
+    :func:`sidebar_summary`). An experiment parked by :func:`apply_experiment` is applied first.
+    """
+    state.init()
     apply_pending()
+    state.put("sidebar_drawn", mode)
+    drawn = {"pickers": PICKERS, "no_ood": PICKERS[:2], "none": ()}[mode]
+    state.keep(k for k in PICKERS if k not in drawn)
+    if not drawn:
+        return
     models = wb.list_models()
     specs = [m["spec"] for m in models]
     labels = {m["spec"]: m["label"] for m in models}
-    if st.session_state["model"] not in specs:
-        st.session_state["model"] = "default"
+    if state.model() not in specs:
+        state.put("model", "default")
     with st.sidebar:
         st.subheader("Experiment")
         st.selectbox("Model", specs, format_func=lambda s: labels.get(s, s), key="model")
         ids = id_names()
-        if st.session_state["id_dataset"] not in ids:
-            st.session_state["id_dataset"] = ids[0]
+        if state.id_dataset() not in ids:
+            state.put("id_dataset", ids[0])
         st.selectbox("ID dataset", ids, key="id_dataset", help="its training split provides training statistics")
-        if select_ood:
-            opts = [n for n in ood_names() if n != st.session_state["id_dataset"]]
-            st.session_state["ood_datasets"] = [n for n in st.session_state["ood_datasets"] if n in opts]
+        if "ood_datasets" in drawn:
+            opts = [n for n in ood_names() if n != state.id_dataset()]
+            state.put("ood_datasets", [n for n in state.ood_datasets() if n in opts])
             st.multiselect("OOD datasets", opts, key="ood_datasets",
                            format_func=lambda n: f"{n} ({get_spec(n).role.replace('_', ' ')})")
-    bundle = get_bundle()
-    return Context(st.session_state["model"], bundle, st.session_state["id_dataset"], list(st.session_state["ood_datasets"]))
+
+
+def sidebar_summary() -> None:
+    """The experiment as text in the sidebar, for a page without pickers (drawn after the page ran)."""
+    with st.sidebar:
+        st.subheader("Current experiment")
+        st.caption(f"Model: `{state.model()}`")
+        st.caption(f"ID: `{state.id_dataset()}` · OOD: {', '.join(state.ood_datasets()) or 'none'}")
+
+
+def frame(mode: str = "pickers") -> None:
+    """A page's first call: takes what ``app.py`` drew this run, or draws the sidebar when the page
+    runs on its own (AppTest runs a switched-to page without app.py; so does ``streamlit run pages/…``).
+
+    ``mode`` is the page's entry in app.py's ``SIDEBAR``.
+    """
+    if state.pop("sidebar_drawn") is None:
+        sidebar(mode)
+        state.pop("sidebar_drawn")
+
+
+def context(mode: str = "pickers") -> Context:
+    """:func:`frame`, then the experiment the sidebar set, with its model loaded."""
+    frame(mode)
+    return Context(state.model(), get_bundle(), state.id_dataset(), state.ood_datasets())
 
 
 def current_experiment(detectors: list[str] | None = None) -> Experiment:
-    init_state()
-    dets = detectors or [st.session_state["detector"]]
-    params = {d: dict(st.session_state["params"].get(d, {})) for d in dets if st.session_state["params"].get(d)}
-    return Experiment(model=st.session_state["model"], id_dataset=st.session_state["id_dataset"],
-                      ood_datasets=list(st.session_state["ood_datasets"]), detectors=dets, params=params)
+    state.init()
+    dets = detectors or [state.get("detector")]
+    knobs = state.detector_knobs()
+    params = {d: knobs[d] for d in dets if knobs.get(d)}
+    return Experiment(model=state.model(), id_dataset=state.id_dataset(), ood_datasets=state.ood_datasets(),
+                      detectors=dets, params=params)
 
 
 def apply_experiment(exp: Experiment) -> None:
-    """Load an experiment JSON back into the session (contract 7) on the next run.
+    """Load an experiment JSON back into the session on the next run.
 
     Widget-bound keys cannot change after their widgets exist, so the experiment is
     parked and applied by :func:`sidebar` before it draws anything.
     """
-    st.session_state["_pending_experiment"] = exp.to_dict()
+    state.put("experiment_to_apply", exp.to_dict())
     st.rerun()
 
 
 def apply_pending() -> None:
     """Apply an experiment parked by :func:`apply_experiment` (call before drawing widgets)."""
-    d = st.session_state.pop("_pending_experiment", None)
+    d = state.pop("experiment_to_apply", None)
     if not d:
         return
     exp = Experiment.from_dict(d)
-    st.session_state["model"] = exp.model
-    st.session_state["id_dataset"] = exp.id_dataset
-    st.session_state["ood_datasets"] = list(exp.ood_datasets)
+    state.put("model", exp.model)
+    state.put("id_dataset", exp.id_dataset)
+    state.put("ood_datasets", list(exp.ood_datasets))
     if exp.detectors:
-        st.session_state["detector"] = exp.detectors[0]
-    st.session_state["params"] = {d: dict(v) for d, v in exp.params.items()}
+        state.put("detector", exp.detectors[0])
+    state.put("detector_knobs", {d: dict(v) for d, v in exp.params.items()})
 
 
-def knob_widgets(det, key_prefix: str, values: dict[str, Any] | None = None, container=None) -> dict[str, Any]:
-    """Widgets generated from a detector's declared knobs (contract 2)."""
+def knob_widgets(owner, page: str, values: dict[str, Any] | None = None, container=None,
+                 disabled: Iterable[str] = ()) -> dict[str, Any]:
+    """Widgets generated from declared knobs, keyed ``page.owner.knob`` (:func:`ui.state.knob_key`).
+
+    ``owner`` is anything with a ``name`` and ``knobs`` (a detector, a training method's view,
+    a :class:`ood_core.knobs.KnobSet`); ``values`` are the starting values (defaults otherwise);
+    knobs named in ``disabled`` are drawn greyed out.
+    """
     c = container or st
     values = dict(values or {})
-    out: dict[str, Any] = {}
-    for k in det.knobs:
-        cur = values.get(k.name, k.default)
-        key = f"{key_prefix}.{det.name}.{k.name}"
-        if k.kind == "choice":
-            out[k.name] = c.selectbox(k.label or k.name, list(k.choices), index=list(k.choices).index(cur), key=key, help=k.help)
-        elif k.kind == "bool":
-            out[k.name] = c.checkbox(k.label or k.name, value=bool(cur), key=key, help=k.help)
-        elif k.scale == "log" and k.low and k.high:
-            # Log-spaced stops that show the real value; the current value is always one of them.
-            nice = [m * 10.0 ** e for e in range(-6, 7) for m in (1, 2, 5) if k.low <= m * 10.0 ** e <= k.high]
-            stops = sorted({float(f"{v:.3g}") for v in np.geomspace(k.low, k.high, 61)} | set(nice) | {float(cur)})
-            out[k.name] = float(c.select_slider(f"{k.label or k.name} (log scale)", stops, value=float(cur), key=key,
-                                                help=k.help, format_func=lambda v: f"{v:g}"))
-        elif k.kind == "int":
-            hi = int(k.high) if k.high is not None else max(int(cur) * 10, 10)
-            out[k.name] = int(c.slider(k.label or k.name, int(k.low or 0), hi, int(cur), key=key, help=k.help))
-        else:
-            if k.high is not None and k.high >= 1e5:  # effectively unbounded: a number box, not a slider
-                out[k.name] = float(c.number_input(k.label or k.name, float(k.low or 0.0), float(k.high), float(cur),
-                                                   key=key, help=k.help, format="%.4g"))
-            else:
-                lo, hi = float(k.low if k.low is not None else 0.0), float(k.high if k.high is not None else 1.0)
-                out[k.name] = float(c.slider(k.label or k.name, lo, hi, float(cur), step=(hi - lo) / 200 or None,
-                                             key=key, help=k.help))
-    return out
+    off = set(disabled)
+    return {k.name: _knob_widget(c, k, values.get(k.name, k.default), state.knob_key(page, owner.name, k.name),
+                                 k.name in off) for k in owner.knobs}
+
+
+def _knob_widget(c, k: Knob, cur: Any, key: str, disabled: bool) -> Any:
+    label, kw = k.label or k.name, {"key": key, "help": k.help or None, "disabled": disabled}
+    if k.kind == "choice":
+        return c.selectbox(label, list(k.choices), index=list(k.choices).index(cur), **kw)
+    if k.kind == "bool":
+        return c.checkbox(label, value=bool(cur), **kw)
+    if k.scale == "log" and k.low and k.high:
+        # Log-spaced stops that show the real value; the current value is always one of them.
+        nice = [m * 10.0 ** e for e in range(-6, 7) for m in (1, 2, 5) if k.low <= m * 10.0 ** e <= k.high]
+        stops = sorted({float(f"{v:.3g}") for v in np.geomspace(k.low, k.high, 61)} | set(nice) | {float(cur)})
+        return float(c.select_slider(f"{label} (log scale)", stops, value=float(cur), format_func=lambda v: f"{v:g}",
+                                     **kw))
+    if k.kind == "int":
+        hi = int(k.high) if k.high is not None else max(int(cur) * 10, 10)
+        return int(c.slider(label, int(k.low or 0), hi, int(cur), step=int(k.step or 1), **kw))
+    if k.high is not None and k.high >= 1e5:  # effectively unbounded: a number box, not a slider
+        return float(c.number_input(label, float(k.low or 0.0), float(k.high), float(cur), format="%.4g", **kw))
+    lo, hi = float(k.low if k.low is not None else 0.0), float(k.high if k.high is not None else 1.0)
+    return float(c.slider(label, lo, hi, float(cur), step=k.step or (hi - lo) / 200 or None, **kw))
 
 
 def run_as_job(key: str, fn, title: str):
@@ -185,7 +209,7 @@ def run_as_job(key: str, fn, title: str):
 
     from ood_core.jobs import JOBS
 
-    jobs = st.session_state.setdefault("_jobs", {})
+    jobs = state.setdefault("job_ids", {})
     job = JOBS.get(jobs.get(key))
     if job is None:
         job = JOBS.submit(fn, title)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import (Detector, DetectorError, Knob, Paper, detector_classes, detector_names, energy, get_detector,
+from ..knobs import Knob, Paper
+from .base import (Detector, DetectorError, detector_classes, detector_names, energy, get_detector,
                    logsumexp, register, softmax)
 
 # One module per family; each registers its detectors on import.

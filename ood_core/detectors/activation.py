@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..extract import Extraction
-from .base import Detector, Knob, Paper, energy, head_logits, register
+from ..knobs import Knob, Paper
+from .base import Detector, energy, head_logits, register
 
 POOLED_NOTE = ("The original prunes the last feature map before pooling; we prune the pooled feature vector "
                "(the head's input), as most libraries do.")

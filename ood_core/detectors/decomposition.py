@@ -1,7 +1,7 @@
 """RG's gradient decomposition beyond the product: the additive form and the U×V ablation.
 
 The last-layer GradNorm factorises into an output-space factor ``U`` and a feature-space
-factor ``V``; RG (seed 001) swaps GradNorm's factors for energy and a clipped L1 norm.
+factor ``V``; RG (ReAct-GradNorm) swaps GradNorm's factors for energy and a clipped L1 norm.
 ``rg_add`` adds the two (eq. 12) and ``uv`` lets a user rebuild the paper's Table 2
 ablation (U ∈ GradNorm / energy / 1, V ∈ L1 / clipped L1 / 1) on their own model.
 """
@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from ..extract import Extraction
-from .base import DetectorError, Knob, clipped_l1, energy, logsumexp, register
+from ..knobs import Knob
+from .base import DetectorError, clipped_l1, energy, logsumexp, register
 from .feature import K_KNOBS, RG_PAPER, ClipK
 from .gradnorm import feature_l1, gradnorm_u
 

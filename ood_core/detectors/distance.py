@@ -10,7 +10,8 @@ from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
 
 from ..extract import Extraction
-from .base import Detector, DetectorError, Knob, Paper, register
+from ..knobs import Knob, Paper
+from .base import Detector, DetectorError, register
 
 SMALL_SEARCH = 10_000_000  # query × training pairs below which KNN searches on one thread
 COVARIANCE_HELP = ("ledoit_wolf: scikit-learn's Ledoit-Wolf shrinkage (always invertible); empirical: the plain "

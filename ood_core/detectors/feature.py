@@ -6,11 +6,11 @@ from typing import Any
 import numpy as np
 
 from ..extract import Extraction
-from .base import (Detector, Knob, Paper, SortedValues, clipped_l1, energy, logsumexp,
-                   register)
+from ..knobs import Knob, Paper
+from .base import Detector, SortedValues, clipped_l1, energy, logsumexp, register
 
 RG_PAPER = Paper("ReActivate GradNorm: gradient-based OOD detection by decomposing the gradient",
-                 "seed 001 (ReAct-GradNorm)", "preprint", 2024, "")
+                 "the ReAct-GradNorm authors", "preprint", 2024, "")
 
 
 class _ClipFromTraining(Detector):

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..extract import Extraction
-from .base import Detector, Knob, Paper, register, softmax
+from ..knobs import Knob, Paper
+from .base import Detector, register, softmax
 
 
 def gen_score(logits: np.ndarray, gamma: float = 0.1, M: int = 100) -> np.ndarray:

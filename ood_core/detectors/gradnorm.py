@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..extract import Extraction
-from .base import Detector, Knob, Paper, shifted_exp, register
+from ..knobs import Knob, Paper
+from .base import Detector, shifted_exp, register
 
 GRADNORM_PAPER = Paper("On the Importance of Gradients for Detecting Distributional Shifts in the Wild",
                        "Huang, Geng & Li", "NeurIPS", 2021, "https://arxiv.org/abs/2110.00218")

@@ -8,7 +8,8 @@ import numpy as np
 from .. import gradients as grads
 from ..data import ImageDataset
 from ..extract import Extraction
-from .base import ModelDetector, DetectorError, Knob, register
+from ..knobs import Knob
+from .base import ModelDetector, DetectorError, register
 from .gradnorm import GRADNORM_PAPER
 
 

@@ -5,7 +5,8 @@ import numpy as np
 from scipy.special import xlogy
 
 from ..extract import Extraction
-from .base import Detector, Paper, register, softmax
+from ..knobs import Paper
+from .base import Detector, register, softmax
 
 
 def kl_to_templates(p: np.ndarray, templates: np.ndarray) -> np.ndarray:

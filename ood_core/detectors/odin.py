@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from ..data import ImageDataset
 from ..extract import Extraction
-from .base import ModelDetector, Knob, Paper, ProgressFn, register
+from ..knobs import Knob, Paper
+from .base import ModelDetector, ProgressFn, register
 
 BATCH_SIZE = 256
 SIGN_CACHE_VALUES = 20_000_000  # largest set (in input values) whose gradient signs are kept in memory

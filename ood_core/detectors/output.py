@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..extract import Extraction
-from .base import Detector, Knob, Paper, energy, max_softmax, register
+from ..knobs import Knob, Paper
+from .base import Detector, energy, max_softmax, register
 
 
 def msp_score(logits: np.ndarray, T: float = 1.0) -> np.ndarray:

@@ -7,7 +7,8 @@ import numpy as np
 from sklearn.covariance import EmpiricalCovariance
 
 from ..extract import Extraction
-from .base import Detector, DetectorError, Knob, Paper, logsumexp, register
+from ..knobs import Knob, Paper
+from .base import Detector, DetectorError, logsumexp, register
 
 
 @register
