@@ -128,3 +128,107 @@ def test_gradorth_energy_rule_picks_the_smallest_k(train, test):
     assert det.knob("k").high == D
     with pytest.raises(DetectorError, match=r"gradorth\.k"):
         det.score(test, k_mode="absolute", k=D + 1)
+
+
+# --- post-2023 baselines against pytorch-ood ----------------------------------------------------
+
+pood = pytest.importorskip("pytorch_ood.detector")
+
+
+def _linear(ext: Extraction, dtype=torch.float32) -> torch.nn.Linear:
+    lin = torch.nn.Linear(D, C).to(dtype)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor(ext.head_weight, dtype=dtype))
+        lin.bias.copy_(torch.tensor(ext.head_bias, dtype=dtype))
+    return lin
+
+
+@pytest.fixture()
+def float64_default():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def test_fdbd_matches_pytorch_ood_and_openood_normalizer(train, test):
+    det = get_detector("fdbd").fit(train)
+    ref = pood.fDBD(None, _linear(train)).fit_features(torch.tensor(train.features))
+    want = -ref.predict_features(torch.tensor(test.features)).double().numpy()  # pytorch-ood works in float32
+    np.testing.assert_allclose(det.score(test), want, rtol=RTOL)
+    # OpenOOD's other normaliser, ‖h‖ instead of ‖h − μ‖, written out
+    f, W = test.logits.astype(np.float64), test.head_weight.astype(np.float64)
+    hand = []
+    for fi, hi in zip(f, test.features.astype(np.float64)):
+        p = fi.argmax()
+        hand.append(sum(abs(fi[p] - fi[c]) / np.linalg.norm(W[p] - W[c]) for c in range(C) if c != p)
+                    / ((C - 1) * np.linalg.norm(hi)))
+    np.testing.assert_allclose(det.score(test, normalizer="origin"), hand, rtol=1e-9)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1e-4, 0.1])
+def test_nci_matches_pytorch_ood(train, test, alpha):
+    det = get_detector("nci").fit(train)
+    ref = pood.NCI(None, _linear(train), alpha=alpha).fit_features(torch.tensor(train.features))
+    want = -ref.predict_features(torch.tensor(test.features)).double().numpy()
+    np.testing.assert_allclose(det.score(test, alpha=alpha), want, rtol=RTOL, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 10, 50])
+def test_nnguide_matches_pytorch_ood(train, test, k):
+    det = get_detector("nnguide").fit(train)
+    ref = pood.NNGuide(None, _linear(train), k=k)  # pytorch-ood casts the bank to float32
+    ref.fit_features(torch.tensor(train.features), torch.tensor(train.labels))
+    want = -ref.predict_features(torch.tensor(test.features)).double().numpy()
+    # pytorch-ood recomputes the logits from the head; ours are the cached logits (equal in float32)
+    np.testing.assert_allclose(det.score(test, k=k), want, rtol=RTOL)
+
+
+def test_she_matches_pytorch_ood_and_openood_metrics(train, test, float64_default):
+    det = get_detector("she").fit(train)
+    ref = pood.SHE(None, _linear(train, torch.float64)).fit_features(t64(train.features), torch.tensor(train.labels))
+    want = -ref.predict_features(t64(test.features)).detach().numpy()
+    np.testing.assert_allclose(det.score(test), want, rtol=RTOL)
+    S = ref.patterns.detach().numpy()[test.logits.argmax(1)]
+    h = test.features.astype(np.float64)
+    np.testing.assert_allclose(det.score(test, metric="euclidean"), -np.linalg.norm(h - S, axis=1), rtol=1e-9)
+    cos = (h * S).sum(1) / np.linalg.norm(h, axis=1) / np.linalg.norm(S, axis=1)
+    np.testing.assert_allclose(det.score(test, metric="cosine"), cos, rtol=1e-9)
+
+
+def test_she_falls_back_to_predicted_classes_with_a_note(train, test):
+    unl = Extraction(train.logits, train.features, None, train.head_weight, train.head_bias)
+    det = get_detector("she").fit(unl)
+    assert "labels unknown" in det.train_info["note"]
+    pred = train.logits.argmax(1)
+    want = np.stack([train.features[pred == c].astype(np.float64).mean(0) for c in range(C)])
+    np.testing.assert_allclose(det.patterns, want, rtol=1e-12)
+    wrong = Extraction(train.logits, train.features, (pred + 1) % C, train.head_weight, train.head_bias)
+    det = get_detector("she").fit(wrong)  # nothing is correct: every class falls back
+    assert "class(es) 0, 1, 2, 3, 4" in det.train_info["note"]
+    np.testing.assert_allclose(det.patterns, want, rtol=1e-12)
+    assert np.isfinite(det.score(test)).all()
+
+
+@pytest.mark.parametrize("low,high", [(1.0, 99.0), (10.0, 90.0)])
+def test_vra_matches_pytorch_ood_per_unit_and_hand_formulas(train, test, low, high, float64_default):
+    det = get_detector("vra").fit(train)
+    lin = _linear(train, torch.float64)
+    ref = pood.VRA(backbone=None, head=lambda x: lin(x.flatten(1)), lower_percentile=low / 100,
+                   upper_percentile=high / 100)
+    ref.fit_feature_maps(t64(train.features)[:, :, None, None], torch.tensor(train.labels))
+    want = -ref.predict_feature_maps(t64(test.features)[:, :, None, None]).numpy()
+    # pytorch-ood stores its thresholds in float32
+    np.testing.assert_allclose(det.score(test, low=low, high=high, scope="per_unit"), want, rtol=RTOL)
+    # global thresholds (OpenOOD) and the paper's piecewise operator, written out
+    a, b = np.percentile(train.features.astype(np.float64), [low, high])
+    h = test.features.astype(np.float64)
+    W, bias = test.head_weight.astype(np.float64), test.head_bias.astype(np.float64)
+
+    def lse(g):
+        z = g @ W.T + bias
+        return np.log(np.exp(z).sum(1))
+
+    np.testing.assert_allclose(det.score(test, low=low, high=high), lse(np.clip(h, a, b)), rtol=1e-9)
+    g = np.where(h < a, 0.0, np.where(h > b, b, h + 0.3))
+    np.testing.assert_allclose(det.score(test, low=low, high=high, variant="vra", gamma=0.3), lse(g), rtol=1e-9)
