@@ -61,12 +61,15 @@ class GradOrth(Detector):
 
     def _fit(self, train: Extraction) -> None:
         R = np.asarray(train.features, np.float64)
-        # right singular vectors of the N×D matrix = left singular vectors of R = [h_1 … h_N]
-        _, s, Vt = np.linalg.svd(R, full_matrices=False)
-        if not np.any(s > 0):
+        # U_k = top eigenvectors of the D×D Gram matrix (the N×D features' right singular vectors,
+        # σ_i² its eigenvalues): one N·D² product instead of an SVD of the N×D matrix
+        ev, V = np.linalg.eigh(R.T @ R)
+        order = np.argsort(-ev, kind="stable")
+        s2 = np.maximum(ev[order], 0.0)
+        if not np.any(s2 > 0):
             raise DetectorError("gradorth: the training features are all zero")
-        self.basis = Vt.T  # D × r, columns by decreasing singular value
-        self.energy_cum = np.cumsum(s ** 2) / np.sum(s ** 2)
+        self.basis = V[:, order]  # D × D, columns by decreasing singular value
+        self.energy_cum = np.cumsum(s2) / np.sum(s2)
         D = R.shape[1]
         self.knobs = tuple(k.with_range(high=D, default=min(D, max(1, D // 2))) if k.name == "k" else k
                            for k in self.knobs)
