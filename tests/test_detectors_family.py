@@ -13,38 +13,10 @@ import torch
 from ood_core.detectors import DetectorError, get_detector
 from ood_core.extract import Extraction
 
-D, C = 16, 5
+# the library tests' arrays (seeded; same head and class centres) and fixtures
+from test_detectors_library import C, D, float64_default, small_sets, t64, test, train  # noqa: F401
+
 RTOL = 1e-5
-
-
-def _data(n: int, seed: int, nonneg: bool = True, shift: float = 0.0) -> Extraction:
-    """Class-clustered features around shared centres and a shared head (fixed by seed 123)."""
-    g = np.random.default_rng(123)
-    W = g.normal(0, 0.5, (C, D))
-    b = g.normal(0, 0.1, C)
-    centres = g.normal(0, 1.5, (C, D))
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, C, n)
-    h = centres[y] + rng.normal(0, 1.0, (n, D)) + shift
-    if nonneg:
-        h = np.abs(h) + 0.01
-    h = h.astype(np.float32)
-    logits = (h.astype(np.float64) @ W.T + b).astype(np.float32)
-    return Extraction(logits, h, y, W.astype(np.float32), b.astype(np.float32), f"synthetic{seed}")
-
-
-@pytest.fixture(scope="module")
-def train():
-    return _data(400, seed=1)
-
-
-@pytest.fixture(scope="module")
-def test():
-    return _data(120, seed=2)
-
-
-def t64(x):
-    return torch.tensor(np.asarray(x), dtype=torch.float64)
 
 
 def _head_grads(ext: Extraction, loss_fn, T: float = 1.0):
@@ -142,14 +114,6 @@ def _linear(ext: Extraction, dtype=torch.float32) -> torch.nn.Linear:
     return lin
 
 
-@pytest.fixture()
-def float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def test_fdbd_matches_pytorch_ood_and_openood_normalizer(train, test):
     det = get_detector("fdbd").fit(train)
     ref = pood.fDBD(None, _linear(train)).fit_features(torch.tensor(train.features))
@@ -245,13 +209,6 @@ def test_installed_pytorch_ood_gradnorm_is_huang_et_al(test, float64_default):
 
 
 # --- model time: I-ODIN and RankFeat ----------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def small_sets():
-    from ood_core.data import get_dataset
-
-    return get_dataset("mnist").subset(np.arange(24)), get_dataset("uniform").subset(np.arange(24))
-
 
 @pytest.mark.parametrize("T,eps", [(1000.0, 0.0014), (1.0, 0.05), (10.0, 0.0)])
 def test_iodin_matches_openood_written_out(default_bundle, small_sets, T, eps):
