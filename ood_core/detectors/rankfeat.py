@@ -15,7 +15,9 @@ compiled programs whose modules cannot be hooked) are refused with that reason.
 """
 from __future__ import annotations
 
-from typing import Any
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -35,6 +37,21 @@ def remove_rank1(x: torch.Tensor) -> torch.Tensor:
     u, s, vh = torch.linalg.svd(m, full_matrices=False)
     r1 = s[:, :1, None] * (u[:, :, :1] @ vh[:, :1, :])
     return (m - r1).reshape(B, C, H, W).to(x.dtype)
+
+
+@contextmanager
+def thread_hook(module: nn.Module, fn: Callable[[nn.Module, Any, Any], Any]) -> Iterator[None]:
+    """A forward hook on ``module`` that acts only in the calling thread, removed on exit.
+
+    The bundle's model is shared: a job on another thread (an extraction, another detector)
+    may run it meanwhile, and must see the unmodified network.
+    """
+    owner = threading.get_ident()
+    handle = module.register_forward_hook(lambda m, i, o: fn(m, i, o) if threading.get_ident() == owner else None)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def last_feature_map(bundle: Any) -> str:
@@ -91,21 +108,20 @@ class RankFeat(ModelDetector):
         self.resolve(knobs)
         layer = last_feature_map(bundle)
         mod = bundle.model.get_submodule(layer)
-        handle = mod.register_forward_hook(lambda _m, _i, out: remove_rank1(out))
         was_training = bundle.model.training
         bundle.model.eval()
         n = len(ds)
         out = np.empty(n, np.float64)
         try:
-            for i in range(0, n, BATCH_SIZE):
-                x = bundle.preprocess(ds.images[i: i + BATCH_SIZE]).to(bundle.device)
-                with torch.no_grad():
-                    out[i: i + len(x)] = torch.logsumexp(bundle.logits(x).double(), dim=1).cpu().numpy()
-                if progress:
-                    done = min(n, i + BATCH_SIZE)
-                    progress(done / n, f"RankFeat on {ds.name}: {done}/{n}")
+            with thread_hook(mod, lambda _m, _i, o: remove_rank1(o)):
+                for i in range(0, n, BATCH_SIZE):
+                    x = bundle.preprocess(ds.images[i: i + BATCH_SIZE]).to(bundle.device)
+                    with torch.no_grad():
+                        out[i: i + len(x)] = torch.logsumexp(bundle.logits(x).double(), dim=1).cpu().numpy()
+                    if progress:
+                        done = min(n, i + BATCH_SIZE)
+                        progress(done / n, f"RankFeat on {ds.name}: {done}/{n}")
         finally:
-            handle.remove()
             bundle.model.train(was_training)
         self.last_run = {"dataset": ds.name, "feature map": layer}
         return out
