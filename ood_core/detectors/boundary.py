@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..extract import Extraction
-from .base import Detector, DetectorError, Knob, Paper, register
+from ..knobs import Knob, Paper
+from .base import Detector, DetectorError, register
 
 _TINY = 1e-12
 

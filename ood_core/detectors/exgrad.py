@@ -23,7 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..extract import Extraction
-from .base import Detector, Knob, Paper, register, softmax
+from ..knobs import Knob, Paper
+from .base import Detector, register, softmax
 
 EXGRAD_PAPER = Paper("How Useful are Gradients for OOD Detection, Really?", "Igoe, Lim, Chen & Eftekhari",
                      "arXiv", 2022, "https://arxiv.org/abs/2205.10439")

@@ -30,7 +30,8 @@ from torch import nn
 
 from ..data import ImageDataset
 from ..extract import Extraction
-from .base import DetectorError, ModelDetector, Paper, ProgressFn, register
+from ..knobs import Paper
+from .base import DetectorError, ModelDetector, ProgressFn, register
 from .rankfeat import last_feature_map, thread_hook
 
 BATCH_SIZE = 128

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from ..extract import Extraction
-from .base import Detector, DetectorError, Knob, Paper, register, softmax
+from ..knobs import Knob, Paper
+from .base import Detector, DetectorError, register, softmax
 
 GRADORTH_PAPER = Paper("GradOrth: A Simple yet Efficient Out-of-Distribution Detection with Orthogonal Projection "
                        "of Gradients", "Behpour, Doan, Li, He, Gou & Ren", "NeurIPS", 2023,

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from ..data import ImageDataset
 from ..extract import Extraction
-from .base import Knob, ModelDetector, Paper, ProgressFn, register
+from ..knobs import Knob, Paper
+from .base import ModelDetector, ProgressFn, register
 from .odin import fraction_out_of_range
 
 BATCH_SIZE = 256

@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..extract import Extraction
-from .base import Detector, DetectorError, Knob, Paper, logsumexp, register
+from ..knobs import Knob, Paper
+from .base import Detector, DetectorError, logsumexp, register
 
 BLOCK = 1024
 

@@ -25,7 +25,8 @@ from torch import nn
 
 from ..data import ImageDataset
 from ..extract import Extraction
-from .base import DetectorError, ModelDetector, Paper, ProgressFn, register
+from ..knobs import Paper
+from .base import DetectorError, ModelDetector, ProgressFn, register
 
 BATCH_SIZE = 256
 

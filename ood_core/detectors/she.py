@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..extract import Extraction
-from .base import Detector, Knob, Paper, register
+from ..knobs import Knob, Paper
+from .base import Detector, register
 
 
 @register

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from ..extract import Extraction
-from .base import Detector, DetectorError, Knob, Paper, SortedValues, head_logits, logsumexp, register
+from ..knobs import Knob, Paper
+from .base import Detector, DetectorError, SortedValues, head_logits, logsumexp, register
 
 
 @register
