@@ -16,7 +16,7 @@ No backward pass is needed; ``tests/test_detectors_family.py`` checks both again
 
 Orientation: a confident prediction (``p`` near one-hot) has a small expected gradient, so
 ExGrad's raw value is higher for OOD; our score is its negation, ``S = −E(x)``
-(higher = more ID, DESIGN.md contract 1).
+(higher = more ID, docs/architecture.md, "Score sign").
 """
 from __future__ import annotations
 
