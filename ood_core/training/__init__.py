@@ -13,8 +13,9 @@ from typing import Any
 
 from .. import cli as _cli
 from ..errors import first_line
-from .loop import (DEFAULT_EPOCHS, METHODS, Method, TrainConfig, Trainer, TrainingDiverged, TrainingError,
-                   TrainResult, get_method, job_fn, knob_view, train)
+from .config import DEFAULT_EPOCHS, TrainConfig, TrainResult
+from .loop import Trainer, job_fn, train
+from .methods import METHODS, Method, TrainingDiverged, TrainingError, get_method, knob_view
 
 __all__ = ["DEFAULT_EPOCHS", "METHODS", "Method", "TrainConfig", "Trainer", "TrainingDiverged", "TrainingError",
            "TrainResult", "get_method", "job_fn", "knob_view", "train"]
