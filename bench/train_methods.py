@@ -112,6 +112,7 @@ def main() -> int:
     ap.add_argument("--json", help="also write every number to this file")
     ap.add_argument("--timing-only", action="store_true", help="only the step-cost part")
     ap.add_argument("--threads", type=int, default=0, help="time with this many threads only (0: 1 and the default)")
+    ap.add_argument("--no-timing", action="store_true", help="skip the step-cost part")
     a = ap.parse_args()
     methods = [m for m in a.methods.split(",") if m]
     dets = [d for d in DETECTORS if d in detector_names()]
@@ -125,11 +126,12 @@ def main() -> int:
     runs = variants(methods)
     timed = variants(list(dict.fromkeys(["ce", "energy_oe", *methods])))  # the ratios need ce and energy_oe
     what = f"{a.timing_steps} interleaved steps" if a.timing_steps else "one epoch of interleaved steps"
-    print(f"== step cost: median over {what}, batch 64, fine-tuning the default ==", flush=True)
+    if not a.no_timing:
+        print(f"== step cost: median over {what}, batch 64, fine-tuning the default ==", flush=True)
     threads0 = torch.get_num_threads()
     # One thread as well: on a shared 2-core machine two OpenMP threads stall on each other,
     # and single-threaded CPU time is the steadiest measure of the work itself.
-    for threads in sorted({1, threads0}) if not a.threads else [a.threads]:
+    for threads in [] if a.no_timing else sorted({1, threads0}) if not a.threads else [a.threads]:
         torch.set_num_threads(threads)
         st = step_times(timed, n_steps=a.timing_steps)
         print(f"-- {threads} thread(s); ratios of CPU time (wall in brackets)")
