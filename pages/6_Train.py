@@ -44,6 +44,8 @@ with left:
     method = METHODS[method_name]
     st.caption(method.describe())
     st.caption(method.help)
+    # The preset (reference = the authors' code) comes first: the knobs below start from its values.
+    preset = common.knob_widgets(knob_view(method_name, only=("preset",)), "train").get("preset")
     opts, labels = _init_options()
     if state.widget("train.init") not in opts:
         state.set_widget("train.init", "default")
@@ -54,7 +56,11 @@ with left:
     seed = int(st.number_input("Seed", 0, 2**31 - 1, 0, key="train.seed"))
     with st.expander("Hyperparameters", expanded=False):
         st.caption("Defaults are the papers' (see each knob's help); changed values go into the checkpoint's label.")
-        params = common.knob_widgets(knob_view(method_name), f"train.{kind}", values=method.defaults(init))
+        params = common.knob_widgets(knob_view(method_name, skip=("preset",)),
+                                     f"train.{kind}" + (f".{preset}" if preset else ""),
+                                     values=method.defaults(init, preset))
+        if preset:
+            params["preset"] = preset
     with st.expander("Data", expanded=False):
         aux_names = [s.name for s in list_datasets() if s.role == "aux"] + \
             [s.name for s in list_datasets() if s.role not in ("aux", "id_test", "id_train")]
@@ -88,6 +94,13 @@ def _curves(snap: dict, key: str) -> None:
         st.plotly_chart(epoch_metrics(rows, val), key=f"{key}.epochs", width="stretch")
 
 
+def _form_line(info: dict) -> None:
+    """Which form of the method ran, and the mode its gradient penalty ran in."""
+    if info.get("form"):
+        mode = f"; gradient penalty in {info['penalty_mode']}" if info.get("penalty_mode") else ""
+        st.caption(f"Form: {info['form']}{mode}")
+
+
 def _use_model(path: str) -> None:
     state.put("model", path)
 
@@ -102,6 +115,7 @@ def _live(job_id: str) -> None:
         st.rerun()
     # The trainer's message carries its own ETA (training steps only, not the data preparation).
     st.progress(snap["fraction"], f"{snap['title']}: {snap['message'] or 'starting'}")
+    _form_line(snap["info"])
     if st.button("Stop", key="train.stop", help="stop after this step; the last finished epoch's checkpoint stays"):
         job.cancel()
     _curves(snap, "train.live")
@@ -116,6 +130,7 @@ def _finished(job) -> None:
         ep = res.meta["history"]["epochs"][-1]
         st.success(f"{res.meta['label']}: ID accuracy {100 * ep['accuracy']:.2f}%, Energy AUROC vs "
                    f"{res.meta['training']['aux_val']} {100 * ep['auroc']:.2f}% ({snap['elapsed']:.0f}s)")
+        _form_line(res.meta)
         if res.meta.get("recommended_detector") not in (None, "energy"):
             st.caption(f"{res.meta['method']} is meant to be scored with {res.meta['recommended_detector']}.")
     elif job.state == "cancelled":

@@ -67,15 +67,16 @@ def test_fast_double_backward_matches_autograd(cfg):
     assert mode.calls == (1 if cfg.get("padding") == "same" else 2)
 
 
-def test_gradient_penalty_parameter_gradients_equal_plain_double_backward():
-    """The training loss itself, on the default CNN's architecture (ReLU, max-pool, float32)."""
+@pytest.mark.parametrize("form", ["reference", "per_sample"])
+def test_gradient_penalty_parameter_gradients_equal_plain_double_backward(form):
+    """The training loss itself, on the default CNN's architecture (ReLU, max-pool, float32), by plain autograd."""
     torch.manual_seed(0)
     model = SmallCNN(width=8, feat_dim=16)
     x = torch.randn(12, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     is_aux = torch.arange(12) >= 6
     e = L.free_energy(model(x)).detach()
     m_in, m_out = float(e[:6].median()), float(e[6:].median())
-    loss, _ = L.gradient_penalty(model, x, e, is_aux, m_in, m_out)
+    loss, _ = L.gradient_penalty(model, x, e, is_aux, m_in, m_out, form=form)
     fast = torch.autograd.grad(loss, list(model.parameters()))
 
     mask = L.detected_mask(e, is_aux, m_in, m_out)
@@ -84,6 +85,8 @@ def test_gradient_penalty_parameter_gradients_equal_plain_double_backward():
     per = g.flatten(1).norm(dim=1)
     sel = is_aux[mask]
     ref_loss = per[~sel].sum() / 6 + per[sel].sum() / 6
+    if form == "reference":  # rows independent: each detected row's gradient is its own, over n_group, then / N
+        ref_loss = ref_loss / 12
     ref = torch.autograd.grad(ref_loss, list(model.parameters()))
     assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
     for a, b in zip(fast, ref):
@@ -119,8 +122,9 @@ def _node_names(t: torch.Tensor) -> set[str]:
     return names
 
 
+@pytest.mark.parametrize("form", ["reference", "per_sample"])
 @pytest.mark.parametrize("reuse_from", [0.0, 1.01])
-def test_gradient_penalty_routes_agree(reuse_from):
+def test_gradient_penalty_routes_agree(reuse_from, form):
     """Reusing the main forward and re-forwarding the penalised rows give the same loss and gradients."""
     torch.manual_seed(1)
     model = SmallCNN(width=8, feat_dim=16)
@@ -135,7 +139,8 @@ def test_gradient_penalty_routes_agree(reuse_from):
             logits, graph = model(x), None
         e = L.free_energy(logits)
         m_in, m_out = float(e[:5].detach().median()), float(e[5:].detach().median())
-        pen, stats = L.gradient_penalty(model, x, e, is_aux, m_in, m_out, graph=graph, reuse_from=reuse_from)
+        pen, stats = L.gradient_penalty(model, x, e, is_aux, m_in, m_out, graph=graph, reuse_from=reuse_from,
+                                        form=form)
         total = pen + 0.1 * L.energy_margin_loss(e[:5], e[5:], m_in, m_out)
         return pen.item(), stats, torch.autograd.grad(total, params)
 

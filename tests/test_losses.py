@@ -104,7 +104,7 @@ def test_gradient_penalty_value_against_finite_differences(norm):
     m_in, m_out = _margins(model, x, is_aux)
     ref, mask_in, mask_aux = _penalty_value_fd(model, x, is_aux, m_in, m_out, norm)
     assert mask_in.any() and (~mask_in & ~is_aux).any() and mask_aux.any()  # the case exercises the indicator
-    loss, stats = L.gradient_penalty(model, x, L.free_energy(model(x)), is_aux, m_in, m_out, norm)
+    loss, stats = L.gradient_penalty(model, x, L.free_energy(model(x)), is_aux, m_in, m_out, norm, form="per_sample")
     assert loss.item() == pytest.approx(ref, rel=1e-6)
     assert stats["frac_in"] == pytest.approx(float(mask_in.sum()) / 4)
     assert stats["frac_aux"] == pytest.approx(float(mask_aux.sum()) / 4)
@@ -116,7 +116,7 @@ def test_gradient_penalty_parameter_gradient_against_finite_differences():
     x = _inputs(6, seed=4)
     is_aux = torch.arange(6) >= 3
     m_in, m_out = _margins(model, x, is_aux)
-    loss, _ = L.gradient_penalty(model, x, L.free_energy(model(x)), is_aux, m_in, m_out, "l2")
+    loss, _ = L.gradient_penalty(model, x, L.free_energy(model(x)), is_aux, m_in, m_out, "l2", form="per_sample")
     w = model[3].weight  # a middle layer: its gradient needs the full second-order path
     (auto,) = torch.autograd.grad(loss, w)
     h = 1e-5
@@ -163,7 +163,7 @@ def test_gradient_quotient_against_per_class_loop(operand):
     model = _tiny(5)
     x = _inputs(5, seed=6)
     y = torch.tensor([0, 1, 2, 3, 1])
-    got, logits = L.gradient_quotient(model, x, y, operand=operand, form="sample")
+    got, logits = L.gradient_quotient(model, x, y, operand=operand, form="per_sample")
     ref = _gq_explicit(model, x, y, operand)
     assert got.item() == pytest.approx(ref.item(), rel=1e-9)
     np.testing.assert_allclose(logits.detach().numpy(), model(x).detach().numpy(), rtol=1e-12)
@@ -196,3 +196,112 @@ def test_gradient_quotient_batch_form():
         L.gradient_quotient(model, x, y, operand="softmax", form="batch")
     with pytest.raises(L.LossError, match="operand"):
         L.gradient_quotient(model, x, y, operand="probs")
+
+
+# --- reference forms (train_sea.py, learning_odin_trainer.py) ---------------------------
+
+def _tiny_bn(seed: int = 0, c: int = 4) -> nn.Module:
+    """The tiny net with batch norm, in train mode: batch statistics couple the rows."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Tanh(), nn.Flatten(),
+                         nn.Linear(3 * 5 * 5, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, c)).double().train()
+
+
+def _phi(model, is_aux, m_in, m_out):
+    """train_sea.py's batch scalar: -mean_in[relu(m_in - E)] + mean_aux[relu(E - m_out)]."""
+    def phi(x):
+        e = L.free_energy(model(x))
+        return -torch.relu(m_in - e[~is_aux]).mean() + torch.relu(e[is_aux] - m_out).mean()
+    return phi
+
+
+def _jacobian_penalty(model, x, is_aux, m_in, m_out, create_graph=False):
+    """The independent computation: Jacobian of φ w.r.t. the whole batch, per-row L2 norm, mean over rows."""
+    jac = torch.autograd.functional.jacobian(_phi(model, is_aux, m_in, m_out), x, create_graph=create_graph)
+    return jac.reshape(len(x), -1).norm(dim=1).mean()
+
+
+@pytest.mark.parametrize("bn", [False, True], ids=["plain", "batchnorm"])
+@pytest.mark.parametrize("route", ["reuse", "reforward"])
+def test_greg_reference_penalty_equals_the_jacobian_of_the_batch_scalar(bn, route):
+    model = _tiny_bn(2) if bn else _tiny(2)
+    x = _inputs(8, seed=3)
+    is_aux = torch.arange(8) >= 3  # unequal groups: 3 ID, 5 aux
+    m_in, m_out = _margins(model, x, is_aux)
+    ref = _jacobian_penalty(model, x, is_aux, m_in, m_out)
+    if route == "reuse":
+        logits, graph = L.penalised_forward(model, x)
+    else:
+        logits, graph = model(x), None
+    e = L.free_energy(logits)
+    mask = L.detected_mask(e, is_aux, m_in, m_out)
+    assert mask.any() and not mask.all()
+    got, stats = L.gradient_penalty(model, x, e, is_aux, m_in, m_out, graph=graph, reuse_from=0.0 if bn else 1.01,
+                                    form="reference", rows_independent=not bn)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert stats["frac_aux"] == pytest.approx(float(mask[is_aux].float().mean()))
+    if not bn:  # independent rows: the reference form is the per-sample form divided by N
+        per, _ = L.gradient_penalty(model, x, e, is_aux, m_in, m_out, form="per_sample")
+        assert got.item() == pytest.approx(per.item() / 8, rel=1e-9)
+
+
+def test_greg_reference_penalty_with_batchnorm_couples_rows_and_trains_like_the_jacobian():
+    """In train mode an undetected row gets gradient through the batch statistics: treating rows as
+    independent would be wrong. The parameter gradient equals that of the create_graph Jacobian."""
+    model = _tiny_bn(4)
+    x = _inputs(8, seed=5)
+    is_aux = torch.arange(8) >= 4
+    m_in, m_out = _margins(model, x, is_aux)
+    ref = _jacobian_penalty(model, x, is_aux, m_in, m_out, create_graph=True)
+    logits, graph = L.penalised_forward(model, x)
+    e = L.free_energy(logits)
+    got, _ = L.gradient_penalty(model, x, e, is_aux, m_in, m_out, graph=graph, form="reference",
+                                rows_independent=False)
+    wrong, _ = L.gradient_penalty(model, x, e.detach(), is_aux, m_in, m_out, form="reference", rows_independent=True)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert abs(wrong.item() - ref.item()) > 1e-3 * ref.item()
+    params = [p for p in model.parameters()]
+    g_got = torch.autograd.grad(got, params)
+    g_ref = torch.autograd.grad(ref, params)
+    for a, b in zip(g_got, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-10)
+
+
+def _gq_two_backward(model, x, y):
+    """learning_odin_trainer.py's quotient written out: two input gradients of batch sums, L1 over the batch."""
+    xg = x.clone().requires_grad_(True)
+    out = model(xg)
+    hot = torch.zeros_like(out)
+    hot[torch.arange(len(y)), y] = 1.0
+    (g_num,) = torch.autograd.grad((out * hot).sum(), xg, create_graph=True)
+    (g_den,) = torch.autograd.grad((out * (1 - hot)).sum(), xg, create_graph=True)
+    return g_num.abs().sum() / g_den.abs().sum()
+
+
+@pytest.mark.parametrize("bn", [False, True], ids=["plain", "batchnorm"])
+def test_gq_reference_against_two_backward_passes(bn):
+    model = _tiny_bn(9) if bn else _tiny(9)
+    x = _inputs(6, seed=10)
+    y = torch.tensor([0, 1, 2, 3, 1, 2])
+    got, logits = L.gradient_quotient(model, x, y, operand="logits", form="batch")
+    ref = _gq_two_backward(model, x, y)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-9)
+    params = list(model.parameters())
+    g_got = torch.autograd.grad(got, params, allow_unused=True, materialize_grads=True)
+    g_ref = torch.autograd.grad(ref, params, allow_unused=True, materialize_grads=True)
+    for a, b in zip(g_got, g_ref):  # (the last bias leaves input gradients alone: zero both ways)
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-12)
+
+
+def test_gq_reference_and_per_sample_forms_differ_except_where_they_must_agree():
+    model = _tiny(11)
+    x = _inputs(5, seed=12)
+    y = torch.tensor([3, 0, 1, 2, 0])
+    batch, _ = L.gradient_quotient(model, x, y, operand="logits", form="batch")
+    per, _ = L.gradient_quotient(model, x, y, operand="logits", form="per_sample")
+    assert abs(batch.item() - per.item()) > 0.01 * per.item()  # norm of sums vs sum of norms, batch vs mean
+    # One sample and two classes: the one other class's gradient is the whole denominator either way.
+    two = _tiny(11, c=2)
+    b1, _ = L.gradient_quotient(two, x[:1], y[:1] % 2, operand="logits", form="batch")
+    p1, _ = L.gradient_quotient(two, x[:1], y[:1] % 2, operand="logits", form="per_sample")
+    assert b1.item() == pytest.approx(p1.item(), rel=1e-9)

@@ -16,12 +16,17 @@ def test_train_page_launches_a_job_and_offers_the_checkpoint(default_bundle):
     assert any("Choose a method" in i.value for i in at.info)
     at.selectbox(key="train.method").set_value("greg").run()
     assert not at.exception, at.exception
-    # Widgets come from the declared knobs, with the method's defaults.
-    assert at.selectbox(key="train.finetune.greg.norm").value == "l2"
+    # Widgets come from the declared knobs, with the method's defaults: the reference preset first.
+    assert at.selectbox(key="train.greg.preset").value == "reference"
+    assert at.selectbox(key="train.finetune.reference.greg.penalty").value == "reference"
+    assert at.selectbox(key="train.finetune.reference.greg.norm").value == "l2"
+    at.selectbox(key="train.greg.preset").set_value("earlier").run()  # the form knobs follow the preset
+    assert at.selectbox(key="train.finetune.earlier.greg.penalty").value == "per_sample"
+    at.selectbox(key="train.greg.preset").set_value("reference").run()
     at.number_input(key="train.epochs.finetune").set_value(1)
     at.number_input(key="train.n_train").set_value(32)
     at.number_input(key="train.n_eval").set_value(50)
-    at.slider(key="train.finetune.greg.batch_size").set_value(16)
+    at.slider(key="train.finetune.reference.greg.batch_size").set_value(16)
     at.button(key="train.start").click().run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
@@ -38,7 +43,8 @@ def test_train_page_launches_a_job_and_offers_the_checkpoint(default_bundle):
         path = job.result.path
         at.run()
         assert not at.exception, at.exception
-        assert any("greg · fine-tuned default · 1 ep" in s.value for s in at.success)
+        assert any("greg · fine-tuned default · 1 ep · seed 0 · reference form" in s.value for s in at.success)
+        assert any("Form: reference; gradient penalty in train mode" in c.value for c in at.caption)
         label = job.result.meta["label"]
         assert label in at.selectbox(key="model").options  # in the sidebar's model picker (shown by label)
         at.button(key="train.use").click().run()

@@ -1,4 +1,5 @@
-"""The training loop: a 2-epoch smoke run per method, cancellation, divergence, the CLI.
+"""The training loop: a 2-epoch smoke run per method (reference presets), a 1-epoch run of each earlier
+preset, cancellation, divergence, the CLI, presets and the penalty's batch-norm mode.
 
 Runs use 64 ID training images, batch 16 (4 steps an epoch) and 100 evaluation images,
 fine-tuning the embedded default (trained once per test cache).
@@ -13,6 +14,7 @@ import pytest
 
 from ood_core.jobs import Cancelled, Job, JobContext
 from ood_core.training import METHODS, TrainConfig, Trainer, TrainingDiverged, TrainingError, train
+from ood_core.training import sampling
 from ood_core.training import losses as L
 
 SMALL = dict(n_train=64, n_eval=100)
@@ -40,6 +42,11 @@ def test_smoke_two_epochs(runs, method):
     assert res.path.exists() and res.path.with_suffix(".json").exists()
     assert meta["method"] == method and meta["complete"] and meta["epochs_done"] == 2
     assert meta["label"].startswith(f"{method} · fine-tuned default · 2 ep · seed 0")
+    if METHODS[method].presets:  # the form that ran: label, sidecar, the job's setup row
+        assert "· reference form" in meta["label"] and meta["form"] == "reference"
+        assert meta["training"]["params"]["preset"] == "reference"
+    else:
+        assert meta["form"] is None
     steps = meta["history"]["steps"]
     assert len(steps) == 2 * 4  # drop_last: 64 // 16 steps an epoch
     for term in METHODS[method].terms:  # every declared term is logged every step and finite
@@ -52,10 +59,71 @@ def test_smoke_two_epochs(runs, method):
     assert set(cfg["params"]) == {k.name for k in METHODS[method].all_knobs}  # full config, defaults included
 
 
-def test_greg_terms_are_live(runs):
-    steps = runs["greg"].meta["history"]["steps"]
-    assert any(r["grad"] > 0 for r in steps), "the gradient penalty never fired"
-    assert all({"ce", "ls", "grad", "frac_in", "frac_aux", "lr", "grad_norm"} <= set(r) for r in steps)
+@pytest.mark.parametrize("method", ["greg", "greg_plus", "gq"])
+def test_reference_presets_keep_every_term_live(runs, method):
+    steps = runs[method].meta["history"]["steps"]
+    for term in METHODS[method].terms[1:]:
+        assert any(r[term] > 0 for r in steps), f"{term} never fired"
+        assert len({r[term] for r in steps}) > 1, f"{term} is constant"
+    if method != "gq":
+        assert all({"ce", "ls", "grad", "frac_in", "frac_aux", "lr", "grad_norm"} <= set(r) for r in steps)
+        assert runs[method].meta["penalty_mode"] == "train mode, no batch norm (rows independent)"
+
+
+@pytest.fixture(scope="module")
+def earlier_runs(out, default_bundle):
+    """One 1-epoch run of each earlier preset."""
+    return {m: train(_cfg(m, epochs=1, preset="earlier"), out_dir=out) for m in ("greg", "greg_plus", "gq")}
+
+
+@pytest.mark.parametrize("method", ["greg", "greg_plus", "gq"])
+def test_earlier_presets_smoke(earlier_runs, method):
+    meta = earlier_runs[method].meta
+    assert meta["complete"] and meta["form"] == "earlier"
+    assert meta["label"].startswith(f"{method} · fine-tuned default · 1 ep · seed 0 · earlier form")
+    assert "preset" not in meta["label"] and "penalty=" not in meta["label"]  # the preset's own values aren't "extra"
+    params = meta["training"]["params"]
+    assert params == METHODS[method].resolve({"batch_size": 16, "preset": "earlier"})
+    for term in METHODS[method].terms:
+        assert all(math.isfinite(r[term]) for r in meta["history"]["steps"]), term
+
+
+def test_preset_defaults_are_the_documented_ones():
+    """docs/methods.md, "Training methods": the reference presets follow train_sea.py and learning_odin_trainer.py."""
+    greg = METHODS["greg"].resolve()
+    assert {k: greg[k] for k in ("preset", "penalty", "lam_s", "lam_grad", "m_in", "m_out", "norm")} == \
+        {"preset": "reference", "penalty": "reference", "lam_s": 0.1, "lam_grad": 1.0, "m_in": -25.0, "m_out": -7.0,
+         "norm": "l2"}
+    plus = METHODS["greg_plus"].resolve()
+    assert {k: plus[k] for k in ("penalty", "selection", "pool_factor", "drop_lowest", "two_way", "lam_s",
+                                 "lam_grad")} == \
+        {"penalty": "reference", "selection": "reference", "pool_factor": 6.0, "drop_lowest": 16, "two_way": False,
+         "lam_s": 0.1, "lam_grad": 1.0}
+    assert int(plus["pool_factor"] * 64) == 384 and sampling.N_INIT == 3
+    gq = METHODS["gq"].resolve()
+    assert {k: gq[k] for k in ("form", "operand", "lam")} == {"form": "batch", "operand": "logits", "lam": 1e-6}
+    # The earlier readings, by name.
+    assert METHODS["greg"].resolve({"preset": "earlier"})["penalty"] == "per_sample"
+    early = METHODS["greg_plus"].resolve({"preset": "earlier"})
+    assert (early["selection"], early["penalty"], early["drop_lowest"]) == ("split", "per_sample", 0)
+    early = METHODS["gq"].resolve({"preset": "earlier"})
+    assert (early["form"], early["operand"], early["lam"]) == ("per_sample", "softmax", 1.0)
+    # An explicit knob wins over its preset; the form then names the mix.
+    mixed = METHODS["greg_plus"].resolve({"preset": "earlier", "selection": "reference"})
+    assert METHODS["greg_plus"].form(mixed) == "penalty=per_sample, selection=reference"
+    assert METHODS["ce"].form(METHODS["ce"].resolve()) is None
+
+
+def test_saved_experiments_keep_their_form(tmp_path):
+    """A version-1 config (before the presets) reproduces what ran then; gq's old form name is accepted."""
+    old = {"version": 1, "method": "greg_plus", "params": {"pool_factor": 8, "lr": 0.001}}
+    cfg = TrainConfig.from_dict(old).resolved()
+    assert (cfg.params["selection"], cfg.params["penalty"], cfg.params["drop_lowest"]) == ("split", "per_sample", 0)
+    gq = TrainConfig.from_dict({"version": 1, "method": "gq", "params": {"form": "sample", "operand": "softmax",
+                                                                          "lam": 1.0}}).resolved()
+    assert gq.params["form"] == "per_sample" and METHODS["gq"].form(gq.params) == "earlier"
+    now = TrainConfig("greg").to_dict()
+    assert now["version"] == 2 and TrainConfig.from_dict(now).resolved().params["penalty"] == "reference"
 
 
 def test_training_runs_channels_last_and_checkpoints_load_into_plain_models(runs, default_bundle):
@@ -158,8 +226,12 @@ def test_bad_input_messages(default_bundle):
         TrainConfig("ce", init="/no/such.pt").resolved()
     with pytest.raises(TrainingError, match="epochs"):
         TrainConfig("ce", epochs=0).resolved()
-    with pytest.raises(TrainingError, match="identically 1"):
-        Trainer(_cfg("gq", operand="softmax", form="batch")).step(__import__("torch").arange(16))
+    with pytest.raises(TrainingError, match=r"gq\.form=batch, gq\.operand=softmax: .*identically 1"):
+        TrainConfig("gq", params={"operand": "softmax"}).resolved()  # the reference form with softmax operands
+    with pytest.raises(TrainingError, match="two_way applies to selection=reference"):
+        TrainConfig("greg_plus", params={"preset": "earlier", "two_way": True}).resolved()
+    with pytest.raises(TrainingError, match="drop_lowest"):
+        Trainer(_cfg("greg_plus", pool_factor=1.5))  # 24 candidates less 16 dropped < B = 16
     assert METHODS["greg_plus"].defaults("scratch")["schedule"] == "step"
 
 
@@ -267,3 +339,73 @@ def test_two_greg_jobs_in_threads_train_as_if_alone(default_bundle):
     for t in threads:
         t.join()
     assert together == alone and alone[0] != alone[1]
+
+
+def test_cli_param_picks_the_form_and_says_so(capsys, tmp_path, default_bundle):
+    from ood_core.cli import main
+
+    rc = main(["train", "--method", "greg", "--epochs", "1", "--n-train", "32", "--n-eval", "50",
+               "--param", "greg.batch_size=16", "--param", "greg.penalty=per_sample", "--quiet"])
+    assert rc == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    path = Path(lines[-1])
+    try:
+        assert "· earlier form" in lines[-2] and "penalty=per_sample" in lines[-2]
+        meta = json.loads(path.with_suffix(".json").read_text())
+        assert meta["form"] == "earlier" and meta["training"]["params"]["penalty"] == "per_sample"
+        assert meta["penalty_mode"].startswith("train mode")
+    finally:
+        for p in (path, path.with_suffix(".json")):
+            p.unlink(missing_ok=True)
+
+
+def _tiny_bn_arch(num_classes: int = 10, in_channels: int = 1):
+    from torch import nn
+
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, num_classes))
+
+
+def test_batchnorm_model_penalty_follows_train_mode_and_equals_the_jacobian(monkeypatch, default_bundle):
+    """A model with batch norm: the step's penalty is train_sea.py's, the Jacobian of the batch scalar
+    computed in train mode (batch statistics couple the rows), and the job says which mode ran."""
+    import torch
+
+    from ood_core.jobs import Job, JobContext
+    from ood_core.models import ARCHITECTURES
+
+    monkeypatch.setitem(ARCHITECTURES, "tiny_bn", _tiny_bn_arch)
+    job = Job(lambda ctx: None, "t")
+    tr = Trainer(TrainConfig("greg", init="scratch", arch="tiny_bn", epochs=1, seed=0, n_train=32, n_eval=50,
+                             params={"batch_size": 16, "m_in": -2.3, "m_out": -2.3}), ctx=JobContext(job))
+    assert not tr.sample_independent and "rows coupled" in tr.penalty_mode
+    seen = {}
+    real = L.gradient_penalty
+
+    def spy(model_fn, x, e, is_aux, m_in, m_out, norm, **kw):
+        out = real(model_fn, x, e, is_aux, m_in, m_out, norm, **kw)
+        assert kw["rows_independent"] is False and tr.model.training
+
+        def phi(xx):
+            en = L.free_energy(model_fn(xx))
+            return -torch.relu(m_in - en[~is_aux]).mean() + torch.relu(en[is_aux] - m_out).mean()
+
+        jac = torch.autograd.functional.jacobian(phi, x.detach())
+        seen["ref"] = float(jac.flatten(1).norm(dim=1).mean())
+        seen["got"] = float(out[0].detach())
+        seen["mask"] = L.detected_mask(e, is_aux, m_in, m_out)
+        return out
+
+    monkeypatch.setattr(L, "gradient_penalty", spy)
+    tr.model.train()
+    tr.step(torch.arange(16))
+    assert seen["mask"].any() and not seen["mask"].all()
+    assert seen["got"] == pytest.approx(seen["ref"], rel=1e-4)
+    monkeypatch.setattr(L, "gradient_penalty", real)
+    res = tr.run()
+    assert "rows coupled" in res.meta["penalty_mode"] and "batch-norm" in res.meta["label"]
+    setup = [{k: v for k, v in r.items() if k != "t"} for r in job.rows if r.get("kind") == "setup"]
+    assert setup == [{"kind": "setup", "method": "greg", "form": "reference", "preset": "reference",
+                      "penalty_mode": tr.penalty_mode}]
+    res.path.unlink()
+    res.path.with_suffix(".json").unlink()

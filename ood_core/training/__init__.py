@@ -5,8 +5,9 @@ The ``train`` command (``python -m ood_core train --method NAME …``) lives in
 """
 from __future__ import annotations
 
-from .loop import (DEFAULT_EPOCHS, METHODS, Method, TrainConfig, Trainer, TrainingDiverged, TrainingError,
-                   TrainResult, get_method, job_fn, knob_view, train)
+from .config import DEFAULT_EPOCHS, TrainConfig, TrainResult
+from .loop import Trainer, job_fn, train
+from .methods import METHODS, Method, TrainingDiverged, TrainingError, get_method, knob_view
 
 __all__ = ["DEFAULT_EPOCHS", "METHODS", "Method", "TrainConfig", "Trainer", "TrainingDiverged", "TrainingError",
            "TrainResult", "get_method", "job_fn", "knob_view", "train"]

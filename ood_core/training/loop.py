@@ -1,15 +1,21 @@
-"""The training loop: six methods, one registry, a job-friendly runner.
+"""The training loop: the :class:`Trainer` that runs one configured job, and the job-friendly runners.
 
-Methods (METHODS.md, "Training methods"): ``ce``, ``oe``, ``energy_oe``, ``greg``,
-``greg_plus`` and ``gq``. Each declares its knobs as data (like detectors) so the Train
-page builds its widgets from the declaration and the CLI validates ``--param`` against
-it. Batches pair B ID samples with B auxiliary outliers.
+Owns one SGD update per method (the methods themselves are declared as data in
+:mod:`.methods`, their losses in :mod:`.losses`, GReg+'s selection in :mod:`.sampling`,
+the configuration in :mod:`.config`), the per-epoch evaluation, checkpoints and progress.
+Formulas and defaults: docs/methods.md, "Training methods". Batches pair B ID samples with
+B auxiliary outliers (GReg+ with ``two_way``: 2B).
 
-Optimiser and schedule follow the seeds: SGD with momentum 0.9 and weight decay 1e-4,
+Optimiser and schedule follow the papers: SGD with momentum 0.9 and weight decay 1e-4,
 cosine from ``lr`` to ``lr_min`` per step (as energy_ood's ``LambdaLR``), or a step
 schedule (``lr`` for the first 5/6 of the epochs, then ``lr/10``; GReg+'s from-scratch
 recipe, its default when ``init='scratch'``). The embedded default gets short budgets
 of the same shape.
+
+The model trains in train mode, and GReg's penalty follows it (``train_sea.py`` computes it in
+train mode): with batch norm the batch statistics couple the rows, so the penalty
+differentiates the whole batch as it ran. The job's first log row (``kind='setup'``), the
+label and the sidecar say which form ran (``form``) and in which mode (``penalty_mode``).
 
 A run writes its checkpoint after every epoch (so a cancelled or diverged run keeps
 the last good one), with the full config, seed and history in the sidecar; the config
@@ -22,16 +28,13 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ..errors import UserError
 from ..data import DataError, get_dataset, train_name_for
-from ..knobs import Knob, KnobError, Paper
 from ..detectors.base import energy as energy_score  # the Energy detector's score (higher = more ID), not L.free_energy
 from ..jobs import JobContext
 from ..metrics import id_accuracy, ood_metrics
@@ -39,7 +42,9 @@ from ..models import ModelBundle, ModelError, Preprocess, build_arch
 from ..models.checkpoints import (DEFAULT_PREPROCESS, shift_augment, default_model_path, load_checkpoint,
                                   load_default, models_dir, save_checkpoint)
 from . import losses as L
-from .sampling import pool_features_energies, select_by_energy
+from .config import TrainConfig, TrainResult
+from .methods import TrainingDiverged, TrainingError, get_method
+from .sampling import pool_features_energies, select_by_energy, select_reference
 
 Progress = Callable[[float, str], None]
 MAX_LOSS = 1e6  # a term above this is "exploding": stop before the weights turn to NaN
@@ -47,220 +52,6 @@ MAX_LOSS = 1e6  # a term above this is "exploding": stop before the weights turn
 # average (C = 10): the classifier has collapsed, though no number is large enough to trip MAX_LOSS
 # (a gq run at lr 0.01 reached CE 648 and ended at 11.8% accuracy with no message).
 CE_COLLAPSE = 10.0
-CONFIG_VERSION = 1
-
-
-class TrainingError(UserError):
-    """Bad training input (method, init, knob, dataset); the message says what to do."""
-
-
-class TrainingDiverged(TrainingError):
-    """A loss term (or the gradient) became NaN/inf or exploded; the message names term and step."""
-
-
-# --- the registry ---------------------------------------------------------------
-
-COMMON_KNOBS: tuple[Knob, ...] = (
-    Knob("lr", 0.01, 1e-5, 10.0, "log", help="initial learning rate (SGD). The seeds' GReg recipe says 1, which gave "
-         "NaN in the reproduction; 0.01 is the default"),
-    Knob("lr_min", 1e-4, 1e-7, 1.0, "log", help="final learning rate of the cosine schedule"),
-    Knob("schedule", "cosine", kind="choice", choices=("cosine", "step"),
-         help="cosine from lr to lr_min per step, or step: lr for 5/6 of the epochs then lr/10 (GReg+ from scratch)"),
-    Knob("momentum", 0.9, 0.0, 0.99, help="SGD momentum"),
-    Knob("weight_decay", 1e-4, 0.0, 0.01, help="SGD weight decay (L2 penalty)"),
-    Knob("batch_size", 64, 8, 512, kind="int", help="B: ID samples per step (paired with B auxiliary outliers)"),
-    Knob("augment", True, kind="bool", help="random shifts of up to 2 pixels on ID and auxiliary images"),
-)
-
-_LAM_S = Knob("lam_s", 0.1, 0.0, 10.0, help="λ_S, weight of the energy-margin loss L_S")
-_M_IN = Knob("m_in", -25.0, -100.0, 0.0, help="m_in: ID energies above it are penalised (CIFAR-10 value; depends on "
-             "the logit scale: the embedded default's ID energies sit around -15)")
-_M_OUT = Knob("m_out", -7.0, -100.0, 0.0, help="m_out: auxiliary energies below it are penalised")
-_LAM_GRAD = Knob("lam_grad", 1.0, 0.0, 100.0, help="λ_∇S, weight of the gradient penalty L_∇S")
-# With the CIFAR-10 margins the embedded default's first L_S is ~130 (its ID energies sit near -15):
-# fine-tuning at the seeds' lr 0.01 explodes within 10 steps (measured), so the energy-margin
-# methods default to energy_ood's fine-tuning lr, 0.001.
-_MARGIN_LR = {"lr": 0.001}
-_NORM = Knob("norm", "l2", kind="choice", choices=L.NORMS,
-             help="norm of the per-sample input gradient in L_∇S (the seed shows it only as a figure; we read L2)")
-
-
-@dataclass(frozen=True)
-class Method:
-    """A training method declared as data."""
-
-    name: str
-    title: str
-    terms: tuple[str, ...]
-    knobs: tuple[Knob, ...] = ()
-    paper: Paper | None = None
-    uses_aux: bool = True
-    overrides: dict = field(default_factory=dict)  # this method's defaults for common knobs
-    scratch_defaults: dict = field(default_factory=dict)  # ... and for init='scratch'
-    recommended_detector: str = "energy"
-    help: str = ""
-
-    @property
-    def all_knobs(self) -> tuple[Knob, ...]:
-        return COMMON_KNOBS + self.knobs
-
-    def knob(self, name: str) -> Knob:
-        for k in self.all_knobs:
-            if k.name == name:
-                return k
-        raise TrainingError(f"{self.name} has no knob {name!r}; knobs: {', '.join(k.name for k in self.all_knobs)}")
-
-    def defaults(self, init: str = "default") -> dict[str, Any]:
-        out = {k.name: k.default for k in self.all_knobs}
-        out.update(self.overrides)
-        if init == "scratch":
-            out.update(self.scratch_defaults)
-        return out
-
-    def resolve(self, params: dict[str, Any] | None = None, init: str = "default") -> dict[str, Any]:
-        """Defaults (for this init) overlaid with ``params``, each validated against its range."""
-        out = self.defaults(init)
-        for key, value in (params or {}).items():
-            try:
-                out[key] = self.knob(key).validate(value, self.name)
-            except KnobError as exc:
-                raise TrainingError(str(exc)) from None
-        return out
-
-    def describe(self) -> str:
-        ref = f" ({self.paper.cite()})" if self.paper else ""
-        return f"{self.title}{ref}"
-
-
-class _KnobView:
-    """What ``ui.common.knob_widgets`` expects (``name`` + ``knobs``) for a method's knobs."""
-
-    def __init__(self, name: str, knobs: tuple[Knob, ...]):
-        self.name, self.knobs = name, knobs
-
-
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("ce", "Cross-entropy", ("total", "ce"), help="plain cross-entropy on ID data: the baseline", uses_aux=False),
-    Method("oe", "Outlier Exposure", ("total", "ce", "oe"),
-           (Knob("lam", 0.5, 0.0, 10.0, help="λ, weight of the cross-entropy to uniform on auxiliary outliers"),),
-           Paper("Deep Anomaly Detection with Outlier Exposure", "Hendrycks, Mazeika, Dietterich", "ICLR", 2019,
-                 "https://github.com/hendrycks/outlier-exposure"),
-           help="L_CE + λ·mean_aux[-(1/C) Σ_i log softmax(f)_i]", recommended_detector="msp"),
-    Method("energy_oe", "Energy-bounded learning", ("total", "ce", "ls"), (_LAM_S, _M_IN, _M_OUT),
-           Paper("Energy-based Out-of-distribution Detection", "Liu, Wang, Owens, Li", "NeurIPS", 2020,
-                 "https://github.com/wetliu/energy_ood"), overrides=_MARGIN_LR,
-           help="L_CE + λ_S·L_S, L_S = mean_in[max(0, E - m_in)²] + mean_aux[max(0, m_out - E)²]"),
-    Method("greg", "GReg", ("total", "ce", "ls", "grad"), (_LAM_S, _LAM_GRAD, _M_IN, _M_OUT, _NORM),
-           Paper("Gradient-Regularized Out-of-Distribution Detection", "Sharifi, Entesari, Safaei, Patel, Fazlyab",
-                 "ECCV", 2024), overrides=_MARGIN_LR,
-           help="L_CE + λ_S·L_S + λ_∇S·L_∇S; the input-gradient norm of the energy is penalised only on samples "
-                "already on the right side of their margin (double backward)"),
-    Method("greg_plus", "GReg+", ("total", "ce", "ls", "grad"),
-           (_LAM_S, _LAM_GRAD, _M_IN, _M_OUT, _NORM,
-            Knob("pool_factor", 8, 1, 32, kind="int",
-                 help="candidate pool = pool_factor·B auxiliary samples, clustered into B groups per step")),
-           Paper("Gradient-Regularized Out-of-Distribution Detection", "Sharifi, Entesari, Safaei, Patel, Fazlyab",
-                 "ECCV", 2024), overrides=_MARGIN_LR,
-           # The seeds' from-scratch lr 0.1 explodes within 7 steps on the embedded small CNN (no batch
-           # norm; L_S starts near 500): keep the step schedule's shape at the margin methods' lr.
-           scratch_defaults={"schedule": "step"},
-           help="GReg with energy-based k-means selection of the auxiliary batch: per cluster the lowest-energy "
-                "outlier feeds L_S, the highest-energy one L_∇S"),
-    Method("gq", "Gradient Quotient (Learning ODIN)", ("total", "ce", "gq"),
-           (Knob("lam", 1.0, 0.01, 10.0, "log", help="λ, weight of the Gradient Quotient"),
-            Knob("operand", "softmax", kind="choice", choices=L.GQ_OPERANDS,
-                 help="differentiate the softmax (the paper's formula) or the logits"),
-            Knob("form", "sample", kind="choice", choices=L.GQ_FORMS,
-                 help="per-sample quotient (default) or the authors' code's batch-level quotient (logits only)")),
-           Paper("Learning ODIN", "Jevnisek, Avidan", "arXiv", 2024),
-           # Fine-tuning the embedded default at lr 0.01 diverged in 1 of 3 seeds (CE up to 648, ID
-           # accuracy 11.8%; one epoch) and the run that landed at 97.4% flipped to 74.8% under float
-           # rounding alone; at 0.001 all three seeds ended at 98.1-98.2% (measured). From scratch the
-           # logits are small and the common 0.01 stays.
-           overrides={"lr": 0.001}, scratch_defaults={"lr": 0.01},
-           uses_aux=False, recommended_detector="odin",
-           help="L_CE + λ·mean_i ‖∇_x S_y‖₁ / Σ_{j≠y} ‖∇_x S_j‖₁, then score with ODIN"),
-)}
-
-
-def get_method(name: str) -> Method:
-    m = METHODS.get(name)
-    if m is None:
-        raise TrainingError(f"unknown training method {name!r}; available: {', '.join(METHODS)}")
-    return m
-
-
-def knob_view(method: str) -> _KnobView:
-    """An object with ``name`` and ``knobs`` for widget builders."""
-    m = get_method(method)
-    return _KnobView(m.name, m.all_knobs)
-
-
-# --- configuration ----------------------------------------------------------------
-
-DEFAULT_EPOCHS = {"finetune": 2, "scratch": 6}
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; the sidecar stores it and :func:`train` accepts it back."""
-
-    method: str
-    init: str = "default"  # "default" | "scratch" | path of a workbench checkpoint
-    epochs: int | None = None  # None: DEFAULT_EPOCHS for the init
-    seed: int = 0
-    id_dataset: str = "mnist"  # its ":train" split trains, the test split measures accuracy
-    aux: str = "aux"
-    aux_val: str = "aux_val"  # held-out OOD for the per-epoch AUROC
-    params: dict[str, Any] = field(default_factory=dict)
-    n_train: int = 0  # 0: the whole ID training split; else a seeded random subset
-    n_eval: int = 0  # 0: all of ID test and aux_val for the per-epoch metrics
-    arch: str = "small_cnn"  # only for init='scratch'
-
-    def resolved(self) -> "TrainConfig":
-        """A copy with method knobs and epochs filled in and validated."""
-        m = get_method(self.method)
-        if self.init != "scratch" and self.init != "default" and not Path(self.init).exists():
-            raise TrainingError(f"no checkpoint at {self.init!r}; --init takes 'default', 'scratch' or a checkpoint path")
-        epochs = self.epochs if self.epochs is not None else DEFAULT_EPOCHS["scratch" if self.init == "scratch" else "finetune"]
-        if not isinstance(epochs, (int, np.integer)) or epochs < 1 or epochs > 1000:
-            raise TrainingError(f"epochs must be a whole number in [1, 1000]; got {epochs!r}")
-        if int(self.n_train) < 0 or int(self.n_eval) < 0:
-            raise TrainingError("n_train and n_eval must be >= 0 (0 means all)")
-        init = self.init if self.init in ("default", "scratch") else str(Path(self.init).resolve())
-        params = m.resolve(self.params, self.init)
-        if self.n_train and int(self.n_train) < int(params["batch_size"]):
-            raise TrainingError(f"n_train={self.n_train} training images are fewer than batch_size="
-                                f"{params['batch_size']}; lower batch_size or raise n_train")
-        return replace(self, init=init, epochs=int(epochs), seed=int(self.seed), params=params)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"version": CONFIG_VERSION, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        d = dict(d.get("training", d))  # a checkpoint sidecar or a bare config
-        d.pop("version", None)
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise TrainingError(f"unknown training config keys: {', '.join(sorted(unknown))}")
-        if "method" not in d:
-            raise TrainingError("a training config needs a 'method'")
-        return cls(**d)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise TrainingError(f"could not read training config {path}: {exc}") from None
-
-
-@dataclass
-class TrainResult:
-    path: Path
-    meta: dict[str, Any]
 
 
 # --- the runner ---------------------------------------------------------------------
@@ -392,9 +183,22 @@ class Trainer:
         self.x_test, self.y_test = pp(test_ds.images[ev_t]), torch.as_tensor(test_ds.labels[ev_t])
         self.x_val = pp(val_ds.images[ev_v])
         self.x_aux = pp(aux_ds.images) if aux_ds is not None else None
-        if self.method.name == "greg_plus" and len(self.x_aux) < int(k["pool_factor"]) * b:
-            raise TrainingError(f"{cfg.aux} has {len(self.x_aux)} samples, fewer than pool_factor·B = "
-                                f"{int(k['pool_factor']) * b}; lower pool_factor or batch_size")
+        if self.method.name == "greg_plus":
+            pool, picked = self._pool_size(b), b * (2 if k["two_way"] and k["selection"] == "reference" else 1)
+            if len(self.x_aux) < pool:
+                raise TrainingError(f"{cfg.aux} has {len(self.x_aux)} samples, fewer than ⌊pool_factor·B⌋ = {pool}; "
+                                    "lower pool_factor or batch_size")
+            if pool - int(k["drop_lowest"]) < picked:
+                raise TrainingError(f"the candidate pool ⌊pool_factor·B⌋ = {pool} less drop_lowest = "
+                                    f"{k['drop_lowest']} leaves fewer than the {picked} outliers a step takes; raise "
+                                    "pool_factor or lower drop_lowest")
+        self.form = self.method.form(k)
+        self.title = f"{self.method.name} ({self.form} form)" if self.form else self.method.name
+        # What the penalty's forward ran as: the model's mode (train, as in train_sea.py) and whether
+        # batch norm couples the rows.
+        self.penalty_mode = None if self.method.name not in ("greg", "greg_plus") else (
+            "train mode, no batch norm (rows independent)" if self.sample_independent
+            else "train mode, batch norm on batch statistics (rows coupled)")
         self.steps_per_epoch = len(self.x_train) // b  # drop_last: every step sees B ID samples
         self.total_steps = self.steps_per_epoch * int(cfg.epochs)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -408,6 +212,9 @@ class Trainer:
         self.epochs_done, self.epoch = 0, 0
         self.t0 = time.time()
         self.path = (self.out_dir or models_dir()) / f"{self._stem()}.pt"
+
+    def _pool_size(self, b: int) -> int:
+        return int(math.floor(float(self.k["pool_factor"]) * b))
 
     def _stem(self) -> str:
         blob = json.dumps({**self.cfg.to_dict(), "init_fp": self.init_fp}, sort_keys=True, default=str)
@@ -453,6 +260,7 @@ class Trainer:
                 terms["ls"] = L.energy_margin_loss(e[:b], e[b:], k["m_in"], k["m_out"])
                 total = terms["ce"] + k["lam_s"] * terms["ls"]
         elif name in ("greg", "greg_plus"):
+            # x_low feeds L_S, x_high L_∇S; one batch for both except GReg+'s selection=split.
             if name == "greg":
                 x_low = x_high = self._aug(self._aux_batch(b))
             else:
@@ -462,10 +270,11 @@ class Trainer:
             e = L.free_energy(logits)
             is_aux = torch.arange(len(x)) >= b
             terms["ce"] = L.ce_loss(logits[:b], y)
-            e_low = e[b:] if name == "greg" else L.free_energy(self._logits(x_low))
+            e_low = e[b:] if x_low is x_high else L.free_energy(self._logits(x_low))
             terms["ls"] = L.energy_margin_loss(e[:b], e_low, k["m_in"], k["m_out"])
             terms["grad"], st = L.gradient_penalty(self._logits, x, e, is_aux, k["m_in"], k["m_out"], k["norm"],
-                                                   graph=graph)
+                                                   graph=graph, form=k["penalty"],
+                                                   rows_independent=self.sample_independent)
             extra.update(st)
             total = terms["ce"] + k["lam_s"] * terms["ls"] + k["lam_grad"] * terms["grad"]
         elif name == "gq":
@@ -491,11 +300,17 @@ class Trainer:
         return {**{t: float(v.detach()) for t, v in terms.items()}, **extra, "grad_norm": gnorm, "lr": lr}
 
     def _select_aux(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """GReg+ selection: lowest/highest energy per k-means cluster of a pool_factor·B pool."""
-        pool_idx = torch.as_tensor(self.np_rng.choice(len(self.x_aux), int(self.k["pool_factor"]) * b, replace=False))
+        """GReg+ selection from a ⌊pool_factor·B⌋ pool scored in eval mode: (rows for L_S, rows for L_∇S),
+        the same tensor for ``selection=reference``."""
+        k = self.k
+        pool_idx = torch.as_tensor(self.np_rng.choice(len(self.x_aux), self._pool_size(b), replace=False))
         pool = self._aug(self.x_aux[pool_idx])
         feats, ens = pool_features_energies(self.bundle.forward, self.model, pool)
-        sel = select_by_energy(feats, ens, b, seed=self.cfg.seed * 1_000_003 + self.step_no)
+        seed = self.cfg.seed * 1_000_003 + self.step_no
+        if k["selection"] == "reference":
+            x = pool[torch.as_tensor(select_reference(feats, ens, b, int(k["drop_lowest"]), bool(k["two_way"]), seed))]
+            return x, x
+        sel = select_by_energy(feats, ens, b, seed=seed, drop=int(k["drop_lowest"]))
         return pool[torch.as_tensor(sel.low)], pool[torch.as_tensor(sel.high)]
 
     def _check_terms(self, terms: dict[str, torch.Tensor]) -> None:
@@ -538,9 +353,11 @@ class Trainer:
         init = {"default": "fine-tuned default", "scratch": "from scratch"}.get(self.cfg.init,
                                                                               f"fine-tuned {Path(self.cfg.init).stem}")
         done = f"{self.cfg.epochs} ep" if complete else f"{self.epochs_done}/{self.cfg.epochs} ep, stopped"
-        defaults = self.method.defaults(self.cfg.init)
-        extra = ", ".join(f"{n}={v}" for n, v in self.k.items() if v != defaults.get(n))
-        return f"{self.method.name} · {init} · {done} · seed {self.cfg.seed}" + (f" · {extra}" if extra else "")
+        defaults = self.method.defaults(self.cfg.init, self.k.get("preset"))
+        extra = ", ".join(f"{n}={v}" for n, v in self.k.items() if v != defaults.get(n) and n != "preset")
+        form = f" · {self.form} form" if self.form else ""
+        bn = " · penalty on batch-norm batch statistics" if self.penalty_mode and not self.sample_independent else ""
+        return f"{self.method.name} · {init} · {done} · seed {self.cfg.seed}{form}{bn}" + (f" · {extra}" if extra else "")
 
     def _save(self, complete: bool, history: dict[str, list], last: dict[str, float]) -> Path:
         meta = {
@@ -548,6 +365,7 @@ class Trainer:
             "in_channels": int(self.base_meta.get("in_channels", 1)), "preprocess": self.base_meta["preprocess"],
             "class_names": self.base_meta.get("class_names"), "method": self.method.name,
             "label": self.label(complete), "training": self.cfg.to_dict(), "seed": self.cfg.seed,
+            "form": self.form, "penalty_mode": self.penalty_mode,
             "init_fingerprint": self.init_fp, "epochs_done": self.epochs_done, "complete": complete,
             "trained_on": train_name_for(self.cfg.id_dataset), "aux": self.cfg.aux if self.method.uses_aux else None,
             "id_test_accuracy": last.get("accuracy"), "val_auroc": last.get("auroc"),
@@ -564,7 +382,10 @@ class Trainer:
         self.epochs_done, self.epoch = 0, 0
         history: dict[str, list] = {"steps": [], "epochs": []}
         self.rep.set(method=cfg.method, config=cfg.to_dict(), steps_per_epoch=self.steps_per_epoch,
-                     total_steps=self.total_steps, terms=list(self.method.terms), checkpoint=None)
+                     total_steps=self.total_steps, terms=list(self.method.terms), checkpoint=None,
+                     form=self.form, penalty_mode=self.penalty_mode)
+        self.rep.log(kind="setup", method=cfg.method, form=self.form, preset=self.k.get("preset"),
+                     penalty_mode=self.penalty_mode)
         first = self.evaluate()
         row0 = {"kind": "epoch", "epoch": 0, **first}
         history["epochs"].append(row0)
@@ -582,7 +403,7 @@ class Trainer:
                 self.rep.log(**row)
                 done = self.step_no / self.total_steps
                 el = time.time() - self.t0
-                self.rep.progress(done, f"{cfg.method}: epoch {ep + 1}/{cfg.epochs}, step {self.step_no}/"
+                self.rep.progress(done, f"{self.title}: epoch {ep + 1}/{cfg.epochs}, step {self.step_no}/"
                                         f"{self.total_steps}, loss {row['total']:.4g}, ETA "
                                         f"{_fmt_eta(el / max(done, 1e-9) * (1 - done))}")
             last = self.evaluate()
@@ -591,7 +412,7 @@ class Trainer:
             history["epochs"].append(erow)
             self.rep.log(**erow)
             self._save(complete=self.epochs_done == cfg.epochs, history=history, last=last)
-        self.rep.progress(1.0, f"{cfg.method}: done, accuracy {100 * last['accuracy']:.2f}%, "
+        self.rep.progress(1.0, f"{self.title}: done, accuracy {100 * last['accuracy']:.2f}%, "
                                f"AUROC vs {cfg.aux_val} {100 * last['auroc']:.2f}%")
         meta = json.loads(self.path.with_suffix(".json").read_text())
         return TrainResult(self.path, meta)

@@ -1,4 +1,4 @@
-"""Training losses as pure functions of tensors (METHODS.md, "Training methods").
+"""Training losses as pure functions of tensors: the value terms and the two input-gradient terms.
 
 Energy ``E(x) = -LSE(f(x))``: lower = more ID (the training papers' sign; the
 ``energy`` *detector* scores ``-E``). The value terms take logits from the step's one
@@ -11,14 +11,16 @@ recorded it, else re-runs the forward on what it penalises).
   the cross-entropy from the softmax to the uniform distribution.
 - ``energy_margin_loss`` (Liu et al., NeurIPS 2020):
   ``L_S = mean_in[max(0, E - m_in)^2] + mean_aux[max(0, m_out - E)^2]``.
-- ``gradient_penalty`` (GReg, Sharifi et al., ECCV 2024):
-  ``L_∇S = mean_in[1{E ≤ m_in} ‖∇_x E‖] + mean_aux[1{E ≥ m_out} ‖∇_x E‖]``, the input
-  gradient taken with ``create_graph=True`` so the penalty trains the parameters (double
-  backward). The seed gives L_∇S only as a figure; we read the norm as the per-sample L2
-  norm of the input gradient (L1 as a knob).
-- ``gradient_quotient`` (Learning ODIN, Jevnisek & Avidan): per sample
-  ``‖∇_x S_y‖_1 / Σ_{j≠y} ‖∇_x S_j‖_1`` with ``S = softmax(f)``, averaged over the batch;
-  ``operand='logits', form='batch'`` is the authors' code's batch-level variant.
+- ``gradient_penalty`` (GReg, Sharifi et al., ECCV 2024; ``train_sea.py``): the reference form
+  takes the input gradient of ONE batch scalar ``φ = -mean_in[relu(m_in - E)] + mean_aux[relu(E - m_out)]``,
+  the per-row L2 norm and the mean over all N rows; ``per_sample`` is our earlier reading
+  ``mean_in[1{E ≤ m_in} ‖∇_x E‖] + mean_aux[1{E ≥ m_out} ‖∇_x E‖]``. Either is differentiated with
+  ``create_graph=True`` so the penalty trains the parameters (double backward).
+- ``gradient_quotient`` (Learning ODIN, Jevnisek & Avidan; ``learning_odin_trainer.py``): the
+  reference ``form='batch'`` on logits, ``‖∇_x Σ_n o_{y_n}‖_1 / ‖∇_x Σ_n Σ_{j≠y_n} o_j‖_1`` over
+  the batch; ``form='per_sample'`` is the earlier per-sample quotient of softmax gradients.
+
+Formulas and defaults: docs/methods.md, "Training methods".
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ REUSE_FROM = 0.5
 
 NORMS = ("l2", "l1")
 GQ_OPERANDS = ("softmax", "logits")
-GQ_FORMS = ("sample", "batch")
+GQ_FORMS = ("batch", "per_sample")  # the first: learning_odin_trainer.py
+PENALTY_FORMS = ("reference", "per_sample")  # the first: train_sea.py
 
 
 class LossError(UserError):
@@ -100,30 +103,44 @@ def _input_grad(e_sum: torch.Tensor, x: torch.Tensor, phase: Phase) -> torch.Ten
     return g
 
 
+def _row_norms(g: torch.Tensor, norm: str) -> torch.Tensor:
+    g = g.flatten(1)
+    return g.norm(p=2, dim=1) if norm == "l2" else g.abs().sum(1)
+
+
 def gradient_penalty(model_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, e: torch.Tensor,
                      is_aux: torch.Tensor, m_in: float, m_out: float, norm: str = "l2",
-                     graph: PenaltyGraph | None = None,
-                     reuse_from: float = REUSE_FROM) -> tuple[torch.Tensor, dict[str, float]]:
-    """``L_∇S`` and its bookkeeping (fraction of ID/aux samples penalised).
+                     graph: PenaltyGraph | None = None, reuse_from: float = REUSE_FROM, form: str = "reference",
+                     rows_independent: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+    """``L_∇S`` and its bookkeeping (fraction of ID/aux samples on the right side of their margin).
+
+    ``form='reference'`` (``train_sea.py``): ``φ = -mean_in[relu(m_in - E)] + mean_aux[relu(E - m_out)]``
+    over the batch, ``L_∇S = (1/N) Σ_n ‖∂φ/∂x_n‖``. Since ``∂φ/∂E_n`` is ``1/n_in`` on detected ID
+    rows, ``1/n_aux`` on detected aux rows and 0 elsewhere, ``∇_x φ = ∇_x Σ_n c_n E_n`` with those
+    weights ``c_n``. ``form='per_sample'`` (our earlier reading):
+    ``mean_in[1{E ≤ m_in}·‖∇_x E‖] + mean_aux[1{E ≥ m_out}·‖∇_x E‖]``; for a model whose rows are
+    independent the reference form is this divided by N.
 
     ``e`` are the batch's energies from the step's main forward pass; they pick the "correctly
-    detected" rows, and the penalty is zero on the others. Two exact routes to their input
-    gradients (``create_graph=True``, so the penalty trains the parameters by a double backward):
+    detected" rows. The input gradients are taken with ``create_graph=True`` (the penalty trains the
+    parameters by a double backward), by one of two exact routes:
 
     - ``graph`` given (``x``, ``e`` from :func:`penalised_forward`) and at least ``reuse_from`` of
-      the rows penalised: differentiate the main forward itself. No second forward, and the
-      penalty's first-order path joins the main loss's one backward; but every row pays for the
-      double backward.
-    - otherwise: re-forward the penalised rows alone. It costs a forward and a backward more per
-      penalised row, and is skipped entirely while no sample is on the right side of its margin.
+      the rows detected, or rows coupled: differentiate the main forward itself. No second forward,
+      and the penalty's first-order path joins the main loss's one backward.
+    - otherwise, with ``rows_independent``: re-forward the detected rows alone (a forward and a
+      backward more per detected row; skipped while no row is detected).
 
     The crossover (``REUSE_FROM``) was measured on the default CNN: re-forwarding was cheaper at
-    35% of rows penalised, reuse from 60% on (5.0x vs 5.8-7.0x a ce step). Both routes give the same
-    values for models whose forward treats samples independently and deterministically (no
-    dropout, no batch norm in train mode).
+    35% of rows detected, reuse from 60% on. ``rows_independent=False`` (batch norm in train mode:
+    batch statistics couple the rows, as in the authors' runs) always differentiates the whole
+    batch as it ran, so an undetected row still gets the gradient that flows through the batch
+    statistics (re-forwarding the whole batch when no ``graph`` is given).
     """
     if norm not in NORMS:
         raise LossError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
+    if form not in PENALTY_FORMS:
+        raise LossError(f"penalty form must be one of {', '.join(PENALTY_FORMS)}; got {form!r}")
     mask = detected_mask(e, is_aux, m_in, m_out)
     n_in = int((~is_aux).sum())
     n_aux = int(is_aux.sum())
@@ -133,16 +150,22 @@ def gradient_penalty(model_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.
     }
     if not bool(mask.any()):
         return e.new_zeros(()), stats
-    # Each sample's energy depends only on its own input, so d(Σ E)/dx holds every per-sample gradient.
-    if graph is not None and float(mask.float().mean()) >= reuse_from:
-        g = _input_grad(e[mask].sum(), graph.x, graph.phase)[mask]
+    # c_n: ∂φ/∂E_n for the reference form; 1 on detected rows for per_sample.
+    per_group = torch.where(is_aux, e.new_tensor(1.0 / max(n_aux, 1)), e.new_tensor(1.0 / max(n_in, 1)))
+    c = (per_group if form == "reference" else torch.ones_like(per_group)) * mask.to(e.dtype)
+    rows = mask if rows_independent else torch.ones_like(mask)
+    if graph is not None and (not rows_independent or float(mask.float().mean()) >= reuse_from):
+        g = _input_grad((c * e).sum(), graph.x, graph.phase)[rows]
     else:
-        xs = x[mask].detach().requires_grad_(True)
+        xs = x[rows].detach().requires_grad_(True)
         with fast_double_backward() as (phase, _):
             e_sel = free_energy(model_fn(xs))
-        g = _input_grad(e_sel.sum(), xs, phase)
-    g = g.flatten(1)
-    per = g.norm(p=2, dim=1) if norm == "l2" else g.abs().sum(1)
+        g = _input_grad((c[rows] * e_sel).sum(), xs, phase)
+    per = _row_norms(g, norm)
+    if form == "reference":  # the undetected rows of an independent-row model have zero gradient
+        return per.sum() / len(e), stats
+    if not rows_independent:
+        per = per[mask]
     aux_sel = is_aux[mask]
     loss = e.new_zeros(())
     if n_in:
@@ -153,16 +176,19 @@ def gradient_penalty(model_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.
 
 
 def gradient_quotient(model_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, labels: torch.Tensor,
-                      operand: str = "softmax", form: str = "sample",
+                      operand: str = "logits", form: str = "batch",
                       eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
     """Learning ODIN's Gradient Quotient ``L_GQ`` and the batch's logits (for the CE term).
 
-    ``form='sample'``: ``mean_i ‖∇_x S_{y_i}(x_i)‖_1 / Σ_{j≠y_i} ‖∇_x S_j(x_i)‖_1``; the C
-    input gradients of every sample come from ``torch.func`` (``vmap`` over ``jacrev``),
-    which stays differentiable for the parameter update. The model must not mix samples
-    (no batch norm in train mode).
-    ``form='batch'``: ``‖∇_x Σ_i S_{y_i}‖_1 / ‖∇_x Σ_i Σ_{j≠y_i} S_j‖_1`` (the authors' code),
-    only meaningful on logits since with softmax operands the two gradients are opposite.
+    ``form='batch'`` (``learning_odin_trainer.py``): with ``o`` the logits (or the softmax),
+    ``‖∇_x Σ_n o_{y_n}(x_n)‖_1 / ‖∇_x Σ_n Σ_{j≠y_n} o_j(x_n)‖_1``, both L1 norms over the whole
+    batch tensor: one number per batch, from one forward and two input gradients taken with
+    ``create_graph=True`` (the convolutions' double backward on the fast kernels of
+    ``double_backward.py``). Refused with softmax operands, where it is identically 1.
+    ``form='per_sample'`` (our earlier reading): ``mean_n ‖∇_x S_{y_n}(x_n)‖_1 / Σ_{j≠y_n}
+    ‖∇_x S_j(x_n)‖_1``; the C input gradients of every sample come from ``torch.func``
+    (``vmap`` over ``jacrev``), which stays differentiable for the parameter update. The model
+    must not mix samples (no batch norm in train mode).
     """
     if operand not in GQ_OPERANDS:
         raise LossError(f"operand must be one of {', '.join(GQ_OPERANDS)}; got {operand!r}")
@@ -170,14 +196,14 @@ def gradient_quotient(model_fn: Callable[[torch.Tensor], torch.Tensor], x: torch
         raise LossError(f"form must be one of {', '.join(GQ_FORMS)}; got {form!r}")
     if operand == "softmax" and form == "batch":
         raise LossError("form=batch with operand=softmax is identically 1 (the non-target softmax sums to 1 - S_y); "
-                        "use operand=logits or form=sample")
+                        "use operand=logits or form=per_sample")
     if form == "batch":
-        x = x.detach().requires_grad_(True)
-        logits = model_fn(x)
-        s = logits.softmax(1) if operand == "softmax" else logits
-        s_y = s.gather(1, labels[:, None]).squeeze(1)
-        (g_y,) = torch.autograd.grad(s_y.sum(), x, create_graph=True)
-        (g_o,) = torch.autograd.grad((s.sum(1) - s_y).sum(), x, create_graph=True)
+        xg = x.detach().requires_grad_(True)
+        with fast_double_backward() as (phase, _):
+            logits = model_fn(xg)
+        target = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+        g_y = _input_grad((logits * target).sum(), xg, phase)
+        g_o = _input_grad((logits * (1 - target)).sum(), xg, phase)
         return g_y.abs().sum() / (g_o.abs().sum() + eps), logits
 
     def one(xi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,11 +1,17 @@
-"""GReg+ energy-based selection of auxiliary outliers (Sharifi et al., ECCV 2024).
+"""GReg+ energy-based selection of auxiliary outliers (Sharifi et al., ECCV 2024; ``train_sea.py``).
 
-Per iteration: draw a candidate pool of ``pool_factor·B`` auxiliary samples, compute
-with the current model (eval mode, no grad) their L2-normalised features and their
-energies ``E = -LSE(f)``, cluster the features with k-means (k = B, scikit-learn), and
-from every cluster take the **lowest**-energy sample (the most ID-looking outlier: the
-one the energy margin ``L_S`` has most to teach about) and the **highest**-energy
-sample (the most clearly detected one: where the gradient penalty ``L_∇S`` applies).
+Per iteration a candidate pool of auxiliary samples is scored by the current model (eval
+mode, no grad: :func:`pool_features_energies`), sorted by energy ``E = -LSE(f)`` ascending,
+and its ``drop`` lowest-energy (most ID-looking) candidates are left out. The kept ranks'
+L2-normalised features are clustered with k-means (scikit-learn, k = B). Two selections:
+
+- ``reference`` (:func:`select_reference`, the authors' code): from each cluster its lowest-energy
+  member (with ``two_way``, also its highest-energy one), filled up to B (2B with ``two_way``)
+  at random from the kept ranks; that one batch feeds both L_S and L_∇S.
+- ``split`` (:func:`select_by_energy`, our earlier reading): per cluster the lowest-energy
+  member for L_S and the highest-energy member for L_∇S, two batches.
+
+Formulas and defaults: docs/methods.md, "Training methods".
 """
 from __future__ import annotations
 
@@ -18,6 +24,9 @@ from sklearn.cluster import KMeans
 from ..detectors.distance import l2_normalise
 from .losses import free_energy
 
+SELECTIONS = ("reference", "split")
+N_INIT = 3  # k-means restarts (train_sea.py's n_init); split keeps the 1 it always ran with
+
 
 @dataclass
 class Selection:
@@ -25,31 +34,62 @@ class Selection:
 
     low: np.ndarray  # lowest energy per cluster -> L_S
     high: np.ndarray  # highest energy per cluster -> L_∇S
-    clusters: np.ndarray  # cluster label of every candidate
+    clusters: np.ndarray  # cluster label of every candidate (-1: dropped)
 
 
-def select_by_energy(features: np.ndarray, energies: np.ndarray, k: int, seed: int = 0) -> Selection:
-    """Cluster normalised ``features`` into ``k`` groups; per group pick min and max energy."""
+def _clusters(features: np.ndarray, energies: np.ndarray, k: int, drop: int, seed: int, n_init: int,
+              need: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(energies as float64, kept pool indices by ascending energy, k-means label of every candidate or -1)."""
     features = np.asarray(features)
     energies = np.asarray(energies, np.float64).ravel()
     n = len(energies)
     if features.shape[0] != n:
         raise ValueError(f"{features.shape[0]} feature rows but {n} energies")
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}] (the pool size); got {k}")
-    z = l2_normalise(features)
-    labels = KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(z)
-    low = np.empty(k, np.int64)
-    high = np.empty(k, np.int64)
-    found = 0
+    kept = np.argsort(energies, kind="stable")[drop:]
+    if not 1 <= k <= len(kept) or len(kept) < need:
+        raise ValueError(f"k must be in [1, {len(kept)}] (the pool of {n} less the {drop} dropped) and the pool "
+                         f"must keep at least {max(need, k)}; got k={k}")
+    labels = np.full(n, -1, np.int64)
+    labels[kept] = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(l2_normalise(features[kept]))
+    return energies, kept, labels
+
+
+def select_by_energy(features: np.ndarray, energies: np.ndarray, k: int, seed: int = 0, drop: int = 0) -> Selection:
+    """``split``: cluster the kept candidates' normalised ``features`` into ``k`` groups; per group the
+    minimum and the maximum energy."""
+    energies, _, labels = _clusters(features, energies, k, drop, seed, n_init=1)
+    low, high = [], []
     for c in range(k):
         members = np.flatnonzero(labels == c)
         if members.size == 0:  # k-means can leave a cluster empty on duplicate points
             continue
-        low[found] = members[np.argmin(energies[members])]
-        high[found] = members[np.argmax(energies[members])]
-        found += 1
-    return Selection(low[:found], high[:found], labels)
+        low.append(members[np.argmin(energies[members])])
+        high.append(members[np.argmax(energies[members])])
+    return Selection(np.asarray(low, np.int64), np.asarray(high, np.int64), labels)
+
+
+def select_reference(features: np.ndarray, energies: np.ndarray, b: int, drop: int = 16, two_way: bool = False,
+                     seed: int = 0) -> np.ndarray:
+    """``reference``: pool indices of the one selected batch, B of them (2B with ``two_way``).
+
+    Clusters (k = B) the candidates left after dropping the ``drop`` lowest energies; from each
+    cluster its lowest-energy member, with ``two_way`` also its highest-energy one (a singleton
+    gives one); then fills up to the batch size with distinct kept candidates drawn at random
+    (``numpy.random.default_rng(seed)``). Per-cluster picks come first, in cluster order.
+    """
+    size = b * (2 if two_way else 1)
+    energies, kept, labels = _clusters(features, energies, b, drop, seed, N_INIT, need=size)
+    picked: list[int] = []
+    for c in range(b):
+        members = np.flatnonzero(labels == c)
+        if members.size == 0:
+            continue
+        lo, hi = members[np.argmin(energies[members])], members[np.argmax(energies[members])]
+        picked.extend([int(lo), int(hi)] if two_way and hi != lo else [int(lo)])
+    if len(picked) < size:
+        rest = np.setdiff1d(kept, picked)
+        picked.extend(np.random.default_rng(seed).choice(rest, size - len(picked), replace=False).tolist())
+    return np.asarray(picked, np.int64)
 
 
 @torch.no_grad()
