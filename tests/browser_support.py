@@ -15,6 +15,7 @@ missing. Screenshots and the server log go to ``test-artifacts/`` (git-ignored).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -82,15 +83,18 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def app_server() -> Iterator[AppServer]:
-    """``streamlit run app.py`` on a free port; yields its URL once /_stcore/health answers."""
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
+@contextlib.contextmanager
+def serve_app(cache_dir: str | Path | None = None) -> Iterator[AppServer]:
+    """``streamlit run app.py`` on a free port, yielded once /_stcore/health answers.
+
+    ``cache_dir`` defaults to the test session's ``OOD_CACHE_DIR`` (models and extractions cached by
+    other tests are reused); pass an empty folder to see a first launch.
+    """
     ARTIFACTS.mkdir(exist_ok=True)
     port = free_port()
     env = dict(os.environ)
+    if cache_dir is not None:
+        env["OOD_CACHE_DIR"] = str(cache_dir)
     env.setdefault("OOD_CACHE_DIR", str(ROOT / "cache" / "test"))
     env["BROWSER_PATH"] = CHROMIUM  # kaleido's static export in the app uses the same browser
     env["PYTHONUNBUFFERED"] = "1"
@@ -120,6 +124,16 @@ def app_server() -> Iterator[AppServer]:
     finally:
         _stop(proc)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def app_server() -> Iterator[AppServer]:
+    """The app on the test session's cache (see :func:`serve_app`)."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with serve_app() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
