@@ -8,19 +8,25 @@ truncated file) is dropped and recomputed instead of crashing the caller.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import json
 import logging
+import math
 import os
+import sqlite3
 import threading
+import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import diskcache
+import filelock
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -33,28 +39,125 @@ class CacheCorrupt(UserError):
     """A cache entry failed its integrity check."""
 
 
+class StorageError(UserError):
+    """A file the workbench must write could not be written (disk full, read-only folder)."""
+
+
+# errno values that mean "this disk cannot take the write", not "this is a bug".
+_NO_ROOM = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
+_warned: set[str] = set()
+
+
+def warn_once(topic: str, message: str) -> None:
+    """Log ``message`` the first time ``topic`` comes up in this process (docs/architecture.md, "Errors")."""
+    if topic not in _warned:
+        _warned.add(topic)
+        log.warning("%s", message)
+
+
+def storage_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk cannot take a write (full, read-only, no permission)."""
+    if isinstance(exc, OSError):
+        return exc.errno in _NO_ROOM
+    if isinstance(exc, sqlite3.OperationalError):
+        msg = str(exc).lower()
+        return "readonly" in msg or "read-only" in msg or "disk is full" in msg or "unable to open" in msg
+    return False
+
+
+def storage_message(exc: BaseException, what: str) -> str:
+    """One line for a failed write: what could not be written, and why."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "disk is full" in str(exc).lower():
+        why = "the disk is full"
+    elif isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly" in str(exc):
+        why = "the folder is read-only"
+    else:
+        why = f"{type(exc).__name__}: {exc}"
+    return f"could not write {what}: {why}; free some space or set OOD_CACHE_DIR to a writable folder"
+
+
+def _ensure_dir(d: Path) -> Path:
+    # An existing folder is used as is: mkdir on a read-only file system can fail even with exist_ok.
+    if not d.is_dir():
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if storage_failure(exc):
+                raise StorageError(storage_message(exc, f"the folder {d}")) from None
+            raise
+    return d
+
+
 def cache_dir() -> Path:
     """The cache root: ``$OOD_CACHE_DIR`` or ``cache/`` beside the package."""
-    d = Path(os.environ.get("OOD_CACHE_DIR", _DEFAULT_DIR))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return _ensure_dir(Path(os.environ.get("OOD_CACHE_DIR", _DEFAULT_DIR)))
 
 
 def subdir(*parts: str) -> Path:
     """A folder under the cache root (created): ``subdir("uploads", "models")``."""
-    d = cache_dir().joinpath(*parts)
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return _ensure_dir(cache_dir().joinpath(*parts))
 
 
-def _store() -> diskcache.Cache:
+class _ReadOnlyStore:
+    """Serves the entries of a diskcache folder that cannot be written (docs/architecture.md, "Cache keys").
+
+    diskcache's constructor writes its settings row, so it cannot open a read-only folder at all;
+    this reads its SQLite index with ``mode=ro`` and the value files directly (raw and binary
+    values only: the only kinds :func:`put_arrays` stores). Hand-written: diskcache has no
+    read-only mode.
+    """
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        db = Path(directory) / "cache.db"
+        self._con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False) if db.exists() else None
+
+    def _sql(self, query: str, args: tuple) -> Any:
+        if self._con is None:
+            return sqlite3.connect(":memory:").execute("SELECT NULL WHERE 0")
+        return self._con.execute(query, args)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        row = self._sql("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1", (key,)).fetchone()
+        if not row:
+            return default
+        mode, filename, value = row
+        if mode == diskcache.core.MODE_BINARY and filename:
+            return (Path(self.directory) / filename).read_bytes()
+        return bytes(value) if value is not None else default
+
+    def set(self, key: str, value: Any) -> None:
+        raise OSError(errno.EROFS, "read-only cache")
+
+    def delete(self, key: str) -> bool:
+        return False
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+
+
+def _read_only(d: str, exc: BaseException) -> _ReadOnlyStore:
+    warn_once(f"ro:{d}", f"the cache folder {Path(d).parent} cannot be written ({storage_message(exc, 'to it')}); "
+              "results already cached are served, new ones are computed without being stored")
+    return _ReadOnlyStore(d)
+
+
+def _store() -> diskcache.Cache | _ReadOnlyStore:
     d = str(cache_dir() / "arrays")
     with _lock:
         c = _caches.get(d)
         if c is None or not Path(d).exists():
             # A missing folder (deleted while the app runs) is recreated, not an error.
-            Path(d).mkdir(parents=True, exist_ok=True)
-            c = diskcache.Cache(d, size_limit=2**34, disk_min_file_size=1024)
+            try:
+                _ensure_dir(Path(d))
+                c = diskcache.Cache(d, size_limit=2**34, disk_min_file_size=1024)
+            except StorageError as exc:
+                c = _read_only(d, exc)
+            except (OSError, sqlite3.OperationalError) as exc:
+                if not storage_failure(exc):
+                    raise
+                c = _read_only(d, exc)
             _caches[d] = c
         return c
 
@@ -135,9 +238,23 @@ def _drop(store: diskcache.Cache, key: str) -> None:
         pass
 
 
-def put_arrays(key: str, arrays: Mapping[str, np.ndarray]) -> None:
-    """Store arrays under ``key``; diskcache writes value files before committing the row."""
-    _store().set(key, _pack(arrays))
+def put_arrays(key: str, arrays: Mapping[str, np.ndarray]) -> bool:
+    """Store arrays under ``key``; diskcache writes value files before committing the row.
+
+    A full disk or a read-only cache stores nothing (said once per process) and returns False:
+    the caller keeps its computed result (docs/architecture.md, "Cache keys").
+    """
+    store = _store()
+    try:
+        store.set(key, _pack(arrays))
+        return True
+    except (OSError, sqlite3.OperationalError) as exc:
+        if not storage_failure(exc):
+            raise
+        warn_once(f"put:{store.directory}", f"{storage_message(exc, 'to the cache')} (results are computed "
+                  "without being stored)")
+        _drop(store, key)  # no half-written entry stays behind
+        return False
 
 
 def cached_arrays(key: str, compute: Callable[[], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -163,27 +280,125 @@ def value_path(key: str) -> Path | None:
     return Path(store.directory) / row[0]
 
 
-def read_json_dict(path: Path) -> dict:
-    """A small JSON registry file as a dict; missing, unreadable or not-a-dict reads as empty."""
+# --- small JSON stores (docs/architecture.md, "Saved state") ---------------------------
+
+def standard_json(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` that writes standard JSON: NaN and infinities become ``null`` (never ``NaN``)."""
+    return json.dumps(_finite(obj), allow_nan=False, **kwargs)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, Mapping):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, timeout: float = 60.0) -> Iterator[None]:
+    """An exclusive lock across threads and processes on ``path`` (``PATH.lock`` beside it).
+
+    filelock (torch depends on it) takes ``fcntl.flock`` on the lock file; the lock is reentrant
+    within a thread, so a store may call another locked helper on the same file.
+    """
+    path = Path(path)
+    _ensure_dir(path.parent)
+    lock = filelock.FileLock(str(path.with_name(path.name + ".lock")), timeout=timeout)
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        with lock:
+            yield
+    except filelock.Timeout:
+        raise StorageError(f"{path} is locked by another process for over {timeout:.0f}s; try again") from None
+
+
+class DamagedStore(UserError):
+    """A small JSON store could not be parsed; it was kept aside under another name."""
+
+
+def _keep_aside(path: Path, why: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+        n += 1
+    os.replace(path, aside)
+    log.warning("%s was unreadable (%s); kept as %s and starting a new one", path, why, aside.name)
+    return aside
+
+
+def _parse_dict(path: Path) -> dict | str:
+    """The dict in ``path`` ({} when missing), or why it is unreadable."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
         return {}
-    return data if isinstance(data, dict) else {}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        return f"not JSON: {first_line(exc)}"
+    return data if isinstance(data, dict) else f"a JSON {type(data).__name__}, not an object"
+
+
+def read_json_dict(path: Path) -> dict:
+    """A small JSON store as a dict ({} when missing). One that cannot be parsed is kept aside
+    (renamed ``NAME.damaged-TIMESTAMP``, said in one log line) and reads as empty, so the next write
+    starts a new file and never overwrites the damaged one."""
+    path = Path(path)
+    got = _parse_dict(path)
+    if isinstance(got, dict):
+        return got
+    with file_lock(path):
+        got = _parse_dict(path)  # another process may have kept it aside (or rewritten it) meanwhile
+        if isinstance(got, dict):
+            return got
+        _keep_aside(path, got)
+        return {}
 
 
 def write_json_dict(path: Path, data: dict) -> None:
-    """Write a small JSON registry atomically (readers never see half a file)."""
-    atomic_write_bytes(Path(path), json.dumps(data, indent=2, sort_keys=True, default=str).encode())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so readers never see it half-written (temp file + rename)."""
+    """Write a small JSON store atomically, under its lock (readers never see half a file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path):
+        atomic_write_bytes(path, standard_json(data, indent=2, sort_keys=True, default=str).encode())
+
+
+def update_json_dict(path: Path, change: Callable[[dict], Any]) -> Any:
+    """Read-modify-write a small JSON store under its cross-process lock; returns ``change(data)``.
+
+    Two processes updating the same store at once both land (docs/architecture.md, "Saved state").
+    """
+    path = Path(path)
+    with file_lock(path):
+        data = read_json_dict(path)
+        out = change(data)
+        atomic_write_bytes(path, standard_json(data, indent=2, sort_keys=True, default=str).encode())
+        return out
+
+
+def atomic_write_bytes(path: Path, data: bytes, what: str | None = None) -> None:
+    """Write a file so readers never see it half-written (temp file, fsync, rename).
+
+    A full disk or a read-only folder raises :class:`StorageError` with one line and leaves
+    neither a temporary file nor a half-written target.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        _ensure_dir(path.parent)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if storage_failure(exc):
+            raise StorageError(storage_message(exc, what or str(path))) from None
+        raise

@@ -9,11 +9,11 @@ for bad input.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from typing import Any, Callable, Sequence
 
+from .cache import standard_json
 from .errors import UserError, first_line
 
 
@@ -94,10 +94,12 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     bundle = wb.load_model(model, progress, **_model_kwargs(a))
     out = wb.evaluate(bundle, id_name, ood, dets, params, progress)
     out["model"] = model
-    if a.json:
-        print(json.dumps(out, indent=None if a.compact else 2))
+    if a.json:  # standard JSON: an undefined metric (no ID labels) is null, never NaN
+        print(standard_json(out, indent=None if a.compact else 2))
     else:
-        print(f"model {out['model']}  ID {out['id_dataset']}  accuracy {100 * out['id_accuracy']:.2f}%")
+        acc = out["id_accuracy"]
+        acc_txt = f"{100 * acc:.2f}%" if acc == acc else "n/a (no labels)"
+        print(f"model {out['model']}  ID {out['id_dataset']}  accuracy {acc_txt}")
         print(f"{'detector':<16}{'ood':<14}{'AUROC':>8}{'FPR95':>8}{'AUPR-In':>9}{'AUPR-Out':>9}")
         for r in out["results"]:
             print(f"{r['detector']:<16}{r['ood_dataset']:<14}{100 * r['auroc']:8.2f}{100 * r['fpr95']:8.2f}"
@@ -250,6 +252,7 @@ def _add_register_parser(sub: Any) -> None:
     p.add_argument("--limit", type=int, help="keep a fixed random subset of this many samples")
     p.add_argument("--unlabelled", action="store_true", help="ignore labels (folder names)")
     p.add_argument("--remove", action="store_true", help="forget the dataset NAME instead")
+    p.add_argument("--replace", action="store_true", help="replace a dataset already registered as NAME")
     p.set_defaults(fn=cmd_register)
 
 
@@ -264,7 +267,8 @@ def cmd_register(a: argparse.Namespace) -> int:
         return 0
     if not a.path:
         raise DataError("register needs --path (or --remove)")
-    spec = persist.register_local(a.path, a.name, a.role, a.fmt, a.split, a.limit, labelled=not a.unlabelled)
+    spec = persist.register_local(a.path, a.name, a.role, a.fmt, a.split, a.limit, labelled=not a.unlabelled,
+                                  replace=a.replace)
     for s in spec.splits:
         ds = get_dataset(spec.name, s)
         info = summary(ds)
@@ -275,9 +279,15 @@ def cmd_register(a: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, restore saved state, dispatch: the one fault boundary of the command line.
+
+    docs/architecture.md, "Errors": bad input, an interrupt and the machine's own failures (a full
+    disk, a file that cannot be opened, memory we should have sized) each end in one line on stderr
+    and exit 2 (130 for Ctrl-C); any other exception is a bug and keeps its traceback.
+    """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    parser = build_parser()
     try:
+        parser = build_parser()
         a = parser.parse_args(argv)
         if not getattr(a, "fn", None):
             parser.print_help()
@@ -288,11 +298,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as exc:
         print(first_line(exc), file=sys.stderr)
         return 2
-    except Exception as exc:  # noqa: BLE001
-        if isinstance(exc, (UserError, FileNotFoundError)):
-            print(f"error: {first_line(exc)}", file=sys.stderr)
-            return 2
-        raise
+    except KeyboardInterrupt:
+        print("\ninterrupted; nothing was written for the unfinished step", file=sys.stderr)
+        return 130
+    except UserError as exc:
+        print(f"error: {first_line(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory; use a smaller dataset (--limit when registering) or a smaller input size",
+              file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {os_message(exc)}", file=sys.stderr)
+        return 2
+
+
+def os_message(exc: OSError) -> str:
+    """One line for a failure of the machine rather than of the input (a full disk, a folder given as a file)."""
+    where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+    return f"{exc.strerror or first_line(exc)}{where}"
 
 
 if __name__ == "__main__":  # pragma: no cover

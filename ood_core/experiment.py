@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import cache
 from .errors import UserError
 
 SCHEMA = "ood-workbench/experiment@1"
@@ -31,7 +32,7 @@ class Experiment:
         return {"schema": SCHEMA, **asdict(self)}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        return cache.standard_json(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Experiment":
@@ -67,6 +68,8 @@ class Experiment:
         return cls.from_json(p.read_text())
 
     def save(self, path: str | Path) -> Path:
+        """Write the experiment atomically (docs/architecture.md, "Saved state"); no lock file is left
+        beside a file the user named."""
         p = Path(path)
-        p.write_text(self.to_json())
+        cache.atomic_write_bytes(p, self.to_json().encode())
         return p

@@ -1,6 +1,8 @@
 """One batched forward per (model, dataset, preprocessing) -> cached Extraction arrays."""
 from __future__ import annotations
 
+import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -10,10 +12,15 @@ import torch
 
 from . import cache
 from .data import ImageDataset
+from .errors import UserError
 from .models import ModelBundle
 
 Progress = Callable[[float, str], None]
 EXTRACT_VERSION = 1
+
+
+class ExtractError(UserError):
+    """An extraction cannot run or be written as asked; the message says what to change."""
 
 
 @dataclass
@@ -98,10 +105,23 @@ class Extraction:
                    str(a.get("dataset_fingerprint", "")))
 
     def save_npz(self, path: str | Path) -> Path:
+        """Write the arrays to ``path``: a regular file is written atomically (a full disk leaves
+        nothing half-written); a device or pipe is written in place."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            np.savez(f, **self.arrays())
+        if path.is_dir():
+            raise ExtractError(f"{path} is a folder; name a file, e.g. {path / 'extraction.npz'}")
+        buf = io.BytesIO()
+        np.savez(buf, **self.arrays())
+        if path.exists() and not path.is_file():  # /dev/stdout, a FIFO: never replace the node itself
+            try:
+                with open(path, "wb") as f:
+                    f.write(buf.getvalue())
+            except OSError as exc:
+                if cache.storage_failure(exc):
+                    raise cache.StorageError(cache.storage_message(exc, str(path))) from None
+                raise
+            return path
+        cache.atomic_write_bytes(path, buf.getvalue())
         return path
 
     @classmethod
@@ -121,11 +141,69 @@ def extraction_key(bundle: ModelBundle, ds: ImageDataset) -> str:
     )
 
 
+def forward_budget_bytes(device: str) -> int:
+    """Memory one forward batch may use: ``$OOD_EXTRACT_MEM_BUDGET_MB``, else half the available
+    RAM (CPU) or 80% of the free GPU memory."""
+    env = os.environ.get("OOD_EXTRACT_MEM_BUDGET_MB")
+    if env:
+        try:
+            return int(float(env) * 2**20)
+        except ValueError:
+            raise ExtractError(f"OOD_EXTRACT_MEM_BUDGET_MB must be a number of megabytes; got {env!r}") from None
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        return int(0.8 * torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        return int(0.5 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # no sysconf: assume 4 GB free
+        return 2 << 30
+
+
+def forward_bytes_per_sample(bundle: ModelBundle) -> int:
+    """Peak bytes of one sample in an inference forward (an estimate, measured on one sample).
+
+    Without autograd only a few activations are alive at once, so the peak is about the input
+    plus three times the largest activation (a layer's input, its output, a residual branch).
+    Compiled archives take no hooks: their largest activation is assumed 16x the input.
+    """
+    x = bundle.dummy_input(1)
+    peak = [0]
+
+    def hook(_m: torch.nn.Module, _i: object, out: object) -> None:
+        if isinstance(out, torch.Tensor):
+            peak[0] = max(peak[0], out.numel())
+
+    mods = [m for m in bundle.model.modules() if not list(m.children()) and not isinstance(m, torch.jit.ScriptModule)]
+    handles = [m.register_forward_hook(hook) for m in mods]
+    try:
+        with torch.inference_mode():
+            bundle.model(x.to(bundle.device))
+    finally:
+        for h in handles:
+            h.remove()
+    largest = peak[0] or 16 * x.numel()
+    return 4 * (2 * x.numel() + 3 * largest)
+
+
+def plan_batch(bundle: ModelBundle, batch_size: int, device: str) -> int:
+    """The largest batch up to ``batch_size`` whose estimated forward fits the memory budget;
+    refuses with the estimate when not even one sample fits (docs/architecture.md, "Errors")."""
+    per = forward_bytes_per_sample(bundle)
+    budget = forward_budget_bytes(device)
+    fit = budget // max(1, per)
+    if fit < 1:
+        h, w = bundle.preprocess.input_size
+        raise ExtractError(f"one {h}x{w} sample needs about {per / 2**20:.0f} MB in the forward pass, over the "
+                           f"{budget / 2**20:.0f} MB budget; use a smaller input size "
+                           "(or raise OOD_EXTRACT_MEM_BUDGET_MB)")
+    return int(max(1, min(batch_size, fit)))
+
+
 def run_forward(bundle: ModelBundle, ds: ImageDataset, batch_size: int = 256, device: str | None = None,
                 progress: Progress | None = None) -> Extraction:
-    """The batched forward pass itself (no cache)."""
+    """The batched forward pass itself (no cache), in batches sized to the memory budget."""
     device = device or default_device()
     model_dev = bundle.device
+    batch_size = plan_batch(bundle, batch_size, device)
     bundle.to(device)
     logits, feats = [], []
     n = len(ds)
@@ -143,6 +221,10 @@ def run_forward(bundle: ModelBundle, ds: ImageDataset, batch_size: int = 256, de
         bundle.to(model_dev)
     w, b = bundle.head_arrays()
     lg = np.concatenate(logits)
+    bad = ~np.isfinite(lg).all(1)
+    if bad.any():  # the model's fault, not a detector's: say so before anything is cached or scored
+        raise ExtractError(f"the model outputs NaN or inf on {int(bad.sum())} of {n} images of {ds.name!r} "
+                           f"(first: sample {int(ds.sample_ids[bad.argmax()])}); check its weights and preprocessing")
     ft = np.concatenate(feats) if feats else np.zeros((n, 0), np.float32)
     return Extraction(lg, ft, ds.labels, w, b, ds.name, ds.sample_ids, bundle.fingerprint, ds.fingerprint)
 

@@ -53,8 +53,9 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, floa
     return {
         "auroc": float(roc_auc_score(y, s)),
         "fpr95": fpr_at_tpr(a, b),
-        "aupr_in": float(average_precision_score(y, s)),
-        "aupr_out": float(average_precision_score(1 - y, -s)),
+        # average_precision_score sums float steps and can land at 1.0000000000000002: clip into [0, 1]
+        "aupr_in": float(np.clip(average_precision_score(y, s), 0.0, 1.0)),
+        "aupr_out": float(np.clip(average_precision_score(1 - y, -s), 0.0, 1.0)),
     }
 
 

@@ -2,7 +2,8 @@
 
 One mechanism for both (docs/architecture.md, "Saved state"): a small JSON registry
 ``{key: entry}`` under the cache folder, read and written whole (atomically, through
-:func:`ood_core.cache.write_json_dict`) under a lock:
+:func:`ood_core.cache.update_json_dict`) under a lock that holds across processes; a file that
+cannot be parsed is kept aside, never overwritten:
 
 - datasets: ``<cache>/datasets/registry.json``, ``{name: entry}`` with the entry of
   :mod:`ood_core.data.registry` (paths, formats, role); the files stay where the user keeps them,
@@ -19,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -37,13 +37,13 @@ log = logging.getLogger(__name__)
 
 
 class SavedRegistry:
-    """A JSON file ``{key: entry}`` under the cache root, read and written whole under one lock."""
+    """A JSON file ``{key: entry}`` under the cache root; every change is one read-modify-write
+    under a cross-process file lock (:func:`ood_core.cache.update_json_dict`)."""
 
     def __init__(self, kind: str, *parts: str):
         self.kind = kind  # "dataset" / "model": what the log lines and skip reasons call an entry
         self.folder = parts[:-1]
         self.filename = parts[-1]
-        self.lock = threading.RLock()
 
     def path(self) -> Path:
         return cache.subdir(*self.folder) / self.filename
@@ -51,36 +51,50 @@ class SavedRegistry:
     def read(self) -> dict[str, dict]:
         return cache.read_json_dict(self.path())
 
-    def write(self, data: dict[str, dict]) -> None:
-        cache.write_json_dict(self.path(), data)
+    def update(self, change: Callable[[dict[str, dict]], Any]) -> Any:
+        return cache.update_json_dict(self.path(), change)
 
     def put(self, key: str, entry: dict) -> None:
-        with self.lock:
-            data = self.read()
-            data[key] = entry
-            self.write(data)
+        self.update(lambda data: data.__setitem__(key, entry))
 
     def pop(self, key: str) -> dict | None:
-        with self.lock:
-            data = self.read()
-            entry = data.pop(key, None)
-            self.write(data)
-            return entry
+        return self.update(lambda data: data.pop(key, None))
 
-    def restore(self, restore_one: Callable[[str, dict], Any], skip: Callable[[str], bool] = lambda key: False
-                ) -> tuple[list[str], dict[str, str]]:
+    def restore(self, restore_one: Callable[[str, dict], Any], skip: Callable[[str], bool] = lambda key: False,
+                hint: str = "") -> tuple[list[str], dict[str, str]]:
         """Call ``restore_one(key, entry)`` for every entry (not those ``skip`` names); a user error
-        or a vanished file skips that entry with a one-line reason instead of failing the rest."""
-        done, skipped = [], {}
+        or a vanished file skips that entry with a one-line reason instead of failing the rest.
+
+        A reason is logged as a warning once, not on every later start: the entry remembers the
+        reason it was last reported with (``skip_reported``), cleared when it restores again."""
+        done, skipped, report = [], {}, {}
         for key, entry in self.read().items():
             if skip(key):
                 continue
             try:
                 restore_one(key, entry)
                 done.append(key)
-            except (UserError, OSError, KeyError, TypeError) as exc:  # a vanished file, a malformed entry
+                if isinstance(entry, dict) and entry.get("skip_reported"):
+                    report[key] = None
+            except (UserError, OSError, KeyError, TypeError, AttributeError) as exc:  # a vanished file, a malformed entry
                 skipped[key] = first_line(exc)
-                log.warning("%s %s not restored: %s", self.kind, key, skipped[key])
+                said = isinstance(entry, dict) and entry.get("skip_reported") == skipped[key]
+                log.log(logging.INFO if said else logging.WARNING, "%s %s not restored: %s%s", self.kind, key,
+                        skipped[key], hint.format(key=key))
+                if not said and isinstance(entry, dict):
+                    report[key] = skipped[key]
+        if report:
+            def mark(data: dict) -> None:
+                for key, why in report.items():
+                    if isinstance(data.get(key), dict):
+                        if why is None:
+                            data[key].pop("skip_reported", None)
+                        else:
+                            data[key]["skip_reported"] = why
+            try:
+                self.update(mark)
+            except cache.StorageError:  # a read-only cache: the warning simply comes again next time
+                pass
         return done, skipped
 
 
@@ -109,16 +123,24 @@ def restore_saved() -> Restored:
 
 def register_local(path: Path | str, name: str, role: str, fmt: str = "auto", split: str | None = None,
                    limit: int | None = None, labelled: bool = True, description: str = "",
-                   persist: bool = True, validate: bool = True) -> DatasetSpec:
+                   persist: bool = True, validate: bool = True, replace: bool = False) -> DatasetSpec:
     """Register a local source under ``name`` (see :func:`ood_core.data.registry.add_source`) and,
-    with ``persist``, remember it so :func:`restore_saved` brings it back after a restart."""
-    with DATASETS.lock:
-        saved = DATASETS.read()
-        spec, entry = data_registry.add_source(path, name, role, fmt, split, limit, labelled, description,
-                                               previous=saved.get(str(name).strip()), validate=validate)
-        if persist:
-            saved[spec.name] = entry
-            DATASETS.write(saved)
+    with ``persist``, remember it so :func:`restore_saved` brings it back after a restart.
+
+    An existing name is replaced only with ``replace`` (joining the train and test splits of one
+    ID set is not a replacement)."""
+    name = data_registry.check_name(name)
+    previous = DATASETS.read().get(name)
+    data_registry.check_replace(name, role, previous, replace)
+    # Reading the source (validation) happens outside the lock; the store is locked only to write.
+    spec, entry = data_registry.add_source(path, name, role, fmt, split, limit, labelled, description,
+                                           previous=previous, validate=validate)
+    if persist:
+        def put(saved: dict) -> None:
+            if saved.get(name) != previous:  # another process registered this name meanwhile
+                data_registry.check_replace(name, role, saved.get(name), replace)
+            saved[name] = entry
+        DATASETS.update(put)
     return spec
 
 
@@ -144,13 +166,12 @@ def register_dataset_upload(data: bytes, filename: str, name: str, role: str, **
 
 def unregister_local(name: str) -> None:
     """Forget a user dataset (the files are not touched)."""
-    with DATASETS.lock:
-        saved = DATASETS.read()
+    def drop(saved: dict) -> None:
         if name not in saved:
             raise DataError(f"{name!r} is not a registered local dataset")
         saved.pop(name)
-        DATASETS.write(saved)
-        unregister(name)
+    DATASETS.update(drop)
+    unregister(name)
 
 
 def saved_datasets() -> dict[str, dict]:
@@ -160,7 +181,8 @@ def saved_datasets() -> dict[str, dict]:
 
 def restore_datasets() -> Restored:
     """Register every remembered dataset whose files still exist (lazily: nothing is read yet)."""
-    done, skipped = DATASETS.restore(data_registry.restore_entry)
+    done, skipped = DATASETS.restore(data_registry.restore_entry,
+                                     hint=" (said once; forget it with `register --remove --name {key}`)")
     return Restored(datasets=done, skipped=skipped)
 
 

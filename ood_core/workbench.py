@@ -41,6 +41,10 @@ def load_model(spec: str = "default", progress: Progress | None = None, **kwargs
     """``'default'`` (trained on first use), an ``upload:…`` key, or a path to a checkpoint/archive/state_dict."""
     spec = str(spec)
     key = spec
+    if kwargs and (spec == "default" or spec.startswith("upload:") or loaded.has(spec)):
+        opts = ", ".join("--" + k.replace("_", "-") for k in sorted(kwargs))
+        raise ModelError(f"{opts} apply to a model file; {spec!r} keeps the preprocessing it was loaded with "
+                         "(drop the option, or pass the model's file path)")
     hit = loaded.get(spec)  # uploads and other in-memory models are registered by key
     if hit is not None:
         return hit

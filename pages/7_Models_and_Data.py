@@ -39,6 +39,8 @@ def attempt(what: str, fn, *args, **kwargs):
         st.error(f"{what}: {first_line(exc)}")
     except OSError as exc:
         st.error(f"{what}: {exc.strerror or exc}")
+    except MemoryError:  # docs/architecture.md, "Errors": one line, the page keeps running
+        st.error(f"{what}: out of memory; use a smaller subset (at most N samples)")
     return None
 
 
@@ -232,6 +234,8 @@ with tab_data:
     limit = c5.number_input("Use at most N samples (0 = all)", 0, 10_000_000, 0, key="ds_limit",
                             help="a fixed random subset (seed 0): keeps CPU forward passes short")
     labelled = c6.checkbox("Use labels", value=True, key="ds_labelled", help="class folders / label arrays")
+    replace = c6.checkbox("Replace", value=False, key="ds_replace",
+                          help="replace a dataset already registered under this name (otherwise it is refused)")
     dpath, dup = None, None
     if dsrc.startswith("Path"):
         dpath = st.text_input("Folder or file", key="ds_path", placeholder="/data/cifar10  (holds cifar-10-batches-py)")
@@ -240,7 +244,7 @@ with tab_data:
                                type=["zip", "npz"], key="ds_upload", max_upload_size=512)
     if st.button("Register", type="primary", key="ds_register"):
         kw = {"fmt": fmt, "split": None if split == "auto" else split, "limit": int(limit) or None,
-              "labelled": labelled}
+              "labelled": labelled, "replace": replace}
         with st.spinner("Reading the dataset…"):
             if not ds_name_in.strip():
                 st.error("give the dataset a name")

@@ -8,6 +8,7 @@ Readers return ``(images uint8 NHWC, labels, class_names, meta)`` like the other
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,47 @@ def is_image(p: Path) -> bool:
 
 
 def images_in(folder: Path, recursive: bool = True) -> list[Path]:
-    it = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in it if p.is_file() and is_image(p) and "__MACOSX" not in p.parts)
+    return scan_images(folder, recursive)[0]
+
+
+def scan_images(folder: Path, recursive: bool = True, root: Path | None = None) -> tuple[list[Path], list[str]]:
+    """Image files under ``folder`` and the links skipped on the way (relative to ``root``).
+
+    Links to folders are never followed, and a link to a file counts only when its target lies
+    inside ``root`` (docs/architecture.md, "Uploads are data, not code"): a dataset folder reads
+    the same whatever its links point at.
+    """
+    folder = Path(folder)
+    base = Path(root or folder)
+    inside = base.resolve()
+    files: list[Path] = []
+    skipped: list[str] = []
+    try:
+        walk = os.walk(folder) if recursive else [next(os.walk(folder))]
+    except StopIteration:  # unreadable or vanished folder
+        return [], []
+    for dirpath, dirnames, filenames in walk:
+        d = Path(dirpath)
+        links = [n for n in dirnames if (d / n).is_symlink()]
+        if recursive:
+            skipped += [str((d / n).relative_to(base)) for n in links]
+        dirnames[:] = sorted(n for n in dirnames if n not in links and n != "__MACOSX")
+        for n in filenames:
+            p = d / n
+            if not is_image(p):
+                continue
+            if p.is_symlink() and not (p.is_file() and p.resolve().is_relative_to(inside)):
+                skipped.append(str(p.relative_to(base)))
+                continue
+            if p.is_file():
+                files.append(p)
+    return sorted(files), skipped
 
 
 def class_dirs(folder: Path) -> list[Path]:
-    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith((".", "__")))
+    """Class folders: real sub-folders (links to folders are not followed, see :func:`scan_images`)."""
+    return sorted(d for d in folder.iterdir()
+                  if d.is_dir() and not d.is_symlink() and not d.name.startswith((".", "__")))
 
 
 def split_tree(path: Path) -> dict[str, Path]:
@@ -134,32 +170,42 @@ def read_imagefolder(path: Path, split: str = "test", labelled: bool = True, lim
     files: list[Path] = []
     labels: list[int] = []
     names = [c.name for c in classes]
+    links = [str(d.relative_to(root)) for d in root.iterdir() if d.is_symlink() and d.is_dir()]
     for ci, c in enumerate(classes):
-        fs = images_in(c)
+        fs, skipped = scan_images(c, root=root)
         files += fs
+        links += skipped
         labels += [ci if labelled else -1] * len(fs)
-    loose = images_in(root, recursive=False)
+    loose, skipped = scan_images(root, recursive=False)
+    links += skipped
     if not classes or not files:
         files, labels, names = loose, [-1] * len(loose), None
         loose = []
-    return _read_files(files, np.asarray(labels, np.int64), root, limit, size, names,
-                       {"ignored_loose_files": len(loose)} if loose else {})
+    extra = {"ignored_loose_files": len(loose)} if loose else {}
+    return _read_files(files, np.asarray(labels, np.int64), root, limit, size, names, extra, links)
 
 
 def read_flat(path: Path, limit: int | None = None, size: tuple[int, int] | None = None) -> Read:
     path = Path(path)
-    files = images_in(path)
-    return _read_files(files, np.full(len(files), -1, np.int64), path, limit, size, None, {})
+    files, links = scan_images(path)
+    return _read_files(files, np.full(len(files), -1, np.int64), path, limit, size, None, {}, links)
 
 
 def _read_files(files: list[Path], labels: np.ndarray, root: Path, limit: int | None,
-                size: tuple[int, int] | None, names: list[str] | None, extra: dict) -> Read:
+                size: tuple[int, int] | None, names: list[str] | None, extra: dict,
+                links: list[str] | None = None) -> Read:
+    links = links or []
     if not files:
-        raise DataError(f"no images in {root} (looked for {', '.join(IMAGE_EXTS)})")
+        why = f" ({len(links)} links leaving the folder skipped)" if links else ""
+        raise DataError(f"no images in {root} (looked for {', '.join(IMAGE_EXTS)}){why}")
     idx = subsample(len(files), limit)
     files = [files[i] for i in idx]
     labels = labels[idx]
     imgs, kept, meta = _decode_all(files, root, size)
+    if links:  # counted with the unreadable files, in the usual "N skipped" line
+        meta["skipped"] += len(links)
+        meta["skipped_files"] = (meta["skipped_files"] + [f"{x} (link)" for x in links])[:20]
+        meta["links_skipped"] = len(links)
     if not kept:
         raise DataError(f"none of the {len(files)} image files in {root} could be read "
                         f"(e.g. {', '.join(meta['skipped_files'][:3])})")

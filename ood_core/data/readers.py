@@ -28,7 +28,7 @@ import numpy as np
 from .base import DataError, ImageDataset
 from .images import (Read, class_dirs, images_in, imagefolder_splits, is_image, read_flat, read_imagefolder,
                      resize_array, split_tree, subsample)
-from .safety import safe_unpickle, unpack_zip
+from .safety import npz_headers, safe_unpickle, unpack_zip
 
 FORMATS = ("auto", "cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "imagefolder", "flat", "npz", "zip")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -179,6 +179,7 @@ def read_mnist(path: Path, split: str, fashion: bool = False) -> Read:
 
 
 def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    npz_headers(path)  # shapes, dtypes and the size limit, before a byte is decompressed
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -192,7 +193,7 @@ def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
 
 
 def npz_splits(path: Path) -> list[str]:
-    arrays = _npz_arrays(path)
+    arrays = npz_headers(path)
     sp = [s for s in ("train", "test") if f"x_{s}" in arrays]
     return sp or ["test"]
 
@@ -309,6 +310,9 @@ def resolve(path: Path | str, fmt: str) -> tuple[Path, str]:
         raise DataError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     if not path.exists():
         raise DataError(f"no such file or folder: {path}")
+    if not path.is_file() and not path.is_dir():  # never open a FIFO (blocks) or a device (endless)
+        raise DataError(f"{path} is not a regular file or folder (a device, pipe or socket); "
+                        "give a dataset folder or a .npz/.mat/.zip file")
     if fmt == "auto":
         fmt = detect_format(path)
     if fmt == "zip":

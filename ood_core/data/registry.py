@@ -14,6 +14,8 @@ writes the registry file.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +37,11 @@ class DatasetSpec:
     splits: tuple[str, ...] = ("test",)
     embedded: bool = True
     source: str = ""
+    stamp: Callable[[], str] | None = None  # cheap signature of the files; a change rebuilds the dataset
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}
-_BUILT: dict[tuple[str, str], ImageDataset] = {}
+_BUILT: dict[tuple[str, str], tuple[ImageDataset, str | None]] = {}
 _LOCK = threading.Lock()
 
 
@@ -85,12 +88,16 @@ def get_dataset(name: str, split: str | None = None) -> ImageDataset:
     if sp not in spec.splits:
         raise DataError(f"dataset {base!r} has no {sp!r} split (has: {', '.join(spec.splits)})")
     key = (base, sp)
+    # A user source is re-signed on every use (sizes and mtimes, no reading): files that changed
+    # or vanished since it was built never serve the old images (docs/architecture.md, "Cache keys").
+    stamp = spec.stamp() if spec.stamp else None
     with _LOCK:
-        ds = _BUILT.get(key)
-    if ds is None:
-        ds = spec.build(sp)
-        with _LOCK:
-            _BUILT[key] = ds
+        hit = _BUILT.get(key)
+    if hit is not None and hit[1] == stamp:
+        return hit[0]
+    ds = spec.build(sp)
+    with _LOCK:
+        _BUILT[key] = (ds, stamp)
     return ds
 
 
@@ -164,8 +171,62 @@ def spec_from_entry(name: str, entry: dict) -> DatasetSpec:
     splits = tuple(s for s in ("train", "test") if s in sources)
     paths = sorted({s["path"] for s in sources.values()})
     desc = entry.get("description") or f"{entry.get('format', '')} from {', '.join(paths)}"
-    return DatasetSpec(name, desc, role, build, splits, embedded=False, source=", ".join(paths))
+    return DatasetSpec(name, desc, role, build, splits, embedded=False, source=", ".join(paths),
+                       stamp=lambda: sources_stamp(name, paths))
 
+
+def sources_stamp(name: str, paths: list[str]) -> str:
+    """A signature of the files under ``paths``: names, sizes and mtimes (links not followed).
+
+    Costs one ``stat`` per file, no reading. A path that is gone raises DataError naming the
+    way out (``register --remove``)."""
+    h = hashlib.sha256()
+    for p in paths:
+        if not os.path.lexists(p):
+            raise DataError(f"dataset {name!r}: {p} is gone; register it again, or forget it with "
+                            f"`register --remove --name {name}` (the app: Models & data)")
+        st = os.stat(p)
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        if os.path.isdir(p):
+            for root, dirs, files in os.walk(p):
+                dirs.sort()
+                for f in sorted(files):
+                    try:
+                        st = os.lstat(os.path.join(root, f))
+                    except FileNotFoundError:  # deleted while walking: the next use sees it
+                        continue
+                    h.update(f"{root}/{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+
+def check_name(name: str) -> str:
+    """A dataset name that every place can use: the CLI's comma lists, ``NAME:train``, the
+    one-per-line ``datasets`` listing; DataError otherwise (docs/architecture.md, "Errors")."""
+    name = str(name).strip()
+    bad = sorted({c for c in name if c in ":/\\," or not c.isprintable()})
+    if not name or bad or len(name) > 100:
+        what = ", ".join(repr(c) for c in bad) if bad else ("nothing" if not name else "over 100 characters")
+        raise DataError(f"dataset names must be 1-100 printable characters without ':', '/', '\\' or ','; "
+                        f"{name!r} has {what}")
+    if name in builtin_names():
+        raise DataError(f"{name!r} is a built-in dataset; choose another name")
+    return name
+
+
+def check_replace(name: str, role: str, previous: dict | None, replace: bool) -> None:
+    """Refuse to replace a registered dataset (or change its role) unless ``replace`` says so.
+
+    Adding the ``train`` split to an ID test set, or the test split to an ID training set,
+    joins them into one ID set: that is not a replacement."""
+    if not previous or replace:
+        return
+    old_role, old = previous.get("role"), set(previous.get("sources") or {})
+    if (role == "id_train" and old_role == "id_test" and "train" not in old) or \
+            (role == "id_test" and old_role == "id_train" and "test" not in old):
+        return
+    raise DataError(f"a dataset named {name!r} is already registered (role {old_role}); "
+                    "replace it with --replace (the app: tick 'replace'), remove it first, or choose another name")
 
 
 def add_source(path: Path | str, name: str, role: str, fmt: str = "auto", split: str | None = None,
@@ -180,13 +241,9 @@ def add_source(path: Path | str, name: str, role: str, fmt: str = "auto", split:
     random subset (seed 0). With ``validate`` every split is read once now, so a bad source
     fails here and not later on a page.
     """
-    name = str(name).strip()
     if role not in USER_ROLES:
         raise DataError(f"role must be one of {', '.join(USER_ROLES)}; got {role!r}")
-    if not name or ":" in name or "/" in name:
-        raise DataError(f"dataset names must be non-empty without ':' or '/'; got {name!r}")
-    if name in builtin_names():
-        raise DataError(f"{name!r} is a built-in dataset; choose another name")
+    name = check_name(name)
     if limit is not None and int(limit) < 1:
         raise DataError(f"limit must be a positive number of samples, got {limit}")
     rpath, rfmt = resolve(path, fmt)

@@ -132,6 +132,47 @@ def unpack_zip(src: Path | bytes, dest: Path | None = None, max_bytes: int | Non
     return dest
 
 
+def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """``{name: (shape, dtype)}`` of every array in a .npz, read from the ``.npy`` headers only.
+
+    Checked before anything is loaded: a file that is not a zip of ``.npy`` arrays, an object
+    array, or arrays whose declared size exceeds :func:`max_dataset_bytes` (a deflated array of
+    zeros is tiny on disk and huge in memory) are refused with one line.
+    """
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path.name} is not a .npz (a zip of .npy arrays, as np.savez writes); "
+                        "save it with np.savez(f, x=uint8_images, y=int_labels)")
+    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with z.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                out[info.filename[:-4]] = (tuple(int(v) for v in shape), np.dtype(dtype))
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged archive or header
+        raise DataError(f"{path.name} is not a readable .npz: {type(exc).__name__}: {str(exc)[:120]}") from None
+    objects = [k for k, (_, dt) in out.items() if dt.hasobject]
+    if objects:
+        raise DataError(f"{path.name} holds Python objects (object arrays: {', '.join(objects)}), which are refused; "
+                        "save plain numeric arrays: np.savez(f, x=uint8_images, y=int_labels)")
+    total = sum(int(np.prod(sh, dtype=np.float64)) * dt.itemsize for sh, dt in out.values())
+    limit = max_dataset_bytes()
+    if total > limit:
+        big = max(out, key=lambda k: np.prod(out[k][0], dtype=np.float64) * out[k][1].itemsize)
+        raise DataError(f"{path.name} declares {total / 2**20:.0f} MiB of arrays ('{big}' is {out[big][0]} "
+                        f"{out[big][1]}), over the {limit / 2**20:.0f} MiB limit (OOD_MAX_DATASET_BYTES); "
+                        "save a smaller subset")
+    return out
+
+
 def is_npz(data: bytes) -> bool:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:

@@ -78,7 +78,8 @@ def _per_channel(v: Sequence[float] | float, c: int, what: str) -> tuple[float, 
     if len(vals) == 1:
         vals = vals * c
     if len(vals) != c:
-        raise ModelError(f"{what} needs 1 or {c} values, got {len(vals)}")
+        need = "1 value for 1-channel input" if c == 1 else f"1 or {c} values (one per channel)"
+        raise ModelError(f"{what} needs {need}, got {len(vals)}")
     return tuple(vals)
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import cache
+from ..errors import first_line
 from .archs import build_arch
 from .bundle import ModelBundle, ModelError, Preprocess
 
@@ -38,7 +39,7 @@ def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict) -> Path:
     path = Path(path)
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
-    cache.atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta, indent=2, default=str).encode())
+    cache.write_json_dict(path.with_suffix(".json"), meta)  # locked, atomic, standard JSON
     cache.atomic_write_bytes(path, buf.getvalue())
     return path
 
@@ -51,19 +52,57 @@ def load_checkpoint(path: Path, map_location: str = "cpu") -> ModelBundle:
         raise ModelError(f"{path.name} has no {side.name} sidecar; load it as a state_dict with an architecture instead")
     try:
         meta = json.loads(side.read_text())
+    except Exception as exc:
+        raise ModelError(f"could not read checkpoint {path.name}: {side.name} is not JSON ({first_line(exc)})") from None
+    arch, n_cls, in_ch, pp = check_sidecar(meta, side.name)
+    try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise ModelError(f"could not read checkpoint {path.name}: {exc}") from exc
-    model = build_arch(meta["arch"], int(meta["num_classes"]), int(meta.get("in_channels", 1)))
+        raise ModelError(f"could not read checkpoint {path.name}: {first_line(exc)}") from None
+    model = build_arch(arch, n_cls, in_ch)
     try:
         model.load_state_dict(state)
     except Exception as exc:
-        raise ModelError(f"checkpoint {path.name} does not match architecture {meta['arch']}: {exc}") from exc
-    pp = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["preprocess"].items()})
+        raise ModelError(f"checkpoint {path.name} does not match architecture {arch}: {first_line(exc)}") from None
     return ModelBundle(
         model=model, preprocess=pp, name=meta.get("name", path.stem), arch=meta["arch"],
         class_names=meta.get("class_names"), info={"path": str(path), **{k: v for k, v in meta.items() if k not in ("preprocess",)}},
     )
+
+
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841; a sidecar asking for more is damaged, not ambitious
+
+
+def check_sidecar(meta: object, what: str) -> tuple[str, int, int, Preprocess]:
+    """Validate a checkpoint sidecar like any other input: ``(arch, num_classes, in_channels, preprocess)``,
+    or ModelError naming the field (docs/architecture.md, "Errors")."""
+    if not isinstance(meta, dict):
+        raise ModelError(f"{what} must be a JSON object, not a {type(meta).__name__}")
+
+    def whole(key: str, lo: int, hi: int, default: int | None = None) -> int:
+        v = meta.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ModelError(f"{what}: '{key}' must be a whole number in [{lo}, {hi:,}]; got {v!r}")
+        return v
+
+    arch = meta.get("arch")
+    if not isinstance(arch, str):
+        raise ModelError(f"{what}: 'arch' must name an architecture; got {arch!r}")
+    n_cls = whole("num_classes", 2, MAX_CLASSES)
+    in_ch = whole("in_channels", 1, 3, default=1)
+    pre = meta.get("preprocess")
+    fields = set(Preprocess.__dataclass_fields__)
+    if not isinstance(pre, dict) or set(pre) - fields:
+        extra = sorted(set(pre) - fields) if isinstance(pre, dict) else []
+        raise ModelError(f"{what}: 'preprocess' must be an object with keys {', '.join(sorted(fields))}"
+                         + (f"; unknown: {', '.join(map(str, extra))}" if extra else ""))
+    try:
+        pp = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()})
+    except ModelError as exc:
+        raise ModelError(f"{what}: {first_line(exc)}") from None
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{what}: 'preprocess' holds a value of the wrong type ({first_line(exc)})") from None
+    return arch, n_cls, in_ch, pp
 
 
 def shift_augment(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:

@@ -56,6 +56,10 @@ def override(pp: Preprocess, input_size: Sequence[int] | int | None, mean: Seque
     return Preprocess(size, c, m, s)
 
 
+class ModelOutputError(ModelError):
+    """The model ran but its output is not logits: another input size would not help."""
+
+
 def dry_run(model: nn.Module, pp: Preprocess, batch: int = 2) -> torch.Tensor:
     """One forward pass on a small random batch; refuses with a short message on failure."""
     gen = torch.Generator().manual_seed(0)
@@ -71,13 +75,13 @@ def dry_run(model: nn.Module, pp: Preprocess, batch: int = 2) -> torch.Tensor:
                          f"{line} — check the input size and channels "
                          "(or the architecture)") from None
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        raise ModelError(f"the model returns a {type(out).__name__} of {len(out)} tensors; "
+        raise ModelOutputError(f"the model returns a {type(out).__name__} of {len(out)} tensors; "
                          "export a model whose forward returns the logits tensor only")
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != batch:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelError(f"the model's output has shape {shape} for {batch} inputs; expected logits (N, classes)")
+        raise ModelOutputError(f"the model's output has shape {shape} for {batch} inputs; expected logits (N, classes)")
     if out.shape[1] < 2:
-        raise ModelError("the model outputs one value per sample; the workbench needs one logit per class (2 or more)")
+        raise ModelOutputError("the model outputs one value per sample; the workbench needs one logit per class (2 or more)")
     if not torch.isfinite(out).all():
         raise ModelError("the model's dry-run output contains NaN or inf; check the weights and the preprocessing")
     return out
@@ -123,6 +127,8 @@ def first_size_that_runs(model: nn.Module, pp: Preprocess, size_hint: Sequence[i
             out = dry_run(model, cand)
             pp = cand
             break
+        except ModelOutputError:
+            raise  # the model ran: its output, not the input size, is the problem
         except ModelError as exc:
             tried.append(f"{sz[0]}x{sz[1]}")
             err = err or exc

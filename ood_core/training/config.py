@@ -59,7 +59,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        d = dict(d.get("training", d))  # a checkpoint sidecar or a bare config
+        d = d.get("training", d) if isinstance(d, dict) else d  # a checkpoint sidecar or a bare config
+        if not isinstance(d, dict) or not isinstance(d.get("params", {}), dict):
+            raise TrainingError("a training config is a JSON object whose 'params' is an object {knob: value}")
+        d = dict(d)
         version = int(d.pop("version", CONFIG_VERSION))
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
