@@ -24,7 +24,7 @@ from ..data import ImageDataset
 from ..extract import Extraction
 from ..knobs import Knob, Paper
 from .base import ModelDetector, ProgressFn, register
-from .odin import fraction_out_of_range
+from .odin import perturbed_msp
 
 BATCH_SIZE = 256
 
@@ -82,11 +82,8 @@ class IODIN(ModelDetector):
         try:
             for i in range(0, n, BATCH_SIZE):
                 x = bundle.preprocess(ds.images[i: i + BATCH_SIZE]).to(bundle.device)
-                xt = iodin_perturb(bundle, x, T, eps)
-                outside += fraction_out_of_range(bundle, xt) * len(x)
-                with torch.no_grad():
-                    p = torch.softmax(bundle.logits(xt).double() / T, dim=1)
-                out[i: i + len(x)] = p.max(dim=1).values.cpu().numpy()
+                out[i: i + len(x)], n_out = perturbed_msp(bundle, iodin_perturb(bundle, x, T, eps), T)
+                outside += n_out
                 if progress:
                     done = min(n, i + BATCH_SIZE)
                     progress(done / n, f"I-ODIN on {ds.name}: {done}/{n}")

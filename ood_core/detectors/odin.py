@@ -66,6 +66,14 @@ def fraction_out_of_range(bundle: Any, x: torch.Tensor, tol: float = 1e-6) -> fl
     return float(((x < lo - tol) | (x > hi + tol)).float().mean())
 
 
+def perturbed_msp(bundle: Any, xt: torch.Tensor, T: float) -> tuple[np.ndarray, float]:
+    """``max softmax(f(x̃)/T)`` of perturbed inputs, and how many of their values left the valid range
+    (ODIN and I-ODIN score the same way once the input is perturbed)."""
+    with torch.no_grad():
+        p = torch.softmax(bundle.logits(xt).double() / T, dim=1)
+    return p.max(dim=1).values.cpu().numpy(), fraction_out_of_range(bundle, xt) * len(xt)
+
+
 @register
 class ODIN(ModelDetector):
     """ODIN: ``S = max_i softmax(f(x̃)/T)_i`` with ``x̃ = x − ε·sign(−∇_x log S_ŷ(x; T))``.
@@ -158,11 +166,8 @@ class ODIN(ModelDetector):
                         sign = odin_grad_sign(bundle, x, T)
                         if key is not None:
                             fresh.append(sign.to("cpu", torch.int8))
-                xt = odin_step(bundle, x, sign, eps, clamp)
-                outside += fraction_out_of_range(bundle, xt) * len(x)
-                with torch.no_grad():
-                    p = torch.softmax(bundle.logits(xt).double() / T, dim=1)
-                out[i: i + len(x)] = p.max(dim=1).values.cpu().numpy()
+                out[i: i + len(x)], n_out = perturbed_msp(bundle, odin_step(bundle, x, sign, eps, clamp), T)
+                outside += n_out
                 if progress:
                     done = min(n, i + BATCH_SIZE)
                     progress(done / n, f"ODIN on {ds.name}: {done}/{n}")
