@@ -173,15 +173,50 @@ def _linear_block(mod: nn.Linear, pname: str, x: torch.Tensor, a: torch.Tensor) 
     return torch.bmm(a3.transpose(1, 2), x3).reshape(B, -1)
 
 
+def _unfold(x: torch.Tensor, mod: nn.Conv2d) -> torch.Tensor:
+    """``F.unfold`` by k² strided slices of the padded input: the same layout (channel, kh, kw), but
+    vectorised copies; torch's CPU im2col runs ~10× slower here (measured: 4.3 s vs 0.4 s per chunk)."""
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = mod.kernel_size, mod.stride, mod.dilation, mod.padding
+    B, Cin, H, W = x.shape
+    xp = F.pad(x, (pw, pw, ph, ph)) if (ph or pw) else x
+    Ho = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    Wo = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    cols = [xp[:, :, i * dh: i * dh + sh * (Ho - 1) + 1: sh, j * dw: j * dw + sw * (Wo - 1) + 1: sw]
+            for i in range(kh) for j in range(kw)]
+    return torch.stack(cols, 2).reshape(B, Cin * kh * kw, Ho * Wo)
+
+
+def _conv_weight_grads(x: torch.Tensor, a: torch.Tensor, mod: nn.Conv2d) -> torch.Tensor:
+    """Per-sample ``∂y_i/∂W`` of a Conv2d as one grouped convolution (one group per sample).
+
+    The weight gradient of a conv is the correlation of its input with its output
+    gradient; with the batch moved into the channels and ``groups = B`` the convolution
+    keeps the samples apart: FLOPs equal the batch's weight gradient, no unfolded copy.
+    """
+    B, Cin, H, W = x.shape
+    O = mod.out_channels
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = mod.kernel_size, mod.stride, mod.dilation, mod.padding
+    xs = x.contiguous().transpose(0, 1)  # (Cin, B, H, W): Cin is the conv's batch, B its channels
+    w = a.reshape(B * O, 1, *mod_out_hw(mod, H, W))  # (B·O, 1, Ho, Wo)
+    out = F.conv2d(xs, w, None, stride=(dh, dw), padding=(ph, pw), dilation=(sh, sw), groups=B)
+    out = out[:, :, :kh, :kw]  # (Cin, B·O, kh, kw)
+    return out.reshape(Cin, B, O, kh, kw).permute(1, 2, 0, 3, 4).reshape(B, -1)
+
+
+def mod_out_hw(mod: nn.Conv2d, H: int, W: int) -> tuple[int, int]:
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = mod.kernel_size, mod.stride, mod.dilation, mod.padding
+    return (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+
 def _conv_block(mod: nn.Conv2d, pname: str, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     B = a.shape[0]
-    a = a.reshape(B, a.shape[1], -1)  # (B, out, T)
+    a = a.contiguous().reshape(B, a.shape[1], -1)  # (B, out, T)
     if pname == "bias":
         return a.sum(2)
-    u = F.unfold(x, mod.kernel_size, mod.dilation, mod.padding, mod.stride)  # (B, in·k², T)
     g = mod.groups
     if g == 1:
-        return torch.bmm(a, u.transpose(1, 2)).reshape(B, -1)
+        return _conv_weight_grads(x, a, mod)
+    u = _unfold(x, mod)  # (B, in·k², T)
     T = a.shape[2]
     a = a.reshape(B * g, -1, T)
     u = u.reshape(B, g, -1, T).reshape(B * g, -1, T)
