@@ -151,13 +151,7 @@ def _max_unfold(bundle: ModelBundle, names: Sequence[str]) -> int:
         k = int(np.prod(m.kernel_size))
         sizes[id(m)] = int(m.in_channels // m.groups * k * out.shape[-1] * out.shape[-2] * m.groups)
 
-    hs = [m.register_forward_hook(hook) for m in convs.values()]
-    try:
-        with torch.no_grad():
-            bundle.model(bundle.dummy_input(1).to(bundle.device))
-    finally:
-        for h in hs:
-            h.remove()
+    ps.dry_run(bundle, list(convs.values()), hook)
     return max(sizes.values(), default=0)
 
 

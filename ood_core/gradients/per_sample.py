@@ -178,15 +178,20 @@ def _activation_elems(bundle: ModelBundle) -> int:
         if isinstance(out, torch.Tensor):
             total[0] += out.numel()
 
-    hs = [m.register_forward_hook(hook) for m in bundle.model.modules()
-          if not list(m.children()) and not isinstance(m, torch.jit.ScriptModule)]  # scripted modules take no hooks
+    dry_run(bundle, [m for m in bundle.model.modules()  # scripted modules take no hooks
+                     if not list(m.children()) and not isinstance(m, torch.jit.ScriptModule)], hook)
+    return int(total[0])
+
+
+def dry_run(bundle: ModelBundle, modules: Sequence[nn.Module], hook: Callable[..., None]) -> None:
+    """One no-grad forward of a one-sample dummy input with ``hook`` on ``modules`` (shape probing)."""
+    hs = [m.register_forward_hook(hook) for m in modules]
     try:
         with torch.no_grad():
             bundle.model(bundle.dummy_input(1).to(bundle.device))
     finally:
         for h in hs:
             h.remove()
-    return int(total[0])
 
 
 def estimate_memory(bundle: ModelBundle, param_set: str | Sequence[str] = "last", chunk: int = 64, r: int = 0,
