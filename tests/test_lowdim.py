@@ -13,14 +13,22 @@ from ood_core.detectors.base import energy
 from ood_core.detectors.lowdim import knn_score, maha_fit, maha_score, norm_score, react_score
 from ood_core.metrics import ood_metrics
 
-NAMES = ["lowdim_norm", "lowdim_maha", "lowdim_knn", "lowdim_react", "lowdim_ens"]
+EARLIER = ["lowdim_norm", "lowdim_react", "lowdim_ens"]  # the workbench's own variants, earlier settings
+REFERENCE = ["lowdim_maha", "lowdim_knn", "lowdim_probe_energy", "lowdim_probe_feat_energy"]
+PROBES = [f"lowdim_probe_{f}{s}" for f in ("", "feat_") for s in ("msp", "energy", "odin", "react")]
+NAMES = EARLIER + REFERENCE
 
 
 def test_registered_as_model_time_detectors():
-    for n in NAMES:
+    for n in NAMES + PROBES:
         cls = detector_classes()[n]
         assert cls.needs_model and "training" in cls.needs
-        assert get_detector(n).defaults()["loss"] == "kl_uniform"
+    for n in EARLIER:
+        d = get_detector(n).defaults()
+        assert {k: d[k] for k in G.GRAD_KNOB_NAMES} == G.EARLIER
+        assert "workbench" in (get_detector(n).__doc__ or "") and "not the paper" in get_detector(n).__doc__
+    for n in REFERENCE + PROBES:
+        assert get_detector(n).defaults()["loss"] == "lse"
 
 
 # --- formulas on tiny arrays ----------------------------------------------------------------
@@ -94,7 +102,7 @@ def test_every_detector_on_the_default(name, default_bundle, sets):
 
 
 @pytest.mark.parametrize("loss", ["kl_uniform", "ce_pred"])
-def test_norm_orientation_on_default(loss, default_bundle, sets):
+def test_norm_orientation_on_default(loss, default_bundle, sets):  # the earlier reading, under its option names
     """Fixes lowdim_norm's sign: +‖G_low‖ for kl_uniform, −‖G_low‖ for ce_pred (ID = higher)."""
     det = _fitted("lowdim_norm", default_bundle, sets)
     ids = _scores(det, default_bundle, sets, "mnist", loss=loss)
@@ -112,8 +120,9 @@ def test_react_clips_and_tends_to_the_norm(default_bundle, sets):
     plain = _scores(norm, default_bundle, sets, "mnist")
     clipped = _scores(det, default_bundle, sets, "mnist", p=60)
     assert (clipped <= plain + 1e-9).all() and (clipped < plain - 1e-6).any()
-    gl = G.lowdim_for_dataset(default_bundle, sets["mnist"][0], sets["mnist:train"][0], {})
-    c = np.percentile(np.abs(G.lowdim_for_dataset(default_bundle, sets["mnist:train"][0], sets["mnist:train"][0], {})), 60)
+    gl = G.lowdim_for_dataset(default_bundle, sets["mnist"][0], sets["mnist:train"][0], G.EARLIER)
+    c = np.percentile(np.abs(G.lowdim_for_dataset(default_bundle, sets["mnist:train"][0], sets["mnist:train"][0],
+                                                  G.EARLIER)), 60)
     np.testing.assert_allclose(clipped, np.linalg.norm(np.clip(gl, -c, c), axis=1), rtol=1e-6)
 
 
@@ -129,10 +138,50 @@ def test_ensemble_ends_are_its_parts(default_bundle, sets):
         got = _scores(det, default_bundle, sets, "mnist", w=0.0, forward=forward)
         np.testing.assert_allclose(got, (ref(ext.logits) - tr.mean()) / tr.std(), rtol=1e-6, atol=1e-9)
     back = _scores(det, default_bundle, sets, "mnist", w=1.0)
-    maha = _scores(_fitted("lowdim_maha", default_bundle, sets), default_bundle, sets, "mnist")
+    maha = _scores(_fitted("lowdim_maha", default_bundle, sets), default_bundle, sets, "mnist", **G.EARLIER)
     assert spearmanr(back, maha).statistic > 0.999999
     half = _scores(det, default_bundle, sets, "mnist", w=0.5)
     np.testing.assert_allclose(half, 0.5 * fwd + 0.5 * back, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", PROBES)
+def test_probe_detectors_deterministic_and_formulas(name, default_bundle, sets):
+    from ood_core.detectors.lowdim_probe import probe_logits
+
+    det = _fitted(name, default_bundle, sets)
+    a = _scores(det, default_bundle, sets, "mnist")
+    again = _scores(_fitted(name, default_bundle, sets), default_bundle, sets, "mnist")  # a fresh probe, same seed
+    np.testing.assert_array_equal(a, again)
+    assert a.shape == (200,) and np.isfinite(a).all()
+    st = next(iter(det._stats.values()))
+    probe = next(v for k, v in st.items() if isinstance(k, tuple) and k[0] == "probe")
+    g = G.lowdim_for_dataset(default_bundle, sets["mnist"][0], sets["mnist:train"][0], {})
+    X = np.concatenate([sets["mnist"][1].features, g], 1) if "feat" in name else g
+    z = probe_logits(probe, X)
+    if name.endswith("_msp"):
+        np.testing.assert_allclose(a, softmax(z, axis=1).max(1), rtol=1e-6)
+    if name.endswith("_energy"):
+        np.testing.assert_allclose(a, np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1), rtol=1e-6)
+    if name.endswith("_react"):  # clipped at the 90th percentile of TRAINING G_low, gradient part only
+        c = np.percentile(G.lowdim_for_dataset(default_bundle, sets["mnist:train"][0], sets["mnist:train"][0], {}), 90)
+        Xc = X.copy()
+        Xc[:, -g.shape[1]:] = np.minimum(Xc[:, -g.shape[1]:], c)
+        zc = probe_logits(probe, Xc)
+        np.testing.assert_allclose(a, np.log(np.exp(zc - zc.max(1, keepdims=True)).sum(1)) + zc.max(1), rtol=1e-6)
+    other = _scores(_fitted(name, default_bundle, sets), default_bundle, sets, "mnist", seed=1)
+    assert not np.array_equal(a, other)  # the seed matters
+
+
+def test_knn_equals_sklearn(default_bundle, sets):
+    from sklearn.neighbors import NearestNeighbors
+
+    det = _fitted("lowdim_knn", default_bundle, sets)
+    got = _scores(det, default_bundle, sets, "letters")
+    tr = G.lowdim_for_dataset(default_bundle, sets["mnist:train"][0], sets["mnist:train"][0], {})
+    te = G.lowdim_for_dataset(default_bundle, sets["letters"][0], sets["mnist:train"][0], {})
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    d, _ = NearestNeighbors(n_neighbors=5).fit(unit(tr)).kneighbors(unit(te))
+    np.testing.assert_allclose(got, -d[:, 4], rtol=1e-6)
 
 
 def test_bad_input(default_bundle, sets):

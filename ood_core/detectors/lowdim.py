@@ -1,16 +1,25 @@
-"""Detectors on low-dimensional gradients ``G_low = G·V`` (seed 003).
+"""Detectors on low-dimensional gradients ``G_low = G̃·V`` (seed 003): KNN, Mahalanobis, and the workbench's own scores.
 
 Wu, Li, Cheng, Yang, Huang, "Low-Dimensional Gradient Helps Out-of-Distribution
-Detection". The paper's code was not released; this follows METHODS.md's reading:
-``g(x)`` is the per-sample gradient of a loss (``kl_uniform`` by default, ``ce_pred``
-selectable) w.r.t. a parameter set (default the head's weight and bias), ``V`` the top-r
-principal directions of ID training gradients (or the orthonormalised class-mean
-gradients), and every score below is computed on ``G_low`` (see ood_core.gradients).
+Detection". The **reference preset** (the default of ``lowdim_knn``, ``lowdim_maha`` and
+the probe detectors in :mod:`.lowdim_probe`) follows the authors' code (repository
+``snowien/Low-dimensional-Gradient-Helps-OOD-Detection``, ``github_main.py``,
+``github_PCA.py``, ``github_Average_gradient.py``): ``y(x) = LSE(f(x))`` differentiated
+w.r.t. all parameters, NFK-normalised, projected on the top r = 200 right singular
+vectors of the normalised training gradients (see ``docs/methods.md``, section
+"Low-dimensional gradients", and :mod:`ood_core.gradients`).
+
+* ``lowdim_knn`` (reference): ``S = −‖z − z_(k)‖``, ``z = G_low/‖G_low‖``, k = 5.
+* ``lowdim_maha``: class-conditional Mahalanobis on G_low (the workbench's, kept).
+* ``lowdim_norm``, ``lowdim_react`` (clipped norm) and ``lowdim_ens`` (z-scored
+  forward + backward ensemble) are **the workbench's own variants, not the paper's**;
+  they default to the earlier reading (GradNorm's KL loss on the head, 10 raw-gradient
+  directions) and take every gradient knob.
 
 Fitting needs the model, so these detectors set ``needs_model``: ``fit_model`` keeps the
 ID training split, and the subspace plus the training statistics are fitted lazily per
-(loss, param_set, subspace, r, T) the first time ``score_model`` sees that setting (all
-cached on disk by ood_core.gradients; the statistics in memory).
+gradient setting the first time ``score_model`` sees it (cached on disk by
+ood_core.gradients; the statistics in memory).
 """
 from __future__ import annotations
 
@@ -26,25 +35,25 @@ from ..extract import Extraction
 from .base import ModelDetector, DetectorError, Knob, Paper, SortedValues, energy, max_softmax, register
 
 LOWDIM_PAPER = Paper("Low-Dimensional Gradient Helps Out-of-Distribution Detection",
-                     "Wu, Li, Cheng, Yang & Huang", "arXiv preprint (seed 003)", 2023)
-LOWDIM_FIT_VERSION = 1
+                     "Wu, Li, Cheng, Yang & Huang", "arXiv preprint (seed 003)", 2023,
+                     "https://github.com/snowien/Low-dimensional-Gradient-Helps-OOD-Detection")
+LOWDIM_FIT_VERSION = 2
 
 # Orientation of ‖G_low‖ (higher = more ID), checked on the embedded default by
 # tests/test_lowdim.py::test_norm_orientation_on_default: with kl_uniform an ID sample is
 # confident, p is far from uniform and the gradient is large (as in GradNorm); with
-# ce_pred a confident prediction has a near-zero gradient, so the norm is negated.
-NORM_SIGN = {"kl_uniform": 1.0, "ce_pred": -1.0}
+# ce_pred a confident prediction has a near-zero gradient, so the norm is negated. For
+# lse the same test fixes the sign (+: LSE's gradient grows with the logits' scale).
+NORM_SIGN = {"kl_uniform": 1.0, "ce_pred": -1.0, "lse": 1.0}
 
-_SHARED_KNOBS = (
-    Knob("loss", "kl_uniform", kind="choice", choices=("kl_uniform", "ce_pred"),
-         help="per-sample loss: GradNorm's KL(u‖softmax(f/T)) or cross-entropy to the predicted label"),
-    Knob("param_set", "last", kind="choice", choices=("last", "last_block", "all"),
-         help="parameters differentiated: head weight+bias, the last block plus the head, or all"),
-    Knob("subspace", "pca", kind="choice", choices=("pca", "avg"),
-         help="top-r principal directions of ID training gradients, or the orthonormalised class-mean gradients (r = C)"),
-    Knob("r", 10, 1, 1000, kind="int", help="subspace dimension (pca; avg uses r = number of classes)"),
-    Knob("T", 1.0, 0.1, 100.0, "log", help="softmax temperature inside the loss"),
-)
+REFERENCE_KNOBS = grads.GRAD_KNOBS
+EARLIER_KNOBS = grads.grad_knobs(**grads.EARLIER)
+
+
+def _stage(progress: Any, lo: float, hi: float) -> Any:
+    if progress is None:
+        return None
+    return lambda f, msg: progress(lo + (hi - lo) * f, msg)
 
 
 def _unit(g: np.ndarray) -> np.ndarray:
@@ -95,8 +104,8 @@ class _LowDim(ModelDetector):
     paper = LOWDIM_PAPER
     family = "gradient"
     needs = frozenset({"logits", "model", "training"})
-    knobs = _SHARED_KNOBS
-    grid = {"r": [2, 5, 10, 20, 50], "subspace": ["pca", "avg"]}
+    knobs = REFERENCE_KNOBS
+    grid = {"r": [10, 50, 100, 200], "subspace": ["pca", "avg"]}
 
     def __init__(self) -> None:
         super().__init__()
@@ -120,7 +129,7 @@ class _LowDim(ModelDetector):
 
     @staticmethod
     def grad_params(knobs: dict[str, Any]) -> dict[str, Any]:
-        return {k: knobs[k] for k in grads.DEFAULT_PARAMS}
+        return {k: knobs[k] for k in grads.GRAD_KNOB_NAMES}
 
     def _require_fit(self) -> None:
         if not self.fitted or self._train_ds is None:
@@ -163,8 +172,8 @@ class _LowDim(ModelDetector):
         """Scores (higher = more ID) of ``ds`` for one resolved knob setting."""
         self._require_fit()
         gp = self.grad_params(knobs)
-        st = self._train_stats(bundle, gp, grads._stage(progress, 0.0, 0.5))
-        g = grads.lowdim_for_dataset(bundle, ds, self._train_ds, gp, grads._stage(progress, 0.5, 1.0))
+        st = self._train_stats(bundle, gp, _stage(progress, 0.0, 0.5))
+        g = grads.lowdim_for_dataset(bundle, ds, self._train_ds, gp, _stage(progress, 0.5, 1.0))
         return np.asarray(self._score_low(g, ext, st, **knobs), np.float64)
 
     def _score_low(self, g: np.ndarray, ext: Extraction, st: dict[str, Any], **knobs: Any) -> np.ndarray:  # pragma: no cover
@@ -173,7 +182,7 @@ class _LowDim(ModelDetector):
 
 @register
 class LowDimNorm(_LowDim):
-    """``S = +‖G_low‖_2`` for ``kl_uniform``, ``−‖G_low‖_2`` for ``ce_pred``.
+    """The workbench's own variant, not the paper's: ``S = +‖G_low‖_2`` for ``kl_uniform``/``lse``, ``−‖G_low‖_2`` for ``ce_pred``.
 
     Orientation fixed on the embedded default (tests/test_lowdim.py): with GradNorm's
     loss ID samples have the larger projected gradient (AUROC > 0.5 with the + sign);
@@ -181,7 +190,9 @@ class LowDimNorm(_LowDim):
     """
 
     name = "lowdim_norm"
-    title = "Low-dim gradient norm"
+    title = "Low-dim gradient norm (workbench variant)"
+    knobs = EARLIER_KNOBS
+    grid = {"r": [2, 5, 10, 20, 50]}
 
     def _score_low(self, g: np.ndarray, ext: Extraction, st: dict[str, Any], loss: str, **_: Any) -> np.ndarray:
         return norm_score(g, loss)
@@ -194,6 +205,7 @@ class LowDimMaha(_LowDim):
 
     name = "lowdim_maha"
     title = "Low-dim gradient Mahalanobis"
+    grid = {"r": [10, 50, 100, 200]}
 
     def _score_low(self, g: np.ndarray, ext: Extraction, st: dict[str, Any], **_: Any) -> np.ndarray:
         return maha_score(g, *self._maha(st))
@@ -201,12 +213,17 @@ class LowDimMaha(_LowDim):
 
 @register
 class LowDimKNN(_LowDim):
-    """``S = −‖z − z_(k)‖``, ``z = G_low/‖G_low‖``, ``z_(k)`` the k-th nearest normalised training G_low."""
+    """``S = −‖z − z_(k)‖``, ``z = G_low/‖G_low‖``, ``z_(k)`` the k-th nearest normalised training G_low.
+
+    The reference (``github_main.py``, ``knn``) ranks by the squared distance from faiss,
+    which orders samples identically; k = 5 (CIFAR), 10 for ImageNet.
+    """
 
     name = "lowdim_knn"
     title = "Low-dim gradient KNN"
-    knobs = _SHARED_KNOBS + (Knob("k", 50, 1, 100_000, kind="int", help="which nearest training neighbour"),)
-    grid = {"k": [1, 5, 10, 50, 100, 200], "r": [2, 5, 10, 20, 50]}
+    knobs = REFERENCE_KNOBS + (Knob("k", 5, 1, 100_000, kind="int",
+                                    help="which nearest training neighbour (reference: 5 on CIFAR, 10 on ImageNet)"),)
+    grid = {"k": [1, 5, 10, 50, 100], "r": [10, 50, 100, 200]}
 
     def _score_low(self, g: np.ndarray, ext: Extraction, st: dict[str, Any], k: int, **_: Any) -> np.ndarray:
         return knn_score(g, self._knn(st, k), k)
@@ -214,12 +231,13 @@ class LowDimKNN(_LowDim):
 
 @register
 class LowDimReAct(_LowDim):
-    """Entries of G_low clipped to ``[−c, c]``, ``c`` the p-th percentile of training ``|G_low|``, then the
-    oriented norm (as lowdim_norm)."""
+    """The workbench's own variant, not the paper's: entries of G_low clipped to ``[−c, c]``, ``c`` the p-th
+    percentile of training ``|G_low|``, then the oriented norm (as lowdim_norm). The paper's ReAct is
+    ``lowdim_probe_react`` (clipping before a linear probe)."""
 
     name = "lowdim_react"
-    title = "Low-dim gradient, clipped (ReAct-style)"
-    knobs = _SHARED_KNOBS + (Knob("p", 90.0, 50.0, 99.9, help="clip at this percentile of training |G_low| entries"),)
+    title = "Low-dim gradient, clipped norm (workbench variant)"
+    knobs = EARLIER_KNOBS + (Knob("p", 90.0, 50.0, 99.9, help="clip at this percentile of training |G_low| entries"),)
     grid = {"p": [70, 80, 90, 95, 99], "r": [2, 5, 10, 20, 50]}
 
     def _score_low(self, g: np.ndarray, ext: Extraction, st: dict[str, Any], p: float, loss: str, **_: Any) -> np.ndarray:
@@ -237,7 +255,7 @@ FORWARD_SCORES = {
 
 @register
 class LowDimEnsemble(_LowDim):
-    """Forward + backward ensemble: ``S = (1−w)·z(F) + w·z(B)``.
+    """The workbench's own variant, not the paper's: forward + backward ensemble ``S = (1−w)·z(F) + w·z(B)``.
 
     ``F`` a forward score (Energy by default), ``B`` a G_low score (norm, Mahalanobis or
     KNN with k = 50), each z-scored with the mean and std of its values on the ID training
@@ -245,8 +263,8 @@ class LowDimEnsemble(_LowDim):
     """
 
     name = "lowdim_ens"
-    title = "Low-dim gradient + forward ensemble"
-    knobs = _SHARED_KNOBS + (
+    title = "Low-dim gradient + forward ensemble (workbench variant)"
+    knobs = EARLIER_KNOBS + (
         Knob("w", 0.5, 0.0, 1.0, help="weight of the gradient score (0 = forward only, 1 = gradient only)"),
         Knob("forward", "energy", kind="choice", choices=tuple(FORWARD_SCORES), help="the forward score"),
         Knob("backward", "maha", kind="choice", choices=("norm", "maha", "knn"), help="the G_low score"),

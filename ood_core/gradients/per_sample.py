@@ -1,67 +1,39 @@
-"""Per-sample parameter gradients (torch.func) and low-dimensional gradient subspaces.
+"""Per-sample parameter gradients by ``torch.func`` (vmap over grad): parameter sets, memory planning.
 
-The engine differentiates one per-sample loss with respect to one parameter set:
+Owns: the parameter sets (``last_weight``, ``last``, ``last_block``, ``all`` or explicit
+names), the per-sample losses, the up-front memory estimate of a chunked pass, and the
+general engine :func:`iter_grad_blocks` (``functional_call`` + ``vmap`` + ``grad``) that
+works on any eager model. GradNorm-exact uses it directly; the low-dimensional engine
+(:mod:`ood_core.gradients.hooks`) falls back on it for models whose layers it cannot
+differentiate per sample from one batched backward. See ``docs/methods.md``, sections
+"The gradient family" and "Low-dimensional gradients".
 
-* losses (``f`` the logits, ``p = softmax(f/T)``, ``C`` classes):
-  ``kl_uniform`` = GradNorm's ``KL(u ‖ p)``, up to a constant ``−(1/C) Σ_i log p_i``;
-  ``ce_pred`` = cross-entropy to the predicted label, ``−log p_ŷ`` with ``ŷ = argmax f``.
-  **Default: ``kl_uniform``** everywhere in this module, as METHODS.md's
-  "Low-dimensional gradients" section specifies (the issue text suggests ``ce_pred``;
-  both are a knob, and METHODS.md is the spec of defaults).
-* parameter sets: ``last_weight`` (the head's weight: GradNorm's reference), ``last``
-  (head weight + bias), ``last_block`` (the last parametrised block before the head, plus
-  the head), ``all``; or an explicit list of parameter names.
-
-Gradients are batched with ``torch.func`` (``functional_call`` + ``vmap`` + ``grad``) in
-chunks whose size is chosen so that an up-front memory estimate fits a budget
-(``$OOD_GRAD_MEM_BUDGET_MB``, default 2048 MB on CPU); a set that cannot fit even one
-sample at a time is refused with the estimate. When every differentiated parameter is
-in the head, the body runs once per chunk without autograd and only the head is
-differentiated (the same numbers, much cheaper).
-
-Subspaces ``V ∈ R^{P×r}`` are fitted on ID training gradients: ``pca`` (scikit-learn
-PCA when the N×P matrix fits 3/4 of the budget, IncrementalPCA fed chunk by chunk
-otherwise, so it is never materialised) or ``avg`` (per-class mean gradients,
-orthonormalised, ``r = C``). ``G_low = G·V`` is cached on disk per setting.
+Losses (``f`` the logits, ``p = softmax(f/T)``, ``C`` classes): ``lse`` = ``LSE(f/T)``,
+the low-dimensional gradients' reference scalar (T = 1 there); ``kl_uniform`` =
+GradNorm's ``KL(u ‖ p)`` up to a constant, ``−(1/C) Σ_i log p_i``; ``ce_pred`` =
+cross-entropy to the predicted label, ``−log p_ŷ``.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import cache
-from .data import ImageDataset, get_dataset, train_name_for
-from .models import ModelBundle, ModelError
+from ..data import ImageDataset
+from ..models import ModelBundle
+from .settings import LOSSES, PARAM_SETS, GradientError, MemoryBudgetError, Progress
 
 log = logging.getLogger(__name__)
-Progress = Callable[[float, str], None]
 
-GRAD_VERSION = 1
-LOSSES = ("kl_uniform", "ce_pred")
-PARAM_SETS = ("last_weight", "last", "last_block", "all")
-SUBSPACES = ("pca", "avg")
-DEFAULT_PARAMS: dict[str, Any] = {"loss": "kl_uniform", "param_set": "last", "subspace": "pca", "r": 10, "T": 1.0}
-MAX_FIT = 5000  # training samples used to fit a subspace (a fixed-seed subset beyond this)
 _DEFAULT_BUDGET_MB = 2048
 _MAX_CHUNK = 256
 _CHUNK_TARGET_BYTES = 128 * 2**20
-
-
-class GradientError(ModelError):
-    """Per-sample gradients cannot be computed as asked; the message says what to change."""
-
-
-class MemoryBudgetError(GradientError):
-    """The chosen parameter set × chunk would not fit the memory budget."""
 
 
 # --- parameter sets ------------------------------------------------------------
@@ -151,7 +123,7 @@ def n_params(bundle: ModelBundle, param_set: str | Sequence[str]) -> int:
 # --- memory estimate -------------------------------------------------------------
 
 def memory_budget_bytes(device: str | torch.device = "cpu") -> int:
-    """``$OOD_GRAD_MEM_BUDGET_MB`` or 2048 MB (CPU) / 80% of free GPU memory."""
+    """``$OOD_GRAD_MEM_BUDGET_MB`` or 2048 MB (CPU) / 80% of free GPU memory (the per-chunk working set)."""
     env = os.environ.get("OOD_GRAD_MEM_BUDGET_MB")
     if env:
         try:
@@ -206,15 +178,20 @@ def _activation_elems(bundle: ModelBundle) -> int:
         if isinstance(out, torch.Tensor):
             total[0] += out.numel()
 
-    hs = [m.register_forward_hook(hook) for m in bundle.model.modules()
-          if not list(m.children()) and not isinstance(m, torch.jit.ScriptModule)]  # scripted modules take no hooks
+    dry_run(bundle, [m for m in bundle.model.modules()  # scripted modules take no hooks
+                     if not list(m.children()) and not isinstance(m, torch.jit.ScriptModule)], hook)
+    return int(total[0])
+
+
+def dry_run(bundle: ModelBundle, modules: Sequence[nn.Module], hook: Callable[..., None]) -> None:
+    """One no-grad forward of a one-sample dummy input with ``hook`` on ``modules`` (shape probing)."""
+    hs = [m.register_forward_hook(hook) for m in modules]
     try:
         with torch.no_grad():
             bundle.model(bundle.dummy_input(1).to(bundle.device))
     finally:
         for h in hs:
             h.remove()
-    return int(total[0])
 
 
 def estimate_memory(bundle: ModelBundle, param_set: str | Sequence[str] = "last", chunk: int = 64, r: int = 0,
@@ -270,6 +247,8 @@ def plan_chunk(bundle: ModelBundle, param_set: str | Sequence[str], chunk: int |
 def sample_loss(logits: torch.Tensor, loss: str = "kl_uniform", T: float = 1.0) -> torch.Tensor:
     """The per-sample loss of one logit vector ``(C,)`` (computed in float64 for accuracy)."""
     z = logits.double() / T
+    if loss == "lse":
+        return torch.logsumexp(z, dim=-1)  # stable: the reference's log(sum(exp(f))) overflows for large logits
     logp = torch.log_softmax(z, dim=-1)
     if loss == "kl_uniform":
         return -logp.mean()
@@ -404,231 +383,3 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-# --- subspaces ----------------------------------------------------------------------------
-
-@dataclass
-class Subspace:
-    """An orthonormal basis ``V (P, r)`` of ID training gradients and how it was fitted."""
-
-    V: np.ndarray
-    kind: str
-    key: str
-    explained_variance_ratio: np.ndarray | None = None
-    method: str = ""
-
-    @property
-    def r(self) -> int:
-        return int(self.V.shape[1])
-
-
-def resolve_params(params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``DEFAULT_PARAMS`` overlaid with ``params``, validated (GradientError on bad values)."""
-    p = dict(DEFAULT_PARAMS)
-    extra = set(params or {}) - set(DEFAULT_PARAMS)
-    if extra:
-        raise GradientError(f"unknown low-dimensional gradient setting(s) {sorted(extra)}; known: {', '.join(DEFAULT_PARAMS)}")
-    p.update(params or {})
-    if p["subspace"] not in SUBSPACES:
-        raise GradientError(f"subspace must be one of {', '.join(SUBSPACES)}; got {p['subspace']!r}")
-    if isinstance(p["param_set"], str) and p["param_set"] not in PARAM_SETS:
-        raise GradientError(f"param_set must be one of {', '.join(PARAM_SETS)}; got {p['param_set']!r}")
-    try:
-        p["T"] = float(p["T"])
-        r = float(p["r"])
-    except (TypeError, ValueError):
-        raise GradientError(f"T and r must be numbers; got T={p['T']!r}, r={p['r']!r}") from None
-    if not r.is_integer() or r < 1:
-        raise GradientError(f"r must be a positive whole number; got {p['r']!r}")
-    p["r"] = int(r)
-    _check_loss_T(p["loss"], p["T"])
-    return p
-
-
-def _train_dataset(id_name: str | ImageDataset) -> ImageDataset:
-    return id_name if isinstance(id_name, ImageDataset) else get_dataset(train_name_for(id_name))
-
-
-def _fit_subset(train: ImageDataset) -> ImageDataset:
-    if len(train) <= MAX_FIT:
-        return train
-    idx = np.sort(np.random.default_rng(0).choice(len(train), MAX_FIT, replace=False))
-    return train.subset(idx, name=train.name)
-
-
-def subspace_key(bundle: ModelBundle, id_name: str | ImageDataset, params: dict[str, Any] | None = None) -> str:
-    """The cache key of the subspace fitted for (model, ID training split, settings)."""
-    p = resolve_params(params)
-    train = _train_dataset(id_name)
-    r = bundle.num_classes if p["subspace"] == "avg" else p["r"]  # avg ignores r: one key
-    return cache.make_key("subspace", v=GRAD_VERSION, model=bundle.fingerprint, head=bundle.head_name,
-                          train=train.fingerprint, n_fit=min(len(train), MAX_FIT),
-                          preprocess=bundle.preprocess.to_dict(), loss=p["loss"], param_set=p["param_set"],
-                          T=p["T"], subspace=p["subspace"], r=r)
-
-
-_subspaces: "OrderedDict[str, Subspace]" = OrderedDict()
-_sub_lock = threading.Lock()
-
-
-def fit_subspace(bundle: ModelBundle, id_name: str | ImageDataset = "mnist", params: dict[str, Any] | None = None,
-                 progress: Progress | None = None, device: str | None = None,
-                 budget_bytes: int | None = None) -> Subspace:
-    """Fit (or load from the disk cache) the subspace of ID training gradients.
-
-    ``id_name`` names the ID dataset (its ``:train`` split is used) or is the training
-    ImageDataset itself. Raises GradientError when r exceeds the training samples or P.
-    """
-    p = resolve_params(params)
-    key = subspace_key(bundle, id_name, p)
-    with _sub_lock:
-        if key in _subspaces:
-            _subspaces.move_to_end(key)
-            return _subspaces[key]
-    train = _fit_subset(_train_dataset(id_name))
-    P = n_params(bundle, p["param_set"])
-    r = bundle.num_classes if p["subspace"] == "avg" else p["r"]
-    if p["subspace"] == "pca" and r > len(train):
-        raise GradientError(f"r={r} is larger than the {len(train)} training samples the subspace is fitted on; "
-                            f"choose r ≤ {len(train)}")
-    if p["subspace"] == "pca" and r > P:
-        raise GradientError(f"r={r} is larger than the {P:,} parameters in param_set {p['param_set']!r}; choose r ≤ {P}")
-
-    def compute() -> dict[str, np.ndarray]:
-        sub, g_low = _fit(bundle, train, p, r, P, progress, device, budget_bytes)
-        if g_low is not None:  # the training set's G_low comes free with a materialised fit: cache it
-            cache.put_arrays(lowdim_key(bundle, train, key, p), {"g_low": g_low})
-        evr = sub.explained_variance_ratio
-        return {"V": sub.V, "evr": evr if evr is not None else np.zeros(0), "method": np.array(sub.method)}
-
-    arr = cache.cached_arrays(key, compute)
-    sub = Subspace(arr["V"].astype(np.float32), p["subspace"], key,
-                   arr["evr"] if arr["evr"].size else None, str(arr["method"]))
-    with _sub_lock:
-        _subspaces[key] = sub
-        while len(_subspaces) > 4:  # V can be large (P×r); keep a few
-            _subspaces.popitem(last=False)
-    return sub
-
-
-def _fit(bundle: ModelBundle, train: ImageDataset, p: dict[str, Any], r: int, P: int, progress: Progress | None,
-         device: str | None, budget_bytes: int | None) -> tuple[Subspace, np.ndarray | None]:
-    """The subspace, and the training set's ``G·V`` when G was held in memory anyway."""
-    from sklearn.decomposition import PCA
-
-    budget = memory_budget_bytes(device or _default_device()) if budget_bytes is None else int(budget_bytes)
-    n = len(train)
-    it = lambda: iter_per_sample_grads(bundle, train, p["loss"], p["param_set"], p["T"], None, device,  # noqa: E731
-                                       budget, 0, progress)
-    if p["subspace"] == "avg":
-        labels = train.labels.copy()
-        if (labels < 0).any():  # unlabelled training data: group by the predicted class
-            labels = _predicted(bundle, train, device)
-        C = bundle.num_classes
-        sums = np.zeros((C, P), np.float64)
-        counts = np.zeros(C, np.int64)
-        for start, g in it():
-            y = labels[start:start + len(g)]
-            np.add.at(sums, y, g.cpu().double().numpy())
-            counts += np.bincount(y, minlength=C)
-        present = counts > 0
-        means = sums[present] / counts[present, None]
-        from scipy.linalg import orth  # orthonormal basis of the span, rank-revealing (SVD)
-        V = orth(means.T)
-        if V.shape[1] < C:
-            log.warning("avg subspace: class-mean gradients span %d of %d dimensions", V.shape[1], C)
-        return Subspace(V.astype(np.float32), "avg", "", None, f"class means ({int(present.sum())} classes), orth"), None
-    if 4 * n * P <= 0.75 * budget:
-        G = np.empty((n, P), np.float32)
-        for start, g in it():
-            G[start:start + len(g)] = g.cpu().numpy()
-        # exact eigh of the P×P covariance while it is small; randomized SVD beyond
-        solver = "covariance_eigh" if P <= 4096 else "randomized"
-        pca = PCA(n_components=r, svd_solver=solver, random_state=0).fit(G)
-        V = pca.components_.T.astype(np.float32)
-        return Subspace(V, "pca", "", pca.explained_variance_ratio_, f"PCA ({solver})"), G @ V
-    pca = ipca_fit((g.cpu().numpy() for _, g in it()), r)
-    return Subspace(pca.components_.T.astype(np.float32), "pca", "", pca.explained_variance_ratio_, "IncrementalPCA"), None
-
-
-def ipca_fit(chunks: Iterable[np.ndarray], r: int) -> Any:
-    """scikit-learn IncrementalPCA fed chunk by chunk, so the full N×P matrix never exists.
-
-    Each ``partial_fit`` needs ≥ r rows and runs an SVD of a (batch + r)×P matrix, so
-    chunks are re-cut into small batches (max(32, 2r)) to keep every call cheap; a final
-    tail shorter than r rows (fewer than one batch) is left out.
-    """
-    from sklearn.decomposition import IncrementalPCA
-
-    pca = IncrementalPCA(n_components=r)
-    step = max(32, 2 * r)
-    tail = np.zeros((0, 0), np.float32)
-    fitted = False
-    for chunk in chunks:
-        pending = np.concatenate([tail, chunk]) if len(tail) else chunk
-        full = (len(pending) // step) * step
-        for i in range(0, full, step):
-            pca.partial_fit(pending[i:i + step])
-            fitted = True
-        tail = pending[full:]
-    if len(tail) >= r:
-        pca.partial_fit(tail)
-        fitted = True
-    if not fitted:
-        raise GradientError(f"IncrementalPCA needs at least r={r} samples")
-    return pca
-
-
-def _predicted(bundle: ModelBundle, ds: ImageDataset, device: str | None) -> np.ndarray:
-    from .extract import extract
-    return extract(bundle, ds, device=device).preds
-
-
-def project(bundle: ModelBundle, data: ImageDataset | np.ndarray | torch.Tensor, V: np.ndarray, loss: str = "kl_uniform",
-            param_set: str | Sequence[str] = "last", T: float = 1.0, device: str | None = None,
-            budget_bytes: int | None = None, progress: Progress | None = None) -> np.ndarray:
-    """``G·V`` chunk by chunk (the N×P matrix is never held): float32 ``(N, r)``."""
-    device = device or _default_device()
-    Vt = torch.as_tensor(np.asarray(V, np.float32), device=device)
-    out = []
-    for _, blocks in iter_grad_blocks(bundle, data, loss, param_set, T, None, device, budget_bytes, Vt.shape[1], progress):
-        col, acc = 0, None
-        for blk in blocks:  # Σ_k G_k · V[rows of parameter k]: no concatenated copy of the chunk
-            part = blk.float() @ Vt[col:col + blk.shape[1]]
-            acc = part if acc is None else acc + part
-            col += blk.shape[1]
-        out.append(acc.cpu().numpy())
-    return np.concatenate(out).astype(np.float32)
-
-
-def lowdim_key(bundle: ModelBundle, ds: ImageDataset, sub_key: str, params: dict[str, Any]) -> str:
-    p = resolve_params(params)
-    return cache.make_key("lowdim", v=GRAD_VERSION, model=bundle.fingerprint, dataset=ds.fingerprint,
-                          preprocess=bundle.preprocess.to_dict(), loss=p["loss"], param_set=p["param_set"],
-                          T=p["T"], subspace=p["subspace"], r=p["r"] if p["subspace"] == "pca" else bundle.num_classes,
-                          fit=sub_key)
-
-
-def lowdim_for_dataset(bundle: ModelBundle, ds_name: str | ImageDataset, id_name: str | ImageDataset = "mnist",
-                       params: dict[str, Any] | None = None, progress: Progress | None = None) -> np.ndarray:
-    """Low-dimensional gradients ``G_low = G·V`` of one dataset, shape ``(N, r)``, disk-cached.
-
-    ``params`` keys: ``loss`` (kl_uniform | ce_pred), ``param_set`` (last_weight | last |
-    last_block | all), ``subspace`` (pca | avg), ``r`` (ignored by avg: r = C), ``T``;
-    missing keys take ``DEFAULT_PARAMS``. ``V`` is fitted on the ID training split of
-    ``id_name`` (or on ``id_name`` itself when it is an ImageDataset).
-    """
-    p = resolve_params(params)
-    ds = get_dataset(ds_name) if isinstance(ds_name, str) else ds_name
-    sub = fit_subspace(bundle, id_name, p, _stage(progress, 0.0, 0.5))
-    key = lowdim_key(bundle, ds, sub.key, p)
-    arr = cache.cached_arrays(key, lambda: {"g_low": project(bundle, ds, sub.V, p["loss"], p["param_set"], p["T"],
-                                                             progress=_stage(progress, 0.5, 1.0))})
-    if progress:
-        progress(1.0, f"low-dimensional gradients of {ds.name}: done")
-    return arr["g_low"]
-
-
-def _stage(progress: Progress | None, lo: float, hi: float) -> Progress | None:
-    if progress is None:
-        return None
-    return lambda f, msg: progress(lo + (hi - lo) * f, msg)

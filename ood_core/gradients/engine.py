@@ -1,0 +1,169 @@
+"""The streaming passes over a dataset's per-sample gradients, and the matrix-free randomized SVD.
+
+Owns the passes that :mod:`ood_core.gradients.subspace` chains (each is one forward and
+one backward per chunk, see :mod:`ood_core.gradients.hooks`, plus GEMMs on the blocks):
+
+* :func:`first_pass`: the NFK statistics (``Σ g``, ``Σ g²`` per coordinate, float64) and,
+  in the same pass, ``Gᵀ M`` for a thin ``M`` (the randomized SVD's start ``Ω``, or the
+  one-hot labels for class means);
+* :func:`project_pass`: ``A·Z`` (this is ``G_low = G̃·V`` when ``Z = V``);
+* :func:`accumulate_pass`: ``Aᵀ·Y``;
+* :func:`randomized_svd`: the top-r right singular vectors of ``A`` by subspace
+  iteration started from the sample side as the reference does (``github_PCA.py``:
+  ``Ω`` is N×ℓ, then ``AᵀΩ``, then ``q`` rounds of ``A``/``Aᵀ`` with an orthonormalisation),
+  finished by Rayleigh–Ritz on ``A·Z`` whose left factor gives the fit set's ``G_low`` free.
+
+The normalisation ``A = (G − 1 z̄ᵀ) S`` is never applied to a gradient: it is folded into
+the thin matrices (see :mod:`ood_core.gradients.linalg`). See ``docs/methods.md``,
+section "Low-dimensional gradients".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..models import ModelBundle
+from . import hooks, linalg
+from .settings import Progress
+
+# A coordinate whose variance is below this fraction of its mean square is treated as
+# constant: E[g²] − z̄² in float64 leaves rounding residue there, which would otherwise turn
+# into an enormous scale 1/√L instead of the "largest finite scale" the reference intends.
+_ZERO_VAR = 1e-9
+
+
+@dataclass
+class Stats:
+    """NFK statistics: ``mean`` z̄ and ``scale`` s = 1/√L per coordinate, one block per parameter."""
+
+    mean: list[torch.Tensor]
+    scale: list[torch.Tensor]
+    n: int
+    n_zero: int  # coordinates with zero variance (given the largest finite scale)
+
+
+def nfk_stats(sums: list[torch.Tensor], sqs: list[torch.Tensor], n: int) -> Stats:
+    """z̄ = Σg/N, L = Σg²/N − z̄², s = 1/√L; ``L = 0`` gets the largest finite s.
+
+    The reference sets infinite scales to 1 and then replaces every 1 by the maximum,
+    which also overwrites genuine scales of exactly 1; here only the zero-variance
+    coordinates are replaced.
+    """
+    means, Ls = [], []
+    for s, q in zip(sums, sqs):
+        m = s / n
+        msq = q / n
+        L = (msq - m * m).clamp_min(0.0)
+        L = torch.where(L <= _ZERO_VAR * msq, torch.zeros_like(L), L)
+        means.append(m)
+        Ls.append(L)
+    finite = [torch.where(L > 0, L.rsqrt(), torch.zeros_like(L)) for L in Ls]
+    smax = max((float(f.max()) for f in finite if f.numel()), default=1.0) or 1.0
+    scales = [torch.where(L > 0, f, torch.full_like(f, smax)).float() for L, f in zip(Ls, finite)]
+    n_zero = int(sum(int((L == 0).sum()) for L in Ls))
+    return Stats([m.float() for m in means], scales, n, n_zero)
+
+
+def first_pass(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: float, M: np.ndarray | None,
+               want_stats: bool, progress: Progress | None = None) -> tuple[list[torch.Tensor] | None, list, list]:
+    """One pass: ``Gᵀ M`` (raw gradients, fp32 blocks) and, when asked, ``Σ g`` and ``Σ g²`` (fp64)."""
+    dev = pl.device
+    W = [torch.zeros(p, M.shape[1], device=dev) for p in pl.sizes] if M is not None else None
+    sums = [torch.zeros(p, dtype=torch.float64, device=dev) for p in pl.sizes] if want_stats else []
+    sqs = [torch.zeros(p, dtype=torch.float64, device=dev) for p in pl.sizes] if want_stats else []
+    Mt = torch.as_tensor(M, dtype=torch.float32, device=dev) if M is not None else None
+    for start, B, blocks in hooks.iter_chunks(bundle, data, pl, loss, T, progress, "gradient statistics"):
+        for k, g in blocks():
+            if want_stats:
+                sums[k] += g.sum(0, dtype=torch.float64)
+                sqs[k] += (g * g).sum(0, dtype=torch.float64)
+            if W is not None:
+                W[k].addmm_(g.T, Mt[start:start + B])
+    return W, sums, sqs
+
+
+def project_pass(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: float, SZ: list[torch.Tensor],
+                 off: torch.Tensor | None, progress: Progress | None = None, what: str = "G·V") -> np.ndarray:
+    """``A·Z`` = ``Σ_k G_k (S Z)_k − z̄ᵀ S Z`` per sample, float64 ``(N, ℓ)``; ``SZ`` in the product dtype."""
+    out = []
+    dtype = SZ[0].dtype
+    for _start, _B, blocks in hooks.iter_chunks(bundle, data, pl, loss, T, progress, what):
+        acc = None
+        for k, g in blocks():
+            part = (g.to(dtype) @ SZ[k]).float()
+            acc = part if acc is None else acc + part
+        y = acc.double()
+        if off is not None:
+            y = y - off.to(y.device)
+        out.append(y.cpu().numpy())
+    return np.concatenate(out)
+
+
+def accumulate_pass(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: float, Y: np.ndarray,
+                    stats: Stats | None, progress: Progress | None = None) -> list[torch.Tensor]:
+    """``Aᵀ·Y`` = ``S (Gᵀ Y − z̄ (1ᵀ Y))``, fp32 blocks."""
+    W, _, _ = first_pass(bundle, data, pl, loss, T, Y, False, progress)
+    return finish_At(W, Y, stats)  # type: ignore[arg-type]
+
+
+def finish_At(W: list[torch.Tensor], M: np.ndarray, stats: Stats | None) -> list[torch.Tensor]:
+    """Turn raw ``Gᵀ M`` blocks into ``Aᵀ M`` in place: subtract ``z̄ (1ᵀ M)``, scale rows by s."""
+    if stats is None:
+        return W
+    colsum = torch.as_tensor(M.sum(0), dtype=torch.float32, device=W[0].device)
+    for k, w in enumerate(W):
+        for a in range(0, w.shape[0], 1 << 18):
+            sl = w[a:a + (1 << 18)]
+            sl.sub_(stats.mean[k][a:a + (1 << 18), None] * colsum[None])
+            sl.mul_(stats.scale[k][a:a + (1 << 18), None])
+    return W
+
+
+@dataclass
+class SVDResult:
+    V: list[torch.Tensor]  # (P_k, r) fp32 blocks, orthonormal columns (in the dtype's accuracy)
+    sigma: np.ndarray  # (r,) singular values of A on the subspace
+    g_low: np.ndarray  # (N, r) = A·V for the fit set
+
+
+def randomized_svd(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: float, r: int, n: int,
+                   kernel: str, q: int, dtype: torch.dtype, oversample: int = 10, seed: int = 0,
+                   stage: Callable[[int, int], Progress | None] | None = None) -> tuple[SVDResult, Stats | None]:
+    """Top-r right singular vectors of the normalised training-gradient matrix, matrix-free.
+
+    Passes: 1 (statistics + ``AᵀΩ``) + 2q (power iterations) + 1 (``A·Z``, Rayleigh–Ritz).
+    ``stage(i, total)`` gives the progress callback of pass i.
+    """
+    ell = int(min(r + oversample, n, sum(pl.sizes)))
+    total = 2 + 2 * q
+    st = stage or (lambda i, t: None)
+    rng = np.random.default_rng(seed)
+    Om = np.linalg.qr(rng.standard_normal((n, ell)))[0]
+    W, sums, sqs = first_pass(bundle, data, pl, loss, T, Om, kernel == "nfk", st(0, total))
+    stats = nfk_stats(sums, sqs, n) if kernel == "nfk" else None
+    del sums, sqs
+    Z = linalg.orthonormalise(finish_At(W, Om, stats))  # type: ignore[arg-type]
+    del W
+    for it in range(q):
+        SZ = linalg.row_scale(Z, stats.scale if stats else None, dtype)
+        del Z
+        off = linalg.offset(stats.mean if stats else None, SZ)
+        Y = project_pass(bundle, data, pl, loss, T, SZ, off, st(1 + 2 * it, total), "power iteration (A·Z)")
+        del SZ
+        Y = np.linalg.qr(Y)[0]
+        Z = linalg.orthonormalise(accumulate_pass(bundle, data, pl, loss, T, Y, stats, st(2 + 2 * it, total)))
+    SZ = linalg.row_scale(Z, stats.scale if stats else None, dtype)
+    del Z
+    off = linalg.offset(stats.mean if stats else None, SZ)
+    Bm = project_pass(bundle, data, pl, loss, T, SZ, off, st(total - 1, total), "Rayleigh–Ritz (A·Z)")
+    U, sig, Rt = np.linalg.svd(Bm, full_matrices=False)
+    rr = min(r, len(sig))
+    V = linalg.right_mul(SZ, Rt[:rr].T, torch.float32)  # S·V, in place of SZ
+    del SZ
+    if stats is not None:
+        for v, s in zip(V, stats.scale):  # V = S⁻¹ (S·V), in place
+            v.div_(s[:, None])
+    return SVDResult(V, sig[:rr], U[:, :rr] * sig[:rr]), stats

@@ -1,0 +1,376 @@
+"""Fitted gradient subspaces ``V`` and low-dimensional gradients ``G_low = G̃·V``, cached on disk per setting.
+
+Owns :func:`fit_subspace` (the NFK statistics, then ``pca`` by the matrix-free randomized
+SVD of :mod:`ood_core.gradients.engine`, or ``avg`` = unit-norm class means of the
+normalised gradients, not orthogonalised, r = C; ``avg_orth`` = the workbench's earlier
+orthonormalised class means), the memory estimate that refuses a fit before it starts,
+the disk cache (a cancelled fit writes nothing) and :func:`lowdim_for_dataset`. The
+reference preset follows the authors' code (``github_main.py``, ``github_PCA.py``,
+``github_Average_gradient.py``); see ``docs/methods.md``, section "Low-dimensional gradients".
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import cache
+from ..data import ImageDataset, get_dataset, train_name_for
+from ..jobs import Cancelled
+from ..models import ModelBundle
+from . import engine, hooks, linalg
+from . import per_sample as ps
+from .settings import MAX_FIT, FitCancelled, GradientError, MemoryBudgetError, Progress, resolve_params
+
+log = logging.getLogger(__name__)
+GRAD_VERSION = 2
+OVERSAMPLE = 10
+_INLINE_V_BYTES = 256 * 2**20  # larger V go to a side file beside the cache (never one in-memory npz copy)
+
+
+@dataclass
+class Subspace:
+    """A fitted subspace: ``V (P, r)`` as one block per parameter, the NFK statistics, how it was fitted."""
+
+    blocks: list[torch.Tensor]
+    kind: str
+    key: str
+    sigma: np.ndarray | None = None
+    method: str = ""
+    mean: list[torch.Tensor] | None = None
+    scale: list[torch.Tensor] | None = None
+    g_low_fit: np.ndarray | None = None  # G_low of the fit set, when the fit produced it
+
+    @property
+    def r(self) -> int:
+        return int(self.blocks[0].shape[1])
+
+    @property
+    def V(self) -> np.ndarray:
+        """``V`` as one float32 ``(P, r)`` array (small models and tests; large ones use the blocks)."""
+        return torch.cat([b.float().cpu() for b in self.blocks]).numpy()
+
+    @property
+    def explained_variance_ratio(self) -> np.ndarray | None:
+        return None if self.sigma is None else self.sigma ** 2 / max(float((self.sigma ** 2).sum()), 1e-300)
+
+
+def compute_dtype(precision: str, P: int, r: int, device: str) -> torch.dtype:
+    """bf16 for ``G·V`` where it is fast and V is big (``auto``), else fp32."""
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    big = 4 * P * r > _INLINE_V_BYTES
+    return torch.bfloat16 if big and _fast_bf16(device) else torch.float32
+
+
+def _fast_bf16(device: str) -> bool:
+    if torch.device(device).type == "cuda":
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0]
+    except (OSError, IndexError):
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def available_bytes(device: str) -> int:
+    """``$OOD_GRAD_MEM_LIMIT_MB``, else free GPU memory, else 90% of the machine's available memory."""
+    env = os.environ.get("OOD_GRAD_MEM_LIMIT_MB")
+    if env:
+        try:
+            return int(float(env) * 2**20)
+        except ValueError:
+            raise GradientError(f"OOD_GRAD_MEM_LIMIT_MB must be a number of megabytes; got {env!r}") from None
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(0.9 * int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    return 8 * 2**30
+
+
+def fit_memory(P: int, r: int, n: int, kind: str, dtype: torch.dtype, work: int, largest: int = 0) -> dict[str, int]:
+    """Bytes a fit holds at its peak: the ℓ-column blocks (fp32, converted block by block), statistics, working set."""
+    ell = min(r + OVERSAMPLE, n, P) if kind == "pca" else r
+    mats = 4 * P * ell + 4 * largest * ell
+    stats = 16 * P + 8 * P  # Σg, Σg² (fp64) then z̄, s (fp32)
+    return {"subspace": mats, "stats": stats, "work": work, "total": mats + stats + work}
+
+
+def check_memory(P: int, r: int, n: int, kind: str, dtype: torch.dtype, work: int, device: str,
+                 limit: int | None, param_set: Any, largest: int = 0) -> None:
+    """Refuse a fit that cannot fit, before it starts, with the estimate and what to change."""
+    est = fit_memory(P, r, n, kind, dtype, work, largest)
+    have = available_bytes(device) if limit is None else int(limit)
+    if est["total"] > have:
+        mb = ps._mb  # noqa: SLF001
+        raise MemoryBudgetError(
+            f"this fit needs ≈ {mb(est['total'])} ({P:,} parameters × {r + OVERSAMPLE if kind == 'pca' else r} columns: "
+            f"{mb(est['subspace'])}; statistics {mb(est['stats'])}; working set {mb(est['work'])}) but "
+            f"{mb(have)} is available; lower r, choose param_set='last_block' or 'last' instead of {param_set!r}, "
+            "use precision=bf16, or set OOD_GRAD_MEM_LIMIT_MB / OOD_GRAD_WORK_MB")
+
+
+# --- keys and the cache --------------------------------------------------------------------
+
+def _train_dataset(id_name: str | ImageDataset) -> ImageDataset:
+    return id_name if isinstance(id_name, ImageDataset) else get_dataset(train_name_for(id_name))
+
+
+def fit_subset(train: ImageDataset) -> ImageDataset:
+    if len(train) <= MAX_FIT:
+        return train
+    idx = np.sort(np.random.default_rng(0).choice(len(train), MAX_FIT, replace=False))
+    return train.subset(idx, name=train.name)
+
+
+def _r_of(bundle: ModelBundle, p: dict[str, Any]) -> int:
+    return bundle.num_classes if p["subspace"] != "pca" else p["r"]
+
+
+def _resolved_dtype(bundle: ModelBundle, p: dict[str, Any], device: str | None = None) -> torch.dtype:
+    return compute_dtype(p["precision"], ps.n_params(bundle, p["param_set"]), _r_of(bundle, p),
+                         device or ps._default_device())  # noqa: SLF001
+
+
+def subspace_key(bundle: ModelBundle, id_name: str | ImageDataset, params: dict[str, Any] | None = None) -> str:
+    """The cache key of the subspace fitted for (model, ID training split, settings)."""
+    p = resolve_params(params)
+    train = _train_dataset(id_name)
+    pca = p["subspace"] == "pca"
+    return cache.make_key("subspace", v=GRAD_VERSION, model=bundle.fingerprint, head=bundle.head_name,
+                          train=train.fingerprint, n_fit=min(len(train), MAX_FIT),
+                          preprocess=bundle.preprocess.to_dict(), loss=p["loss"], param_set=p["param_set"],
+                          T=p["T"], kernel=p["kernel"], subspace=p["subspace"], r=_r_of(bundle, p),
+                          power_iters=p["power_iters"] if pca else 0, oversample=OVERSAMPLE if pca else 0,
+                          dtype=str(_resolved_dtype(bundle, p)) if pca else "")
+
+
+def lowdim_key(bundle: ModelBundle, ds: ImageDataset, sub_key: str, params: dict[str, Any]) -> str:
+    p = resolve_params(params)
+    return cache.make_key("lowdim", v=GRAD_VERSION, model=bundle.fingerprint, dataset=ds.fingerprint,
+                          preprocess=bundle.preprocess.to_dict(), dtype=str(_resolved_dtype(bundle, p)), fit=sub_key)
+
+
+def _side_path(key: str) -> Path:
+    d = cache.cache_dir() / "subspaces"
+    d.mkdir(parents=True, exist_ok=True)
+    return d / (key.replace(":", "_") + ".npy")
+
+
+def _write_side(path: Path, blocks: list[torch.Tensor]) -> str:
+    """V to a .npy beside the cache, streamed, atomically (temp file + rename); returns its SHA-256."""
+    P = sum(b.shape[0] for b in blocks)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(P, blocks[0].shape[1]))
+    row = 0
+    for b in blocks:
+        mm[row:row + b.shape[0]] = b.float().cpu().numpy()
+        row += b.shape[0]
+    mm.flush()
+    del mm
+    digest = _sha(tmp)
+    os.replace(tmp, path)
+    return digest
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _split(arr: np.ndarray, sizes: list[int], device: str) -> list[torch.Tensor]:
+    out, row = [], 0
+    for s in sizes:
+        out.append(torch.as_tensor(np.array(arr[row:row + s]), device=device))
+        row += s
+    return out
+
+
+def _load(key: str, sizes: list[int], device: str) -> dict[str, Any] | None:
+    hit = cache.get_arrays(key)
+    if hit is None:
+        return None
+    if "V" in hit:
+        V = hit["V"]
+    else:
+        path = _side_path(key)
+        if not path.exists() or _sha(path) != str(hit["v_sha"]):
+            log.warning("subspace side file of %s missing or corrupt; refitting", key)
+            return None
+        V = np.load(path, mmap_mode="r")
+    out = dict(hit)
+    out["blocks"] = _split(V, sizes, device)
+    for name in ("mean", "scale"):
+        out[name] = _split(hit[name], sizes, device) if hit[name].size else None
+    return out
+
+
+# --- fitting ------------------------------------------------------------------------------
+
+_subspaces: "OrderedDict[str, Subspace]" = OrderedDict()
+_sub_lock = threading.Lock()
+
+
+def fit_subspace(bundle: ModelBundle, id_name: str | ImageDataset = "mnist", params: dict[str, Any] | None = None,
+                 progress: Progress | None = None, device: str | None = None,
+                 budget_bytes: int | None = None) -> Subspace:
+    """Fit (or load from the disk cache) the subspace of the ID training gradients.
+
+    ``id_name`` names the ID dataset (its ``:train`` split is used) or is the training
+    ImageDataset itself. ``budget_bytes`` overrides the memory available for the check.
+    Raises GradientError (a UserError) on r > samples or parameters, MemoryBudgetError
+    before any work when it cannot fit, and FitCancelled when the progress callback
+    cancels (nothing is cached then).
+    """
+    p = resolve_params(params)
+    device = device or ps._default_device()  # noqa: SLF001
+    key = subspace_key(bundle, id_name, p)
+    with _sub_lock:
+        if key in _subspaces:
+            _subspaces.move_to_end(key)
+            return _subspaces[key]
+    train = fit_subset(_train_dataset(id_name))
+    pl = hooks.plan(bundle, p["param_set"], device=device)
+    P, n, r = pl.P, len(train), _r_of(bundle, p)
+    if p["subspace"] == "pca" and r > n:
+        raise GradientError(f"r={r} is larger than the {n} training samples the subspace is fitted on; choose r ≤ {n}")
+    if p["subspace"] == "pca" and r > P:
+        raise GradientError(f"r={r} is larger than the {P:,} parameters in param_set {p['param_set']!r}; choose r ≤ {P}")
+    hit = _load(key, pl.sizes, device)
+    if hit is None:
+        dtype = compute_dtype(p["precision"], P, r, device)
+        work = hooks.work_budget_bytes()
+        check_memory(P, r, n, p["subspace"], dtype, work, device, budget_bytes, p["param_set"], max(pl.sizes))
+        try:
+            sub = _fit(bundle, train, p, pl, r, dtype, progress)
+        except Cancelled:
+            raise FitCancelled("the subspace fit was cancelled; nothing was cached") from None
+        _store(key, sub)
+    else:
+        sub = Subspace(hit["blocks"], p["subspace"], key, hit["sigma"] if hit["sigma"].size else None,
+                       str(hit["method"]), hit["mean"], hit["scale"], hit["g_low"] if hit["g_low"].size else None)
+    sub.key = key
+    with _sub_lock:
+        _subspaces[key] = sub
+        while len(_subspaces) > 2:  # V can be large (P×r); keep a couple
+            _subspaces.popitem(last=False)
+    return sub
+
+
+def _store(key: str, sub: Subspace) -> None:
+    arrays: dict[str, np.ndarray] = {
+        "sigma": sub.sigma if sub.sigma is not None else np.zeros(0), "method": np.array(sub.method),
+        "g_low": sub.g_low_fit if sub.g_low_fit is not None else np.zeros((0, 0), np.float32),
+        "mean": torch.cat(sub.mean).cpu().numpy() if sub.mean else np.zeros(0, np.float32),
+        "scale": torch.cat(sub.scale).cpu().numpy() if sub.scale else np.zeros(0, np.float32),
+    }
+    P = sum(b.shape[0] for b in sub.blocks)
+    if 4 * P * sub.r <= _INLINE_V_BYTES:
+        arrays["V"] = sub.V
+    else:
+        arrays["v_sha"] = np.array(_write_side(_side_path(key), sub.blocks))
+    cache.put_arrays(key, arrays)
+
+
+def _fit(bundle: ModelBundle, train: ImageDataset, p: dict[str, Any], pl: hooks.Plan, r: int, dtype: torch.dtype,
+         progress: Progress | None) -> Subspace:
+    n = len(train)
+    what = f"{p['subspace']} subspace ({pl.P:,} parameters, {pl.engine} engine)"
+    if p["subspace"] == "pca":
+        def stage(i: int, total: int) -> Progress | None:
+            return _stage(progress, i / total, (i + 1) / total, f"{what}, pass {i + 1}/{total}")
+
+        res, stats = engine.randomized_svd(bundle, train, pl, p["loss"], p["T"], r, n, p["kernel"],
+                                           p["power_iters"], dtype, OVERSAMPLE, 0, stage)
+        method = f"randomized SVD (q={p['power_iters']}, oversample {OVERSAMPLE}, {str(dtype)[6:]}, {pl.engine})"
+        return Subspace(res.V, "pca", "", res.sigma, method, stats.mean if stats else None,
+                        stats.scale if stats else None, res.g_low.astype(np.float32))
+    labels = train.labels.copy()
+    if (labels < 0).any():  # unlabelled training data: group by the predicted class
+        from ..extract import extract
+        labels = extract(bundle, train).preds
+    C = bundle.num_classes
+    onehot = np.zeros((n, C))
+    onehot[np.arange(n), labels] = 1.0
+    counts = onehot.sum(0)
+    M = onehot / np.maximum(counts, 1)  # Gᵀ M = the class means of the raw gradients
+    W, sums, sqs = engine.first_pass(bundle, train, pl, p["loss"], p["T"], M, p["kernel"] == "nfk",
+                                     _stage(progress, 0.0, 1.0, what))
+    stats = engine.nfk_stats(sums, sqs, n) if p["kernel"] == "nfk" else None
+    present = counts > 0
+    W = engine.finish_At(W, M, stats)  # type: ignore[arg-type]  # S (mean_c(g) − z̄): the normalised class means
+    W = [w[:, torch.as_tensor(present, device=w.device)] for w in W]
+    if p["subspace"] == "avg":  # unit-norm columns, not orthogonalised (the reference)
+        norms = np.sqrt(np.maximum(np.diag(linalg.gram(W)), 1e-300))
+        W = linalg.right_mul(W, np.diag(1.0 / norms))
+        method = f"class means ({int(present.sum())} classes), unit norm"
+    else:
+        W = linalg.orthonormalise(W)
+        method = f"class means ({int(present.sum())} classes), orthonormalised (earlier reading)"
+    if W[0].shape[1] < C:
+        log.warning("%s subspace: %d of %d classes", p["subspace"], W[0].shape[1], C)
+    return Subspace(W, p["subspace"], "", None, method, stats.mean if stats else None,
+                    stats.scale if stats else None, None)
+
+
+def _stage(progress: Progress | None, lo: float, hi: float, prefix: str = "") -> Progress | None:
+    if progress is None:
+        return None
+    return lambda f, msg: progress(lo + (hi - lo) * f, f"{prefix}: {msg}" if prefix else msg)
+
+
+# --- projections ----------------------------------------------------------------------------
+
+def project(bundle: ModelBundle, data: Any, sub: Subspace, params: dict[str, Any] | None = None,
+            device: str | None = None, progress: Progress | None = None) -> np.ndarray:
+    """``G_low = G̃·V`` of ``data`` chunk by chunk (the N×P matrix is never held): float32 ``(N, r)``."""
+    p = resolve_params(params)
+    device = device or ps._default_device()  # noqa: SLF001
+    pl = hooks.plan(bundle, p["param_set"], device=device)
+    dtype = compute_dtype(p["precision"], pl.P, sub.r, device)
+    SV = linalg.row_scale([b.to(device) for b in sub.blocks], sub.scale, dtype)
+    off = linalg.offset(sub.mean, SV)
+    try:
+        g = engine.project_pass(bundle, data, pl, p["loss"], p["T"], SV, off, progress, f"G_low (r={sub.r})")
+    except Cancelled:
+        raise FitCancelled("the low-dimensional gradient pass was cancelled; nothing was cached") from None
+    return g.astype(np.float32)
+
+
+def lowdim_for_dataset(bundle: ModelBundle, ds_name: str | ImageDataset, id_name: str | ImageDataset = "mnist",
+                       params: dict[str, Any] | None = None, progress: Progress | None = None) -> np.ndarray:
+    """Low-dimensional gradients ``G_low = G̃·V`` of one dataset, shape ``(N, r)``, disk-cached.
+
+    ``params``: the gradient knobs (``loss``, ``param_set``, ``kernel``, ``subspace``, ``r``,
+    ``T``, ``power_iters``, ``precision``); missing keys take the reference preset. ``V``
+    is fitted on the ID training split of ``id_name`` (or on ``id_name`` itself when it
+    is an ImageDataset).
+    """
+    p = resolve_params(params)
+    ds = get_dataset(ds_name) if isinstance(ds_name, str) else ds_name
+    sub = fit_subspace(bundle, id_name, p, _stage(progress, 0.0, 0.7))
+    train = fit_subset(_train_dataset(id_name))
+    if sub.g_low_fit is not None and ds.fingerprint == train.fingerprint:
+        return sub.g_low_fit
+    key = lowdim_key(bundle, ds, sub.key, p)
+    arr = cache.cached_arrays(key, lambda: {"g_low": project(bundle, ds, sub, p, progress=_stage(progress, 0.7, 1.0))})
+    if progress:
+        progress(1.0, f"low-dimensional gradients of {ds.name}: done")
+    return arr["g_low"]
