@@ -51,15 +51,10 @@ KNOBS: dict[str, KnobSet] = {
         _STANDARDIZE,
     )),
 }
-# The low-dimensional gradient settings a gradient map exposes (validated by ood_core.gradients).
-GRADIENT_KNOBS = KnobSet("gradients", (
-    Knob("loss", _grad.DEFAULT_PARAMS["loss"], kind="choice", choices=_grad.LOSSES, label="Gradient loss",
-         help="kl_uniform: GradNorm's KL(u‖softmax); ce_pred: CE to the prediction"),
-    Knob("param_set", _grad.DEFAULT_PARAMS["param_set"], kind="choice", choices=_grad.PARAM_SETS, label="Parameters"),
-    Knob("subspace", _grad.DEFAULT_PARAMS["subspace"], kind="choice", choices=_grad.SUBSPACES, label="Subspace",
-         help="pca: top-r directions; avg: class-mean gradients (r = C)"),
-    Knob("r", _grad.DEFAULT_PARAMS["r"], 1, 512, kind="int", label="r"),
-))
+# The low-dimensional gradient settings a gradient map exposes: the one declaration in
+# ood_core.gradients (its reference preset as defaults), so the Maps page cannot drift from the detectors.
+GRADIENT_KNOBS = KnobSet("gradients", tuple(k for k in _grad.GRAD_KNOBS
+                                             if k.name in ("loss", "param_set", "kernel", "subspace", "r")))
 PRE_PCA_DIMS = 50
 MIN_POINTS = 3
 
