@@ -177,12 +177,13 @@ def threshold_panel(ctx: common.Context, det_name: str, view: dict) -> None:
         st.plotly_chart(hist, width="stretch", key="hist")
         figure_downloads(hist, f"histogram_{det_name}", key="hist")
     with g2:
-        tab_roc, tab_pr = st.tabs(["ROC", "PR"])
-        with tab_roc:
+        # One curve drawn at a time (tabs would draw both on every move); switching reruns only this fragment.
+        curve = st.radio("Curve", ["ROC", "PR"], horizontal=True, key="curve_kind", label_visibility="collapsed")
+        if curve == "ROC":
             rocf = figs.with_roc_markers(_figure(view, "roc", lambda: figs.roc_base(sv, view["table"])), sv, thr)
             st.plotly_chart(rocf, width="stretch", key="roc")
             figure_downloads(rocf, f"roc_{det_name}", key="roc")
-        with tab_pr:
+        else:
             prf = _figure(view, "pr", lambda: figs.pr_base(sv, view["table"]))
             st.plotly_chart(prf, width="stretch", key="pr")
             figure_downloads(prf, f"pr_{det_name}", key="pr")

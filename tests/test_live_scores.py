@@ -73,15 +73,15 @@ def test_histogram_counts_and_threshold_lookups_equal_numpy(ties):
 def test_figures_are_a_base_and_a_threshold_overlay():
     a, b = _sets(False, 2000, 60_000)
     sv = metrics.ScoreSets.from_arrays(a, {"x": b, "y": b - 0.5})
-    assert all(len(t.x) <= 1001 for t in figs.roc_base(sv).data)
-    roc = figs.spec(figs.roc_base(sv))
+    roc = figs.roc_base(sv)
+    assert all(len(t["x"]) <= 1001 for t in roc["data"])
     over = figs.with_roc_markers(roc, sv, 0.2)
     assert len(over["data"]) == len(roc["data"]) + 2 and over["data"][0] is roc["data"][0]  # no copy
     hist = figs.spec(figs.histogram_base(sv))
     line = figs.with_threshold_line(hist, 0.2)
     assert line["layout"]["shapes"][-1]["x0"] == 0.2 and "shapes" not in hist["layout"]
     counts = np.histogram(b, np.linspace(sv.lo, sv.hi, 61))[0]
-    np.testing.assert_allclose(figs.histogram_base(sv).data[1].y, counts / counts.sum())
+    np.testing.assert_allclose(hist["data"][1]["y"], counts / counts.sum())
 
 
 def _count_builders(monkeypatch) -> dict[str, int]:
@@ -101,7 +101,10 @@ def test_a_threshold_move_rebuilds_no_figure_and_a_knob_move_each_once(default_b
     calls = _count_builders(monkeypatch)
     at = AppTest.from_file(str(ROOT / "pages/1_Scores.py"), default_timeout=300).run()
     assert not at.exception, at.exception
+    assert calls == {"histogram_base": 1, "roc_base": 1, "pr_base": 0}  # PR: drawn when asked for
+    at.radio(key="curve_kind").set_value("PR").run()
     assert calls == {"histogram_base": 1, "roc_base": 1, "pr_base": 1}
+    at.radio(key="curve_kind").set_value("ROC").run()
     before = {m.label: m.value for m in at.metric}
 
     at.slider(key="thr_tpr").set_value(0.8).run()  # threshold: counts and overlays only
@@ -112,9 +115,9 @@ def test_a_threshold_move_rebuilds_no_figure_and_a_knob_move_each_once(default_b
 
     at.select_slider(key="scores.energy.T").set_value(20.0).run()  # knob: every piece once, no more
     assert not at.exception, at.exception
-    assert calls == {"histogram_base": 2, "roc_base": 2, "pr_base": 2}
+    assert calls == {"histogram_base": 2, "roc_base": 2, "pr_base": 1}
     assert {m.label: m.value for m in at.metric}["AUROC (mean)"] != before["AUROC (mean)"]
 
     at.checkbox(key="hist_log").check().run()  # log axis: the histogram's base only
-    assert calls == {"histogram_base": 3, "roc_base": 2, "pr_base": 2}
+    assert calls == {"histogram_base": 3, "roc_base": 2, "pr_base": 1}
 

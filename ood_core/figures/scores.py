@@ -1,6 +1,6 @@
 """Figures of the Scores page: histograms, ROC and PR curves with a live threshold.
 
-Each figure comes in two pieces (docs/architecture.md, "The flow": a slider touches only
+Each figure comes in two pieces, as plain-dict specs that ``st.plotly_chart`` takes as they are (docs/architecture.md, "The flow": a slider touches only
 cached arrays): a *base* built once per knob setting from :class:`ood_core.metrics.ScoreSets`
 (histogram bars from binary searches on the sorted scores; ROC/PR curves from at most
 ``CURVE_POINTS`` exact vertices per set, while the labelled metrics stay exact), and a cheap
@@ -30,27 +30,29 @@ def _sets(id_scores, ood: dict, id_name: str = "ID") -> metrics.ScoreSets:
     return metrics.ScoreSets.from_arrays(id_scores, ood, id_name)
 
 
-def histogram_base(sets: metrics.ScoreSets, bins: int = 60, title: str = "", log_y: bool = False) -> go.Figure:
-    """Overlaid normalised histograms on shared bins, ID first (no threshold line)."""
+def histogram_base(sets: metrics.ScoreSets, bins: int = 60, title: str = "", log_y: bool = False) -> dict:
+    """Overlaid normalised histograms on shared bins, ID first (no threshold line), as a figure spec.
+
+    Specs are plain dicts (``go.Figure(spec)`` makes a figure of one): building plotly objects
+    validates every property, which cost more than the whole knob move.
+    """
     lo, hi = sets.lo, sets.hi
     if hi <= lo:
         hi = lo + 1.0
     edges = np.linspace(lo, hi, bins + 1)
     centers = (edges[:-1] + edges[1:]) / 2
-    fig = go.Figure()
     series = [(f"{sets.id_name} (ID)", sets.id, ID_COLOR)] + [(k, v, color_for(i)) for i, (k, v) in enumerate(sets.ood.items())]
+    data = []
     for name, s, c in series:
         counts = metrics.histogram_counts(s, edges)
-        frac = counts / max(1, counts.sum())
-        fig.add_trace(go.Bar(x=centers, y=frac, name=f"{name} (n={len(s)})", marker_color=c, opacity=0.55,
-                             width=(edges[1] - edges[0]),
-                             hovertemplate="score %{x:.4g}<br>fraction %{y:.3f}<extra>" + name + "</extra>"))
-    fig.update_layout(barmode="overlay", title=title or "Score distributions (higher = more in-distribution)",
-                      xaxis_title="score", yaxis_title="fraction of samples", legend_title_text="",
-                      legend=_LEGEND, margin=_MARGIN, height=420)
-    if log_y:
-        fig.update_yaxes(type="log")
-    return fig
+        data.append(dict(type="bar", x=centers, y=counts / max(1, counts.sum()), name=f"{name} (n={len(s)})",
+                         marker=dict(color=c), opacity=0.55, width=float(edges[1] - edges[0]),
+                         hovertemplate="score %{x:.4g}<br>fraction %{y:.3f}<extra>" + name + "</extra>"))
+    layout = dict(barmode="overlay", title=dict(text=title or "Score distributions (higher = more in-distribution)"),
+                  xaxis=dict(title=dict(text="score")),
+                  yaxis=dict(title=dict(text="fraction of samples"), **({"type": "log"} if log_y else {})),
+                  legend=dict(_LEGEND, title=dict(text="")), margin=_MARGIN, height=420)
+    return {"data": data, "layout": layout}
 
 
 def spec(fig: go.Figure | dict) -> dict:
@@ -82,25 +84,28 @@ def _metric(table, name: str, key: str, sets: metrics.ScoreSets) -> float:
     return metrics.fast_ood_metrics(sets.id, sets.ood[name])[key]
 
 
-def roc_base(sets: metrics.ScoreSets, table=None, max_points: int = CURVE_POINTS) -> go.Figure:
-    """ROC with ID as the positive class, from at most ``max_points`` exact vertices per set.
+def roc_base(sets: metrics.ScoreSets, table=None, max_points: int = CURVE_POINTS) -> dict:
+    """ROC with ID as the positive class, from at most ``max_points`` exact vertices per set (a spec).
 
     ``table`` is :func:`ood_core.metrics.metrics_table`'s output for the same scores, if at hand
     (the legend's AUROC is exact either way).
     """
-    fig = go.Figure()
+    data = []
     for i, name in enumerate(sets.ood):
         fpr, tpr = metrics.roc_points(sets.id, sets.ood[name], max_points)
         auc = _metric(table, name, "auroc", sets)
-        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{name} (AUROC {100 * auc:.1f})",
-                                 line=dict(color=color_for(i)), hovertemplate="FPR %{x:.3f}<br>TPR %{y:.3f}"))
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"), showlegend=False,
-                             hoverinfo="skip"))
-    fig.add_hline(y=0.95, line_dash="dot", line_color="gray", annotation_text="TPR 95%")
-    fig.update_layout(title="ROC (ID positive)", xaxis_title="false positive rate (OOD called ID)",
-                      yaxis_title="true positive rate (ID kept)", height=420, legend=_LEGEND, margin=_MARGIN,
-                      xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.01]))
-    return fig
+        data.append(dict(type="scatter", x=fpr, y=tpr, mode="lines", name=f"{name} (AUROC {100 * auc:.1f})",
+                         line=dict(color=color_for(i)), hovertemplate="FPR %{x:.3f}<br>TPR %{y:.3f}"))
+    data.append(dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"),
+                     showlegend=False, hoverinfo="skip"))
+    layout = dict(title=dict(text="ROC (ID positive)"), height=420, legend=_LEGEND, margin=_MARGIN,
+                  xaxis=dict(range=[0, 1], title=dict(text="false positive rate (OOD called ID)")),
+                  yaxis=dict(range=[0, 1.01], title=dict(text="true positive rate (ID kept)")),
+                  shapes=[dict(type="line", x0=0, x1=1, xref="x domain", y0=0.95, y1=0.95, yref="y",
+                               line=dict(color="gray", dash="dot"))],
+                  annotations=[dict(x=1, xref="x domain", y=0.95, yref="y", text="TPR 95%", showarrow=False,
+                                    xanchor="right", yanchor="bottom")])
+    return {"data": data, "layout": layout}
 
 
 def with_roc_markers(base: go.Figure | dict, sets: metrics.ScoreSets, threshold: float | None) -> dict:
@@ -117,18 +122,18 @@ def with_roc_markers(base: go.Figure | dict, sets: metrics.ScoreSets, threshold:
     return {"data": [*d["data"], *marks], "layout": d["layout"]}
 
 
-def pr_base(sets: metrics.ScoreSets, table=None, max_points: int = CURVE_POINTS) -> go.Figure:
+def pr_base(sets: metrics.ScoreSets, table=None, max_points: int = CURVE_POINTS) -> dict:
     """Precision-recall with ID as the positive class (AUPR-In), from exact vertices as in :func:`roc_base`."""
-    fig = go.Figure()
+    data = []
     for i, name in enumerate(sets.ood):
         r, p = metrics.pr_points(sets.id, sets.ood[name], max_points)
         ap = _metric(table, name, "aupr_in", sets)
-        fig.add_trace(go.Scatter(x=r, y=p, mode="lines", name=f"{name} (AUPR-In {100 * ap:.1f})",
-                                 line=dict(color=color_for(i), shape="vh")))  # ascending recall: AP's steps
-    fig.update_layout(title="Precision-recall (ID positive)", xaxis_title="recall (ID)", yaxis_title="precision (ID)",
-                      height=420, margin=_MARGIN, xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.01]),
-                      legend=_LEGEND)
-    return fig
+        data.append(dict(type="scatter", x=r, y=p, mode="lines", name=f"{name} (AUPR-In {100 * ap:.1f})",
+                         line=dict(color=color_for(i), shape="vh")))  # ascending recall: AP's steps
+    layout = dict(title=dict(text="Precision-recall (ID positive)"), height=420, margin=_MARGIN, legend=_LEGEND,
+                  xaxis=dict(range=[0, 1], title=dict(text="recall (ID)")),
+                  yaxis=dict(range=[0, 1.01], title=dict(text="precision (ID)")))
+    return {"data": data, "layout": layout}
 
 
 # --- from arrays (one call, one figure) ---------------------------------------------------------------
@@ -148,4 +153,4 @@ def roc_figure(id_scores: np.ndarray, ood: dict[str, np.ndarray], threshold: flo
 
 def pr_figure(id_scores: np.ndarray, ood: dict[str, np.ndarray], table=None) -> go.Figure:
     """Precision-recall with ID as the positive class (AUPR-In); ``table`` as in :func:`roc_base`."""
-    return pr_base(_sets(id_scores, ood), table)
+    return go.Figure(pr_base(_sets(id_scores, ood), table))
