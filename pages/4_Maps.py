@@ -36,8 +36,11 @@ def maps_body(ctx: common.Context) -> None:
                                  format_func=lambda c: {"dataset": "dataset", "pred": "predicted class"}.get(
                                      c, f"score: {SCORE_LABELS.get(c, c)}"), key="maps_color")
         with c2:
-            n_per_set = int(st.slider("Samples per dataset", 10, 2000, 500, 10, key="maps_n",
-                                      help="each set is subsampled to this many points (fixed seed); faces has 400"))
+            # Up to 50,000 per set, so a map can hold 100,000 points (WebGL draws them); the default
+            # keeps a fresh UMAP of the default sets within the ~20 s bar on 2 cores (bench/maps.py).
+            n_per_set = int(st.number_input("Samples per dataset", 10, 50_000, 500, 100, key="maps_n",
+                                            help="each set is subsampled to this many points (fixed seed); faces has "
+                                                 "400. UMAP/t-SNE time grows with it (bench/maps.py --embed-sizes)"))
             seed = int(st.number_input("Seed", 0, 1_000_000, 0, 1, key="maps_seed",
                                        help="drives the subsample and the embedding"))
         with c3:
