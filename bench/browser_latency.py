@@ -1,4 +1,4 @@
-"""Browser latency of the app: a knob move on Scores, and a 100k-point map on Maps (issue 15).
+"""Browser latency of the app: a knob move on Scores, in the default and a large case (issue 15).
 
 Playwright drives Debian's Chromium (``/usr/bin/chromium``, never a Playwright download)
 against a running app (``--url``) or one it starts itself (its own process group, stopped on
@@ -16,12 +16,12 @@ Cases:
   (``bench_ood``) through the same model; generated and registered once in the bench cache,
   selected through Home's experiment upload (so the same browser session then opens Scores).
 
-Maps (``--maps``): the Maps page with PCA at ``--map-points`` points (features + gradients maps),
-time from navigation to both maps drawn, and from a lasso to the gallery showing the selection.
+The first load of ``/Scores`` in the fresh server (when it starts one) is reported with the
+sidebar's page titles. Maps at 100,000 points: ``bench/maps.py --scale 100000`` (build, payload,
+plotly.js draw and lasso in the same Chromium).
 
-Usage: ``python bench/browser_latency.py [--url URL] [--case default,large] [--moves 10] [--maps]``.
-Bars (docs/architecture.md, "The app"; issue 15): knob → metric ≤ 150 ms (default), ≤ 300 ms (large);
-map at 100k drawn ≤ 3 s once its embedding is cached, selection ≤ 1 s.
+Usage: ``python bench/browser_latency.py [--url URL] [--case default,large] [--moves 10]``.
+Bars (issue 15; medians on a 2-core machine): knob → metric ≤ 150 ms (default), ≤ 300 ms (large).
 """
 from __future__ import annotations
 
@@ -280,63 +280,17 @@ def first_load_nav(browser, url: str) -> None:
         ctx.close()
 
 
-def maps_case(browser, url: str, points: int) -> None:
-    """Maps page, PCA, so many points per map; draw time and lasso -> gallery time."""
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = ctx.new_page()
-    page.set_default_timeout(600_000)
-    try:
-        apply_experiment(page, url, {"model": "default", "id_dataset": LARGE_ID, "ood_datasets": [LARGE_OOD],
-                                     "detectors": ["energy"], "schema": "ood-workbench/experiment@1"})
-        goto_in_session(page, "Maps")
-        page.get_by_text("PCA", exact=True).first.click()
-        wait_idle(page, 600_000)
-        n_key = page.locator(".st-key-maps_n input").first
-        per_set = max(10, points // 2)
-        if n_key.count():
-            n_key.fill(str(per_set))
-            n_key.press("Enter")
-            wait_idle(page, 600_000)
-        # The maps are now computed and cached; reload the page (same session) to time the draw alone.
-        t = time.time()
-        goto_in_session(page, "Scores")
-        t = time.time()
-        page.locator('[data-testid="stSidebarNav"] a', has_text="Maps").first.click()
-        page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .gl-container canvas, "
-                               ".js-plotly-plot canvas').length >= 2", timeout=600_000)
-        wait_idle(page, 600_000)
-        drawn = time.time() - t
-        n_pts = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].slice(0, 1).map(g => "
-                              "(g.data || []).reduce((s, tr) => s + (tr.x ? tr.x.length : 0), 0))")
-        print(f"\nMaps: {n_pts} points on the first map; navigation -> both maps drawn and idle {drawn:.2f} s")
-        plot = page.locator(".js-plotly-plot").first
-        box = plot.bounding_box()
-        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-        t = time.time()
-        page.mouse.move(cx - 60, cy - 60)
-        page.mouse.down()
-        for dx, dy in ((60, -60), (60, 60), (-60, 60), (-60, -60)):
-            page.mouse.move(cx + dx, cy + dy, steps=4)
-        page.mouse.up()
-        page.get_by_text("Clear selection").wait_for(timeout=120_000)
-        print(f"Maps: lasso -> gallery shown {time.time() - t:.2f} s")
-    finally:
-        ctx.close()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", help="a running app; otherwise one is started (and stopped)")
     ap.add_argument("--case", default="default,large")
     ap.add_argument("--moves", type=int, default=10)
-    ap.add_argument("--maps", action="store_true")
-    ap.add_argument("--map-points", type=int, default=100_000)
     args = ap.parse_args()
     os.environ.setdefault("OOD_CACHE_DIR", str(ROOT / "cache" / "bench"))
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     cases = [c for c in args.case.split(",") if c]
     print(f"machine: {machine()}; cache {os.environ['OOD_CACHE_DIR']}", flush=True)
-    if "large" in cases or args.maps:
+    if "large" in cases:
         ensure_large_case()
     proc = None
     try:
@@ -354,8 +308,6 @@ def main() -> None:
                     first_load_nav(browser, url)
                 for case in cases:
                     scores_case(browser, url, case, args.moves)
-                if args.maps:
-                    maps_case(browser, url, args.map_points)
             finally:
                 browser.close()
     finally:

@@ -143,7 +143,7 @@ def browser(spec: str, n: int) -> None:
                 g.on('plotly_selected', e => { window.__sel = [performance.now(), e ? e.points.length : 0]; });
                 g.on('plotly_hover', e => { window.__hov = performance.now(); });
                 document.addEventListener('mouseup', () => { window.__up = performance.now(); }, true);
-                document.addEventListener('mousemove', () => { window.__mv = performance.now(); }, true); }""")
+                }""")
             box = page.locator("#m .nsewdrag").first.bounding_box()
             cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
             page.mouse.move(cx - 50, cy - 50)
@@ -156,6 +156,9 @@ def browser(spec: str, n: int) -> None:
             print(f"  lasso: mouse up -> plotly_selected {sel[0]:.0f} ms ({sel[1]:,} points selected)")
             page.evaluate("() => Plotly.relayout('m', {dragmode: 'pan'})")
             page.mouse.move(cx + 3, cy + 2)
+            page.wait_for_timeout(500)
+            page.evaluate("() => { window.__hov = null; window.__mv = null; document.addEventListener('mousemove',"
+                          " () => { if (window.__mv === null) window.__mv = performance.now(); }, true); }")
             page.mouse.move(cx + 1, cy + 1)
             try:
                 page.wait_for_function("() => window.__hov", timeout=10_000)
