@@ -1,7 +1,7 @@
 """Entry point (`streamlit run app.py`): the page list, the navigation and the sidebar.
 
-Each page is one file; `home.py` is the landing page. Titles and URL paths are set
-here so the sidebar reads "Home, Scores, Compare, …" and links stay stable. The
+Each page is one file; `home.py` is the landing page. Titles and URL paths are set in
+`ui.common.PAGES` so the sidebar reads "Home, Scores, Compare, …" and links stay stable. The
 experiment sidebar is drawn here, once per run, before the page; pages read what it set
 (`ui.common.context()`).
 """
@@ -14,34 +14,18 @@ from ui import common
 
 st.set_page_config(page_title="Gradient-OOD workbench", layout="wide")
 
-
 @st.cache_resource(show_spinner=False)
 def restore_saved(cache_root: str):
     """Datasets and uploads of earlier sessions, once per process (and cache folder), before any page draws."""
     return workbench.restore_saved()
 
-
 restore_saved(str(cache.cache_dir()))
-
-PAGES = [
-    ("home.py", "Home", "", ":material/home:"),
-    ("pages/1_Scores.py", "Scores", "Scores", ":material/leaderboard:"),
-    ("pages/2_Compare.py", "Compare", "Compare", ":material/table_chart:"),
-    ("pages/3_Tuning.py", "Tuning", "Tuning", ":material/tune:"),
-    ("pages/4_Maps.py", "Maps", "Maps", ":material/scatter_plot:"),
-    ("pages/5_Saliency.py", "Saliency", "Saliency", ":material/visibility:"),
-    ("pages/6_Train.py", "Train", "Train", ":material/model_training:"),
-    ("pages/7_Models_and_Data.py", "Models & data", "Models_and_Data", ":material/upload_file:"),
-]
 
 # What the sidebar shows per page (by URL path): all pickers unless listed. Models & data
 # sets the experiment itself, so it gets a summary drawn after the page has run.
 SIDEBAR = {"Tuning": "no_ood", "Train": "no_ood", "Models_and_Data": "none"}
 
-nav = st.navigation([
-    st.Page(path, title=title, icon=icon, default=(path == "home.py"), **({"url_path": url} if url else {}))
-    for path, title, url, icon in PAGES
-])
+nav = st.navigation(common.app_pages())
 sidebar = SIDEBAR.get(nav.url_path, "pickers")
 common.sidebar(sidebar)
 nav.run()

@@ -256,19 +256,21 @@ def fast_ood_metrics(A: "SortedScores", B: "SortedScores") -> dict[str, float]:
     return {"auroc": auroc, "fpr95": fpr95, "aupr_in": aupr_in, "aupr_out": aupr_out}
 
 
-def metrics_table(id_scores: np.ndarray, ood_scores: dict[str, np.ndarray], percent: bool = False):
+def metrics_table(id_scores: np.ndarray | SortedScores, ood_scores: dict[str, np.ndarray | SortedScores],
+                  percent: bool = False):
     """One row per OOD set plus their mean: the table every page shows.
 
     Returns a pandas DataFrame with columns ood_dataset, n_ood, auroc, fpr95, aupr_in, aupr_out.
-    The ID scores are sorted once and shared by every OOD set (:class:`SortedScores`).
+    The ID scores are sorted once and shared by every OOD set (:class:`SortedScores`); scores
+    already sorted (a :class:`SortedScores`, as in :class:`ScoreSets`) are not sorted again.
     """
     import pandas as pd
 
-    a = SortedScores(_check(id_scores, [0.0])[0])
+    a = id_scores if isinstance(id_scores, SortedScores) else SortedScores(_check(id_scores, [0.0])[0])
     rows = []
     for name, s in ood_scores.items():
-        _, b = _check(id_scores, s)
-        rows.append({"ood_dataset": name, "n_ood": int(b.size), **fast_ood_metrics(a, SortedScores(b))})
+        b = s if isinstance(s, SortedScores) else SortedScores(_check(a.values, s)[1])
+        rows.append({"ood_dataset": name, "n_ood": len(b), **fast_ood_metrics(a, b)})
     df = pd.DataFrame(rows, columns=["ood_dataset", "n_ood", *METRICS])
     if len(df) > 1:
         mean = {"ood_dataset": "mean", "n_ood": int(df["n_ood"].sum()), **{k: float(df[k].mean()) for k in METRICS}}
@@ -276,3 +278,82 @@ def metrics_table(id_scores: np.ndarray, ood_scores: dict[str, np.ndarray], perc
     if percent:
         df[list(METRICS)] = df[list(METRICS)] * 100.0
     return df
+
+
+# --- the Scores page's hot path: sort once per knob setting, then everything is a lookup -----------
+# (docs/architecture.md, "The flow": a slider touches only cached arrays.)
+
+def curve_thresholds(A: SortedScores, B: SortedScores, max_points: int = 1000) -> np.ndarray:
+    """At most about ``max_points`` thresholds, descending, at which ROC/PR points are drawn.
+
+    Every threshold is a score that occurs in ``A`` or ``B``, so every point drawn is a vertex
+    of the exact curve (scikit-learn's ``roc_curve`` with ``drop_intermediate=False``); they
+    are spread evenly over the pooled scores' ranks, and the extremes are always kept.
+    """
+    u = np.union1d(A.uniq, B.uniq)
+    if u.size > max_points:
+        u = u[np.unique(np.linspace(0, u.size - 1, max_points).round().astype(np.int64))]
+    return u[::-1]
+
+
+def roc_points(A: SortedScores, B: SortedScores, max_points: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) of the ROC (ID positive) at :func:`curve_thresholds`, starting at (0, 0)."""
+    t = curve_thresholds(A, B, max_points)
+    return np.r_[0.0, B.count_ge(t) / len(B)], np.r_[0.0, A.count_ge(t) / len(A)]
+
+
+def pr_points(A: SortedScores, B: SortedScores, max_points: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) of the PR curve (ID positive) at :func:`curve_thresholds`, starting at recall 0."""
+    t = curve_thresholds(A, B, max_points)
+    tp, fp = A.count_ge(t), B.count_ge(t)
+    keep = tp + fp > 0
+    tp, fp = tp[keep], fp[keep]
+    p = tp / (tp + fp)
+    return np.r_[0.0, tp / len(A)], np.r_[p[0] if p.size else 1.0, p]
+
+
+def histogram_counts(A: SortedScores, edges: np.ndarray) -> np.ndarray:
+    """``np.histogram(scores, edges)[0]`` from sorted scores: one binary search per edge (last bin closed)."""
+    idx = np.searchsorted(A.values, edges, side="left")
+    idx[-1] = np.searchsorted(A.values, edges[-1], side="right")
+    return np.diff(idx)
+
+
+@dataclass
+class ScoreSets:
+    """The ID scores and each OOD set's scores, each sorted once (:class:`SortedScores`).
+
+    Built once per knob setting; the table, a threshold's counts, the histogram counts and
+    the curves are then binary searches, so a threshold move costs microseconds.
+    """
+
+    id_name: str
+    id: SortedScores
+    ood: dict[str, SortedScores]
+
+    @classmethod
+    def from_arrays(cls, id_scores: np.ndarray, ood_scores: dict[str, np.ndarray], id_name: str = "ID") -> "ScoreSets":
+        a = SortedScores(_check(id_scores, [0.0])[0])
+        return cls(id_name, a, {n: SortedScores(_check([0.0], s)[1]) for n, s in ood_scores.items()})
+
+    @property
+    def lo(self) -> float:
+        return float(min([self.id.values[0]] + [b.values[0] for b in self.ood.values()]))
+
+    @property
+    def hi(self) -> float:
+        return float(max([self.id.values[-1]] + [b.values[-1] for b in self.ood.values()]))
+
+    def table(self):
+        """:func:`metrics_table` without sorting again."""
+        return metrics_table(self.id, self.ood)
+
+    def threshold_at_tpr(self, tpr: float = 0.95) -> float:
+        """As :func:`threshold_at_tpr` (the same numpy call; on sorted input its partition is a single pass)."""
+        return threshold_at_tpr(self.id.values, tpr)
+
+    def at_threshold(self, name: str, t: float) -> ThresholdStats:
+        """As :func:`at_threshold` for the OOD set ``name``."""
+        a, b = self.id, self.ood[name]
+        ia, oa = int(a.count_ge(t)), int(b.count_ge(t))
+        return ThresholdStats(float(t), ia / len(a), oa / len(b), ia, len(a) - ia, oa, len(b) - oa)

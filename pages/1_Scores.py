@@ -1,4 +1,12 @@
-"""Scores: one detector, its knobs, ID vs OOD distributions, ROC/PR, a live threshold."""
+"""Scores: one detector, its knobs, ID vs OOD distributions, ROC/PR, a live threshold.
+
+Live knobs (docs/architecture.md, "The app"): everything below the page's caption is a
+fragment, so a knob move reruns only it (not app.py's sidebar, not the model or the
+extractions), and the threshold controls are a nested fragment, so a threshold move reruns
+only the threshold's counts and overlays. The scores of one knob setting are sorted once
+(``metrics.ScoreSets``) and their table and base figures are kept in ``state.scores_view``,
+so only what changed is rebuilt.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +16,7 @@ from ood_core import metrics
 from ood_core import workbench as wb
 from ood_core.data import get_dataset
 from ood_core.detectors import detector_names, get_detector
-from ood_core.figures.scores import pr_figure, roc_figure, score_histogram
+from ood_core.figures import scores as figs
 from ui import common, state
 from ui.export import figure_downloads, per_sample_downloads, table_downloads
 
@@ -22,155 +30,183 @@ if not ctx.ood:
     st.info("Choose at least one OOD dataset in the sidebar.")
     st.stop()
 
-id_ext = common.extraction(ctx.bundle, ctx.id_name)
 
-# --- detector and knobs --------------------------------------------------------
-names = detector_names()
-reasons = {n: get_detector(n).unavailable_reason(id_ext) for n in names}
-if state.get("detector") not in names:
-    state.put("detector", "energy")
-left, right = st.columns([1, 3])
-with left:
-    det_name = st.selectbox(
-        "Detector", names, key="detector",
-        format_func=lambda n: f"{n}" + ("  (unavailable)" if reasons[n] else ""),
-    )
-    if reasons[det_name]:
-        st.warning(reasons[det_name])
-        st.stop()
-    with common.guard(f"fitting {det_name}"), st.spinner(f"Fitting {det_name} on the ID training split…"):
-        det = wb.fitted_detector(det_name, ctx.bundle, ctx.id_name)
-    st.caption(det.describe())
-    if det.help:
-        st.caption(det.help)
-    knobs = common.knob_widgets(det, "scores", state.detector_knobs(det_name))
-    with common.guard(det_name):
-        knobs = det.resolve(knobs)
-    state.set_detector_knobs(det_name, knobs)
-    derived = det.derived(**knobs)
-    for k, v in derived.items():
-        st.caption(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
+@st.fragment
+def detector_and_results(ctx: common.Context) -> None:
+    """The detector, its knobs, the metrics and the threshold: reruns alone on a knob move."""
+    id_ext = common.extraction(ctx.bundle, ctx.id_name)
+    names = detector_names()
+    reasons = {n: get_detector(n).unavailable_reason(id_ext) for n in names}
+    if state.get("detector") not in names:
+        state.put("detector", "energy")
+    left, right = st.columns([1, 3])
+    with left:
+        det_name = st.selectbox(
+            "Detector", names, key="detector",
+            format_func=lambda n: f"{n}" + ("  (unavailable)" if reasons[n] else ""),
+        )
+        if reasons[det_name]:
+            st.warning(reasons[det_name])
+            return
+        with common.guard(f"fitting {det_name}"), st.spinner(f"Fitting {det_name} on the ID training split…"):
+            det = wb.fitted_detector(det_name, ctx.bundle, ctx.id_name)
+        st.caption(det.describe())
+        if det.help:
+            st.caption(det.help)
+        knobs = common.knob_widgets(det, "scores", state.detector_knobs(det_name))
+        with common.guard(det_name):
+            knobs = det.resolve(knobs)
+        state.set_detector_knobs(det_name, knobs)
+        derived = det.derived(**knobs)
+        for k, v in derived.items():
+            st.caption(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
 
-# --- scores --------------------------------------------------------------------
-sets = [ctx.id_name, *ctx.ood]
+    sets = [ctx.id_name, *ctx.ood]
+
+    def _score_sets(progress=None, _b=ctx.bundle, _d=det, _k=knobs, _sets=sets, _id=ctx.id_name) -> dict[str, np.ndarray]:
+        """Scores of every set; defaults bind this run's values so a background job keeps them."""
+        res = {}
+        for i, n in enumerate(_sets):
+            step = (lambda f, m, i=i: progress((i + f) / len(_sets), m)) if progress else None
+            res[n] = wb.score(_b, _d, n, _id, _k, progress=step)
+        return res
+
+    view_key = f"{ctx.bundle.fingerprint}:{det_name}:{sorted(knobs.items())}:{sets}"
+    view = state.get("scores_view")
+    if view is None or view["key"] != view_key:
+        with common.guard(f"scoring with {det_name}"):
+            if det.needs_model and not all(wb.is_cached(ctx.bundle, det, n, knobs) for n in sets):
+                with right:
+                    scores = common.run_as_job(f"scores:{view_key}", lambda jc: _score_sets(jc.progress),
+                                               f"{det_name} on {len(sets)} datasets")
+            else:
+                scores = _score_sets()
+            view = scores_view(view_key, ctx.id_name, scores)
+        state.put("scores_view", view)
+    table = view["table"]
+
+    with right:
+        acc = id_ext.accuracy
+        c1, c2, c3, c4 = st.columns(4)
+        c1.metric("ID accuracy", f"{100 * acc:.2f}%" if np.isfinite(acc) else "n/a")
+        mean_row = table.iloc[-1]
+        c2.metric("AUROC (mean)", f"{100 * mean_row['auroc']:.2f}")
+        c3.metric("FPR@95TPR (mean)", f"{100 * mean_row['fpr95']:.2f}")
+        c4.metric("AUPR-In (mean)", f"{100 * mean_row['aupr_in']:.2f}")
+        diag = det.diagnostics(id_ext, **knobs)
+        for k, v in diag.items():
+            if v:
+                st.warning(f"{k} in the ID test set: {v}. The score's order reverses for them.")
+        show = table.rename(columns={"ood_dataset": "OOD set", "n_ood": "n", "auroc": "AUROC %", "fpr95": "FPR95 %",
+                                     "aupr_in": "AUPR-In %", "aupr_out": "AUPR-Out %"})
+        for c in ["AUROC %", "FPR95 %", "AUPR-In %", "AUPR-Out %"]:
+            show[c] = (100 * show[c]).round(2)
+        st.subheader("Metrics")
+        st.dataframe(show, hide_index=True, width="stretch", key="metrics_table")
+        table_downloads(show, f"metrics_{det_name}", key="metrics")
+        with st.popover("Per-sample scores"):
+            st.caption("Every sample's dataset, index, label, prediction and this detector's score.")
+            per_sample_downloads(ctx.model, ctx.id_name, ctx.ood, [det_name], {det_name: knobs}, key="scores")
+
+    threshold_panel(ctx, det_name, view)
+
+    with st.expander("Reproduce"):
+        exp = common.current_experiment([det_name])
+        st.code(exp.to_json(), language="json")
+        st.download_button("Experiment JSON", exp.to_json(), "experiment.json", "application/json", key="dl-exp")
+        cli = (f"python -m ood_core evaluate --model {exp.model} --id {exp.id_dataset} --ood {','.join(exp.ood_datasets)} "
+               f"--detectors {det_name} " + " ".join(f"--param {det_name}.{k}={v}" for k, v in knobs.items()) + " --json")
+        st.code(cli, language="bash")
 
 
-def _score_sets(progress=None, _b=ctx.bundle, _d=det, _k=knobs, _sets=sets, _id=ctx.id_name) -> dict[str, np.ndarray]:
-    """Scores of every set; defaults bind this run's values so a background job keeps them."""
-    res = {}
-    for i, n in enumerate(_sets):
-        step = (lambda f, m, i=i: progress((i + f) / len(_sets), m)) if progress else None
-        res[n] = wb.score(_b, _d, n, _id, _k, progress=step)
-    return res
+MISSES = 12
 
 
-with common.guard(f"scoring with {det_name}"):
-    if det.needs_model and not all(wb.is_cached(ctx.bundle, det, n, knobs) for n in sets):
-        key = f"scores:{ctx.bundle.fingerprint}:{det_name}:{sorted(knobs.items())}:{sets}"
-        with right:
-            scores = common.run_as_job(key, lambda jc: _score_sets(jc.progress), f"{det_name} on {len(sets)} datasets")
-    else:
-        scores = _score_sets()
-    id_scores = scores[ctx.id_name]
-    ood_scores = {n: scores[n] for n in ctx.ood}
-    table = metrics.metrics_table(id_scores, ood_scores)
+def scores_view(key: str, id_name: str, scores: dict[str, np.ndarray]) -> dict:
+    """One knob setting's sorted scores, exact table and extremes; base figures are added as drawn."""
+    sv = metrics.ScoreSets.from_arrays(scores[id_name], {n: v for n, v in scores.items() if n != id_name}, id_name)
+    extremes = {}
+    for n, s in scores.items():  # the few highest OOD / lowest ID scores: the misses at any threshold
+        k = min(MISSES, s.size)
+        top = np.argpartition(-s, k - 1)[:k] if n != id_name else np.argpartition(s, k - 1)[:k]
+        extremes[n] = top[np.argsort(-s[top] if n != id_name else s[top], kind="stable")]
+    return {"key": key, "sets": sv, "table": sv.table(), "scores": scores, "extremes": extremes, "figures": {}}
 
-with right:
-    acc = id_ext.accuracy
-    c1, c2, c3, c4 = st.columns(4)
-    c1.metric("ID accuracy", f"{100 * acc:.2f}%" if np.isfinite(acc) else "n/a")
-    mean_row = table.iloc[-1]
-    c2.metric("AUROC (mean)", f"{100 * mean_row['auroc']:.2f}")
-    c3.metric("FPR@95TPR (mean)", f"{100 * mean_row['fpr95']:.2f}")
-    c4.metric("AUPR-In (mean)", f"{100 * mean_row['aupr_in']:.2f}")
-    diag = det.diagnostics(id_ext, **knobs)
-    for k, v in diag.items():
-        if v:
-            st.warning(f"{k} in the ID test set: {v}. The score's order reverses for them.")
-    show = table.rename(columns={"ood_dataset": "OOD set", "n_ood": "n", "auroc": "AUROC %", "fpr95": "FPR95 %",
-                                 "aupr_in": "AUPR-In %", "aupr_out": "AUPR-Out %"})
-    for c in ["AUROC %", "FPR95 %", "AUPR-In %", "AUPR-Out %"]:
-        show[c] = (100 * show[c]).round(2)
-    st.subheader("Metrics")
-    st.dataframe(show, hide_index=True, width="stretch", key="metrics_table")
-    table_downloads(show, f"metrics_{det_name}", key="metrics")
-    with st.popover("Per-sample scores"):
-        st.caption("Every sample's dataset, index, label, prediction and this detector's score.")
-        per_sample_downloads(ctx.model, ctx.id_name, ctx.ood, [det_name], {det_name: knobs}, key="scores")
 
-# --- threshold -----------------------------------------------------------------
-st.subheader("Threshold")
-t95 = metrics.threshold_at_tpr(id_scores, 0.95)
-allv = np.concatenate([id_scores] + list(ood_scores.values()))
-lo, hi = float(np.min(allv)), float(np.max(allv))
-tc1, tc2 = st.columns([3, 1])
-with tc2:
-    mode = st.radio("Set the threshold by", ["ID kept (TPR)", "score value"], key="thr_mode")
-    focus = st.selectbox("OOD set for counts", ctx.ood, key="thr_focus")
-with tc1:
-    if mode == "ID kept (TPR)":
-        tpr_target = st.slider("Keep this fraction of ID samples", 0.50, 1.00, 0.95, 0.005, key="thr_tpr")
-        thr = metrics.threshold_at_tpr(id_scores, tpr_target)
-    else:
-        span = hi - lo if hi > lo else 1.0
-        thr = st.slider("Score threshold (score ≥ threshold → called ID)", lo, hi, float(np.clip(t95, lo, hi)),
-                        span / 500, key="thr_value", format="%.4g")
-stats = metrics.at_threshold(id_scores, ood_scores[focus], thr)
-m1, m2, m3, m4, m5 = st.columns(5)
-m1.metric("threshold", f"{thr:.4g}")
-m2.metric("TPR (ID kept)", f"{100 * stats.tpr:.1f}%")
-m3.metric(f"FPR ({focus} called ID)", f"{100 * stats.fpr:.1f}%")
-m4.metric("ID called OOD", f"{stats.id_below} / {stats.id_above + stats.id_below}")
-m5.metric(f"{focus} called ID", f"{stats.ood_above} / {stats.ood_above + stats.ood_below}")
+def _figure(view: dict, name: str, build):
+    """A base figure of this knob setting, built on first use and kept in the view."""
+    if name not in view["figures"]:
+        view["figures"][name] = figs.spec(build())
+    return view["figures"][name]
 
-g1, g2 = st.columns(2)
-with g1:
-    log_y = st.checkbox("log y-axis", key="hist_log")
-    hist = score_histogram(id_scores, ood_scores, thr, id_name=ctx.id_name, log_y=log_y,
-                           title=f"{det_name} scores (higher = more ID)")
-    st.plotly_chart(hist, width="stretch", key="hist")
-    figure_downloads(hist, f"histogram_{det_name}", key="hist")
-with g2:
-    tab_roc, tab_pr = st.tabs(["ROC", "PR"])
-    with tab_roc:
-        rocf = roc_figure(id_scores, ood_scores, thr, table)
-        st.plotly_chart(rocf, width="stretch", key="roc")
-        figure_downloads(rocf, f"roc_{det_name}", key="roc")
-    with tab_pr:
-        prf = pr_figure(id_scores, ood_scores, table)
-        st.plotly_chart(prf, width="stretch", key="pr")
-        figure_downloads(prf, f"pr_{det_name}", key="pr")
 
-# --- the misses ----------------------------------------------------------------
-with st.expander("Mistakes at this threshold: OOD samples called ID, ID samples called OOD"):
-    kind = st.radio("Show", [f"{focus} called ID (highest scores)", "ID called OOD (lowest scores)"],
-                    horizontal=True, key="miss_kind")
-    if kind.startswith(focus):
-        ds_name, s = focus, ood_scores[focus]
-        idx = np.argsort(-s)
-        idx = idx[s[idx] >= thr][:12]
-    else:
-        ds_name, s = ctx.id_name, id_scores
-        idx = np.argsort(s)
-        idx = idx[s[idx] < thr][:12]
-    if len(idx) == 0:
-        st.write("None at this threshold.")
-    else:
-        ds = get_dataset(ds_name)
-        ext = common.extraction(ctx.bundle, ds_name)
-        cols = st.columns(6)
-        for j, i in enumerate(idx):
-            with cols[j % 6]:
-                st.image(ds.images[i], width=84, clamp=True,
-                         caption=f"#{int(ds.sample_ids[i])} score {s[i]:.3g} pred {int(ext.preds[i])}")
-                if st.button("Saliency →", key=f"sal-{ds_name}-{i}"):
-                    state.select_sample(ds_name, i)
-                    st.switch_page("pages/5_Saliency.py")
+@st.fragment
+def threshold_panel(ctx: common.Context, det_name: str, view: dict) -> None:
+    """The threshold, its counts and the figures: reruns alone on a threshold move."""
+    sv: metrics.ScoreSets = view["sets"]
+    scores = view["scores"]
+    st.subheader("Threshold")
+    t95 = sv.threshold_at_tpr(0.95)
+    lo, hi = sv.lo, sv.hi
+    tc1, tc2 = st.columns([3, 1])
+    with tc2:
+        mode = st.radio("Set the threshold by", ["ID kept (TPR)", "score value"], key="thr_mode")
+        focus = st.selectbox("OOD set for counts", ctx.ood, key="thr_focus")
+    with tc1:
+        if mode == "ID kept (TPR)":
+            tpr_target = st.slider("Keep this fraction of ID samples", 0.50, 1.00, 0.95, 0.005, key="thr_tpr")
+            thr = sv.threshold_at_tpr(tpr_target)
+        else:
+            span = hi - lo if hi > lo else 1.0
+            thr = st.slider("Score threshold (score ≥ threshold → called ID)", lo, hi, float(np.clip(t95, lo, hi)),
+                            span / 500, key="thr_value", format="%.4g")
+    stats = sv.at_threshold(focus, thr)
+    m1, m2, m3, m4, m5 = st.columns(5)
+    m1.metric("threshold", f"{thr:.4g}")
+    m2.metric("TPR (ID kept)", f"{100 * stats.tpr:.1f}%")
+    m3.metric(f"FPR ({focus} called ID)", f"{100 * stats.fpr:.1f}%")
+    m4.metric("ID called OOD", f"{stats.id_below} / {stats.id_above + stats.id_below}")
+    m5.metric(f"{focus} called ID", f"{stats.ood_above} / {stats.ood_above + stats.ood_below}")
 
-with st.expander("Reproduce"):
-    exp = common.current_experiment([det_name])
-    st.code(exp.to_json(), language="json")
-    st.download_button("Experiment JSON", exp.to_json(), "experiment.json", "application/json", key="dl-exp")
-    cli = (f"python -m ood_core evaluate --model {exp.model} --id {exp.id_dataset} --ood {','.join(exp.ood_datasets)} "
-           f"--detectors {det_name} " + " ".join(f"--param {det_name}.{k}={v}" for k, v in knobs.items()) + " --json")
-    st.code(cli, language="bash")
+    g1, g2 = st.columns(2)
+    with g1:
+        log_y = st.checkbox("log y-axis", key="hist_log")
+        base = _figure(view, f"hist:{log_y}", lambda: figs.histogram_base(
+            sv, title=f"{det_name} scores (higher = more ID)", log_y=log_y))
+        hist = figs.with_threshold_line(base, thr)
+        st.plotly_chart(hist, width="stretch", key="hist")
+        figure_downloads(hist, f"histogram_{det_name}", key="hist")
+    with g2:
+        # One curve drawn at a time (tabs would draw both on every move); switching reruns only this fragment.
+        curve = st.radio("Curve", ["ROC", "PR"], horizontal=True, key="curve_kind", label_visibility="collapsed")
+        if curve == "ROC":
+            rocf = figs.with_roc_markers(_figure(view, "roc", lambda: figs.roc_base(sv, view["table"])), sv, thr)
+            st.plotly_chart(rocf, width="stretch", key="roc")
+            figure_downloads(rocf, f"roc_{det_name}", key="roc")
+        else:
+            prf = _figure(view, "pr", lambda: figs.pr_base(sv, view["table"]))
+            st.plotly_chart(prf, width="stretch", key="pr")
+            figure_downloads(prf, f"pr_{det_name}", key="pr")
+
+    with st.expander("Mistakes at this threshold: OOD samples called ID, ID samples called OOD"):
+        kind = st.radio("Show", [f"{focus} called ID (highest scores)", "ID called OOD (lowest scores)"],
+                        horizontal=True, key="miss_kind")
+        ds_name = focus if kind.startswith(focus) else ctx.id_name
+        s, idx = scores[ds_name], view["extremes"][ds_name]
+        idx = idx[s[idx] >= thr] if ds_name == focus else idx[s[idx] < thr]
+        if len(idx) == 0:
+            st.write("None at this threshold.")
+        else:
+            ds = get_dataset(ds_name)
+            ext = common.extraction(ctx.bundle, ds_name)
+            cols = st.columns(6)
+            for j, i in enumerate(idx):
+                with cols[j % 6]:
+                    st.image(ds.images[i], width=84, clamp=True,
+                             caption=f"#{int(ds.sample_ids[i])} score {s[i]:.3g} pred {int(ext.preds[i])}")
+                    if st.button("Saliency →", key=f"sal-{ds_name}-{i}"):
+                        state.select_sample(ds_name, i)
+                        st.switch_page("pages/5_Saliency.py")
+
+
+detector_and_results(ctx)

@@ -24,37 +24,6 @@ if not ctx.ood:
     st.info("Choose at least one OOD dataset in the sidebar.")
     st.stop()
 
-common.extraction(ctx.bundle, ctx.id_name)
-classes = detector_classes()
-cached_names = cmp.cached_array_detectors()
-model_names = [n for n, c in classes.items() if c.needs_model]
-
-c1, c2, c3 = st.columns([2, 5, 1])
-with c1:
-    metric = st.radio("Metric", list(METRICS), format_func=lambda m: LABELS[m], horizontal=True, key="compare.metric")
-with c2:
-    chosen = st.multiselect("Detectors", list(classes), default=cached_names, key="compare.detectors",
-                            help="model-time detectors (e.g. odin) need a job; their rows appear once it has run")
-with c3:
-    n_boot = int(st.number_input("Resamples", 0, 5000, 1000, 100, key="compare.n_boot",
-                                 help="bootstrap resamples for the intervals (0: no intervals)"))
-if not chosen:
-    st.info("Pick at least one detector.")
-    st.stop()
-
-params = {d: v for d, v in state.detector_knobs().items() if d in chosen}
-chosen_model = [d for d in chosen if d in model_names]
-
-
-def _model_time_cached() -> tuple[bool, ...]:
-    out = []
-    for d in chosen_model:
-        try:
-            out.append(cmp.model_time_cached(ctx.bundle, d, [ctx.id_name, *ctx.ood], params.get(d)))
-        except UserError:
-            out.append(False)
-    return tuple(out)
-
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _table(fingerprint: str, id_name: str, ood: tuple, dets: tuple, params_json: str, n_boot: int,
@@ -62,55 +31,93 @@ def _table(fingerprint: str, id_name: str, ood: tuple, dets: tuple, params_json:
     return cmp.compare_table(_bundle, id_name, list(ood), list(dets), json.loads(params_json), n_boot=n_boot)
 
 
-mt_state = _model_time_cached()
-with common.guard("comparing"), st.spinner(f"Scoring {len(chosen)} detectors on {len(ctx.ood)} OOD sets…"):
-    df = _table(ctx.bundle.fingerprint, ctx.id_name, tuple(ctx.ood), tuple(chosen),
-                json.dumps(params, sort_keys=True, default=str), n_boot, mt_state, ctx.bundle)
+@st.fragment
+def compare_body(ctx: common.Context) -> None:
+    """Everything below the caption, a fragment: a control here reruns only this (docs/architecture.md, "The app")."""
+    common.extraction(ctx.bundle, ctx.id_name)
+    classes = detector_classes()
+    cached_names = cmp.cached_array_detectors()
+    model_names = [n for n, c in classes.items() if c.needs_model]
 
-# --- model-time detectors: run as a job -------------------------------------------------
-pending = [d for d, ok in zip(chosen_model, mt_state) if not ok]
-if pending:
-    key = f"compare-mt:{ctx.bundle.fingerprint}:{ctx.id_name}:{ctx.ood}:{pending}:{sorted(params.items(), key=str)}"
-    running = key in state.get("job_ids", {})
-    if running or st.button(f"Run model-time detectors ({', '.join(pending)}) as a job", key="compare.run_mt"):
-        def _job(jc, _b=ctx.bundle, _id=ctx.id_name, _ood=list(ctx.ood), _d=pending, _p=params):
-            return cmp.compare_table(_b, _id, _ood, _d, _p, n_boot=0, progress=jc.progress, run_model_time=True)
-        common.run_as_job(key, _job, f"{', '.join(pending)} on {1 + len(ctx.ood)} datasets")
-        state.get("job_ids").pop(key, None)
-        st.rerun()
+    c1, c2, c3 = st.columns([2, 5, 1])
+    with c1:
+        metric = st.radio("Metric", list(METRICS), format_func=lambda m: LABELS[m], horizontal=True, key="compare.metric")
+    with c2:
+        chosen = st.multiselect("Detectors", list(classes), default=cached_names, key="compare.detectors",
+                                help="model-time detectors (e.g. odin) need a job; their rows appear once it has run")
+    with c3:
+        n_boot = int(st.number_input("Resamples", 0, 5000, 1000, 100, key="compare.n_boot",
+                                     help="bootstrap resamples for the intervals (0: no intervals)"))
+    if not chosen:
+        st.info("Pick at least one detector.")
+        return
 
-# --- the table ----------------------------------------------------------------------------
-ok = cmp.ok_rows(df)
-if ok.empty:
-    st.warning("No detector could run on this model and data; see the reasons below.")
-else:
-    w = cmp.wide(df, metric)
-    best = cmp.best_mask(w, metric)
-    better = "higher" if metric != "fpr95" else "lower"
-    st.subheader(f"{LABELS[metric]} ({better} is better; best per column in bold green)")
-    styled = w.style.format("{:.4f}").apply(
-        lambda col: ["font-weight: bold; background-color: #c8e6c9" if b else "" for b in best[col.name]], axis=0)
-    st.dataframe(styled, width="stretch", key="compare.table")
-    if metric in ("auroc", "fpr95") and n_boot:
-        with st.expander(f"{LABELS[metric]} with 95% bootstrap intervals ({n_boot} resamples)", expanded=True):
-            st.dataframe(cmp.ci_text(df, metric), width="stretch", key="compare.ci")
-    secs = df.attrs.get("seconds")
-    if secs is not None:
-        st.caption(f"{len(ok)} cells computed in {secs:.2f} s (cached afterwards).")
+    params = {d: v for d, v in state.detector_knobs().items() if d in chosen}
+    chosen_model = [d for d in chosen if d in model_names]
 
-bad = cmp.unavailable(df)
-if not bad.empty:
-    st.markdown("**Not shown**")
-    for _, r in bad.iterrows():
-        st.markdown(f":gray[**{r['detector']}**: {r['status']}. {r['reason']}]")
 
-if not ok.empty:
-    fig = compare_chart(df, metric)
-    st.plotly_chart(fig, width="stretch", key="compare.chart")
-    d1, d2 = st.columns(2)
-    with d1:
-        figure_downloads(fig, f"compare_{metric}", key="compare-fig")
-    with d2:
-        table_downloads(df, "compare_table", key="compare-csv")
-    with st.expander("Long table: every detector × OOD set with all metrics"):
-        st.dataframe(df, hide_index=True, width="stretch", key="compare.long")
+    def _model_time_cached() -> tuple[bool, ...]:
+        out = []
+        for d in chosen_model:
+            try:
+                out.append(cmp.model_time_cached(ctx.bundle, d, [ctx.id_name, *ctx.ood], params.get(d)))
+            except UserError:
+                out.append(False)
+        return tuple(out)
+
+
+    mt_state = _model_time_cached()
+    with common.guard("comparing"), st.spinner(f"Scoring {len(chosen)} detectors on {len(ctx.ood)} OOD sets…"):
+        df = _table(ctx.bundle.fingerprint, ctx.id_name, tuple(ctx.ood), tuple(chosen),
+                    json.dumps(params, sort_keys=True, default=str), n_boot, mt_state, ctx.bundle)
+
+    # --- model-time detectors: run as a job -------------------------------------------------
+    pending = [d for d, ok in zip(chosen_model, mt_state) if not ok]
+    if pending:
+        key = f"compare-mt:{ctx.bundle.fingerprint}:{ctx.id_name}:{ctx.ood}:{pending}:{sorted(params.items(), key=str)}"
+        running = key in state.get("job_ids", {})
+        if running or st.button(f"Run model-time detectors ({', '.join(pending)}) as a job", key="compare.run_mt"):
+            def _job(jc, _b=ctx.bundle, _id=ctx.id_name, _ood=list(ctx.ood), _d=pending, _p=params):
+                return cmp.compare_table(_b, _id, _ood, _d, _p, n_boot=0, progress=jc.progress, run_model_time=True)
+            common.run_as_job(key, _job, f"{', '.join(pending)} on {1 + len(ctx.ood)} datasets")
+            state.get("job_ids").pop(key, None)
+            st.rerun()
+
+    # --- the table ----------------------------------------------------------------------------
+    ok = cmp.ok_rows(df)
+    if ok.empty:
+        st.warning("No detector could run on this model and data; see the reasons below.")
+    else:
+        w = cmp.wide(df, metric)
+        best = cmp.best_mask(w, metric)
+        better = "higher" if metric != "fpr95" else "lower"
+        st.subheader(f"{LABELS[metric]} ({better} is better; best per column in bold green)")
+        styled = w.style.format("{:.4f}").apply(
+            lambda col: ["font-weight: bold; background-color: #c8e6c9" if b else "" for b in best[col.name]], axis=0)
+        st.dataframe(styled, width="stretch", key="compare.table")
+        if metric in ("auroc", "fpr95") and n_boot:
+            with st.expander(f"{LABELS[metric]} with 95% bootstrap intervals ({n_boot} resamples)", expanded=True):
+                st.dataframe(cmp.ci_text(df, metric), width="stretch", key="compare.ci")
+        secs = df.attrs.get("seconds")
+        if secs is not None:
+            st.caption(f"{len(ok)} cells computed in {secs:.2f} s (cached afterwards).")
+
+    bad = cmp.unavailable(df)
+    if not bad.empty:
+        st.markdown("**Not shown**")
+        for _, r in bad.iterrows():
+            st.markdown(f":gray[**{r['detector']}**: {r['status']}. {r['reason']}]")
+
+    if not ok.empty:
+        fig = compare_chart(df, metric)
+        st.plotly_chart(fig, width="stretch", key="compare.chart")
+        d1, d2 = st.columns(2)
+        with d1:
+            figure_downloads(fig, f"compare_{metric}", key="compare-fig")
+        with d2:
+            table_downloads(df, "compare_table", key="compare-csv")
+        with st.expander("Long table: every detector × OOD set with all metrics"):
+            st.dataframe(df, hide_index=True, width="stretch", key="compare.long")
+
+
+compare_body(ctx)

@@ -6,7 +6,7 @@ import streamlit as st
 
 from ood_core import gradients, maps
 from ood_core.data import get_dataset
-from ood_core.figures.maps import SCORE_LABELS, map_figure, separability_figure, separability_frame
+from ood_core.figures.maps import SCORE_LABELS, map_figure, picked_rows, selected_mask, separability_figure, separability_frame
 from ui import common, state
 from ui.export import figure_downloads, table_downloads
 
@@ -22,212 +22,223 @@ if not ctx.ood:
     st.info("Choose at least one OOD dataset in the sidebar.")
     st.stop()
 
-# --- settings ----------------------------------------------------------------------------------
-with st.expander("Map settings", expanded=True):
-    c1, c2, c3, c4 = st.columns([2, 2, 2, 2])
-    with c1:
-        method = st.radio("Method", list(maps.METHODS), format_func=lambda m: maps.METHOD_LABELS[m], horizontal=True,
-                          key="maps_method", index=list(maps.METHODS).index("umap"))
-        color = st.selectbox("Colour by", ["dataset", "pred", *SCORE_LABELS],
-                             format_func=lambda c: {"dataset": "dataset", "pred": "predicted class"}.get(
-                                 c, f"score: {SCORE_LABELS.get(c, c)}"), key="maps_color")
-    with c2:
-        n_per_set = int(st.slider("Samples per dataset", 10, 2000, 500, 10, key="maps_n",
-                                  help="each set is subsampled to this many points (fixed seed); faces has 400"))
-        seed = int(st.number_input("Seed", 0, 1_000_000, 0, 1, key="maps_seed",
-                                   help="drives the subsample and the embedding"))
-    with c3:
-        if method == "pca":
-            st.caption("PCA has no knobs: the two leading principal components of the standardised data.")
-        knobs = common.knob_widgets(maps.KNOBS[method], "maps")
-    with c4:
-        g = maps.GRADIENT_KNOBS
-        avg = state.widget(state.knob_key("maps", g.name, "subspace"), g.defaults()["subspace"]) == "avg"
-        grad_params = {**common.knob_widgets(g, "maps", disabled=["r"] if avg else []),
-                       "T": float(gradients.DEFAULT_PARAMS["T"])}
-    n_total = sum(min(len(get_dataset(n)), n_per_set) for n in [ctx.id_name, *ctx.ood])
-    st.caption(f"{n_total:,} points per map ({1 + len(ctx.ood)} datasets).")
+
+@st.fragment
+def maps_body(ctx: common.Context) -> None:
+    """Everything below the caption, a fragment: a knob, a colour or a selection reruns only this, not the sidebar (docs/architecture.md, "The app")."""
+    # --- settings ----------------------------------------------------------------------------------
+    with st.expander("Map settings", expanded=True):
+        c1, c2, c3, c4 = st.columns([2, 2, 2, 2])
+        with c1:
+            method = st.radio("Method", list(maps.METHODS), format_func=lambda m: maps.METHOD_LABELS[m], horizontal=True,
+                              key="maps_method", index=list(maps.METHODS).index("umap"))
+            color = st.selectbox("Colour by", ["dataset", "pred", *SCORE_LABELS],
+                                 format_func=lambda c: {"dataset": "dataset", "pred": "predicted class"}.get(
+                                     c, f"score: {SCORE_LABELS.get(c, c)}"), key="maps_color")
+        with c2:
+            # Up to 50,000 per set, so a map can hold 100,000 points (WebGL draws them); the default
+            # keeps a fresh UMAP of the default sets within the ~20 s bar on 2 cores (bench/maps.py).
+            n_per_set = int(st.number_input("Samples per dataset", 10, 50_000, 500, 100, key="maps_n",
+                                            help="each set is subsampled to this many points (fixed seed); faces has "
+                                                 "400. UMAP/t-SNE time grows with it (bench/maps.py --embed-sizes)"))
+            seed = int(st.number_input("Seed", 0, 1_000_000, 0, 1, key="maps_seed",
+                                       help="drives the subsample and the embedding"))
+        with c3:
+            if method == "pca":
+                st.caption("PCA has no knobs: the two leading principal components of the standardised data.")
+            knobs = common.knob_widgets(maps.KNOBS[method], "maps")
+        with c4:
+            g = maps.GRADIENT_KNOBS
+            avg = state.widget(state.knob_key("maps", g.name, "subspace"), g.defaults()["subspace"]) == "avg"
+            grad_params = {**common.knob_widgets(g, "maps", disabled=["r"] if avg else []),
+                           "T": float(gradients.DEFAULT_PARAMS["T"])}
+        n_total = sum(min(len(get_dataset(n)), n_per_set) for n in [ctx.id_name, *ctx.ood])
+        st.caption(f"{n_total:,} points per map ({1 + len(ctx.ood)} datasets).")
 
 
-# --- computing the two maps ----------------------------------------------------------------------
-def _key(space: str) -> str:
-    gpk = sorted(grad_params.items()) if space == "gradients" else []
-    return (f"map:{ctx.bundle.fingerprint}:{ctx.id_name}:{','.join(ctx.ood)}:{space}:{method}:{n_per_set}:{seed}:"
-            f"{sorted(knobs.items())}:{gpk}")
+    # --- computing the two maps ----------------------------------------------------------------------
+    def _key(space: str) -> str:
+        gpk = sorted(grad_params.items()) if space == "gradients" else []
+        return (f"map:{ctx.bundle.fingerprint}:{ctx.id_name}:{','.join(ctx.ood)}:{space}:{method}:{n_per_set}:{seed}:"
+                f"{sorted(knobs.items())}:{gpk}")
 
 
-memo: dict = state.setdefault("maps_results", {})
+    memo: dict = state.setdefault("maps_results", {})
 
 
-def _remember(key: str, res) -> None:
-    memo[key] = res
-    while len(memo) > 6:
-        memo.pop(next(iter(memo)))
+    def _remember(key: str, res) -> None:
+        memo[key] = res
+        while len(memo) > 6:
+            memo.pop(next(iter(memo)))
 
 
-def _compute(space: str):
-    key = _key(space)
-    if key in memo:
-        return memo[key]
-    bar = st.progress(0.0, f"{space} map…")
-    res = maps.compute_map(ctx.bundle, ctx.id_name, ctx.ood, space, method, n_per_set, seed,
-                           grad_params if space == "gradients" else None,
-                           progress=lambda f, m: bar.progress(float(min(1.0, max(0.0, f))), m), **knobs)
-    bar.empty()
-    _remember(key, res)
-    return res
+    def _compute(space: str):
+        key = _key(space)
+        if key in memo:
+            return memo[key]
+        bar = st.progress(0.0, f"{space} map…")
+        res = maps.compute_map(ctx.bundle, ctx.id_name, ctx.ood, space, method, n_per_set, seed,
+                               grad_params if space == "gradients" else None,
+                               progress=lambda f, m: bar.progress(float(min(1.0, max(0.0, f))), m), **knobs)
+        bar.empty()
+        _remember(key, res)
+        return res
 
 
-left, right = st.columns(2)
-with left:
-    st.subheader("Penultimate features")
-    with common.guard("features map"), st.spinner(f"{maps.METHOD_LABELS[method]} of the features…"):
-        feat = _compute("features")
-with right:
-    st.subheader("Low-dimensional gradients")
-    with common.guard("gradients map"):
-        gkey = _key("gradients")
-        if gkey in memo or maps.gradients_ready(ctx.bundle, ctx.id_name, ctx.ood, grad_params):
-            with st.spinner(f"{maps.METHOD_LABELS[method]} of the gradients…"):
-                grad = _compute("gradients")
-        else:
-            st.caption("Per-sample gradients of every set are computed once (the subspace from the ID training split, "
-                       "then G·V per set) and cached; later maps reuse them.")
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Penultimate features")
+        with common.guard("features map"), st.spinner(f"{maps.METHOD_LABELS[method]} of the features…"):
+            feat = _compute("features")
+    with right:
+        st.subheader("Low-dimensional gradients")
+        with common.guard("gradients map"):
+            gkey = _key("gradients")
+            if gkey in memo or maps.gradients_ready(ctx.bundle, ctx.id_name, ctx.ood, grad_params):
+                with st.spinner(f"{maps.METHOD_LABELS[method]} of the gradients…"):
+                    grad = _compute("gradients")
+            else:
+                st.caption("Per-sample gradients of every set are computed once (the subspace from the ID training split, "
+                           "then G·V per set) and cached; later maps reuse them.")
 
-            def _job(jc, _b=ctx.bundle, _id=ctx.id_name, _ood=list(ctx.ood), _m=method, _n=n_per_set, _s=seed,
-                     _gp=dict(grad_params), _kn=dict(knobs)):
-                return maps.compute_map(_b, _id, _ood, "gradients", _m, _n, _s, _gp, progress=jc.progress, **_kn)
+                def _job(jc, _b=ctx.bundle, _id=ctx.id_name, _ood=list(ctx.ood), _m=method, _n=n_per_set, _s=seed,
+                         _gp=dict(grad_params), _kn=dict(knobs)):
+                    return maps.compute_map(_b, _id, _ood, "gradients", _m, _n, _s, _gp, progress=jc.progress, **_kn)
 
-            grad = common.run_as_job(gkey, _job, "low-dimensional gradients and their map")
-            _remember(gkey, grad)
+                grad = common.run_as_job(gkey, _job, "low-dimensional gradients and their map")
+                _remember(gkey, grad)
 
-def _pct(v: float) -> str:
-    return f"{100 * v:.1f}" if np.isfinite(v) else "n/a"
-
-
-# --- selection state (shared by both maps) ---------------------------------------------------------
-selected: list[tuple[str, int]] = list(state.get("maps_selected_points", []))
+    def _pct(v: float) -> str:
+        return f"{100 * v:.1f}" if np.isfinite(v) else "n/a"
 
 
-def _picked(event) -> list[tuple[str, int]]:
-    try:
-        pts = event["selection"]["points"]
-    except (KeyError, TypeError):
-        return []
-    out = []
-    for p in pts:
-        cd = p.get("customdata")
-        if isinstance(cd, (list, tuple)) and len(cd) >= 2:
-            out.append((str(cd[0]), int(cd[1])))
-    return out
+    # --- selection state (shared by both maps) ---------------------------------------------------------
+    selected: list[tuple[str, int]] = list(state.get("maps_selected_points", []))
 
 
-def _draw(res, title: str, key: str):
-    s = res.summary()
-    st.caption(f"{maps.METHOD_LABELS[res.method]} of {len(res.frame):,} points in {res.dims} dimensions "
-               f"({res.seconds:.1f} s). kNN AUROC ID vs all OOD: **2-D {_pct(s['auroc_2d'])}**, "
-               f"full space {_pct(s['auroc_full'])}.")
-    with common.guard(title):
+    def _picked(event, frame) -> list[tuple[str, int]]:
         try:
-            fig = map_figure(res.frame, color, ctx.id_name, selected=selected)
-        except ValueError as exc:
-            st.error(str(exc))
-            return None, []
-    event = st.plotly_chart(fig, key=key, on_select="rerun", selection_mode=("points", "box", "lasso"),
-                            width="stretch")
-    figure_downloads(fig, f"map_{key}", key=key)
-    return fig, _picked(event)
+            pts = event["selection"]["points"]
+        except (KeyError, TypeError):
+            return []
+        return picked_rows(frame, pts, color, ctx.id_name)
 
 
-with left:
-    fig_f, pick_f = _draw(feat, "features map", "map_features")
-with right:
-    desc = f"{grad_params['subspace']}, r={grad.dims}, {grad_params['loss']}, {grad_params['param_set']}"
-    st.caption(f"G_low = G·V ({desc})")
-    fig_g, pick_g = _draw(grad, "gradients map", "map_gradients")
-
-picked = list(dict.fromkeys(pick_f + pick_g))
-if picked != selected and (pick_f or pick_g):
-    state.put("maps_selected_points", picked)
-    st.rerun()  # ring the selection in both maps
-
-# --- separability ----------------------------------------------------------------------------------
-st.subheader("Separability")
-st.caption("Cross-validated kNN (k = 15, 5 folds) probability of being ID, scored by AUROC: 50 = ID and OOD mixed, "
-           "100 = they occupy separate regions. '2-D' is on the map's coordinates, 'full' on the vectors the map "
-           "was drawn from (features or G_low), so the gap shows what the 2-D projection loses.")
-sf, sg = feat.summary(), grad.summary()
+    def _draw(res, title: str, key: str):
+        s = res.summary()
+        st.caption(f"{maps.METHOD_LABELS[res.method]} of {len(res.frame):,} points in {res.dims} dimensions "
+                   f"({res.seconds:.1f} s). kNN AUROC ID vs all OOD: **2-D {_pct(s['auroc_2d'])}**, "
+                   f"full space {_pct(s['auroc_full'])}.")
+        with common.guard(title):
+            try:
+                fig = map_figure(res.frame, color, ctx.id_name, selected=selected)
+            except ValueError as exc:
+                st.error(str(exc))
+                return None, []
+        event = st.plotly_chart(fig, key=key, on_select="rerun", selection_mode=("points", "box", "lasso"),
+                                width="stretch")
+        figure_downloads(fig, f"map_{key}", key=key)
+        return fig, _picked(event, res.frame)
 
 
-def _delta(a: float, b: float) -> str | None:
-    return f"{100 * (a - b):+.1f} vs features" if np.isfinite(a) and np.isfinite(b) else None
+    with left:
+        fig_f, pick_f = _draw(feat, "features map", "map_features")
+    with right:
+        desc = f"{grad_params['subspace']}, r={grad.dims}, {grad_params['loss']}, {grad_params['param_set']}"
+        st.caption(f"G_low = G·V ({desc})")
+        fig_g, pick_g = _draw(grad, "gradients map", "map_gradients")
+
+    picked = list(dict.fromkeys(pick_f + pick_g))
+    if picked != selected and (pick_f or pick_g):
+        state.put("maps_selected_points", picked)
+        st.rerun(scope="fragment")  # ring the selection in both maps
+
+    # --- separability ----------------------------------------------------------------------------------
+    st.subheader("Separability")
+    st.caption("Cross-validated kNN (k = 15, 5 folds) probability of being ID, scored by AUROC: 50 = ID and OOD mixed, "
+               "100 = they occupy separate regions. '2-D' is on the map's coordinates, 'full' on the vectors the map "
+               "was drawn from (features or G_low), so the gap shows what the 2-D projection loses.")
+    sf, sg = feat.summary(), grad.summary()
 
 
-if not np.isfinite(sf["auroc_full"]):
-    st.info("Too few points to cross-validate: separability needs at least 2 ID and 2 OOD points.")
-m = st.columns(4)
-m[0].metric("features · 2-D", _pct(sf["auroc_2d"]))
-m[1].metric("features · full", _pct(sf["auroc_full"]))
-m[2].metric("gradients · 2-D", _pct(sg["auroc_2d"]), _delta(sg["auroc_2d"], sf["auroc_2d"]))
-m[3].metric("gradients · full", _pct(sg["auroc_full"]), _delta(sg["auroc_full"], sf["auroc_full"]))
-tables = {"features": feat.separability, "gradients": grad.separability}
-sep_table = separability_frame(tables)
-tc, fc = st.columns([2, 3])
-with tc:
-    st.dataframe(sep_table, hide_index=True, width="stretch", key="maps_separability")
-    table_downloads(sep_table, "map_separability", key="maps_sep")
-with fc:
-    sep_fig = separability_figure(tables)
-    st.plotly_chart(sep_fig, width="stretch", key="maps_sep_fig")
-    figure_downloads(sep_fig, "map_separability", key="maps_sep_fig")
+    def _delta(a: float, b: float) -> str | None:
+        return f"{100 * (a - b):+.1f} vs features" if np.isfinite(a) and np.isfinite(b) else None
 
-# --- gallery ------------------------------------------------------------------------------------------
-st.subheader("Gallery")
-scores_present = [c for c in SCORE_LABELS if c in feat.frame.columns]
-g1, g2 = st.columns([3, 1])
-with g1:
-    source = st.radio("Show", ["selection", "ood_most_id", "id_most_ood"], horizontal=True, key="maps_gallery",
-                      format_func={"selection": "points selected in the maps",
-                                   "ood_most_id": "OOD points that look most ID",
-                                   "id_most_ood": "ID points that look most OOD"}.get)
-with g2:
-    rank_by = st.selectbox("ranked by", scores_present, key="maps_rank_by",
-                           index=scores_present.index("energy") if "energy" in scores_present else 0,
-                           format_func=lambda c: SCORE_LABELS.get(c, c), disabled=source == "selection")
-frame = feat.frame
-if source == "selection":
-    keys = selected
-    if not keys:
-        st.caption("Nothing selected yet: use the box or lasso tool on either map.")
-else:
-    sub = frame[~frame["is_id"]] if source == "ood_most_id" else frame[frame["is_id"]]
-    sub = sub.sort_values(rank_by, ascending=source != "ood_most_id").head(24)
-    keys = list(zip(sub["dataset"].astype(str), sub["index"].astype(int)))
-if keys:
-    if st.button("Clear selection", key="maps_clear", disabled=not selected):
-        state.put("maps_selected_points", [])
-        st.rerun()
-    look = frame.set_index(["dataset", "index"])
-    shown = keys[:24]
-    if len(keys) > 24:
-        st.caption(f"Showing 24 of {len(keys)} samples.")
-    cols = st.columns(6)
-    for j, (ds_name, i) in enumerate(shown):
-        row = look.loc[(ds_name, i)] if (ds_name, i) in look.index else None
-        img = get_dataset(ds_name).images[i]
-        img = np.repeat(np.repeat(img, 3, 0), 3, 1)  # crisp pixels instead of the browser's blur
-        cap = f"{ds_name} #{i}"
-        if row is not None:
-            cap += f" · pred {int(row['pred'])}" + (f" · {SCORE_LABELS[rank_by]} {row[rank_by]:.3g}" if rank_by in row else "")
-        with cols[j % 6]:
-            st.image(img[..., 0] if img.shape[-1] == 1 else img, caption=cap, width=96, clamp=True)
-            if st.button("Saliency →", key=f"maps_sal_{ds_name}_{i}"):
-                state.select_sample(ds_name, i)
-                st.switch_page("pages/5_Saliency.py")
-    sel_rows = frame.set_index(["dataset", "index"]).loc[[k for k in keys if k in look.index]].reset_index()
-    table_downloads(sel_rows, "map_gallery", key="maps_gallery_csv")
 
-with st.expander("All points (features map)"):
-    st.dataframe(frame, hide_index=True, width="stretch", key="maps_points")
-    table_downloads(frame, "map_points_features", key="maps_points_f")
-    table_downloads(grad.frame, "map_points_gradients", key="maps_points_g")
+    if not np.isfinite(sf["auroc_full"]):
+        st.info("Too few points to cross-validate: separability needs at least 2 ID and 2 OOD points.")
+    m = st.columns(4)
+    m[0].metric("features · 2-D", _pct(sf["auroc_2d"]))
+    m[1].metric("features · full", _pct(sf["auroc_full"]))
+    m[2].metric("gradients · 2-D", _pct(sg["auroc_2d"]), _delta(sg["auroc_2d"], sf["auroc_2d"]))
+    m[3].metric("gradients · full", _pct(sg["auroc_full"]), _delta(sg["auroc_full"], sf["auroc_full"]))
+    tables = {"features": feat.separability, "gradients": grad.separability}
+    sep_table = separability_frame(tables)
+    tc, fc = st.columns([2, 3])
+    with tc:
+        st.dataframe(sep_table, hide_index=True, width="stretch", key="maps_separability")
+        table_downloads(sep_table, "map_separability", key="maps_sep")
+    with fc:
+        sep_fig = separability_figure(tables)
+        st.plotly_chart(sep_fig, width="stretch", key="maps_sep_fig")
+        figure_downloads(sep_fig, "map_separability", key="maps_sep_fig")
+
+    # --- gallery ------------------------------------------------------------------------------------------
+    st.subheader("Gallery")
+    scores_present = [c for c in SCORE_LABELS if c in feat.frame.columns]
+    g1, g2 = st.columns([3, 1])
+    with g1:
+        source = st.radio("Show", ["selection", "ood_most_id", "id_most_ood"], horizontal=True, key="maps_gallery",
+                          format_func={"selection": "points selected in the maps",
+                                       "ood_most_id": "OOD points that look most ID",
+                                       "id_most_ood": "ID points that look most OOD"}.get)
+    with g2:
+        rank_by = st.selectbox("ranked by", scores_present, key="maps_rank_by",
+                               index=scores_present.index("energy") if "energy" in scores_present else 0,
+                               format_func=lambda c: SCORE_LABELS.get(c, c), disabled=source == "selection")
+    frame = feat.frame
+    if source == "selection":
+        keys = selected
+        if not keys:
+            st.caption("Nothing selected yet: use the box or lasso tool on either map.")
+    else:
+        sub = frame[~frame["is_id"]] if source == "ood_most_id" else frame[frame["is_id"]]
+        sub = sub.sort_values(rank_by, ascending=source != "ood_most_id").head(24)
+        keys = list(zip(sub["dataset"].astype(str), sub["index"].astype(int)))
+    if keys:
+        if st.button("Clear selection", key="maps_clear", disabled=not selected):
+            state.put("maps_selected_points", [])
+            st.rerun(scope="fragment")
+        shown = keys[:24]
+        if len(keys) > 24:
+            st.caption(f"Showing 24 of {len(keys):,} samples.")
+        # Look rows up by mask (no index over 100,000 points per run): the 24 shown, then all selected.
+        shown_rows = frame[selected_mask(frame, shown)]
+        look = {(str(d), int(i)): r for d, i, r in zip(shown_rows["dataset"], shown_rows["index"],
+                                                      shown_rows.to_dict("records"))}
+        cols = st.columns(6)
+        for j, (ds_name, i) in enumerate(shown):
+            row = look.get((ds_name, i))
+            img = get_dataset(ds_name).images[i]
+            img = np.repeat(np.repeat(img, 3, 0), 3, 1)  # crisp pixels instead of the browser's blur
+            cap = f"{ds_name} #{i}"
+            if row is not None:
+                cap += f" · label {int(row['label'])} · pred {int(row['pred'])}" + (
+                    f" · {SCORE_LABELS[rank_by]} {row[rank_by]:.3g}" if rank_by in row else "")
+            with cols[j % 6]:
+                st.image(img[..., 0] if img.shape[-1] == 1 else img, caption=cap, width=96, clamp=True)
+                if st.button("Saliency →", key=f"maps_sal_{ds_name}_{i}"):
+                    state.select_sample(ds_name, i)
+                    st.switch_page("pages/5_Saliency.py")
+        sel_rows = frame[selected_mask(frame, keys)]
+        table_downloads(sel_rows, "map_gallery", key="maps_gallery_csv")
+
+    with st.expander("All points (features map)"):
+        # The table of every point is sent only when asked for: at 100,000 points it is megabytes.
+        if st.toggle(f"Show the table of all {len(frame):,} points", key="maps_show_points", value=len(frame) <= 5000):
+            st.dataframe(frame, hide_index=True, width="stretch", key="maps_points")
+        table_downloads(frame, "map_points_features", key="maps_points_f")
+        table_downloads(grad.frame, "map_points_gradients", key="maps_points_g")
+
+
+maps_body(ctx)

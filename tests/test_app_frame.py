@@ -68,7 +68,9 @@ def test_sidebar_modes():
     # app.py's SIDEBAR and each page's own call (used when the page runs alone) name the same mode
     app = (ROOT / "app.py").read_text()
     modes = dict(re.findall(r'"(\w+)": "(\w+)"', re.search(r"SIDEBAR = \{([^}]*)\}", app).group(1)))
-    pages = re.findall(r'\("((?:pages/)?\w+\.py)", "[^"]+", "(\w*)"', app)
+    from ui.common import PAGES  # app.py's navigation is built from these
+    assert "common.app_pages()" in app
+    pages = [(path, url) for path, _, url, _ in PAGES]
     assert len(pages) == 8
     for path, url in pages:
         call = re.search(r"common\.(?:context|frame)\((?:\"(\w+)\")?\)", (ROOT / path).read_text())

@@ -22,6 +22,18 @@ from ood_core.knobs import Knob
 from . import state
 
 PICKERS = ("model", "id_dataset", "ood_datasets")
+# The app's pages (file, title, URL path, icon): titles and URL paths are fixed here so the sidebar
+# reads "Home, Scores, Compare, …" and links stay stable. app.py builds its navigation from them.
+PAGES = [
+    ("home.py", "Home", "", ":material/home:"),
+    ("pages/1_Scores.py", "Scores", "Scores", ":material/leaderboard:"),
+    ("pages/2_Compare.py", "Compare", "Compare", ":material/table_chart:"),
+    ("pages/3_Tuning.py", "Tuning", "Tuning", ":material/tune:"),
+    ("pages/4_Maps.py", "Maps", "Maps", ":material/scatter_plot:"),
+    ("pages/5_Saliency.py", "Saliency", "Saliency", ":material/visibility:"),
+    ("pages/6_Train.py", "Train", "Train", ":material/model_training:"),
+    ("pages/7_Models_and_Data.py", "Models & data", "Models_and_Data", ":material/upload_file:"),
+]
 
 
 @contextlib.contextmanager
@@ -120,8 +132,45 @@ def frame(mode: str = "pickers") -> None:
     ``mode`` is the page's entry in app.py's ``SIDEBAR``.
     """
     if state.pop("sidebar_drawn") is None:
+        take_over_from_pages_folder()
         sidebar(mode)
         state.pop("sidebar_drawn")
+
+
+def app_pages() -> list:
+    """The app's pages as ``st.Page`` objects, for ``st.navigation`` (:data:`PAGES`)."""
+    return [st.Page(path, title=title, icon=icon, default=(path == "home.py"), **({"url_path": url} if url else {}))
+            for path, title, url, icon in PAGES]
+
+
+_TAKEN_OVER: list[bool] = []  # once per process, as Streamlit's own decision
+
+
+def take_over_from_pages_folder() -> None:
+    """Rerun through ``app.py`` when Streamlit ran this page through its ``pages/`` auto-navigation.
+
+    Streamlit decides once per process, before any script has called ``st.navigation``, that
+    an app with a ``pages/`` folder next to its main script is a folder-navigated app. The first
+    load of a deep link (``/Scores``) after the server starts therefore runs the page on its own
+    under the navigation built from ``pages/`` ("app", …, "Models and Data"), not ``app.py``
+    (docs/architecture.md, "The app"). Calling ``st.navigation`` with the app's pages (same URL
+    paths, so this page keeps its identity) hands navigation to the app for the rest of the
+    process, and the rerun runs ``app.py``, which opens the same page with its sidebar. Once per
+    process: AppTest resets Streamlit's decision on every run, and a page run on its own
+    (AppTest of a page file, ``streamlit run pages/…``) has itself as the main script.
+    """
+    from pathlib import Path
+
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    if _TAKEN_OVER:
+        return
+    run = get_script_run_ctx()
+    main = Path(getattr(run, "main_script_path", "") or "")
+    if main.name == "app.py" and (main.parent / "pages").is_dir():
+        _TAKEN_OVER.append(True)
+        st.navigation(app_pages())
+        st.rerun()
 
 
 def context(mode: str = "pickers") -> Context:

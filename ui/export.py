@@ -30,6 +30,14 @@ def _logged(fn: Callable[[], bytes], name: str) -> Callable[[], bytes]:
     return run
 
 
+def _as_figure(fig):
+    """A figure spec (a plain dict, as ood_core.figures.scores builds them) becomes a plotly Figure on click."""
+    if isinstance(fig, dict):
+        import plotly.graph_objects as go
+        return go.Figure(fig)
+    return fig
+
+
 def figure_downloads(fig, basename: str, key: str | None = None) -> None:
     """Download buttons for one figure: PNG, SVG, PDF (Chromium via kaleido) and interactive HTML."""
     k = key or basename
@@ -39,11 +47,11 @@ def figure_downloads(fig, basename: str, key: str | None = None) -> None:
         with row:
             for fmt in ex.STATIC_FORMATS:
                 st.download_button(
-                    fmt.upper(), _logged(lambda f=fmt: ex.figure_bytes(fig, f), f"{basename}.{fmt}"),
+                    fmt.upper(), _logged(lambda f=fmt: ex.figure_bytes(_as_figure(fig), f), f"{basename}.{fmt}"),
                     f"{basename}.{fmt}", ex.MIME[fmt], key=f"dl-{k}-{fmt}", disabled=not ok,
                     help=why or f"{fmt.upper()} rendered by Chromium", on_click="ignore",
                 )
-            st.download_button("HTML", lambda: ex.figure_html(fig), f"{basename}.html", ex.MIME["html"],
+            st.download_button("HTML", lambda: ex.figure_html(_as_figure(fig)), f"{basename}.html", ex.MIME["html"],
                                key=f"dl-{k}-html", help="interactive, self-contained (works offline)", on_click="ignore")
         if not ok:
             st.caption(why)

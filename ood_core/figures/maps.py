@@ -1,13 +1,13 @@
 """Figures of the Maps page: 2-D scatter maps of features or gradients, and their separability.
 
-Plotly's hover cannot show an image, so the hover carries the dataset, the sample index,
-label, prediction and scores, and the page shows the images of selected points in a
-gallery. Every point carries ``customdata = [dataset, index]`` so a selection leads back
-to its samples.
+Plotly's hover cannot show an image, so the hover carries the dataset and the sample index,
+and the page shows the images, labels, predictions and scores of selected points in a
+gallery. A selection leads back to its samples through its trace and point position
+(:func:`picked_rows`), so no per-point strings or objects travel with a 100,000-point map.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -25,73 +25,128 @@ def color_options(df: pd.DataFrame) -> list[str]:
     return ["dataset", "pred"] + [c for c in SCORE_LABELS if c in df.columns]
 
 
-def _hover(df: pd.DataFrame) -> tuple[np.ndarray, str]:
-    scores = [c for c in SCORE_LABELS if c in df.columns]
-    cols = ["dataset", "index", "label", "pred"] + scores
-    custom = df[cols].to_numpy(dtype=object)
-    lines = ["<b>%{customdata[0]}</b> #%{customdata[1]}", "label %{customdata[2]} · predicted %{customdata[3]}"]
-    lines += [f"{SCORE_LABELS[c]} %{{customdata[{4 + i}]:.4g}}" for i, c in enumerate(scores)]
-    return custom, "<br>".join(lines) + "<extra></extra>"
+def _hover(df: pd.DataFrame, dataset: str) -> tuple[np.ndarray, str]:
+    """The sample index of each point as an int32 array, and a template naming the trace's dataset.
+
+    Only that number travels per point (plotly sends numpy arrays as binary typed arrays);
+    label, prediction, scores and the image of a point are looked up when it is selected
+    (the page's gallery), not shipped with all 100,000 points.
+    """
+    return df["index"].to_numpy(np.int32), f"<b>{dataset}</b> #%{{customdata}}<extra></extra>"
+
+
+def _groups(df: pd.DataFrame, color: str, id_name: str) -> list[tuple[str, Any, np.ndarray]]:
+    """The traces of a map, in drawing order: (dataset, group, row positions); one dataset per trace.
+
+    ``group`` is ``None`` (colour by dataset or by a score) or the predicted class (colour by ``pred``).
+    """
+    ds = df["dataset"].astype(str).to_numpy()
+    names = [n for n in dict.fromkeys([id_name, *ds.tolist()]) if (ds == n).any()]
+    if color != "pred":
+        return [(n, None, np.flatnonzero(ds == n)) for n in names]
+    pred = df["pred"].to_numpy()
+    out = []
+    for k in sorted(np.unique(pred).tolist()):
+        for n in names:
+            rows = np.flatnonzero((pred == k) & (ds == n))
+            if rows.size:
+                out.append((n, k, rows))
+    return out
+
+
+def _xy(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    return df["x"].to_numpy(np.float32), df["y"].to_numpy(np.float32)
 
 
 def map_figure(df: pd.DataFrame, color: str = "dataset", id_name: str = "mnist", title: str = "",
-               selected: Iterable[tuple[str, int]] = (), height: int = 520, marker_size: int = 5) -> go.Figure:
-    """Scatter of a map's points (columns x, y, dataset, index, label, pred, scores).
+               selected: Iterable[tuple[str, int]] = (), height: int = 520, marker_size: int | None = None) -> go.Figure:
+    """WebGL scatter of a map's points (columns x, y, dataset, index, label, pred, scores).
 
-    ``color``: ``dataset`` (one legend entry per set, the ID set first), ``pred`` (one per
-    predicted class; ID points are circles, OOD points crosses) or a score column (a
-    continuous scale clipped at the 2nd/98th percentiles, higher = more ID).
+    ``color``: ``dataset`` (one legend entry per set, the ID set first), ``pred`` (one legend
+    entry per predicted class and ID/OOD; ID points are circles, OOD points crosses) or a score
+    column (a continuous scale clipped at the 2nd/98th percentiles, higher = more ID).
     ``selected`` (dataset, index) pairs are ringed, so a selection in one map shows in the other.
+
+    Built for 100,000 points (docs/architecture.md, "The app"): ``Scattergl`` traces, one
+    dataset each, whose coordinates and hover numbers are numpy arrays (plotly ships them as
+    binary typed arrays); no per-point Python objects or strings. :func:`picked_rows` maps a
+    selection's ``(curve_number, point_index)`` back to frame rows.
     """
-    fig = go.Figure()
-    if color == "dataset":
-        names = list(dict.fromkeys([id_name] + df["dataset"].tolist()))
-        for i, name in enumerate(n for n in names if (df["dataset"] == n).any()):
-            sub = df[df["dataset"] == name]
-            custom, tmpl = _hover(sub)
-            c = ID_COLOR if name == id_name else color_for(i - 1 if id_name in names else i)
-            fig.add_trace(go.Scattergl(x=sub["x"], y=sub["y"], mode="markers", customdata=custom, hovertemplate=tmpl,
-                                       name=f"{name}{' (ID)' if name == id_name else ''} ({len(sub)})",
-                                       marker=dict(color=c, size=marker_size, opacity=0.7)))
-    elif color == "pred":
-        for k in sorted(df["pred"].unique()):
-            for is_id in (True, False):
-                sub = df[(df["pred"] == k) & (df["is_id"] == is_id)]
-                if sub.empty:
-                    continue
-                custom, tmpl = _hover(sub)
-                fig.add_trace(go.Scattergl(
-                    x=sub["x"], y=sub["y"], mode="markers", customdata=custom, hovertemplate=tmpl,
-                    name=f"pred {k} · {'ID' if is_id else 'OOD'}", legendgroup=f"pred{k}",
-                    marker=dict(color=CLASS_COLORS[int(k) % len(CLASS_COLORS)], size=marker_size + (0 if is_id else 1),
-                                symbol="circle" if is_id else "x", opacity=0.75)))
-    elif color in df.columns:
-        v = df[color].to_numpy(float)
-        lo, hi = (np.nanpercentile(v, [2, 98]) if np.isfinite(v).any() else (0.0, 1.0))
-        custom, tmpl = _hover(df)
-        fig.add_trace(go.Scattergl(
-            x=df["x"], y=df["y"], mode="markers", customdata=custom, hovertemplate=tmpl, name=color, showlegend=False,
-            marker=dict(color=v, colorscale="Viridis", cmin=float(lo), cmax=float(hi if hi > lo else lo + 1),
-                        size=marker_size, opacity=0.8,
-                        colorbar=dict(title=dict(text=f"{SCORE_LABELS.get(color, color)}<br>(higher = ID)"))),
-        ))
-    else:
+    if color not in ("dataset", "pred") and color not in df.columns:
         raise ValueError(f"cannot colour by {color!r}; choose one of {', '.join(color_options(df))}")
-    sel = set((str(d), int(i)) for d, i in selected)
-    if sel:
-        keys = list(zip(df["dataset"].astype(str), df["index"].astype(int)))
-        m = np.array([k in sel for k in keys])
-        if m.any():
-            sub = df[m]
-            fig.add_trace(go.Scattergl(x=sub["x"], y=sub["y"], mode="markers", name=f"selected ({int(m.sum())})",
-                                       hoverinfo="skip",
-                                       marker=dict(size=marker_size + 7, color="rgba(0,0,0,0)",
-                                                   line=dict(color="black", width=1.5))))
+    n = len(df)
+    size = marker_size or (5 if n <= 20_000 else 3 if n <= 60_000 else 2)
+    fig = go.Figure()
+    if color not in ("dataset", "pred"):
+        v_all = df[color].to_numpy(np.float32)
+        lo, hi = (np.nanpercentile(v_all, [2, 98]) if np.isfinite(v_all).any() else (0.0, 1.0))
+        hi = hi if hi > lo else lo + 1
+    legend_seen: set[str] = set()
+    for j, (name, k, rows) in enumerate(_groups(df, color, id_name)):
+        sub = df.iloc[rows]
+        custom, tmpl = _hover(sub, name)
+        x, y = _xy(sub)
+        is_id = name == id_name
+        if color == "dataset":
+            c = ID_COLOR if is_id else color_for(j - 1 if (df["dataset"] == id_name).any() else j)
+            kw = dict(name=f"{name}{' (ID)' if is_id else ''} ({len(sub):,})",
+                      marker=dict(color=c, size=size, opacity=0.7))
+        elif color == "pred":
+            label = f"pred {k} · {'ID' if is_id else 'OOD'}"
+            kw = dict(name=label, legendgroup=label, showlegend=label not in legend_seen,
+                      marker=dict(color=CLASS_COLORS[int(k) % len(CLASS_COLORS)], size=size + (0 if is_id else 1),
+                                  symbol="circle" if is_id else "x", opacity=0.75))
+            legend_seen.add(label)
+        else:
+            kw = dict(name=name, showlegend=False,
+                      marker=dict(color=sub[color].to_numpy(np.float32), colorscale="Viridis", cmin=float(lo),
+                                  cmax=float(hi), size=size, opacity=0.8, showscale=j == 0,
+                                  colorbar=dict(title=dict(text=f"{SCORE_LABELS.get(color, color)}<br>(higher = ID)"))))
+        fig.add_trace(go.Scattergl(x=x, y=y, mode="markers", customdata=custom, hovertemplate=tmpl, **kw))
+    m = selected_mask(df, selected)
+    if m.any():
+        x, y = _xy(df[m])
+        fig.add_trace(go.Scattergl(x=x, y=y, mode="markers", name=f"selected ({int(m.sum())})", hoverinfo="skip",
+                                   marker=dict(size=size + 7, color="rgba(0,0,0,0)",
+                                               line=dict(color="black", width=1.5))))
     fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=50 if title else 20, b=10),
                       legend=dict(itemsizing="constant"), dragmode="lasso", hovermode="closest")
     fig.update_xaxes(showticklabels=False, title=None, zeroline=False)
     fig.update_yaxes(showticklabels=False, title=None, zeroline=False)
     return fig
+
+
+def picked_rows(df: pd.DataFrame, points: Iterable[dict], color: str = "dataset",
+                id_name: str = "mnist") -> list[tuple[str, int]]:
+    """(dataset, index) of the points of a plotly selection event, from their trace and position."""
+    groups = _groups(df, color, id_name)
+    picked = []
+    for p in points:
+        c, i = p.get("curve_number"), p.get("point_index", p.get("point_number"))
+        if c is None or i is None or not 0 <= int(c) < len(groups):
+            continue  # the ring of selected points, or a stale event
+        rows = groups[int(c)][2]
+        if 0 <= int(i) < rows.size:
+            picked.append(int(rows[int(i)]))
+    sub = df.iloc[picked]
+    return list(zip(sub["dataset"].astype(str), sub["index"].astype(int)))
+
+
+def selected_mask(df: pd.DataFrame, selected: Iterable[tuple[str, int]]) -> np.ndarray:
+    """Which rows are in ``selected`` (dataset, index) pairs, vectorised (no per-point Python tuples)."""
+    sel = list(selected)
+    m = np.zeros(len(df), bool)
+    if not sel:
+        return m
+    ds = df["dataset"].astype(str).to_numpy()
+    idx = df["index"].to_numpy(np.int64)
+    by_set: dict[str, list[int]] = {}
+    for d, i in sel:
+        by_set.setdefault(str(d), []).append(int(i))
+    for d, ii in by_set.items():
+        rows = ds == d
+        m[rows] = np.isin(idx[rows], ii)
+    return m
 
 
 def separability_frame(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:

@@ -1,0 +1,67 @@
+"""Maps at scale (issue 15): WebGL traces of typed arrays, no per-point Python objects, and a selection
+that leads back to its samples; 100,000 points in the slow set, drawn in headless Chromium."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import plotly.io as pio
+import pytest
+
+from ood_core.figures.maps import map_figure, picked_rows, selected_mask
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from maps import browser, synthetic_frame  # noqa: E402  (bench/maps.py)
+
+
+def _per_point_arrays(spec: dict, n: int) -> list:
+    """Every value in the spec's traces that holds one entry per point of its trace."""
+    out = []
+    for t in spec["data"]:
+        for k, v in list(t.items()) + [("marker." + k2, v2) for k2, v2 in t.get("marker", {}).items()]:
+            if isinstance(v, dict) and "bdata" in v or isinstance(v, list) and len(v) > 50:
+                out.append((t.get("name"), k, v))
+    return out
+
+
+@pytest.mark.parametrize("color", ["dataset", "pred", "energy"])
+def test_map_ships_typed_arrays_and_a_selection_leads_back(color):
+    df = synthetic_frame(20_000)
+    fig = map_figure(df, color, "mnist", selected=[("ood_a", 3), ("ood_b", 10)])
+    assert all(t.type == "scattergl" for t in fig.data)
+    spec = json.loads(pio.to_json(fig, validate=False))
+    arrays = _per_point_arrays(spec, len(df))
+    assert arrays and all(isinstance(v, dict) and "bdata" in v for _, _, v in arrays), \
+        [(n, k) for n, k, v in arrays if not isinstance(v, dict)]
+    assert sum(len(t.x) for t in fig.data if not t.name.startswith("selected")) == len(df)
+    # every point of every data trace leads back to its own row
+    rows = []
+    for c, t in enumerate(fig.data):
+        if t.name.startswith("selected"):
+            continue
+        got = picked_rows(df, [{"curve_number": c, "point_index": i} for i in range(0, len(t.x), 97)], color, "mnist")
+        sub = df[selected_mask(df, got)]
+        assert np.allclose(np.sort(sub["x"].to_numpy()), np.sort(np.asarray(t.x)[::97]))
+        rows += got
+    assert len(set(rows)) == len(rows)
+    ring = [t for t in fig.data if t.name.startswith("selected")]
+    assert ring and len(ring[0].x) == 2
+    assert picked_rows(df, [{"curve_number": len(fig.data) - 1, "point_index": 0}], color, "mnist") == []
+
+
+@pytest.mark.slow
+def test_a_100k_point_map_builds_small_and_draws_headless(capsys):
+    df = synthetic_frame(100_000)
+    t = time.perf_counter()
+    fig = map_figure(df, "dataset", "mnist")
+    built = time.perf_counter() - t
+    spec = pio.to_json(fig, validate=False)
+    assert built < 10, built  # about 0.3 s on a quiet 2-core machine; generous for a loaded one
+    assert len(spec) < 3 * 2**20, len(spec)  # x, y as float32 and the index as int32, base64
+    browser(spec, len(df))  # plotly.js in headless Chromium: draws, answers a lasso and a hover
+    out = capsys.readouterr().out
+    assert "draw" in out and "plotly_selected" in out
