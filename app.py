@@ -14,10 +14,12 @@ from ui import common
 
 st.set_page_config(page_title="Gradient-OOD workbench", layout="wide")
 
+
 @st.cache_resource(show_spinner=False)
 def restore_saved(cache_root: str):
     """Datasets and uploads of earlier sessions, once per process (and cache folder), before any page draws."""
     return workbench.restore_saved()
+
 
 restore_saved(str(cache.cache_dir()))
 
