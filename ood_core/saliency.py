@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
+from .knobs import Knob, KnobError, KnobSet
 from .models import ModelBundle, Preprocess
 from .workbench import WorkbenchError
 
@@ -39,7 +40,20 @@ METHOD_LABELS = {"saliency": "Saliency", "ig": "Integrated Gradients", "smoothgr
                  "input_x_gradient": "Input × Gradient"}
 # Methods whose maps are signed (the others are |gradient| by default).
 SIGNED = {"ig", "input_x_gradient"}
-KNOB_DEFAULTS: dict[str, Any] = {"T": 1.0, "k": 1.0, "n_steps": 32, "nt_samples": 16, "stdev": 0.15, "abs": True}
+# The attribution settings, declared as data: the Saliency page builds its widgets from these
+# (docs/architecture.md, "Knobs").
+KNOBS = KnobSet("saliency", (
+    Knob("T", 1.0, 0.1, 1000.0, "log", label="Temperature T (scores)",
+         help="temperature of the scores whose gradients are attributed (GradNorm, Energy, RG)"),
+    Knob("k", 1.0, 0.0, 1e6, label="RG clip k (feature units)",
+         help="default on the page: the 90th percentile of ID training feature values"),
+    Knob("abs", True, kind="bool", label="|gradient| for Saliency and SmoothGrad"),
+    Knob("n_steps", 32, 2, 256, kind="int", step=2, label="Integrated Gradients steps", help="baseline: a black image"),
+    Knob("nt_samples", 16, 1, 128, kind="int", label="SmoothGrad samples"),
+    Knob("stdev", 0.15, 0.0, 1.0, step=0.01, label="SmoothGrad noise (pixel units)",
+         help="standard deviation of the Gaussian noise, in pixel units (0–1)"),
+))
+KNOB_DEFAULTS: dict[str, Any] = KNOBS.defaults()
 
 
 class SaliencyError(WorkbenchError):
@@ -164,24 +178,11 @@ def to_pixels(images: np.ndarray) -> torch.Tensor:
 
 
 def resolve_knobs(**knobs: Any) -> dict[str, Any]:
-    """Defaults overlaid with ``knobs``; unknown names and out-of-range values refused."""
-    unknown = set(knobs) - set(KNOB_DEFAULTS)
-    if unknown:
-        raise SaliencyError(f"unknown attribution setting(s) {sorted(unknown)}; settings: {', '.join(KNOB_DEFAULTS)}")
-    kn = {**KNOB_DEFAULTS, **{k: v for k, v in knobs.items() if v is not None}}
+    """Defaults overlaid with ``knobs`` (``None`` = default), validated against :data:`KNOBS`."""
     try:
-        kn["T"], kn["k"], kn["stdev"] = float(kn["T"]), float(kn["k"]), float(kn["stdev"])
-        kn["n_steps"], kn["nt_samples"] = int(kn["n_steps"]), int(kn["nt_samples"])
-    except (TypeError, ValueError):
-        raise SaliencyError("T, k, stdev must be numbers and n_steps, nt_samples whole numbers") from None
-    if kn["n_steps"] < 2:
-        raise SaliencyError(f"Integrated Gradients needs n_steps ≥ 2; got {kn['n_steps']}")
-    if kn["nt_samples"] < 1:
-        raise SaliencyError(f"SmoothGrad needs nt_samples ≥ 1; got {kn['nt_samples']}")
-    if kn["stdev"] < 0:
-        raise SaliencyError(f"SmoothGrad noise stdev must be ≥ 0 (in pixel units, 0–1); got {kn['stdev']:g}")
-    kn["abs"] = bool(kn["abs"])
-    return kn
+        return KNOBS.resolve({k: v for k, v in knobs.items() if v is not None})
+    except KnobError as exc:
+        raise SaliencyError(str(exc)) from None
 
 
 _thread_lock = threading.Lock()

@@ -60,24 +60,16 @@ with common.guard("this sample"):
 
 # --- settings ---------------------------------------------------------------------------------------
 with st.expander("Attribution settings", expanded=False):
-    s1, s2, s3 = st.columns(3)
+    s1, s2 = st.columns(2)
     with s1:
         targets = st.multiselect("Attribute", list(sal.TARGETS), default=list(sal.TARGETS), key="sal_targets",
                                  format_func=lambda t: sal.TARGET_LABELS[t])
         methods = st.multiselect("Methods", list(sal.METHODS), default=list(sal.METHODS), key="sal_methods",
                                  format_func=lambda m: sal.METHOD_LABELS[m])
     with s2:
-        T = float(st.number_input("Temperature T (scores)", 0.1, 1000.0, 1.0, 0.1, key="sal_T", format="%.3g"))
         with common.guard("RG's k"):
             k_default = sal.default_rg_k(ctx.bundle, ctx.id_name) if ctx.bundle.has_features else 1.0
-        k = float(st.number_input("RG clip k (feature units)", 0.0, 1e6, float(f"{k_default:.4g}"), key="sal_k",
-                                  format="%.4g", help="default: the 90th percentile of ID training feature values"))
-        abs_grad = st.checkbox("|gradient| for Saliency and SmoothGrad", True, key="sal_abs")
-    with s3:
-        n_steps = int(st.slider("Integrated Gradients steps", 4, 128, 32, 4, key="sal_steps",
-                                help="baseline: a black image"))
-        nt_samples = int(st.slider("SmoothGrad samples", 2, 64, 16, 2, key="sal_nt"))
-        stdev = float(st.slider("SmoothGrad noise (pixel units)", 0.0, 0.5, 0.15, 0.01, key="sal_stdev"))
+    settings = common.knob_widgets(sal.KNOBS, "saliency", values={"k": float(f"{k_default:.4g}")}, container=s2)
 opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.6, 0.05, key="sal_opacity")
 
 if not targets or not methods:
@@ -92,7 +84,7 @@ def _attributions(_bundle, fingerprint: str, ds: str, i: int, twin_i: int, id_na
     return sal.attribute_grid(_bundle, images, targets, methods, **dict(knobs))
 
 
-knobs = dict(T=T, k=k, n_steps=n_steps, nt_samples=nt_samples, stdev=stdev, abs=abs_grad)
+knobs = settings
 with common.guard("attributions"), st.spinner("Attributing…"):
     attrs, seconds = _attributions(ctx.bundle, ctx.bundle.fingerprint, ds_name, index, twin, ctx.id_name,
                                    tuple(targets), tuple(methods), tuple(sorted(knobs.items())))

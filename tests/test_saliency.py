@@ -149,9 +149,9 @@ def test_nearest_id_example(default_bundle, images):
 @pytest.mark.parametrize("kwargs,msg", [
     ({"target": "entropy"}, "target must be one of"),
     ({"method": "gradcam"}, "method must be one of"),
-    ({"n_steps": 1, "method": "ig"}, "n_steps ≥ 2"),
-    ({"T": 0.0}, "T must be positive"),
-    ({"colour": 1}, "unknown attribution setting"),
+    ({"n_steps": 1, "method": "ig"}, "saliency.n_steps must be in [2, 256]; got 1"),
+    ({"T": 0.0}, "saliency.T must be in [0.1, 1000]; got 0.0"),
+    ({"colour": 1}, "saliency has no knob 'colour'"),
     ({"target": "logit", "cls": 10}, "class must be in [0, 9]"),
 ])
 def test_bad_settings_are_refused(default_bundle, images, kwargs, msg):
