@@ -10,7 +10,6 @@ reference preset follows the authors' code (``github_main.py``, ``github_PCA.py`
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -182,17 +181,9 @@ def _write_side(path: Path, blocks: list[torch.Tensor]) -> str:
         row += b.shape[0]
     mm.flush()
     del mm
-    digest = _sha(tmp)
+    digest = cache.file_sha256(tmp)
     os.replace(tmp, path)
     return digest
-
-
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _split(arr: np.ndarray, sizes: list[int], device: str) -> list[torch.Tensor]:
@@ -211,7 +202,7 @@ def _load(key: str, sizes: list[int], device: str) -> dict[str, Any] | None:
         V = hit["V"]
     else:
         path = _side_path(key)
-        if not path.exists() or _sha(path) != str(hit["v_sha"]):
+        if not path.exists() or cache.file_sha256(path) != str(hit["v_sha"]):
             log.warning("subspace side file of %s missing or corrupt; refitting", key)
             return None
         V = np.load(path, mmap_mode="r")

@@ -24,10 +24,11 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from .. import cache
 from .archs import arch_info
 from .bundle import ModelBundle, ModelError, Split
 from .checkpoints import load_checkpoint
-from .formats import check_size, detect_format, file_sha
+from .formats import check_size, detect_format
 from .preprocess import check_classes, dry_run, first_size_that_runs, guess_preprocess, override, verify_split
 from .pt2 import Exported, load_pt2, module_of, pt2_linear_nodes, pt2_split
 from .state_dicts import match_architectures, read_state_dict, state_dict_into, strip_prefixes
@@ -59,7 +60,7 @@ def load_model_file(path: Path | str, arch: str | None = None, input_size: Seque
                          "a TorchScript archive (torch.jit.save) or a state_dict (torch.save(model.state_dict()))")
     if fmt == "checkpoint":
         return _load_checkpoint(path, input_size, mean, std, channels, head, num_classes)
-    sha = file_sha(path)  # after the checkpoint branch, which has its own fingerprint
+    sha = cache.file_sha256(path)  # after the checkpoint branch, which has its own fingerprint
     if fmt == "state_dict":
         return _load_state_dict(path, sha, label, arch, input_size, mean, std, channels, head, num_classes)
     if arch:

@@ -6,7 +6,6 @@ checkpoint and a plain ``state_dict`` apart without loading anything (docs/archi
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zipfile
@@ -78,11 +77,3 @@ def workbench_sidecar(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) and "arch" in meta and "preprocess" in meta else None
-
-
-def file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
