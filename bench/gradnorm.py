@@ -7,7 +7,7 @@ On the embedded default CNN and the first ``--n`` MNIST test images it times
      forward is timed separately, since the app caches it once per dataset),
   2. ``gradnorm_exact`` (per-sample autograd batched with torch.func, head weight), and
   3. the reference code's method: batch size 1, ``loss.backward()`` through the whole
-     network, L1 norm of the head weight's ``.grad`` (targets 1/C as in METHODS.md; the
+     network, L1 norm of the head weight's ``.grad`` (targets 1/C as in docs/methods.md, "GradNorm"; the
      original code uses targets of 1, which multiplies every score by C),
 and prints samples/s and the max relative differences. Bars (issue 4): closed form equal
 to the loop to 1e-5 relative; batched exact ≥ 3× the loop. Each time is the fastest of

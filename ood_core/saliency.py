@@ -53,7 +53,6 @@ KNOBS = KnobSet("saliency", (
     Knob("stdev", 0.15, 0.0, 1.0, step=0.01, label="SmoothGrad noise (pixel units)",
          help="standard deviation of the Gaussian noise, in pixel units (0–1)"),
 ))
-KNOB_DEFAULTS: dict[str, Any] = KNOBS.defaults()
 
 
 class SaliencyError(WorkbenchError):

@@ -116,10 +116,13 @@ def test_no_project_history_in_user_facing_text():
         for s in re.findall(r"\"([^\"\n]*)\"", f.read_text()):
             if not s.startswith(("ui/", "pages/")):
                 assert not HISTORY.search(s), (f.name, s)
-    texts = [k.help for ks in [*maps.KNOBS.values(), maps.GRADIENT_KNOBS] for k in ks.knobs]
-    for name, cls in detector_classes().items():
-        if name.startswith("lowdim"):  # ood_core/detectors/lowdim.py is being rewritten elsewhere
-            continue
+    from ood_core import saliency
+    from ood_core.training import METHODS
+
+    texts = [k.help for ks in [*maps.KNOBS.values(), maps.GRADIENT_KNOBS, saliency.KNOBS] for k in ks.knobs]
+    for m in METHODS.values():
+        texts += [m.help, m.title, *(k.help for k in m.all_knobs)]
+    for cls in detector_classes().values():
         texts += [cls.help, cls.title, *(k.help for k in cls.knobs)] + ([cls.paper.cite()] if cls.paper else [])
     assert not [t for t in texts if HISTORY.search(t)]
 

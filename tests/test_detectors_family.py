@@ -348,3 +348,12 @@ def test_model_time_hooks_act_only_in_their_own_thread(default_bundle, small_set
             mine = default_bundle.model(x).numpy()
     np.testing.assert_array_equal(seen["other"], plain)
     assert not np.allclose(mine, plain)
+
+
+@pytest.mark.parametrize("q", [0.0, 1.0, 10.0, 37.5, 90.0, 99.9, 100.0])
+def test_vra_per_unit_percentile_equals_numpy(q):
+    from ood_core.detectors.vra import _unit_percentile
+
+    x = np.random.default_rng(3).normal(size=(57, 6))
+    x[:20, 0] = 0.0  # ties, as post-ReLU features have
+    np.testing.assert_allclose(_unit_percentile(np.sort(x, axis=0), q), np.percentile(x, q, axis=0), rtol=1e-12, atol=1e-15)

@@ -1,4 +1,4 @@
-"""Detectors on low-dimensional gradients ``G_low = G̃·V`` (seed 003): KNN, Mahalanobis, and the workbench's own scores.
+"""Detectors on low-dimensional gradients ``G_low = G̃·V``: KNN, Mahalanobis, and the workbench's own scores.
 
 Wu, Li, Cheng, Yang, Huang, "Low-Dimensional Gradient Helps Out-of-Distribution
 Detection". The **reference preset** (the default of ``lowdim_knn``, ``lowdim_maha`` and
@@ -35,7 +35,7 @@ from ..extract import Extraction
 from .base import ModelDetector, DetectorError, Knob, Paper, SortedValues, energy, max_softmax, register
 
 LOWDIM_PAPER = Paper("Low-Dimensional Gradient Helps Out-of-Distribution Detection",
-                     "Wu, Li, Cheng, Yang & Huang", "arXiv preprint (seed 003)", 2023,
+                     "Wu, Li, Cheng, Yang & Huang", "arXiv preprint", 2023,
                      "https://github.com/snowien/Low-dimensional-Gradient-Helps-OOD-Detection")
 LOWDIM_FIT_VERSION = 2
 

@@ -1,4 +1,4 @@
-"""Linear-probe detectors on low-dimensional gradients (seed 003, the reference preset).
+"""Linear-probe detectors on low-dimensional gradients (the reference preset).
 
 As in the authors' ``github_main.py`` (``Linear_Probe``, ``train``, ``msp``, ``energy``,
 ``odin``, ``react``): a probe ``BatchNorm1d → Linear(C)`` is trained for 10 epochs with

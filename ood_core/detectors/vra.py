@@ -26,6 +26,14 @@ from ..knobs import Knob, Paper
 from .base import Detector, DetectorError, SortedValues, head_logits, logsumexp, register
 
 
+def _unit_percentile(sorted_cols: np.ndarray, q: float) -> np.ndarray:
+    """Per-column ``np.percentile(x, q, axis=0)`` (linear interpolation) from column-sorted ``x``."""
+    pos = (len(sorted_cols) - 1) * (q / 100.0)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, len(sorted_cols) - 1)
+    return sorted_cols[lo] + (sorted_cols[hi] - sorted_cols[lo]) * (pos - lo)
+
+
 @register
 class VRA(Detector):
     """VRA: energy of the head on features rectified between the ``low``-th and ``high``-th training percentiles."""
@@ -52,8 +60,8 @@ class VRA(Detector):
 
     def _fit(self, train: Extraction) -> None:
         self.sorted_all = SortedValues.of(train.features)
-        self.train_features = np.asarray(train.features, np.float64)
-        self._unit_q: dict[float, np.ndarray] = {}
+        self._train_features = np.asarray(train.features, np.float64)
+        self._sorted_units: np.ndarray | None = None  # per-unit sorted training values, built on first use
         self.train_info = {"n_train": len(train)}
 
     def thresholds(self, low: float, high: float, scope: str) -> tuple[Any, Any]:
@@ -61,10 +69,9 @@ class VRA(Detector):
             raise DetectorError(f"vra.low ({low:g}) must not exceed vra.high ({high:g})")
         if scope == "global":
             return self.sorted_all.percentile(low), self.sorted_all.percentile(high)
-        for q in (low, high):
-            if q not in self._unit_q:
-                self._unit_q[q] = np.percentile(self.train_features, q, axis=0)
-        return self._unit_q[low], self._unit_q[high]
+        if self._sorted_units is None:  # sorted once: every later percentile is an index lookup, not a sort
+            self._sorted_units = np.sort(self._train_features, axis=0)
+        return _unit_percentile(self._sorted_units, low), _unit_percentile(self._sorted_units, high)
 
     def derived(self, high: float = 90.0, low: float = 10.0, scope: str = "global", **_: Any) -> dict[str, Any]:
         if not self.fitted or scope != "global" or low > high:
