@@ -68,20 +68,27 @@ def nfk_stats(sums: list[torch.Tensor], sqs: list[torch.Tensor], n: int) -> Stat
 
 
 def first_pass(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: float, M: np.ndarray | None,
-               want_stats: bool, progress: Progress | None = None) -> tuple[list[torch.Tensor] | None, list, list]:
-    """One pass: ``Gᵀ M`` (raw gradients, fp32 blocks) and, when asked, ``Σ g`` and ``Σ g²`` (fp64)."""
+               want_stats: bool, progress: Progress | None = None,
+               dtype: torch.dtype = torch.float32) -> tuple[list[torch.Tensor] | None, list, list]:
+    """One pass: ``Gᵀ M`` (raw gradients, fp32 blocks) and, when asked, ``Σ g`` and ``Σ g²`` (fp64).
+
+    ``dtype`` is the dtype the per-sample blocks are formed in (bf16 where ``G·V`` runs in bf16);
+    the sums are accumulated in fp32/fp64 whatever it is.
+    """
     dev = pl.device
     W = [torch.zeros(p, M.shape[1], device=dev) for p in pl.sizes] if M is not None else None
     sums = [torch.zeros(p, dtype=torch.float64, device=dev) for p in pl.sizes] if want_stats else []
     sqs = [torch.zeros(p, dtype=torch.float64, device=dev) for p in pl.sizes] if want_stats else []
     Mt = torch.as_tensor(M, dtype=torch.float32, device=dev) if M is not None else None
-    for start, B, blocks in hooks.iter_chunks(bundle, data, pl, loss, T, progress, "gradient statistics"):
+    for start, B, blocks in hooks.iter_chunks(bundle, data, pl, loss, T, progress, "gradient statistics", dtype):
         for k, g in blocks():
             if want_stats:
                 sums[k] += g.sum(0, dtype=torch.float64)
-                sqs[k] += (g * g).sum(0, dtype=torch.float64)
+                sqs[k] += torch.square(g.float()).sum(0, dtype=torch.float64)  # a new tensor: g is used below
             if W is not None:
-                W[k].addmm_(g.T, Mt[start:start + B])
+                m = Mt[start:start + B]
+                for a in range(0, g.shape[1], linalg.ROWS):  # row slices: an fp32 transient of B×ROWS only
+                    W[k][a:a + linalg.ROWS].addmm_(g[:, a:a + linalg.ROWS].T.float(), m)
     return W, sums, sqs
 
 
@@ -90,10 +97,10 @@ def project_pass(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: f
     """``A·Z`` = ``Σ_k G_k (S Z)_k − z̄ᵀ S Z`` per sample, float64 ``(N, ℓ)``; ``SZ`` in the product dtype."""
     out = []
     dtype = SZ[0].dtype
-    for _start, _B, blocks in hooks.iter_chunks(bundle, data, pl, loss, T, progress, what):
+    for _start, _B, blocks in hooks.iter_chunks(bundle, data, pl, loss, T, progress, what, dtype):
         acc = None
         for k, g in blocks():
-            part = (g.to(dtype) @ SZ[k]).float()
+            part = (g @ SZ[k]).float()
             acc = part if acc is None else acc + part
         y = acc.double()
         if off is not None:
@@ -103,9 +110,10 @@ def project_pass(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: f
 
 
 def accumulate_pass(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: float, Y: np.ndarray,
-                    stats: Stats | None, progress: Progress | None = None) -> list[torch.Tensor]:
+                    stats: Stats | None, progress: Progress | None = None,
+                    dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
     """``Aᵀ·Y`` = ``S (Gᵀ Y − z̄ (1ᵀ Y))``, fp32 blocks."""
-    W, _, _ = first_pass(bundle, data, pl, loss, T, Y, False, progress)
+    W, _, _ = first_pass(bundle, data, pl, loss, T, Y, False, progress, dtype)
     return finish_At(W, Y, stats)  # type: ignore[arg-type]
 
 
@@ -124,7 +132,7 @@ def finish_At(W: list[torch.Tensor], M: np.ndarray, stats: Stats | None) -> list
 
 @dataclass
 class SVDResult:
-    V: list[torch.Tensor]  # (P_k, r) fp32 blocks, orthonormal columns (in the dtype's accuracy)
+    SV: list[torch.Tensor]  # S·V as (P_k, r) blocks in the product dtype (V orthonormal, to that dtype's accuracy)
     sigma: np.ndarray  # (r,) singular values of A on the subspace
     g_low: np.ndarray  # (N, r) = A·V for the fit set
 
@@ -142,10 +150,11 @@ def randomized_svd(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T:
     st = stage or (lambda i, t: None)
     rng = np.random.default_rng(seed)
     Om = np.linalg.qr(rng.standard_normal((n, ell)))[0]
-    W, sums, sqs = first_pass(bundle, data, pl, loss, T, Om, kernel == "nfk", st(0, total))
+    W, sums, sqs = first_pass(bundle, data, pl, loss, T, Om, kernel == "nfk", st(0, total), dtype)
     stats = nfk_stats(sums, sqs, n) if kernel == "nfk" else None
     del sums, sqs
-    Z = linalg.orthonormalise(finish_At(W, Om, stats))  # type: ignore[arg-type]
+    # a basis that feeds another power iteration needs one orthonormalisation round; the last needs two
+    Z = linalg.orthonormalise(finish_At(W, Om, stats), rounds=1 if q else 2)  # type: ignore[arg-type]
     del W
     for it in range(q):
         SZ = linalg.row_scale(Z, stats.scale if stats else None, dtype)
@@ -154,16 +163,14 @@ def randomized_svd(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T:
         Y = project_pass(bundle, data, pl, loss, T, SZ, off, st(1 + 2 * it, total), "power iteration (A·Z)")
         del SZ
         Y = np.linalg.qr(Y)[0]
-        Z = linalg.orthonormalise(accumulate_pass(bundle, data, pl, loss, T, Y, stats, st(2 + 2 * it, total)))
+        Z = linalg.orthonormalise(accumulate_pass(bundle, data, pl, loss, T, Y, stats, st(2 + 2 * it, total), dtype),
+                                  rounds=2 if it == q - 1 else 1)
     SZ = linalg.row_scale(Z, stats.scale if stats else None, dtype)
     del Z
     off = linalg.offset(stats.mean if stats else None, SZ)
     Bm = project_pass(bundle, data, pl, loss, T, SZ, off, st(total - 1, total), "Rayleigh–Ritz (A·Z)")
     U, sig, Rt = np.linalg.svd(Bm, full_matrices=False)
     rr = min(r, len(sig))
-    V = linalg.right_mul(SZ, Rt[:rr].T, torch.float32)  # S·V, in place of SZ
+    SV = linalg.right_mul(SZ, Rt[:rr].T, dtype)  # S·V, in place of SZ: what every projection multiplies by
     del SZ
-    if stats is not None:
-        for v, s in zip(V, stats.scale):  # V = S⁻¹ (S·V), in place
-            v.div_(s[:, None])
-    return SVDResult(V, sig[:rr], U[:, :rr] * sig[:rr]), stats
+    return SVDResult(SV, sig[:rr], U[:, :rr] * sig[:rr]), stats

@@ -180,40 +180,28 @@ def _unfold(x: torch.Tensor, mod: nn.Conv2d) -> torch.Tensor:
     return torch.stack(cols, 2).reshape(B, Cin * kh * kw, Ho * Wo)
 
 
-def _conv_weight_grads(x: torch.Tensor, a: torch.Tensor, mod: nn.Conv2d) -> torch.Tensor:
-    """Per-sample ``∂y_i/∂W`` of a Conv2d as one grouped convolution (one group per sample).
-
-    The weight gradient of a conv is the correlation of its input with its output
-    gradient; with the batch moved into the channels and ``groups = B`` the convolution
-    keeps the samples apart: FLOPs equal the batch's weight gradient, no unfolded copy.
-    """
-    B, Cin, H, W = x.shape
-    O = mod.out_channels
-    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = mod.kernel_size, mod.stride, mod.dilation, mod.padding
-    xs = x.contiguous().transpose(0, 1)  # (Cin, B, H, W): Cin is the conv's batch, B its channels
-    w = a.reshape(B * O, 1, *mod_out_hw(mod, H, W))  # (B·O, 1, Ho, Wo)
-    out = F.conv2d(xs, w, None, stride=(dh, dw), padding=(ph, pw), dilation=(sh, sw), groups=B)
-    out = out[:, :, :kh, :kw]  # (Cin, B·O, kh, kw)
-    return out.reshape(Cin, B, O, kh, kw).permute(1, 2, 0, 3, 4).reshape(B, -1)
-
-
 def mod_out_hw(mod: nn.Conv2d, H: int, W: int) -> tuple[int, int]:
     (kh, kw), (sh, sw), (dh, dw), (ph, pw) = mod.kernel_size, mod.stride, mod.dilation, mod.padding
     return (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
 
-def _conv_block(mod: nn.Conv2d, pname: str, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+def _conv_block(mod: nn.Conv2d, pname: str, x: torch.Tensor, a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Per-sample ``∂y_i/∂W`` of a Conv2d as one bmm of the output gradient with the unfolded input, in ``dtype``.
+
+    The bmm's FLOPs equal the batch's weight gradient. Measured on this 2-core CPU (B = 64,
+    ResNet-18 layer shapes, fp32): 22–176 ms per layer against 86–728 ms for the earlier
+    grouped convolution (batch moved into the channels, one group per sample), which
+    oneDNN runs with a Ho×Wo kernel; in bf16 the bmm runs on the AMX units, 3–5× faster again.
+    """
     B = a.shape[0]
-    a = a.contiguous().reshape(B, a.shape[1], -1)  # (B, out, T)
+    a = a.reshape(B, a.shape[1], -1)  # (B, out, T)
     if pname == "bias":
-        return a.sum(2)
+        return a.sum(2).to(dtype)
     g = mod.groups
-    if g == 1:
-        return _conv_weight_grads(x, a, mod)
-    u = _unfold(x, mod)  # (B, in·k², T)
+    u = _unfold(x.to(dtype), mod)  # (B, in·k², T)
     T = a.shape[2]
-    a = a.reshape(B * g, -1, T)
-    u = u.reshape(B, g, -1, T).reshape(B * g, -1, T)
+    a = a.to(dtype).reshape(B * g, -1, T)
+    u = u.reshape(B * g, -1, T)
     return torch.bmm(a, u.transpose(1, 2)).reshape(B, -1)
 
 
@@ -227,12 +215,12 @@ def _bn_block(mod: nn.Module, pname: str, x: torch.Tensor, a: torch.Tensor) -> t
     return (a3 * xhat.reshape(B, Cc, -1)).sum(2)
 
 
-def _block(mod: nn.Module, pname: str, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    if isinstance(mod, nn.Linear):
-        return _linear_block(mod, pname, x, a)
+def _block(mod: nn.Module, pname: str, x: torch.Tensor, a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if isinstance(mod, nn.Conv2d):
-        return _conv_block(mod, pname, x, a)
-    return _bn_block(mod, pname, x, a)
+        return _conv_block(mod, pname, x, a, dtype)
+    if isinstance(mod, nn.Linear):
+        return _linear_block(mod, pname, x, a).to(dtype)
+    return _bn_block(mod, pname, x, a).to(dtype)
 
 
 # --- the chunk iterator ----------------------------------------------------------------------
@@ -241,8 +229,12 @@ Blocks = Callable[[], Iterator[tuple[int, torch.Tensor]]]
 
 
 def iter_chunks(bundle: ModelBundle, data: ImageDataset | np.ndarray | torch.Tensor, pl: Plan, loss: str, T: float,
-                progress: Progress | None = None, what: str = "per-sample gradients") -> Iterator[tuple[int, int, Blocks]]:
-    """Yield ``(start, B, blocks)``; ``blocks()`` yields ``(k, G_k)`` with ``G_k`` float32 ``(B, P_k)`` on the device.
+                progress: Progress | None = None, what: str = "per-sample gradients",
+                dtype: torch.dtype = torch.float32) -> Iterator[tuple[int, int, Blocks]]:
+    """Yield ``(start, B, blocks)``; ``blocks()`` yields ``(k, G_k)`` with ``G_k`` ``(B, P_k)`` in ``dtype`` on the device.
+
+    With ``dtype=bfloat16`` the convolution blocks are formed from bf16 operands (fp32
+    accumulation), which is what a bf16 ``G·V`` would round them to anyway.
 
     ``k`` indexes ``pl.names``. Progress reports the fraction, the samples done and an
     ETA; a progress callback that raises (a cancelled job) stops the pass.
@@ -261,7 +253,7 @@ def iter_chunks(bundle: ModelBundle, data: ImageDataset | np.ndarray | torch.Ten
                                      budget_bytes=work_budget_bytes() if pl.chunk else None)
             for start, blks in it:
                 B = int(blks[0].shape[0])
-                yield start, B, (lambda blks=blks: iter(enumerate(b.float() for b in blks)))
+                yield start, B, (lambda blks=blks: iter(enumerate(b.to(dtype) for b in blks)))
                 _report(progress, start + B, n, t0, what)
             return
         owners, _ = _owners(bundle.model, pl.names)
@@ -277,9 +269,9 @@ def iter_chunks(bundle: ModelBundle, data: ImageDataset | np.ndarray | torch.Ten
                     mod, pname = owners[name]
                     g = None
                     for xin, a in zip(acts[id(mod)], taps[id(mod)]):  # a module called twice sums its calls
-                        part = _block(mod, pname, xin, a)
+                        part = _block(mod, pname, xin, a, dtype)
                         g = part if g is None else g + part
-                    yield k, g.float()
+                    yield k, g
 
             yield start, B, blocks
             del acts, taps

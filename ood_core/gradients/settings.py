@@ -38,10 +38,12 @@ class FitCancelled(GradientError, Cancelled):
     """A gradient pass stopped by the user: nothing was cached. A job reads it as cancelled, the CLI as a user error."""
 
 
-# Power iterations of the randomized SVD. The reference runs 10; each costs two passes over
-# the fit set. Measured by bench/lowdim_scale.py (subspace error vs an exact SVD, see
-# its output): the top-r subspace error falls from ~0.3 (q = 0) to ~1e-2 at q = 2 and
-# changes little after, while every iteration adds two full passes. 2 is the default.
+# Power iterations of the randomized SVD. The reference runs 10; each costs two passes over the
+# fit set. Measured by bench/lowdim_scale.py (default CNN, last block, N = 1,000, against an exact
+# SVD): the share of the best rank-r subspace's energy kept is 0.925 / 0.992 / 0.9974 / 0.9999 at
+# q = 0 / 1 / 2 / 10 for r = 200 (0.9988 and 0.9948 at q = 2 for r = 10 and 50), while the largest
+# principal angle stays large at the cut, where singular values are nearly equal and no method
+# can tell the directions apart. q = 2 keeps over 99.4% for 2 of the reference's 10 iterations' cost.
 DEFAULT_POWER_ITERS = 2
 
 GRAD_KNOBS: tuple[Knob, ...] = (

@@ -37,9 +37,14 @@ _INLINE_V_BYTES = 256 * 2**20  # larger V go to a side file beside the cache (ne
 
 @dataclass
 class Subspace:
-    """A fitted subspace: ``V (P, r)`` as one block per parameter, the NFK statistics, how it was fitted."""
+    """A fitted subspace ``V (P, r)`` (one block per parameter), the NFK statistics, how it was fitted.
 
-    blocks: list[torch.Tensor]
+    ``V`` is held as ``blocks`` (fp32), or only as ``sv`` = ``S·V`` in the product dtype:
+    the form every projection multiplies by. A large fit keeps just ``sv`` (bf16 on fast
+    hardware: P·r·2 bytes, never an fp32 copy beside it); ``V`` is recovered as ``S⁻¹·sv``.
+    """
+
+    blocks: list[torch.Tensor] | None
     kind: str
     key: str
     sigma: np.ndarray | None = None
@@ -47,15 +52,43 @@ class Subspace:
     mean: list[torch.Tensor] | None = None
     scale: list[torch.Tensor] | None = None
     g_low_fit: np.ndarray | None = None  # G_low of the fit set, when the fit produced it
+    sv: list[torch.Tensor] | None = None
 
     @property
     def r(self) -> int:
-        return int(self.blocks[0].shape[1])
+        return int((self.blocks if self.blocks is not None else self.sv)[0].shape[1])  # type: ignore[index]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(t.numel() * t.element_size()) for t in (self.blocks or []) + (self.sv or []))
+
+    def v_blocks(self, rows: int = 1 << 18) -> Any:
+        """Yield ``(k, a, V_k[a:a+rows])`` as fp32 slices (never one fp32 copy of a large V)."""
+        for k, b in enumerate(self.blocks if self.blocks is not None else self.sv):  # type: ignore[arg-type]
+            for a in range(0, b.shape[0], rows):
+                sl = b[a:a + rows].float()
+                if self.blocks is None and self.scale is not None:
+                    sl = sl / self.scale[k][a:a + rows, None].to(sl.device)
+                yield k, a, sl
 
     @property
     def V(self) -> np.ndarray:
         """``V`` as one float32 ``(P, r)`` array (small models and tests; large ones use the blocks)."""
-        return torch.cat([b.float().cpu() for b in self.blocks]).numpy()
+        sizes = [b.shape[0] for b in (self.blocks if self.blocks is not None else self.sv)]  # type: ignore[union-attr]
+        out = np.empty((sum(sizes), self.r), np.float32)
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        for k, a, sl in self.v_blocks():
+            out[starts[k] + a: starts[k] + a + sl.shape[0]] = sl.cpu().numpy()
+        return out
+
+    def scaled(self, dtype: torch.dtype) -> list[torch.Tensor]:
+        """``S·V`` in ``dtype`` (computed once and kept)."""
+        if self.sv is None or self.sv[0].dtype != dtype:
+            if self.blocks is not None:
+                self.sv = linalg.row_scale(list(self.blocks), self.scale, dtype)
+            else:
+                self.sv = [b.to(dtype) for b in self.sv]  # type: ignore[union-attr]
+        return self.sv
 
     @property
     def explained_variance_ratio(self) -> np.ndarray | None:
@@ -170,15 +203,13 @@ def _side_path(key: str) -> Path:
     return d / (key.replace(":", "_") + ".npy")
 
 
-def _write_side(path: Path, blocks: list[torch.Tensor]) -> str:
-    """V to a .npy beside the cache, streamed, atomically (temp file + rename); returns its SHA-256."""
-    P = sum(b.shape[0] for b in blocks)
+def _write_side(path: Path, sub: Subspace, sizes: list[int]) -> str:
+    """V (fp32) to a .npy beside the cache, streamed slice by slice, atomically (temp file + rename); its SHA-256."""
+    starts = np.concatenate([[0], np.cumsum(sizes)])
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(P, blocks[0].shape[1]))
-    row = 0
-    for b in blocks:
-        mm[row:row + b.shape[0]] = b.float().cpu().numpy()
-        row += b.shape[0]
+    mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(int(starts[-1]), sub.r))
+    for k, a, sl in sub.v_blocks():
+        mm[starts[k] + a: starts[k] + a + sl.shape[0]] = sl.cpu().numpy()
     mm.flush()
     del mm
     digest = cache.file_sha256(tmp)
@@ -194,22 +225,34 @@ def _split(arr: np.ndarray, sizes: list[int], device: str) -> list[torch.Tensor]
     return out
 
 
-def _load(key: str, sizes: list[int], device: str) -> dict[str, Any] | None:
+def _load(key: str, sizes: list[int], device: str, dtype: torch.dtype) -> dict[str, Any] | None:
+    """A cached subspace: a small V as fp32 ``blocks``; a large one (side file) straight into ``sv`` = S·V in ``dtype``."""
     hit = cache.get_arrays(key)
     if hit is None:
         return None
-    if "V" in hit:
-        V = hit["V"]
-    else:
-        path = _side_path(key)
-        if not path.exists() or cache.file_sha256(path) != str(hit["v_sha"]):
-            log.warning("subspace side file of %s missing or corrupt; refitting", key)
-            return None
-        V = np.load(path, mmap_mode="r")
     out = dict(hit)
-    out["blocks"] = _split(V, sizes, device)
     for name in ("mean", "scale"):
         out[name] = _split(hit[name], sizes, device) if hit[name].size else None
+    out["blocks"], out["sv"] = None, None
+    if "V" in hit:
+        out["blocks"] = _split(hit["V"], sizes, device)
+        return out
+    path = _side_path(key)
+    if not path.exists() or cache.file_sha256(path) != str(hit["v_sha"]):
+        log.warning("subspace side file of %s missing or corrupt; refitting", key)
+        return None
+    V = np.load(path, mmap_mode="r")
+    sv, row = [], 0
+    for k, size in enumerate(sizes):
+        blk = torch.empty(size, V.shape[1], dtype=dtype, device=device)
+        for a in range(0, size, 1 << 18):
+            sl = torch.as_tensor(np.array(V[row + a: row + min(size, a + (1 << 18))]), device=device)
+            if out["scale"] is not None:
+                sl = sl * out["scale"][k][a:a + sl.shape[0], None]
+            blk[a:a + sl.shape[0]] = sl.to(dtype)
+        sv.append(blk)
+        row += size
+    out["sv"] = sv
     return out
 
 
@@ -244,9 +287,9 @@ def fit_subspace(bundle: ModelBundle, id_name: str | ImageDataset = "mnist", par
         raise GradientError(f"r={r} is larger than the {n} training samples the subspace is fitted on; choose r ≤ {n}")
     if p["subspace"] == "pca" and r > P:
         raise GradientError(f"r={r} is larger than the {P:,} parameters in param_set {p['param_set']!r}; choose r ≤ {P}")
-    hit = _load(key, pl.sizes, device)
+    dtype = compute_dtype(p["precision"], P, r, device)
+    hit = _load(key, pl.sizes, device, dtype)
     if hit is None:
-        dtype = compute_dtype(p["precision"], P, r, device)
         work = hooks.work_budget_bytes()
         check_memory(P, r, n, p["subspace"], dtype, work, device, budget_bytes, p["param_set"], max(pl.sizes))
         try:
@@ -256,11 +299,13 @@ def fit_subspace(bundle: ModelBundle, id_name: str | ImageDataset = "mnist", par
         _store(key, sub)
     else:
         sub = Subspace(hit["blocks"], p["subspace"], key, hit["sigma"] if hit["sigma"].size else None,
-                       str(hit["method"]), hit["mean"], hit["scale"], hit["g_low"] if hit["g_low"].size else None)
+                       str(hit["method"]), hit["mean"], hit["scale"], hit["g_low"] if hit["g_low"].size else None,
+                       hit["sv"])
     sub.key = key
     with _sub_lock:
         _subspaces[key] = sub
-        while len(_subspaces) > 2:  # V can be large (P×r); keep a couple
+        # V can be large (P×r): keep at most two, and only the newest once they pass 1 GB together
+        while len(_subspaces) > 2 or (len(_subspaces) > 1 and sum(s.nbytes for s in _subspaces.values()) > 2**30):
             _subspaces.popitem(last=False)
     return sub
 
@@ -272,11 +317,11 @@ def _store(key: str, sub: Subspace) -> None:
         "mean": torch.cat(sub.mean).cpu().numpy() if sub.mean else np.zeros(0, np.float32),
         "scale": torch.cat(sub.scale).cpu().numpy() if sub.scale else np.zeros(0, np.float32),
     }
-    P = sum(b.shape[0] for b in sub.blocks)
-    if 4 * P * sub.r <= _INLINE_V_BYTES:
+    sizes = [b.shape[0] for b in (sub.blocks if sub.blocks is not None else sub.sv)]  # type: ignore[union-attr]
+    if 4 * sum(sizes) * sub.r <= _INLINE_V_BYTES:
         arrays["V"] = sub.V
     else:
-        arrays["v_sha"] = np.array(_write_side(_side_path(key), sub.blocks))
+        arrays["v_sha"] = np.array(_write_side(_side_path(key), sub, sizes))
     cache.put_arrays(key, arrays)
 
 
@@ -291,8 +336,8 @@ def _fit(bundle: ModelBundle, train: ImageDataset, p: dict[str, Any], pl: hooks.
         res, stats = engine.randomized_svd(bundle, train, pl, p["loss"], p["T"], r, n, p["kernel"],
                                            p["power_iters"], dtype, OVERSAMPLE, 0, stage)
         method = f"randomized SVD (q={p['power_iters']}, oversample {OVERSAMPLE}, {str(dtype)[6:]}, {pl.engine})"
-        return Subspace(res.V, "pca", "", res.sigma, method, stats.mean if stats else None,
-                        stats.scale if stats else None, res.g_low.astype(np.float32))
+        return Subspace(None, "pca", "", res.sigma, method, stats.mean if stats else None,
+                        stats.scale if stats else None, res.g_low.astype(np.float32), res.SV)
     labels = train.labels.copy()
     if (labels < 0).any():  # unlabelled training data: group by the predicted class
         from ..extract import extract
@@ -336,7 +381,7 @@ def project(bundle: ModelBundle, data: Any, sub: Subspace, params: dict[str, Any
     device = device or ps._default_device()  # noqa: SLF001
     pl = hooks.plan(bundle, p["param_set"], device=device)
     dtype = compute_dtype(p["precision"], pl.P, sub.r, device)
-    SV = linalg.row_scale([b.to(device) for b in sub.blocks], sub.scale, dtype)
+    SV = [b.to(device) for b in sub.scaled(dtype)]
     off = linalg.offset(sub.mean, SV)
     try:
         g = engine.project_pass(bundle, data, pl, p["loss"], p["T"], SV, off, progress, f"G_low (r={sub.r})")
