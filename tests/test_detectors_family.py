@@ -357,3 +357,105 @@ def test_vra_per_unit_percentile_equals_numpy(q):
     x = np.random.default_rng(3).normal(size=(57, 6))
     x[:20, 0] = 0.0  # ties, as post-ReLU features have
     np.testing.assert_allclose(_unit_percentile(np.sort(x, axis=0), q), np.percentile(x, q, axis=0), rtol=1e-12, atol=1e-15)
+
+
+# --- NAC ---------------------------------------------------------------------------------------
+
+def _nac_reference(train_ext: Extraction, ext: Extraction, idx, O: int, M: int, alpha: float) -> np.ndarray:
+    """The authors' KMNC written out (torch, broadcast comparisons), states from autograd of KL(u‖p)."""
+    def states(e):
+        h = t64(e.features).requires_grad_(True)
+        logits = h @ t64(e.head_weight).T + t64(e.head_bias)
+        loss = (-(1.0 / logits.shape[1]) * torch.log_softmax(logits, 1)).sum()
+        (g,) = torch.autograd.grad(loss, h)
+        return torch.sigmoid(alpha * h.detach() * g)
+
+    half = M // 2
+    x = np.linspace(1, np.sqrt(1e3), num=half)
+    xl = np.emath.logn(1e3, x)
+    th = np.concatenate([xl[:-1], (1 - xl)[::-1]])
+    th[-1] += 1e-2
+    thresh = torch.from_numpy(np.append(th, 1.2)).view(M, 1).repeat(1, train_ext.features.shape[1])
+
+    def acts(s):
+        return (s.unsqueeze(1) >= thresh[:M - 1].unsqueeze(0)) & (s.unsqueeze(1) < thresh[1:M].unsqueeze(0))
+
+    t_act = acts(states(train_ext.subset(idx))).sum(0).double()
+    cov = torch.minimum(t_act / O, torch.ones_like(t_act))
+    return (acts(states(ext)) * cov.unsqueeze(0)).sum(1).mean(1).numpy()
+
+
+@pytest.mark.parametrize("O,M,alpha", [(50, 50, 100.0), (10, 20, 1000.0), (5, 500, 1.0)])
+def test_nac_matches_the_authors_coverage_code(train, test, O, M, alpha):
+    from ood_core.detectors.nac import balanced_subset
+
+    ex_tr, ex_te = _exact(train), _exact(test)
+    det = get_detector("nac").fit(ex_tr)
+    got = det.score(ex_te, O=O, M=M, alpha=alpha, n_fit=300)
+    idx = balanced_subset(ex_tr.labels, 300)
+    np.testing.assert_allclose(got, _nac_reference(ex_tr, ex_te, idx, O, M, alpha), rtol=RTOL, atol=1e-12)
+    assert len(idx) <= 300 and len(np.unique(np.bincount(ex_tr.labels[idx]))) == 1  # balanced
+
+
+def test_nac_bin_edges_are_the_references():
+    from ood_core.detectors.nac import bin_edges
+
+    e = bin_edges(50)
+    assert len(e) == 50 and e[0] == 0.0 and abs(e[-2] - 1.01) < 1e-12 and e[-1] == 1.2
+    assert np.all(np.diff(e) > 0) and abs(e[24] - 0.5) < 1e-12
+
+
+# --- GROOD -------------------------------------------------------------------------------------
+
+def test_grood_gradient_equals_autograd_of_the_prototype_loss(train, test):
+    from ood_core.detectors.grood import class_prototypes, noise_gradients
+
+    h = np.asarray(test.features, np.float64)
+    protos = class_prototypes(np.asarray(train.features, np.float64), train.labels, C)
+    noise = np.asarray(train.features, np.float64).mean(0) * 0.3 + 0.1
+    pred = test.logits.argmax(1)
+    P = t64(protos).requires_grad_(True)
+    mu = t64(noise).requires_grad_(True)
+    want = []
+    for i in range(len(h)):  # the reference: per-sample autograd of CE(−‖h − μ_j‖, ŷ) w.r.t. the OOD prototype
+        allp = torch.cat([P, mu.view(1, -1)])
+        s = -torch.norm(t64(h[i]).view(1, -1) - allp, dim=1)
+        loss = torch.nn.functional.cross_entropy(s.view(1, -1), torch.tensor([int(pred[i])]))
+        (g,) = torch.autograd.grad(loss, mu)
+        want.append(g.numpy())
+    np.testing.assert_allclose(noise_gradients(h, protos, noise), np.stack(want), rtol=RTOL, atol=1e-12)
+
+
+def test_grood_scores_are_exact_nearest_training_gradients(default_bundle):
+    from ood_core import workbench as wb
+    from ood_core.detectors.grood import noise_gradients
+    from ood_core.data import get_dataset
+
+    det = wb.fitted_detector("grood", default_bundle, "mnist")
+    assert det.train_info["ood_val"] == "aux_val"
+    ext = wb.get_extraction(default_bundle, get_dataset("letters").subset(np.arange(50)))
+    for proto in ("val_ood", "proto_mean"):
+        got = det.score_arrays(ext, k=3, noise_proto=proto, n_noise=100)
+        noise = det.noise_prototype(proto, 100)
+        g_tr = noise_gradients(det._h[det._ok], det._protos, noise)
+        g = noise_gradients(np.asarray(ext.features, np.float64), det._protos, noise)
+        d2 = ((g[:, None, :] - g_tr[None, :, :]) ** 2).sum(-1)
+        np.testing.assert_allclose(got, -np.sort(d2, axis=1)[:, 2], rtol=1e-6, atol=1e-12)
+    val = np.asarray(wb.get_extraction(default_bundle, get_dataset("aux_val")).features, np.float64)
+    np.testing.assert_allclose(det.noise_prototype("val_ood", 100), val[:100].mean(0), rtol=1e-12)
+
+
+def test_grood_without_a_validation_ood_set_says_what_to_do(default_bundle, monkeypatch):
+    from ood_core.detectors import grood as grood_mod
+
+    det = grood_mod.GROOD()
+    monkeypatch.setattr("ood_core.data.list_datasets", lambda *a, **k: [])
+    from ood_core import workbench as wb
+    from ood_core.data import get_dataset
+
+    tr = get_dataset("mnist:train")
+    det.fit_model(default_bundle, tr, wb.get_extraction(default_bundle, tr))
+    with pytest.raises(DetectorError, match="register one with role ood_val, or set grood.noise_proto=proto_mean"):
+        det.score_arrays(wb.get_extraction(default_bundle, tr.subset(np.arange(5))), k=1, noise_proto="val_ood", n_noise=100)
+    assert det.score_arrays(wb.get_extraction(default_bundle, tr.subset(np.arange(5))), k=1,
+                            noise_proto="proto_mean", n_noise=100).shape == (5,)
