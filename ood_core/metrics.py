@@ -146,17 +146,32 @@ def _np_lerp(lo: np.ndarray, hi: np.ndarray, frac: float) -> np.ndarray:
     return hi - d * (1.0 - frac) if frac >= 0.5 else lo + d * frac
 
 
-def _resampled_order_stats(sorted_vals: np.ndarray, w_sorted: np.ndarray, ranks: tuple[int, ...]) -> list[np.ndarray]:
-    """Per resample, the values at 0-based ``ranks`` of the resample sorted ascending.
+def _cumsum_rows(w: np.ndarray, order: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out[i] = Σ_{j ≤ i} w[order[j]]`` row by row (``out`` has ``len(order)`` rows).
+
+    Hand-written: ``np.cumsum(w[order], axis=0)`` walks a (rows × resamples) array column by
+    column and measured 3.7–6.5 ms for 1,000 × 1,000 float32 on this CPU; one vector add per
+    row takes 1.0 ms, skips the gathered copy and adds in the same order (bit-identical).
+    """
+    if len(order):
+        out[0] = w[order[0]]
+    for i in range(1, len(order)):
+        np.add(out[i - 1], w[order[i]], out=out[i])
+    return out
+
+
+def _resampled_order_stats(sorted_vals: np.ndarray, w: np.ndarray, order: np.ndarray,
+                           ranks: tuple[int, ...]) -> list[np.ndarray]:
+    """Per resample, the values at 0-based ``ranks`` of the resample sorted ascending (``w[order]`` sorted weights).
 
     Only the cumulative weights up to the first row that passes the largest rank in every
     resample are needed; start with a prefix and widen it only if some resample needs more.
     """
-    n = w_sorted.shape[0]
+    n = w.shape[0]
     top = max(ranks)
     m = min(n, 2 * top + 64)
     while True:
-        c = np.cumsum(w_sorted[:m], axis=0)
+        c = _cumsum_rows(w, order[:m], np.empty((m, w.shape[1]), w.dtype))
         if m == n or c[-1].min() > top:
             return [sorted_vals[np.minimum((c <= r).sum(axis=0), n - 1)] for r in ranks]
         m = min(n, 2 * m)
@@ -185,7 +200,7 @@ def bootstrap_draws(id_scores: np.ndarray, ood_scores: np.ndarray, n_boot: int =
     bs = b[ob]
     cb = np.empty((b.size + 1, n_boot), wb.dtype)
     cb[0] = 0
-    np.cumsum(wb[ob], axis=0, out=cb[1:])  # cb[j] = resampled weight of the j smallest OOD scores
+    _cumsum_rows(wb, ob, cb[1:])  # cb[j] = resampled weight of the j smallest OOD scores
     out: dict[str, np.ndarray] = {}
     if "auroc" in metrics:
         lt, le = np.searchsorted(bs, a, side="left"), np.searchsorted(bs, a, side="right")
@@ -201,7 +216,7 @@ def bootstrap_draws(id_scores: np.ndarray, ood_scores: np.ndarray, n_boot: int =
         pos = (a.size - 1) * (5.0 / 100.0)
         lo = int(np.floor(pos))
         frac = float(pos - lo)
-        v_lo, v_hi = _resampled_order_stats(a[oa], wa[oa], (lo, min(lo + 1, a.size - 1)))
+        v_lo, v_hi = _resampled_order_stats(a[oa], wa, oa, (lo, min(lo + 1, a.size - 1)))
         t = _np_lerp(v_lo, v_hi, frac)
         below_t = cb[np.searchsorted(bs, t, side="left"), np.arange(n_boot)].astype(np.float64)
         out["fpr95"] = (b.size - below_t) / b.size
