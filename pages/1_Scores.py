@@ -50,16 +50,9 @@ def detector_and_results(ctx: common.Context) -> None:
             return
         with common.guard(f"fitting {det_name}"), st.spinner(f"Fitting {det_name} on the ID training split…"):
             det = wb.fitted_detector(det_name, ctx.bundle, ctx.id_name)
-        st.caption(det.describe())
-        if det.help:
-            st.caption(det.help)
-        knobs = common.knob_widgets(det, "scores", state.detector_knobs(det_name))
-        with common.guard(det_name):
-            knobs = det.resolve(knobs)
-        state.set_detector_knobs(det_name, knobs)
-        derived = det.derived(**knobs)
-        for k, v in derived.items():
-            st.caption(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
+        knob_box = st.container()  # filled after the metrics: a knob move's result reaches the browser first
+    with common.guard(det_name):
+        knobs = det.resolve(common.knob_values(det, "scores", state.detector_knobs(det_name)))
 
     sets = [ctx.id_name, *ctx.ood]
 
@@ -93,6 +86,19 @@ def detector_and_results(ctx: common.Context) -> None:
         c2.metric("AUROC (mean)", f"{100 * mean_row['auroc']:.2f}")
         c3.metric("FPR@95TPR (mean)", f"{100 * mean_row['fpr95']:.2f}")
         c4.metric("AUPR-In (mean)", f"{100 * mean_row['aupr_in']:.2f}")
+    with knob_box:
+        st.caption(det.describe())
+        if det.help:
+            st.caption(det.help)
+        drawn = common.knob_widgets(det, "scores", state.detector_knobs(det_name))
+        with common.guard(det_name):
+            drawn = det.resolve(drawn)
+        state.set_detector_knobs(det_name, drawn)
+        for k, v in det.derived(**drawn).items():
+            st.caption(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
+    if drawn != knobs:  # the widgets disagree with the values read before them (not expected): redo with theirs
+        st.rerun(scope="fragment")
+    with right:
         diag = det.diagnostics(id_ext, **knobs)
         for k, v in diag.items():
             if v:

@@ -227,6 +227,22 @@ def knob_widgets(owner, page: str, values: dict[str, Any] | None = None, contain
                                  k.name in off) for k in owner.knobs}
 
 
+def knob_values(owner, page: str, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What :func:`knob_widgets` will return this run, read before the widgets are drawn.
+
+    A moved widget's new value is in the session before the script runs, so a page can compute
+    (and show) its result first and draw the knob widgets after it: the browser then receives
+    the result ahead of the widgets' own messages (docs/architecture.md, "The app").
+    """
+    values = dict(values or {})
+    out = {}
+    for k in owner.knobs:
+        v = state.widget(state.knob_key(page, owner.name, k.name), values.get(k.name, k.default))
+        out[k.name] = (bool(v) if k.kind == "bool" else int(v) if k.kind == "int"
+                       else v if k.kind == "choice" else float(v))
+    return out
+
+
 def _knob_widget(c, k: Knob, cur: Any, key: str, disabled: bool) -> Any:
     label, kw = k.label or k.name, {"key": key, "help": k.help or None, "disabled": disabled}
     if k.kind == "choice":
