@@ -172,6 +172,35 @@ def _score_key(bundle: ModelBundle, det: Detector, ds: ImageDataset, knobs: dict
                           preprocess=bundle.preprocess.to_dict())
 
 
+def model_time_estimate(bundle: ModelBundle, detector: str, id_name: str, datasets: Iterable[str],
+                        params: dict[str, Any] | None = None, probe: int = 32) -> dict[str, Any]:
+    """What running a model-time detector on the ``datasets`` not yet cached will cost, before it runs.
+
+    A dry run on ``probe`` images of the first pending dataset (:meth:`ModelDetector.estimate`;
+    the low-dimensional gradients time their blocks and products without fitting). Returns
+    ``seconds``, ``bytes``, ``n_images`` (pending), ``pending`` (names) and ``detail``; zeros when
+    everything is cached or the detector needs no model.
+    """
+    det = fitted_detector(detector, bundle, id_name)
+    knobs = det.resolve(params)
+    pending = [d for d in datasets if not is_cached(bundle, det, d, knobs)]
+    if not det.needs_model or not pending:
+        return {"seconds": 0.0, "bytes": 0, "n_images": 0, "pending": [], "detail": "cached"}
+    n = sum(len(get_dataset(d)) for d in pending)
+    first = get_dataset(pending[0])
+    sub = first.subset(np.arange(min(probe, len(first))), name=f"{first.name}#probe")
+    est = dict(det.estimate(bundle, sub, n, **knobs))  # type: ignore[attr-defined]
+    est.update(n_images=n, pending=pending)
+    return est
+
+
+def describe_cost(est: dict[str, Any]) -> str:
+    """``≈ 3 min 10 s, ≈ 1.2 GB peak (detail)`` for :func:`model_time_estimate`'s result."""
+    s = float(est["seconds"])
+    t = f"{s:.0f} s" if s < 90 else (f"{s // 60:.0f} min {s % 60:02.0f} s" if s < 5400 else f"{s / 3600:.1f} h")
+    return f"≈ {t}, ≈ {est['bytes'] / 2**30:.2f} GB peak, {est['n_images']:,} images ({est['detail']})"
+
+
 def is_cached(bundle: ModelBundle, detector: Detector, dataset: str, params: dict[str, Any] | None = None) -> bool:
     """Whether a model-time detector's scores are already on disk for these knobs."""
     if not detector.needs_model:

@@ -70,7 +70,14 @@ def detector_and_results(ctx: common.Context) -> None:
         with common.guard(f"scoring with {det_name}"):
             if det.needs_model and not all(wb.is_cached(ctx.bundle, det, n, knobs) for n in sets):
                 with right:
-                    scores = common.run_as_job(f"scores:{view_key}", lambda jc: _score_sets(jc.progress),
+                    job_key = f"scores:{view_key}"
+                    if job_key not in state.get("job_ids", {}):
+                        seconds, line = common.model_time_cost(ctx.bundle, det_name, ctx.id_name, sets, knobs)
+                        st.caption(f"Needs the model: {line}")
+                        # a few seconds start at once; anything longer waits for a click
+                        if seconds > LONG_JOB_S and not st.button(f"Run {det_name} as a job", key="scores.run_mt"):
+                            return
+                    scores = common.run_as_job(job_key, lambda jc: _score_sets(jc.progress),
                                                f"{det_name} on {len(sets)} datasets")
             else:
                 scores = _score_sets()
@@ -126,6 +133,7 @@ def detector_and_results(ctx: common.Context) -> None:
 
 
 MISSES = 12
+LONG_JOB_S = 20.0  # a model-time detector estimated to take longer asks before it runs
 
 
 def scores_view(key: str, id_name: str, scores: dict[str, np.ndarray]) -> dict:

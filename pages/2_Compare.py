@@ -76,6 +76,13 @@ def compare_body(ctx: common.Context) -> None:
     if pending:
         key = f"compare-mt:{ctx.bundle.fingerprint}:{ctx.id_name}:{ctx.ood}:{pending}:{sorted(params.items(), key=str)}"
         running = key in state.get("job_ids", {})
+        if not running:
+            with st.spinner("Estimating what they will cost (a dry run on a few images)…"):
+                costs = [common.model_time_cost(ctx.bundle, d, ctx.id_name, [ctx.id_name, *ctx.ood], params.get(d))
+                         for d in pending]
+            st.caption("Before running: " + "; ".join(line for _, line in costs)
+                       + (". The low-dimensional gradient detectors share one subspace fit and one G_low per set."
+                          if sum(d.startswith("lowdim") for d in pending) > 1 else ""))
         if running or st.button(f"Run model-time detectors ({', '.join(pending)}) as a job", key="compare.run_mt"):
             def _job(jc, _b=ctx.bundle, _id=ctx.id_name, _ood=list(ctx.ood), _d=pending, _p=params):
                 return cmp.compare_table(_b, _id, _ood, _d, _p, n_boot=0, progress=jc.progress, run_model_time=True)

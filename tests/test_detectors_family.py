@@ -459,3 +459,23 @@ def test_grood_without_a_validation_ood_set_says_what_to_do(default_bundle, monk
         det.score_arrays(wb.get_extraction(default_bundle, tr.subset(np.arange(5))), k=1, noise_proto="val_ood", n_noise=100)
     assert det.score_arrays(wb.get_extraction(default_bundle, tr.subset(np.arange(5))), k=1,
                             noise_proto="proto_mean", n_noise=100).shape == (5,)
+
+
+# --- cost estimates of model-time detectors ------------------------------------------------------
+
+def test_model_time_estimate_is_a_dry_run(default_bundle, monkeypatch):
+    from ood_core import gradients as G
+    from ood_core import workbench as wb
+
+    est = wb.model_time_estimate(default_bundle, "odin", "mnist", ["faces", "letters"], {"T": 3.3, "eps": 0.0001})
+    assert est["pending"] == ["faces", "letters"] and est["n_images"] == 400 + 1000
+    assert est["seconds"] > 0 and est["bytes"] > 0 and "ms per image" in est["detail"]
+    det = wb.fitted_detector("odin", default_bundle, "mnist")
+    assert not wb.is_cached(default_bundle, det, "faces", {"T": 3.3, "eps": 0.0001})  # estimating scored nothing
+    assert wb.model_time_estimate(default_bundle, "energy", "mnist", ["faces"])["seconds"] == 0  # no model needed
+
+    # the low-dimensional gradients: blocks and products timed, the subspace never fitted
+    monkeypatch.setattr(G.subspace, "_fit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("fitted")))
+    est = wb.model_time_estimate(default_bundle, "lowdim_knn", "mnist", ["faces"], {"r": 37})
+    assert est["fit_seconds"] > 0 and not est["fit_cached"] and est["seconds"] > est["fit_seconds"]
+    assert "subspace fit over" in est["detail"] and est["bytes"] >= 4 * 140_138 * 47

@@ -30,6 +30,7 @@ def test_compare_page_renders_the_table(default_bundle):
     assert not at.exception, at.exception
     assert any("odin" in m.value and "model at scoring time" in m.value for m in at.markdown)
     assert any("odin" in b.label for b in at.button)
+    assert any(c.value.startswith("Before running: odin: ≈ ") and "GB peak" in c.value for c in at.caption)  # a dry run
     at.radio(key="compare.metric").set_value("fpr95").run()
     assert not at.exception
     assert list(at.dataframe[0].value.index) == ["energy"]

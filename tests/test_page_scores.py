@@ -94,3 +94,23 @@ def test_model_time_detector_runs_as_a_job_then_reads_the_cache(default_bundle):
     from ood_core import workbench as wb
     det = wb.fitted_detector("odin", default_bundle, "mnist")
     assert wb.is_cached(default_bundle, det, "faces", {"T": 10.0, "eps": 0.0007})
+
+
+def test_a_long_model_time_job_says_its_cost_and_waits_for_a_click(default_bundle, monkeypatch):
+    """Over LONG_JOB_S the page shows the dry run's estimate and a Run button instead of starting."""
+    from ood_core import workbench as wb
+
+    calls = []
+    monkeypatch.setattr(wb, "model_time_estimate", lambda *a, **k: calls.append(a) or {
+        "seconds": 600.0, "bytes": 3 * 2**30, "n_images": 2000, "pending": ["faces"], "detail": "dry run"})
+    at = _page("pages/1_Scores.py")
+    at.session_state["ood_datasets"] = ["faces"]
+    at.session_state["detector"] = "odin"
+    at.session_state["detector_knobs"] = {"odin": {"T": 12.5, "eps": 0.0003}}
+    at.run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    assert calls and any("≈ 10 min 00 s, ≈ 3.00 GB peak, 2,000 images (dry run)" in c.value for c in at.caption)
+    assert [b.label for b in at.button if b.key == "scores.run_mt"] == ["Run odin as a job"]
+    assert not at.session_state["job_ids"] if "job_ids" in at.session_state else True
+    det = wb.fitted_detector("odin", default_bundle, "mnist")
+    assert not wb.is_cached(default_bundle, det, "faces", {"T": 12.5, "eps": 0.0003})  # nothing ran

@@ -264,6 +264,27 @@ def _knob_widget(c, k: Knob, cur: Any, key: str, disabled: bool) -> Any:
     return float(c.slider(label, lo, hi, float(cur), step=k.step or (hi - lo) / 200 or None, **kw))
 
 
+@st.cache_data(show_spinner=False, max_entries=256)
+def _cost(fingerprint: str, detector: str, id_name: str, datasets: tuple[str, ...], params_json: str,
+          _bundle: Any) -> dict[str, Any]:
+    import json
+
+    return wb.model_time_estimate(_bundle, detector, id_name, list(datasets), json.loads(params_json))
+
+
+def model_time_cost(bundle, detector: str, id_name: str, datasets: Iterable[str],
+                    params: dict[str, Any] | None) -> tuple[float, str]:
+    """``(seconds, one line)``: what running a model-time detector will cost, from a dry run (cached per setting)."""
+    import json
+
+    try:
+        est = _cost(bundle.fingerprint, detector, id_name, tuple(datasets),
+                    json.dumps(params or {}, sort_keys=True, default=str), bundle)
+    except UserError as exc:
+        return 0.0, f"{detector}: cost unknown ({first_line(exc)})"
+    return float(est["seconds"]), f"{detector}: {wb.describe_cost(est)}"
+
+
 def run_as_job(key: str, fn, title: str):
     """Run ``fn(ctx)`` as a background job keyed by ``key``; show progress and a Cancel button.
 

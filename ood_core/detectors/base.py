@@ -152,6 +152,33 @@ class ModelDetector(Detector):
         """Scores (higher = more ID) of every image in ``ds``, batched, with progress."""
         raise NotImplementedError
 
+    def estimate(self, bundle: Any, probe: Any, n_images: int, **knobs: Any) -> dict[str, Any]:
+        """What scoring ``n_images`` images will cost, from a dry run on ``probe`` (a few images, fitted detector).
+
+        Default: :meth:`score_model` timed (nothing cached) on a quarter of the probe and on all
+        of it; the difference gives the cost per image, the rest a fixed cost per call (setting
+        up a vmap costs more than 32 images). Memory: a batch of 64 images' activations kept for a
+        backward pass (from a one-image forward with hooks). Returns ``seconds``, ``bytes``, ``detail``.
+        """
+        import time
+
+        from ..extract import run_forward
+        from ..gradients.per_sample import _activation_elems
+
+        n2 = len(probe)
+        n1 = max(1, n2 // 4)
+        times = []
+        for sub in (probe.subset(np.arange(n1)), probe):
+            ext = run_forward(bundle, sub)
+            t = time.perf_counter()
+            self.score_model(bundle, sub, ext, None, **knobs)
+            times.append(time.perf_counter() - t)
+        per = max((times[1] - times[0]) / max(1, n2 - n1), times[1] / n2 / 10)
+        fixed = max(0.0, times[0] - n1 * per)
+        mem = 3 * 4 * 64 * _activation_elems(bundle)
+        return {"seconds": fixed + per * n_images, "bytes": mem,
+                "detail": f"{1000 * per:.2f} ms per image + {fixed:.1f} s setup, measured on {n1} and {n2}"}
+
 
 _REGISTRY: dict[str, type[Detector]] = {}
 

@@ -168,6 +168,11 @@ class _LowDim(ModelDetector):
             st["nn"] = NearestNeighbors().fit(_unit(st["g"]))
         return st["nn"]
 
+    def estimate(self, bundle: Any, probe: ImageDataset, n_images: int, **knobs: Any) -> dict[str, Any]:
+        """The subspace fit (unless cached) and ``G_low`` of ``n_images`` images, from a dry run (no fit)."""
+        self._require_fit()
+        return grads.estimate_cost(bundle, self._train_ds, probe, n_images, self.grad_params(knobs))
+
     def score_model(self, bundle: Any, ds: ImageDataset, ext: Extraction, progress: Any = None, **knobs: Any) -> np.ndarray:
         """Scores (higher = more ID) of ``ds`` for one resolved knob setting."""
         self._require_fit()

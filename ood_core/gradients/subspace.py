@@ -410,3 +410,54 @@ def lowdim_for_dataset(bundle: ModelBundle, ds_name: str | ImageDataset, id_name
     if progress:
         progress(1.0, f"low-dimensional gradients of {ds.name}: done")
     return arr["g_low"]
+
+
+# --- what a fit and a projection will cost -------------------------------------------------------
+
+def estimate_cost(bundle: ModelBundle, id_name: str | ImageDataset, probe: ImageDataset, n_images: int,
+                  params: dict[str, Any] | None = None, device: str | None = None) -> dict[str, Any]:
+    """Seconds and bytes of the subspace fit (0 when cached) and of ``G_low`` for ``n_images`` images.
+
+    A dry run, not a fit: the per-sample blocks of the ``probe`` images are formed and dropped
+    (forward, backward, blocks), and the two products every pass adds are timed on one
+    ``2¹⁸``-row slice (``G·V`` in the product dtype, the fp32 ``Gᵀ·Y`` accumulation) and scaled
+    to P. A fit is ``q + 1`` accumulation and ``q + 1`` projection passes over the fit set
+    (``avg``: one accumulation, then a projection of the training split).
+    """
+    import time
+
+    p = resolve_params(params)
+    device = device or ps._default_device()  # noqa: SLF001
+    train = fit_subset(_train_dataset(id_name))
+    pl = hooks.plan(bundle, p["param_set"], device=device)
+    P, r, q = pl.P, _r_of(bundle, p), int(p["power_iters"])
+    pca = p["subspace"] == "pca"
+    ell = min(r + OVERSAMPLE, len(train), P) if pca else r
+    dtype = compute_dtype(p["precision"], P, r, device)
+    t = time.perf_counter()
+    for _s, _B, blocks in hooks.iter_chunks(bundle, probe, pl, p["loss"], p["T"], dtype=dtype):
+        for _k, g in blocks():
+            g.sum()
+    blk = (time.perf_counter() - t) / max(1, len(probe))
+    B, m = min(pl.chunk, 64), min(P, 1 << 18)
+    g = torch.randn(B, m, device=device).to(dtype)
+    V = torch.randn(m, ell, device=device).to(dtype)
+    W, M = torch.zeros(m, ell, device=device), torch.randn(B, ell, device=device)
+    t = time.perf_counter()
+    g @ V
+    prod = (time.perf_counter() - t) / B * P / m
+    t = time.perf_counter()
+    W.addmm_(g.T.float(), M)
+    acc = (time.perf_counter() - t) / B * P / m
+    del g, V, W, M
+    proj_per, acc_per = blk + prod, blk + acc
+    fit_cached = cache.has(subspace_key(bundle, id_name, p))
+    n_fit = len(train)
+    fit_s = 0.0 if fit_cached else (n_fit * (q + 1) * (proj_per + acc_per) if pca else n_fit * (acc_per + proj_per))
+    work = hooks.work_budget_bytes()
+    fit_b = 0 if fit_cached else fit_memory(P, r, n_fit, p["subspace"], dtype, work, max(pl.sizes))["total"]
+    score_b = P * r * torch.tensor([], dtype=dtype).element_size() + work
+    return {"seconds": fit_s + n_images * proj_per, "fit_seconds": fit_s, "bytes": max(fit_b, score_b),
+            "fit_cached": fit_cached,
+            "detail": (f"{'subspace cached' if fit_cached else f'subspace fit over {n_fit:,} training images'}; "
+                       f"G_low ≈ {1000 * proj_per:.1f} ms per image ({P:,} parameters, r = {r})")}
