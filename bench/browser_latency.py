@@ -20,7 +20,12 @@ The first load of ``/Scores`` in the fresh server (when it starts one) is report
 sidebar's page titles. Maps at 100,000 points: ``bench/maps.py --scale 100000`` (build, payload,
 plotly.js draw and lasso in the same Chromium).
 
-Usage: ``python bench/browser_latency.py [--url URL] [--case default,large] [--moves 10]``.
+Usage: ``python bench/browser_latency.py [--url URL] [--case default,large,maps] [--moves 10]``.
+
+``maps``: the large case plus a 40,000-image OOD set (``bench_ood2``), so the Maps page holds
+100,000 points per map at 50,000 samples per set; both PCA maps are computed and cached first.
+Times: from the "Samples per dataset" entry to both maps drawn in the page, and from a lasso's
+mouse-up on the features map to the first gallery image (and to the end of the rerun).
 Bars (issue 15; medians on a 2-core machine): knob → metric ≤ 150 ms (default), ≤ 300 ms (large).
 """
 from __future__ import annotations
@@ -44,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 CHROMIUM = os.environ.get("OOD_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
-LARGE_ID, LARGE_OOD = "bench_id", "bench_ood"
+LARGE_ID, LARGE_OOD, MAPS_OOD = "bench_id", "bench_ood", "bench_ood2"
 
 # Installed before any page script: records trusted keydowns, the script state and the metric's text.
 PROBE = """
@@ -166,6 +171,80 @@ def ensure_large_case(n_id: int = 10_000, n_ood: int = 50_000) -> None:
     for n in (LARGE_ID, f"{LARGE_ID}:train", LARGE_OOD):
         wb.get_extraction(b, n)
     print(f"large case ready ({time.time() - t:.1f} s to load/extract)", flush=True)
+
+
+def ensure_maps_case(n_extra: int = 40_000) -> None:
+    """The large case plus a 40,000-image OOD set: 10k + 50k + 40k = 100,000 map points. Both PCA maps
+    (features and the reference preset's G_low, the Maps page's defaults) are computed once and
+    cached on disk, as after a first visit."""
+    from ood_core import maps, persist
+    from ood_core import cache
+    from ood_core import workbench as wb
+    from ood_core.data import list_datasets
+
+    ensure_large_case()
+    import numpy as np
+
+    if MAPS_OOD not in {s.name for s in list_datasets()}:
+        rng = np.random.default_rng(1)
+        x = np.clip(rng.normal(128, 60, (n_extra, 28, 28, 1)), 0, 255).astype(np.uint8)
+        np.savez(cache.cache_dir() / "bench_large" / "ood2.npz", x=x)
+        persist.register_local(cache.cache_dir() / "bench_large" / "ood2.npz", MAPS_OOD, "ood_test", "npz", labelled=False)
+    t = time.time()
+    b = wb.load_model("default")
+    gp = {**maps.GRADIENT_KNOBS.defaults(), "T": 1.0}
+    for space in ("features", "gradients"):
+        maps.compute_map(b, LARGE_ID, [LARGE_OOD, MAPS_OOD], space, "pca", 50_000, 0,
+                         gp if space == "gradients" else None, **maps.KNOBS["pca"].defaults())
+    print(f"maps case ready ({time.time() - t:.1f} s to compute/load both 100,000-point maps)", flush=True)
+
+
+MAP_POINTS = """() => { const gs = [...document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')];
+  return gs.map(g => (g._fullData || []).reduce((s, t) => s + (t.x ? t.x.length : 0), 0)); }"""
+
+
+def maps_case(browser, url: str) -> None:
+    """Maps at 100,000 points: settings → both maps drawn; a lasso on the features map → the gallery's images."""
+    ctx = browser.new_context(viewport={"width": 1600, "height": 1200})
+    ctx.add_init_script(PROBE)
+    page = ctx.new_page()
+    page.set_default_timeout(300_000)
+    try:
+        apply_experiment(page, url, {"model": "default", "id_dataset": LARGE_ID, "ood_datasets": [LARGE_OOD, MAPS_OOD],
+                                     "detectors": ["energy"], "schema": "ood-workbench/experiment@1"})
+        goto_in_session(page, "Maps")
+        page.get_by_text("PCA", exact=True).first.click()
+        wait_idle(page)
+        box = page.locator('.st-key-maps_n input').first
+        box.fill("50000")
+        t0 = time.perf_counter()
+        box.press("Enter")
+        page.wait_for_function(f"() => ({MAP_POINTS})().filter(n => n >= 100000).length >= 2", timeout=300_000)
+        page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+        draw = time.perf_counter() - t0
+        wait_idle(page)
+        print(f"\nMaps, 100,000 points per map (PCA, embeddings cached): settings -> both maps drawn {draw:.2f} s "
+              f"(bar 3 s); points per map {page.evaluate(MAP_POINTS)}", flush=True)
+        chart = page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').first
+        chart.scroll_into_view_if_needed()
+        page.wait_for_timeout(500)
+        drag = chart.locator(".nsewdrag").first.bounding_box()
+        cx, cy = drag["x"] + drag["width"] / 2, drag["y"] + drag["height"] / 2
+        page.mouse.move(cx - 40, cy - 40)
+        page.mouse.down()
+        for dx, dy in ((40, -40), (40, 40), (-40, 40), (-40, -40)):
+            page.mouse.move(cx + dx, cy + dy, steps=4)
+        t0 = time.perf_counter()
+        page.mouse.up()
+        page.locator('[data-testid="stImage"]').first.wait_for(timeout=300_000)
+        first_image = time.perf_counter() - t0
+        wait_idle(page)
+        done = time.perf_counter() - t0
+        shown = page.locator('[data-testid="stImage"]').count()
+        print(f"  lasso on the features map: mouse up -> first gallery image {first_image:.2f} s (bar 1 s), "
+              f"-> rerun finished {done:.2f} s; {shown} images shown", flush=True)
+    finally:
+        ctx.close()
 
 
 # --- browser helpers -------------------------------------------------------------------------------
@@ -292,6 +371,8 @@ def main() -> None:
     print(f"machine: {machine()}; cache {os.environ['OOD_CACHE_DIR']}", flush=True)
     if "large" in cases:
         ensure_large_case()
+    if "maps" in cases:
+        ensure_maps_case()
     proc = None
     try:
         if args.url:
@@ -307,7 +388,10 @@ def main() -> None:
                 if not args.url:
                     first_load_nav(browser, url)
                 for case in cases:
-                    scores_case(browser, url, case, args.moves)
+                    if case == "maps":
+                        maps_case(browser, url)
+                    else:
+                        scores_case(browser, url, case, args.moves)
             finally:
                 browser.close()
     finally:

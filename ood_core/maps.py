@@ -233,7 +233,7 @@ def separability_table(xy: np.ndarray, full: np.ndarray, datasets: Sequence[str]
     xy, full = np.asarray(xy), np.asarray(full)
     key = cache.make_key("separability", v=MAP_VERSION, xy=np.ascontiguousarray(xy),
                          full=np.ascontiguousarray(full), shape=[list(xy.shape), list(full.shape)],
-                         datasets=datasets.tolist(), id=id_name, k=k, seed=seed)
+                         datasets=datasets, id=id_name, k=k, seed=seed)  # an array: hashed as bytes, not 100,000 list items
 
     is_id = datasets == id_name
     if min(int(is_id.sum()), int((~is_id).sum())) < 2:  # a tiny map: drawable, but nothing to cross-validate

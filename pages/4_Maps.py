@@ -108,9 +108,6 @@ def maps_body(ctx: common.Context) -> None:
                 grad = common.run_as_job(gkey, _job, "low-dimensional gradients and their map")
                 _remember(gkey, grad)
 
-    def _pct(v: float) -> str:
-        return f"{100 * v:.1f}" if np.isfinite(v) else "n/a"
-
 
     # --- selection state (shared by both maps) ---------------------------------------------------------
     selected: list[tuple[str, int]] = list(state.get("maps_selected_points", []))
@@ -141,17 +138,38 @@ def maps_body(ctx: common.Context) -> None:
         return fig, _picked(event, res.frame)
 
 
+    # A lasso's points are in the charts' session state before the charts are drawn again: read them
+    # first, so one rerun rings them in both maps, and send everything below the maps before the maps
+    # themselves. At 100,000 points a map is ~1.7 MiB and a software-GL redraw ~0.6 s; the gallery's
+    # images reach the browser first (bench/browser_latency.py --case maps).
+    picked = list(dict.fromkeys(_picked(state.widget("map_features"), feat.frame)
+                                + _picked(state.widget("map_gradients"), grad.frame)))
+    if picked != state.get("maps_picks_seen", []):
+        state.put("maps_picks_seen", picked)
+        if picked:
+            selected = picked
+            state.put("maps_selected_points", picked)
     with left:
-        fig_f, pick_f = _draw(feat, "features map", "map_features")
+        box_f = st.container()
     with right:
         desc = f"{grad_params['subspace']}, r={grad.dims}, {grad_params['loss']}, {grad_params['param_set']}"
         st.caption(f"G_low = G·V ({desc})")
-        fig_g, pick_g = _draw(grad, "gradients map", "map_gradients")
+        box_g = st.container()
+    below = st.container()
+    with below:
+        _below(feat, grad, selected)
+    with box_f:
+        _draw(feat, "features map", "map_features")
+    with box_g:
+        _draw(grad, "gradients map", "map_gradients")
 
-    picked = list(dict.fromkeys(pick_f + pick_g))
-    if picked != selected and (pick_f or pick_g):
-        state.put("maps_selected_points", picked)
-        st.rerun(scope="fragment")  # ring the selection in both maps
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}" if np.isfinite(v) else "n/a"
+
+
+def _below(feat, grad, selected: list[tuple[str, int]]) -> None:
+    """Separability, the gallery and the table of points (drawn before the maps, see maps_body)."""
 
     # --- separability ----------------------------------------------------------------------------------
     st.subheader("Separability")
@@ -205,10 +223,13 @@ def maps_body(ctx: common.Context) -> None:
         sub = frame[~frame["is_id"]] if source == "ood_most_id" else frame[frame["is_id"]]
         sub = sub.sort_values(rank_by, ascending=source != "ood_most_id").head(24)
         keys = list(zip(sub["dataset"].astype(str), sub["index"].astype(int)))
+    if keys and st.button("Clear selection", key="maps_clear", disabled=not selected):
+        state.put("maps_selected_points", [])
+        selected.clear()  # the maps are drawn after this: they lose their rings in this same run
+        if source == "selection":
+            keys = []
+            st.caption("Nothing selected yet: use the box or lasso tool on either map.")
     if keys:
-        if st.button("Clear selection", key="maps_clear", disabled=not selected):
-            state.put("maps_selected_points", [])
-            st.rerun(scope="fragment")
         shown = keys[:24]
         if len(keys) > 24:
             st.caption(f"Showing 24 of {len(keys):,} samples.")

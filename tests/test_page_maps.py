@@ -98,3 +98,20 @@ def test_saliency_page_pickers_gallery_and_settings(default_bundle):
     at.multiselect(key="sal_targets").set_value([]).run()
     assert not at.exception
     assert any("at least one" in i.value for i in at.info)
+
+
+def test_a_lasso_selection_fills_the_gallery_in_one_run_and_clear_sticks(default_bundle):
+    """The charts' selection is read before they are drawn (no second rerun), and Clear is not undone
+    by the selection the charts still hold."""
+    pts = [{"curve_number": 0, "point_number": i, "point_index": i} for i in range(3)]
+    at = _maps(map_features={"selection": {"points": pts, "point_indices": [0, 1, 2], "box": [], "lasso": []}})
+    at.run()
+    _ok(at)
+    chosen = at.session_state["maps_selected_points"]
+    assert len(chosen) == 3 and all(isinstance(i, int) for _, i in chosen)
+    assert [b.label for b in at.button].count("Saliency →") == 3  # the gallery shows the three images
+    at.button(key="maps_clear").click().run()
+    _ok(at)
+    assert at.session_state["maps_selected_points"] == []
+    at.run()  # the chart still holds the old lasso: it must not come back
+    assert at.session_state["maps_selected_points"] == []
