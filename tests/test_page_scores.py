@@ -111,6 +111,5 @@ def test_a_long_model_time_job_says_its_cost_and_waits_for_a_click(default_bundl
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
     assert calls and any("≈ 10 min 00 s, ≈ 3.00 GB peak, 2,000 images (dry run)" in c.value for c in at.caption)
     assert [b.label for b in at.button if b.key == "scores.run_mt"] == ["Run odin as a job"]
-    assert not at.session_state["job_ids"] if "job_ids" in at.session_state else True
     det = wb.fitted_detector("odin", default_bundle, "mnist")
     assert not wb.is_cached(default_bundle, det, "faces", {"T": 12.5, "eps": 0.0003})  # nothing ran
