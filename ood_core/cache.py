@@ -183,10 +183,19 @@ def _canon(obj: Any) -> Any:
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, np.ndarray):
-        return hashlib.sha256(np.ascontiguousarray(obj).tobytes()).hexdigest()
+        return array_sha256(obj)
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def array_sha256(a: np.ndarray) -> str:
+    """SHA-256 of an array's bytes (C order), hashed in place: no ``tobytes`` copy (a map's 100,000 × 128
+    features are 51 MB), the same digest as ``sha256(a.tobytes())``."""
+    a = np.ascontiguousarray(a)
+    if a.dtype.hasobject or a.size == 0:
+        return hashlib.sha256(a.tobytes()).hexdigest()
+    return hashlib.sha256(a.reshape(-1).view(np.uint8)).hexdigest()
 
 
 def make_key(kind: str, **parts: Any) -> str:

@@ -72,3 +72,16 @@ def test_json_registry_helpers(tmp_path):
     assert cache.read_json_dict(p) == {}  # unreadable reads as empty, never raises
     p.write_text("[1, 2]")
     assert cache.read_json_dict(p) == {}  # not a dict
+
+
+def test_array_digests_equal_the_bytes_digest_without_copying():
+    import hashlib
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for a in [rng.random((50, 7)).astype(np.float32), np.arange(20)[::3], np.array(["ab", "c", ""]),
+              np.zeros((0, 3)), rng.random((6, 4)).T, np.array([True, False]), np.array([1, None], dtype=object)]:
+        want = hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+        assert cache.array_sha256(a) == want
+    assert cache.make_key("k", X=np.arange(4.0)) != cache.make_key("k", X=np.arange(4.0).astype(np.float32))
