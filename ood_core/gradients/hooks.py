@@ -180,11 +180,6 @@ def _unfold(x: torch.Tensor, mod: nn.Conv2d) -> torch.Tensor:
     return torch.stack(cols, 2).reshape(B, Cin * kh * kw, Ho * Wo)
 
 
-def mod_out_hw(mod: nn.Conv2d, H: int, W: int) -> tuple[int, int]:
-    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = mod.kernel_size, mod.stride, mod.dilation, mod.padding
-    return (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-
-
 def _conv_block(mod: nn.Conv2d, pname: str, x: torch.Tensor, a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Per-sample ``∂y_i/∂W`` of a Conv2d as one bmm of the output gradient with the unfolded input, in ``dtype``.
 

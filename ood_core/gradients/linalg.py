@@ -49,7 +49,9 @@ def right_mul(blocks: list[torch.Tensor], M: np.ndarray, dtype: torch.dtype | No
             # rows are independent: overwrite each slice in place (no second P_k×ℓ block: ~2 GB for a ResNet-18 layer)
             for a in _slices(z.shape[0]):
                 z[a:a + _ROWS, :k] = (z[a:a + _ROWS].float() @ m).to(z.dtype)
-            out[i] = z if k == z.shape[1] else z[:, :k]
+            # fewer columns: a contiguous copy, so later products do not repack a strided operand each chunk
+            out[i] = z if k == z.shape[1] else z[:, :k].contiguous()
+            del z
             continue
         res = torch.empty(z.shape[0], k, dtype=dtype or z.dtype, device=z.device)
         for a in _slices(z.shape[0]):
