@@ -7,7 +7,7 @@ and an SVHN-format ``.mat`` (``n`` images) of generated 32×32 images, and a fre
 initialised ``resnet18_cifar`` state_dict; registers the two sets with the CLI
 (``python -m ood_core register``) and runs ``python -m ood_core evaluate`` of the reference
 preset (r = 200, all 11.2 M parameters, NFK, q power iterations) with an empty cache, then
-prints the wall time of each command, the results and the load average. This is issue 17's
+prints the wall time and peak RSS of each command, the results and the load average. This is issue 17's
 end-to-end bar (≤ 45 min on 2 cores at n = 2,000); see ``docs/methods.md``.
 """
 from __future__ import annotations
@@ -59,11 +59,16 @@ def main() -> None:
     ]
     print(f"n = {a.n} train / {a.n} test / {a.n} SVHN, {a.threads} threads, {a.device}, load before "
           f"{os.getloadavg()[0]:.2f}", flush=True)
+    import resource
+
     for cmd in cmds:
         t = time.perf_counter()
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
         dt = time.perf_counter() - t
-        print(f"{dt:8.1f} s  {' '.join(cmd[2:4])}  (exit {res.returncode}, load {os.getloadavg()[0]:.2f})", flush=True)
+        # the largest resident set of any child so far: the evaluate's own peak (it is the biggest)
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 2**30
+        print(f"{dt:8.1f} s  {' '.join(cmd[2:4])}  (exit {res.returncode}, load {os.getloadavg()[0]:.2f}, "
+              f"peak RSS {peak:.2f} GB)", flush=True)
         if res.returncode:
             print(res.stderr[-3000:])
             sys.exit(res.returncode)
