@@ -206,3 +206,26 @@ def test_unsupported_layers_fall_back_to_vmap(tmp_cache):
     got = np.concatenate([torch.cat([g for _, g in blocks()], 1).numpy()
                           for _, _, blocks in hooks.iter_chunks(b, ds, pl, "lse", 1.0)])
     np.testing.assert_allclose(got, explicit_grads(b, ds), rtol=1e-4, atol=1e-6)
+
+
+def test_a_large_subspace_round_trips_through_its_side_file(tmp_cache, monkeypatch):
+    """V over the inline limit goes to a .npy beside the cache (plain writes, no memmap) and loads back
+    straight into S·V; a damaged file is refitted, not served."""
+    monkeypatch.setattr(G.subspace, "_INLINE_V_BYTES", 0)
+    b = tiny_bundle()
+    train, test = tiny_images(60, seed=7), tiny_images(12, seed=8)
+    p = {"r": 5, "precision": "fp32"}
+    sub = G.fit_subspace(b, train, p)
+    want_V, want_g = sub.V, G.project(b, test, sub, p)
+    path = G.subspace._side_path(sub.key)
+    assert path.exists() and np.load(path).shape == want_V.shape
+    np.testing.assert_array_equal(np.load(path), want_V)
+    G.subspace._subspaces.clear()
+    again = G.fit_subspace(b, train, p)
+    assert again.blocks is None and again.sv is not None  # loaded as S·V only
+    np.testing.assert_allclose(again.V, want_V, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(G.project(b, test, again, p), want_g, rtol=1e-5, atol=1e-6)
+    path.write_bytes(path.read_bytes()[:-8] + b"\0" * 8)  # damaged: the digest no longer matches
+    G.subspace._subspaces.clear()
+    refit = G.fit_subspace(b, train, p)
+    np.testing.assert_allclose(np.abs((refit.V * want_V).sum(0)), 1.0, atol=1e-4)
