@@ -48,7 +48,7 @@ def _split_csv(s: str) -> list[str]:
 
 def _model_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     kw: dict[str, Any] = {}
-    for attr in ("arch", "input_size", "mean", "std", "channels", "head"):
+    for attr in ("arch", "input_size", "mean", "std", "channels", "head", "resize"):
         v = getattr(a, attr, None)
         if v is not None:
             kw[attr] = v
@@ -91,20 +91,64 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             raise CLIError("evaluate needs --id, --ood and --detectors (or --experiment FILE.json)")
         model, id_name, ood, dets = a.model, a.id, _split_csv(a.ood), _split_csv(a.detectors)
         params = wb.parse_params(a.param or [])
+    subsample, seed = (exp.subsample, exp.seed) if a.experiment else ({}, a.seed)
+    subsample = {**subsample, **_subsample_args(a.subsample or [])}
     bundle = wb.load_model(model, progress, **_model_kwargs(a))
-    out = wb.evaluate(bundle, id_name, ood, dets, params, progress)
+    out = wb.evaluate(bundle, id_name, ood, dets, params, progress, subsample=subsample, seed=seed)
     out["model"] = model
+    if a.paper:
+        _add_paper(out, a.paper)
     if a.json:  # standard JSON: an undefined metric (no ID labels) is null, never NaN
         print(standard_json(out, indent=None if a.compact else 2))
     else:
         acc = out["id_accuracy"]
         acc_txt = f"{100 * acc:.2f}%" if acc == acc else "n/a (no labels)"
         print(f"model {out['model']}  ID {out['id_dataset']}  accuracy {acc_txt}")
-        print(f"{'detector':<16}{'ood':<14}{'AUROC':>8}{'FPR95':>8}{'AUPR-In':>9}{'AUPR-Out':>9}")
+        used = [f"{k} {v['used']:,}" + (f" of {v['of']:,} (seed {v['seed']})" if v["used"] < v["of"] else "")
+                for k, v in out["samples"].items()]
+        print("samples: " + "; ".join(used))
+        paper = f"{'paper FPR95':>12}{'paper AUROC':>12}" if a.paper else ""
+        print(f"{'detector':<16}{'ood':<14}{'AUROC':>8}{'FPR95':>8}{'AUPR-In':>9}{'AUPR-Out':>9}{paper}")
         for r in out["results"]:
+            ref = r.get("paper")
+            ref_txt = (f"{ref[0]:12.2f}{ref[1]:12.2f}" if ref else f"{'-':>12}{'-':>12}") if a.paper else ""
             print(f"{r['detector']:<16}{r['ood_dataset']:<14}{100 * r['auroc']:8.2f}{100 * r['fpr95']:8.2f}"
-                  f"{100 * r['aupr_in']:9.2f}{100 * r['aupr_out']:9.2f}")
+                  f"{100 * r['aupr_in']:9.2f}{100 * r['aupr_out']:9.2f}{ref_txt}")
+        for m in out.get("means", []):
+            ref = m.get("paper")
+            ref_txt = (f"{ref[0]:12.2f}{ref[1]:12.2f}" if ref else f"{'-':>12}{'-':>12}")
+            print(f"{m['detector']:<16}{'mean':<14}{100 * m['auroc']:8.2f}{100 * m['fpr95']:8.2f}"
+                  f"{'':9}{'':9}{ref_txt}")
     return 0
+
+
+def _subsample_args(items: list[str]) -> dict[str, float]:
+    """``["id_train=12811", "ood_test=0.5"]`` -> ``{"id_train": 12811.0, "ood_test": 0.5}``."""
+    out: dict[str, float] = {}
+    for item in items:
+        role, eq, val = item.partition("=")
+        try:
+            out[role.strip()] = float(val)
+        except ValueError:
+            raise CLIError(f"--subsample must look like ROLE=COUNT or ROLE=FRACTION (e.g. id_train=12811); "
+                           f"got {item!r}") from None
+        if not eq:
+            raise CLIError(f"--subsample must look like ROLE=COUNT; got {item!r}")
+    return out
+
+
+def _add_paper(out: dict[str, Any], paper: str) -> None:
+    """The seed paper's numbers beside each row, and a mean per detector (docs/methods.md)."""
+    from .paper import reference
+
+    by_det: dict[str, list[dict[str, Any]]] = {}
+    for r in out["results"]:
+        r["paper"] = reference(paper, r["detector"], r["ood_dataset"])
+        by_det.setdefault(r["detector"], []).append(r)
+    out["means"] = [{"detector": d, "auroc": sum(r["auroc"] for r in rs) / len(rs),
+                     "fpr95": sum(r["fpr95"] for r in rs) / len(rs), "paper": reference(paper, d, "mean")}
+                    for d, rs in by_det.items() if len(rs) > 1]
+    out["paper"] = paper
 
 
 def cmd_extract(a: argparse.Namespace) -> int:
@@ -115,8 +159,21 @@ def cmd_extract(a: argparse.Namespace) -> int:
     base = a.dataset.partition(":")[0]
     ds = get_dataset(base, a.split)
     bundle = _load(a, progress)
-    ext = wb.get_extraction(bundle, ds, progress, device=a.device)
+    if a.batch_size is not None or a.workers is not None or a.autocast != "off":
+        from .extract import extract
+        ext = extract(bundle, ds, a.batch_size, a.device, progress, autocast=a.autocast, workers=a.workers)
+    else:
+        ext = wb.get_extraction(bundle, ds, progress, device=a.device)
     path = ext.save_npz(a.out)
+    check = ext.extra.get("autocast_check")
+    if check:
+        print(f"autocast {check['dtype']}: first batch of {check['rows']} vs fp32: largest logit difference "
+              f"{check['max_abs_logit_diff']:.3g} ({100 * check['max_rel_logit_diff']:.2f}% of the largest logit), "
+              f"top-1 agreement {100 * check['top1_agreement']:.1f}%", file=sys.stderr)
+    failed = ext.extra.get("decode_failed")
+    if failed:
+        print(f"{len(failed)} files could not be decoded and were scored as blank images "
+              f"(sample ids {', '.join(map(str, failed[:5]))}{'…' if len(failed) > 5 else ''})", file=sys.stderr)
     print(str(path))
     return 0
 
@@ -129,6 +186,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mean", type=float, nargs="+", help="normalisation mean: one value or one per channel")
     p.add_argument("--std", type=float, nargs="+", help="normalisation std: one value or one per channel")
     p.add_argument("--head", help="name of the final linear layer when it cannot be found automatically")
+    p.add_argument("--resize", choices=("stretch", "crop"),
+                   help="stretch: resize to the input size (GradNorm/RG's 480x480); crop: shorter side to "
+                        "size/0.875, then the centre crop (torchvision's ImageNet evaluation)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -146,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--detectors", help="comma-separated detector names")
     e.add_argument("--param", action="append", help="detector.knob=value (repeatable)")
     e.add_argument("--experiment", help="an experiment JSON saved by the app or `evaluate --save`")
+    e.add_argument("--subsample", action="append", metavar="ROLE=N",
+                   help="use a fixed random subset for a role: id_train (the statistics), id_test or ood_test; "
+                        "a count or a fraction (repeatable), e.g. id_train=12811")
+    e.add_argument("--seed", type=int, default=0, help="seed of the subsets (default 0)")
+    e.add_argument("--paper", choices=("gradnorm", "rg"), help="print the seed paper's ImageNet numbers beside ours")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--compact", action="store_true", help="JSON on one line")
     e.set_defaults(fn=cmd_evaluate)
@@ -155,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--dataset", required=True)
     x.add_argument("--split", default="test", choices=("train", "test"))
     x.add_argument("--out", required=True)
+    x.add_argument("--batch-size", dest="batch_size", type=int, help="forward batch (default: measured once per model)")
+    x.add_argument("--workers", type=int, help="decoding worker processes for a streamed set (default: one per core)")
+    x.add_argument("--autocast", choices=("off", "bf16", "fp16"), default="off",
+                   help="reduced-precision forward (checked against fp32 on the first batch)")
     x.set_defaults(fn=cmd_extract)
 
     _add_train_parser(sub)
@@ -253,6 +322,8 @@ def _add_register_parser(sub: Any) -> None:
     p.add_argument("--unlabelled", action="store_true", help="ignore labels (folder names)")
     p.add_argument("--remove", action="store_true", help="forget the dataset NAME instead")
     p.add_argument("--replace", action="store_true", help="replace a dataset already registered as NAME")
+    p.add_argument("--content-hash", dest="content_hash", action="store_true",
+                   help="fingerprint a folder by its files' bytes too, not only names, sizes and mtimes (reads every file)")
     p.set_defaults(fn=cmd_register)
 
 
@@ -268,11 +339,12 @@ def cmd_register(a: argparse.Namespace) -> int:
     if not a.path:
         raise DataError("register needs --path (or --remove)")
     spec = persist.register_local(a.path, a.name, a.role, a.fmt, a.split, a.limit, labelled=not a.unlabelled,
-                                  replace=a.replace)
+                                  replace=a.replace, content_hash=a.content_hash)
     for s in spec.splits:
         ds = get_dataset(spec.name, s)
         info = summary(ds)
         extra = f", {info['skipped']} unreadable skipped" if info["skipped"] else ""
+        extra += ", streamed from disk" if info["streamed"] else ""
         print(f"{ds.name}\t{spec.role if s == 'test' else 'id_train'}\t{info['images']} images {info['shape']}, "
               f"{info['classes']} classes, fingerprint {info['fingerprint']}{extra}")
     return 0

@@ -24,6 +24,8 @@ class Experiment:
     detectors: list[str] = field(default_factory=lambda: ["energy"])
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     seed: int = 0
+    # Subsampling by role (workbench.apply_subsample): {"id_train": 12811} or a fraction; seeded by ``seed``.
+    subsample: dict[str, float] = field(default_factory=dict)
     preprocess: dict[str, Any] | None = None
     model_fingerprint: str = ""
     notes: str = ""
@@ -51,6 +53,9 @@ class Experiment:
             exp.detectors = [exp.detectors]
         if not isinstance(exp.params, dict) or not all(isinstance(v, dict) for v in exp.params.values()):
             raise ExperimentError("params must map detector names to {knob: value} objects")
+        if not isinstance(exp.subsample, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in exp.subsample.values()):
+            raise ExperimentError("subsample must map roles (id_train, id_test, ood_test) to sample counts or fractions")
         return exp
 
     @classmethod

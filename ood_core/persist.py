@@ -123,7 +123,8 @@ def restore_saved() -> Restored:
 
 def register_local(path: Path | str, name: str, role: str, fmt: str = "auto", split: str | None = None,
                    limit: int | None = None, labelled: bool = True, description: str = "",
-                   persist: bool = True, validate: bool = True, replace: bool = False) -> DatasetSpec:
+                   persist: bool = True, validate: bool = True, replace: bool = False,
+                   content_hash: bool = False) -> DatasetSpec:
     """Register a local source under ``name`` (see :func:`ood_core.data.registry.add_source`) and,
     with ``persist``, remember it so :func:`restore_saved` brings it back after a restart.
 
@@ -134,7 +135,7 @@ def register_local(path: Path | str, name: str, role: str, fmt: str = "auto", sp
     data_registry.check_replace(name, role, previous, replace)
     # Reading the source (validation) happens outside the lock; the store is locked only to write.
     spec, entry = data_registry.add_source(path, name, role, fmt, split, limit, labelled, description,
-                                           previous=previous, validate=validate)
+                                           previous=previous, validate=validate, content_hash=content_hash)
     if persist:
         def put(saved: dict) -> None:
             if saved.get(name) != previous:  # another process registered this name meanwhile

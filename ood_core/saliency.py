@@ -176,6 +176,27 @@ def to_pixels(images: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(a).permute(0, 3, 1, 2).float().div(255.0).contiguous()
 
 
+def stack_images(images: list[np.ndarray], input_size: tuple[int, int]) -> np.ndarray:
+    """uint8 images of possibly different sizes and channels as one ``(N, H, W, C)`` batch.
+
+    Images that already agree are stacked as they are (attributions at their own pixels);
+    otherwise each goes to the model's input size (what the model sees anyway) and to three
+    channels when any is colour: a streamed photo beside an ID digit, say."""
+    from PIL import Image
+
+    imgs = [np.asarray(a)[..., None] if np.asarray(a).ndim == 2 else np.asarray(a) for a in images]
+    if len({a.shape for a in imgs}) == 1:
+        return np.stack(imgs)
+    c = 3 if any(a.shape[-1] == 3 for a in imgs) else 1
+    h, w = int(input_size[0]), int(input_size[1])
+    out = []
+    for a in imgs:
+        im = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
+        im = im.convert("RGB" if c == 3 else "L").resize((w, h), Image.BILINEAR)
+        out.append(np.asarray(im).reshape(h, w, c))
+    return np.stack(out)
+
+
 def resolve_knobs(**knobs: Any) -> dict[str, Any]:
     """Defaults overlaid with ``knobs`` (``None`` = default), validated against :data:`KNOBS`."""
     try:
@@ -279,7 +300,7 @@ def sample_image(dataset: str, index: int) -> np.ndarray:
     ds = get_dataset(dataset)
     if not 0 <= int(index) < len(ds):
         raise SaliencyError(f"{dataset} has {len(ds)} samples: index must be in [0, {len(ds) - 1}]; got {index}")
-    return ds.images[int(index)]
+    return ds.image(int(index))  # one file decoded for a streamed set, never the whole set
 
 
 def default_rg_k(bundle: ModelBundle, id_name: str = "mnist", q: float = 90.0) -> float:

@@ -21,7 +21,7 @@ import pandas as pd
 from . import cache
 from . import workbench as wb
 from .errors import jsonable
-from .data import DataError, ImageDataset, get_dataset, get_spec, split_name, train_name_for
+from .data import DataError, Dataset, get_dataset, get_spec, split_name, train_name_for
 from .detectors import Detector, DetectorError, get_detector
 from .extract import Extraction
 from .metrics import HIGHER_IS_BETTER, METRICS, ood_metrics
@@ -89,7 +89,7 @@ def _mode_fixes(det: Detector, grid: dict[str, list[Any]]) -> tuple[dict[str, An
     return {}, []
 
 
-def _train_split(id_name: str) -> ImageDataset:
+def _train_split(id_name: str) -> Dataset:
     try:
         return get_dataset(train_name_for(id_name))
     except DataError:
@@ -98,7 +98,7 @@ def _train_split(id_name: str) -> ImageDataset:
 
 
 def _fit_on_part(name: str, bundle: Any, id_name: str, fit_idx: np.ndarray, holdout: float, seed: int,
-                 progress: Progress | None) -> tuple[Detector, ImageDataset, Extraction]:
+                 progress: Progress | None) -> tuple[Detector, Dataset, Extraction]:
     train_ds = _train_split(id_name)
     train_ext = wb.get_extraction(bundle, train_ds, progress)
     key = (name, bundle.fingerprint, train_ds.fingerprint, holdout, seed)
@@ -118,7 +118,7 @@ def _fit_on_part(name: str, bundle: Any, id_name: str, fit_idx: np.ndarray, hold
     return hit, train_ds, train_ext
 
 
-def _model_scores(bundle: Any, det: Detector, ds: ImageDataset, ext: Extraction, knobs: dict[str, Any],
+def _model_scores(bundle: Any, det: Detector, ds: Dataset, ext: Extraction, knobs: dict[str, Any],
                   progress: Progress | None) -> np.ndarray:
     key = cache.make_key("sweep-score", v=SWEEP_VERSION, detector=det.name, model=bundle.fingerprint,
                          dataset=ds.fingerprint, knobs=knobs, fit=getattr(det, "fit_key", ""),

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import cache, persist
 from .errors import UserError, jsonable
-from .data import DataError, ImageDataset, get_dataset, split_name, train_name_for
+from .data import DataError, Dataset, get_dataset, split_name, train_name_for
 from .detectors import Detector, DetectorError, get_detector
 from .detectors.base import ModelDetector
 from .extract import Extraction, extract
@@ -94,7 +94,7 @@ _extractions: "OrderedDict[tuple, Extraction]" = OrderedDict()
 _MAX_EXTRACTIONS = 64
 
 
-def get_extraction(bundle: ModelBundle, dataset: str | ImageDataset, progress: Progress | None = None,
+def get_extraction(bundle: ModelBundle, dataset: str | Dataset, progress: Progress | None = None,
                    device: str | None = None) -> Extraction:
     """The cached Extraction of ``dataset``; the same object is reused within a process so
     per-extraction memos (sorted values, norms) survive a slider move."""
@@ -113,7 +113,7 @@ def get_extraction(bundle: ModelBundle, dataset: str | ImageDataset, progress: P
     return ext
 
 
-def check_compatible(bundle: ModelBundle, ds: ImageDataset) -> None:
+def check_compatible(bundle: ModelBundle, ds: Dataset) -> None:
     """Labelled ID data must fit the model's class count."""
     if ds.has_labels and int(ds.labels.max()) >= bundle.num_classes:
         raise WorkbenchError(
@@ -165,7 +165,7 @@ def score(bundle: ModelBundle, detector: str | Detector, dataset: str, id_name: 
     return arr["scores"].astype(np.float64)
 
 
-def _score_key(bundle: ModelBundle, det: Detector, ds: ImageDataset, knobs: dict[str, Any]) -> str:
+def _score_key(bundle: ModelBundle, det: Detector, ds: Dataset, knobs: dict[str, Any]) -> str:
     """Disk-cache key of a model-time detector's scores: model, data, knobs and the fit."""
     return cache.make_key("score", v=SCORE_VERSION, detector=det.name, model=bundle.fingerprint,
                           dataset=ds.fingerprint, knobs=knobs, fit=getattr(det, "fit_key", ""),
@@ -229,10 +229,62 @@ def _coerce(v: str) -> Any:
     return v
 
 
+SAMPLE_ROLES = ("id_train", "id_test", "ood_test")
+
+
+def apply_subsample(subsample: dict[str, float] | None, id_name: str, ood: Iterable[str], seed: int = 0) -> None:
+    """Subsample by role (docs/architecture.md, "Datasets"): ``{"id_train": 12811}`` fits the
+    statistics (KNN, Mahalanobis, ViM, …) on a fixed random subset of the ID training split;
+    ``id_test`` and ``ood_test`` thin the evaluation sets. A count, or a fraction when below 1;
+    the subset depends on ``seed`` only. Roles not named use every sample."""
+    from .data import set_sample
+
+    subsample = dict(subsample or {})
+    bad = sorted(set(subsample) - set(SAMPLE_ROLES))
+    if bad:
+        raise WorkbenchError(f"subsample roles are {', '.join(SAMPLE_ROLES)}; got {', '.join(bad)}")
+    set_sample(train_name_for(id_name), subsample.get("id_train"), seed)
+    set_sample(id_name, subsample.get("id_test"), seed)
+    for name in ood:
+        set_sample(name, subsample.get("ood_test"), seed)
+
+
+def subsample_of(id_name: str, ood: Iterable[str]) -> tuple[dict[str, float], int]:
+    """The subsample by role now in force for these sets, and its seed (what an experiment records)."""
+    from .data.registry import sample_setting
+
+    out: dict[str, float] = {}
+    seed = 0
+    for role, names in (("id_train", [train_name_for(id_name)]), ("id_test", [id_name]), ("ood_test", list(ood))):
+        got = [sample_setting(n) for n in names]
+        if got and got[0] and all(g == got[0] for g in got):
+            out[role], seed = got[0][0], got[0][1]
+    return out, seed
+
+
+def samples_used(id_name: str, ood: Iterable[str], detectors: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """How many samples each role used: ``{"id_train": {"used", "of", "seed"}, "id_test": …, "<ood>": …}``
+    (``id_train`` only when a detector needs training statistics)."""
+    from .data import sample_info
+
+    out: dict[str, dict[str, Any]] = {}
+    if any(get_detector(d).needs_training for d in detectors):
+        try:
+            out["id_train"] = sample_info(get_dataset(train_name_for(id_name)))
+        except DataError:
+            pass
+    out["id_test"] = sample_info(get_dataset(id_name))
+    for name in ood:
+        out[name] = sample_info(get_dataset(name))
+    return out
+
+
 def evaluate(model: str | ModelBundle = "default", id_name: str = "mnist", ood: Iterable[str] = (),
              detectors: Iterable[str] = ("msp",), params: dict[str, dict[str, Any]] | None = None,
-             progress: Progress | None = None) -> dict[str, Any]:
-    """The JSON of docs/architecture.md, "Command line": ID accuracy and metrics per (detector, OOD set)."""
+             progress: Progress | None = None, subsample: dict[str, float] | None = None,
+             seed: int = 0) -> dict[str, Any]:
+    """The JSON of docs/architecture.md, "Command line": ID accuracy and metrics per (detector, OOD set),
+    and how many samples each role used (``samples``)."""
     params = params or {}
     ood = list(ood)
     detectors = list(detectors)
@@ -246,6 +298,7 @@ def evaluate(model: str | ModelBundle = "default", id_name: str = "mnist", ood: 
     # Validate names and knobs before any expensive work.
     dets = {d: get_detector(d) for d in detectors}
     resolved = {d: dets[d].resolve(params.get(d)) for d in detectors}
+    apply_subsample(subsample, id_name, ood, seed)
     id_ds = get_dataset(id_name)
     for name in ood:
         get_dataset(name)
@@ -265,6 +318,9 @@ def evaluate(model: str | ModelBundle = "default", id_name: str = "mnist", ood: 
         "model_fingerprint": bundle.fingerprint,
         "id_dataset": id_name,
         "id_accuracy": id_ext.accuracy,
+        "samples": samples_used(id_name, ood, detectors),
+        "subsample": {k: v for k, v in (subsample or {}).items() if v},
+        "seed": int(seed),
         "results": results,
     }
 

@@ -17,6 +17,7 @@ from ood_core import workbench as wb
 from ood_core.data import get_dataset
 from ood_core.detectors import detector_names, get_detector
 from ood_core.figures import scores as figs
+from ood_core.figures.previews import thumbnail
 from ui import common, state
 from ui.export import figure_downloads, per_sample_downloads, table_downloads
 
@@ -97,6 +98,8 @@ def detector_and_results(ctx: common.Context) -> None:
         st.caption(det.describe())
         if det.help:
             st.caption(det.help)
+        if det.needs_training:
+            st.caption(common.statistics_note(ctx.id_name))
         drawn = common.knob_widgets(det, "scores", state.detector_knobs(det_name))
         with common.guard(det_name):
             drawn = det.resolve(drawn)
@@ -216,7 +219,7 @@ def threshold_panel(ctx: common.Context, det_name: str, view: dict) -> None:
             cols = st.columns(6)
             for j, i in enumerate(idx):
                 with cols[j % 6]:
-                    st.image(ds.images[i], width=84, clamp=True,
+                    st.image(thumbnail(ds.image(i)), width=84, clamp=True,
                              caption=f"#{int(ds.sample_ids[i])} score {s[i]:.3g} pred {int(ext.preds[i])}")
                     if st.button("Saliency →", key=f"sal-{ds_name}-{i}"):
                         state.select_sample(ds_name, i)

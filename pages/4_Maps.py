@@ -6,6 +6,7 @@ import streamlit as st
 
 from ood_core import gradients, maps
 from ood_core.data import get_dataset
+from ood_core.figures.previews import thumbnail
 from ood_core.figures.maps import SCORE_LABELS, map_figure, picked_rows, selected_mask, separability_figure, separability_frame
 from ui import common, state
 from ui.export import figure_downloads, table_downloads
@@ -240,8 +241,7 @@ def _below(feat, grad, selected: list[tuple[str, int]]) -> None:
         cols = st.columns(6)
         for j, (ds_name, i) in enumerate(shown):
             row = look.get((ds_name, i))
-            img = get_dataset(ds_name).images[i]
-            img = np.repeat(np.repeat(img, 3, 0), 3, 1)  # crisp pixels instead of the browser's blur
+            img = thumbnail(get_dataset(ds_name).image(i))  # one file decoded for a streamed set
             cap = f"{ds_name} #{i}"
             if row is not None:
                 cap += f" · label {int(row['label'])} · pred {int(row['pred'])}" + (

@@ -7,6 +7,7 @@ import streamlit as st
 
 from ood_core import saliency as sal
 from ood_core.data import get_dataset
+from ood_core.figures.previews import thumbnail
 from ood_core.figures.saliency import attribution_figure, image_figure, shared_scales
 from ui import common, state
 from ui.export import figure_downloads, table_downloads
@@ -45,8 +46,7 @@ with gal:
         cols = st.columns(12)
         for j, i in enumerate(range(12 * page, min(len(ds), 12 * page + 12))):
             with cols[j]:
-                st.image(ds.images[i][..., 0] if ds.images.shape[-1] == 1 else ds.images[i], caption=f"#{i}",
-                         width=48, clamp=True)
+                st.image(thumbnail(ds.image(i), 48), caption=f"#{i}", width=48, clamp=True)
                 if st.button("use", key=f"sal_use_{i}"):
                     state.select_sample(ds_name, i)
                     st.rerun()
@@ -80,7 +80,8 @@ if not targets or not methods:
 @st.cache_data(show_spinner=False, max_entries=32)
 def _attributions(_bundle, fingerprint: str, ds: str, i: int, twin_i: int, id_name: str, targets: tuple,
                   methods: tuple, knobs: tuple):
-    images = np.stack([sal.sample_image(ds, i), sal.sample_image(id_name, twin_i)])
+    images = sal.stack_images([sal.sample_image(ds, i), sal.sample_image(id_name, twin_i)],
+                              _bundle.preprocess.input_size)
     return sal.attribute_grid(_bundle, images, targets, methods, **dict(knobs))
 
 

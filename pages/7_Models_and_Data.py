@@ -211,11 +211,14 @@ with tab_model:
             ds_name = st.selectbox("Preview one sample from", names, index=names.index(cur) if cur in names else 0,
                                    key="md_prev_ds")
             ds = attempt("preview", get_dataset, ds_name)
+            raw = None
             if ds is not None:
                 idx = st.number_input("Sample", 0, len(ds) - 1, 0, key="md_prev_idx")
-                shown, stats = preview_input(pp, ds.images[int(idx)])
+                raw = attempt("preview", ds.image, int(idx))
+            if ds is not None and raw is not None:
+                shown, stats = preview_input(pp, raw)
                 i1, i2 = st.columns(2)
-                i1.image(ds.images[int(idx)], caption=f"raw {'×'.join(map(str, ds.shape))}", width=160)
+                i1.image(raw, caption=f"raw {'×'.join(map(str, raw.shape))}", width=160)
                 i2.image(shown, caption=f"model input {pp.channels}×{pp.input_size[0]}×{pp.input_size[1]} "
                                         f"(values {stats['min']:.2f} to {stats['max']:.2f} after normalising)", width=160)
 

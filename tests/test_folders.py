@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 import fixtures_data as fx
@@ -111,7 +112,8 @@ def test_imagefolder_skips_corrupt_file(tmp_path):
     assert np.bincount(ds.labels).tolist() == [4, 4, 4]
     from PIL import Image
     first_ant = np.asarray(Image.open(sorted((root / "ant").glob("*.png"))[0]))
-    np.testing.assert_array_equal(ds.images[0], first_ant)
+    assert ds.streamed and not hasattr(ds, "images")  # a folder streams: paths, never the pixels
+    np.testing.assert_array_equal(ds.image(0), first_ant)
     unl = R.load_local(root, labelled=False)
     assert (unl.labels == -1).all()
 
@@ -122,18 +124,25 @@ def test_imagefolder_split_tree_and_grayscale(tmp_path):
     assert R.source_splits(tmp_path / "t", "imagefolder") == ["train", "test"]
     tr = R.load_local(tmp_path / "t", split="train")
     te = R.load_local(tmp_path / "t")
-    assert len(tr) == 9 and len(te) == 6 and tr.images.shape[-1] == 1
+    assert len(tr) == 9 and len(te) == 6 and tr.shape[-1] == 1 and tr.image(0).shape[-1] == 1
 
 
-def test_flat_folder_mixed_sizes_resized(tmp_path):
+def test_flat_folder_mixed_sizes_kept_until_the_model_resizes(tmp_path):
+    from ood_core.models import Preprocess
+
     root = fx.flat_images(tmp_path / "flat", n=5, sizes=((16, 16), (16, 16), (24, 20)))
     assert R.detect_format(root) == "flat"
     ds = R.load_local(root)
-    assert ds.images.shape == (5, 16, 16, 3) and (ds.labels == -1).all()
-    assert ds.meta["resized"] == 1 and "resized" in ds.meta["resize_note"]
+    assert len(ds) == 5 and (ds.labels == -1).all() and ds.meta["sizes_seen"] == 2
+    assert sorted({ds.image(i).shape for i in range(5)}) == [(16, 16, 3), (24, 20, 3)]  # each at its own size
+    pp = Preprocess((8, 8), 3, (0.5,), (0.5,))
+    x = torch.cat(list(ds.batches(pp, 2)))  # one batch shape: the model's preprocessing resized each image
+    assert x.shape == (5, 3, 8, 8)
+    want = torch.stack([pp(ds.image(i)[None])[0] for i in range(5)])
+    torch.testing.assert_close(x, want, rtol=0, atol=0)
     same = fx.flat_images(tmp_path / "same", n=3, sizes=((12, 10),))
     d2 = R.load_local(same)
-    assert d2.images.shape == (3, 12, 10, 3) and d2.meta["resized"] == 0
+    assert d2.shape == (12, 10, 3) and d2.meta["sizes_seen"] == 1
 
 
 def test_empty_and_unreadable_sources_refused(tmp_path):
@@ -148,9 +157,12 @@ def test_empty_and_unreadable_sources_refused(tmp_path):
         R.load_local(bad)
     with pytest.raises(DataError, match="no such file"):
         R.load_local(tmp_path / "nowhere")
-    (tmp_path / "notes.txt").write_text("hi")
-    with pytest.raises(DataError, match="unknown file type"):
+    (tmp_path / "notes.txt").write_text("hi")  # a .txt is read as a file list: none listed
+    with pytest.raises(DataError, match="notes.txt is not a list of image files.*hi \\(missing\\)"):
         R.load_local(tmp_path / "notes.txt")
+    (tmp_path / "notes.bin").write_text("hi")
+    with pytest.raises(DataError, match="unknown file type"):
+        R.load_local(tmp_path / "notes.bin")
 
 
 def test_npz_good_and_float(tmp_path):

@@ -303,7 +303,7 @@ def test_evaluate_against_sklearn(default_bundle):
     tr = Trainer(_cfg("ce"))
     got = tr.evaluate()
     with torch.no_grad():  # the init's weights, untouched: the default model itself
-        lt, lv = default_bundle.model(tr.x_test).double(), default_bundle.model(tr.x_val).double()
+        lt, lv = default_bundle.model(tr.x_test[:]).double(), default_bundle.model(tr.x_val[:]).double()
     s_in, s_out = torch.logsumexp(lt, 1).numpy(), torch.logsumexp(lv, 1).numpy()
     y = np.r_[np.ones(len(s_in)), np.zeros(len(s_out))]
     assert len(s_in) == len(s_out) == 100

@@ -68,6 +68,20 @@ def extraction(bundle, name: str):
         return wb.get_extraction(bundle, name)
 
 
+def statistics_note(id_name: str) -> str:
+    """How many ID-train samples fit the statistics (all of them, or a seeded subset: issue 14)."""
+    from ood_core.data import get_dataset, sample_info, train_name_for
+
+    try:
+        info = sample_info(get_dataset(train_name_for(id_name)))
+    except Exception:  # noqa: BLE001 - no training split: the detector says so itself
+        return "Statistics: no ID training split."
+    if info["used"] < info["of"]:
+        return (f"Statistics from {info['used']:,} of {info['of']:,} ID-train samples "
+                f"(a fixed random subset, seed {info['seed']}).")
+    return f"Statistics from all {info['used']:,} ID-train samples."
+
+
 def id_names() -> list[str]:
     return [s.name for s in list_datasets() if s.role in ("id_test",)]
 
@@ -184,8 +198,9 @@ def current_experiment(detectors: list[str] | None = None) -> Experiment:
     dets = detectors or [state.get("detector")]
     knobs = state.detector_knobs()
     params = {d: knobs[d] for d in dets if knobs.get(d)}
+    sub, seed = wb.subsample_of(state.id_dataset(), state.ood_datasets())
     return Experiment(model=state.model(), id_dataset=state.id_dataset(), ood_datasets=state.ood_datasets(),
-                      detectors=dets, params=params)
+                      detectors=dets, params=params, subsample=sub, seed=seed)
 
 
 def apply_experiment(exp: Experiment) -> None:
@@ -210,6 +225,10 @@ def apply_pending() -> None:
     if exp.detectors:
         state.put("detector", exp.detectors[0])
     state.put("detector_knobs", {d: dict(v) for d, v in exp.params.items()})
+    try:  # the experiment's subsets by role, so its numbers come back (issue 14)
+        wb.apply_subsample(exp.subsample, exp.id_dataset, exp.ood_datasets, exp.seed)
+    except UserError as exc:
+        st.warning(f"the experiment's subsample was not applied: {first_line(exc)}")
 
 
 def knob_widgets(owner, page: str, values: dict[str, Any] | None = None, container=None,

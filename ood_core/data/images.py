@@ -1,26 +1,30 @@
-"""Image folders: ``root/class/*.png`` (torchvision's ImageFolder), split trees, and flat folders.
+"""Image folders: ``root/class/*.png`` (torchvision's ImageFolder), split trees, flat folders, file lists.
 
-Unreadable images are skipped and counted (``meta["skipped"]``); a source with no readable
-image is refused. Images keep their size unless a folder mixes sizes, in which case all are
-resized to the most common one (the longest side capped at ``MAX_SIDE_AFTER_RESIZE``).
-Readers return ``(images uint8 NHWC, labels, class_names, meta)`` like the others in
-:mod:`.readers`.
+Folders and file lists are streamed (docs/architecture.md, "Datasets"): reading one scans the
+file table and every image's header, never the pixels, and returns a
+:class:`~.streamed.StreamedDataset`. Unreadable images (a bad header, a JPEG or PNG cut short)
+and links leaving the folder are skipped and counted (``meta["skipped"]``); a source with no
+readable image is refused. The scan of a folder is remembered under the cache per file (size
+and mtime), so a second read of a million-image tree only stats the files.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
-from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .base import DataError
-from .safety import max_dataset_bytes
+from .streamed import StreamedDataset, content_sha, default_workers
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-MAX_SIDE_AFTER_RESIZE = 512
+LIST_EXTS = (".txt", ".lst", ".csv")
 Read = tuple[np.ndarray, np.ndarray, "list[str] | None", dict]
+INDEX_VERSION = 1
 
 
 def is_image(p: Path) -> bool:
@@ -93,56 +97,107 @@ def imagefolder_splits(path: Path) -> list[str]:
     return sorted(tree, key=lambda s: s != "train") if tree else ["test"]
 
 
-def _decode_all(files: list[Path], base: Path, size: tuple[int, int] | None) -> tuple[np.ndarray, list[int], dict]:
-    """Decode images (skipping unreadable ones); resize only when sizes are mixed or ``size`` is set."""
+def _tail_ok(path: str) -> bool:
+    """A JPEG ends with its EOI marker and a PNG with its IEND chunk; a cut file lacks them.
+
+    Headers alone pass a truncated file, and decoding every image to find one would cost the
+    whole pass, so the last 4 KB are read (trailing bytes after the marker are allowed)."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".jpg", ".jpeg", ".png"):
+        return True
+    with open(path, "rb") as f:
+        f.seek(0, io.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 4096))
+        tail = f.read()
+    return (b"\xff\xd9" in tail) if ext != ".png" else (b"IEND" in tail)
+
+
+def _header(path: str) -> tuple[int, int, bool] | None:
+    """``(height, width, greyscale)`` from the header, None when the file is not a readable image."""
     from PIL import Image
 
-    heads: list[tuple[int, tuple[int, int], bool]] = []
-    skipped: list[str] = []
-    for i, f in enumerate(files):
-        try:
-            with Image.open(f) as im:
-                w, h = im.size
-                gray = im.mode in ("1", "L", "LA", "I", "I;16", "F") or (im.mode == "P" and _palette_gray(im))
-            heads.append((i, (h, w), gray))
-        except Exception:  # noqa: BLE001 - unreadable header: skip and count
-            skipped.append(str(f.relative_to(base)))
-    if not heads:
-        return np.zeros((0, 1, 1, 1), np.uint8), [], {"skipped": len(skipped), "skipped_files": skipped[:20]}
-    channels = 1 if all(g for _, _, g in heads) else 3
-    sizes = Counter(s for _, s, _ in heads)
-    target = tuple(size) if size else sizes.most_common(1)[0][0]
-    resized_note = ""
-    if not size and len(sizes) > 1 and max(target) > MAX_SIDE_AFTER_RESIZE:
-        s = MAX_SIDE_AFTER_RESIZE / max(target)
-        target = (max(1, round(target[0] * s)), max(1, round(target[1] * s)))
-        resized_note = f"mixed sizes: resized to {target[0]}x{target[1]} (longest side capped at {MAX_SIDE_AFTER_RESIZE})"
-    need = len(heads) * target[0] * target[1] * channels
-    if need > max_dataset_bytes():
-        raise DataError(f"{len(heads)} images of {target[0]}x{target[1]}x{channels} need {need / 2**30:.1f} GiB; "
-                        "use a smaller subset (limit) or a smaller size, or raise OOD_MAX_DATASET_BYTES")
-    out = np.empty((len(heads), target[0], target[1], channels), np.uint8)
-    kept: list[int] = []
-    n_resized = 0
-    for i, _, _ in heads:
-        f = files[i]
-        try:
-            with Image.open(f) as im:
-                im = im.convert("L" if channels == 1 else "RGB")
-                if (im.size[1], im.size[0]) != target:
-                    im = im.resize((target[1], target[0]), Image.BILINEAR)
-                    n_resized += 1
-                arr = np.asarray(im, np.uint8)
-        except Exception:  # noqa: BLE001 - truncated or corrupt data: skip and count
-            skipped.append(str(f.relative_to(base)))
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            gray = im.mode in ("1", "L", "LA", "I", "I;16", "F") or (im.mode == "P" and _palette_gray(im))
+        if not _tail_ok(path):
+            return None
+        return int(h), int(w), bool(gray)
+    except Exception:  # noqa: BLE001 - unreadable header: skipped and counted
+        return None
+
+
+def _index_file(root: Path) -> Path:
+    from .. import cache
+
+    tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    return cache.subdir("datasets", "index") / f"{tag}.npz"
+
+
+def _load_index(path: Path) -> dict[bytes, tuple[int, int, int, int, int]]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if int(z["version"]) != INDEX_VERSION:
+                return {}
+            return {f: (int(s), int(m), int(h), int(w), int(g))
+                    for f, s, m, h, w, g in zip(z["files"], z["sizes"], z["mtimes"], z["h"], z["w"], z["gray"])}
+    except Exception:  # noqa: BLE001 - a missing or damaged index is rebuilt, never trusted
+        return {}
+
+
+def scan_files(files: list[Path], base: Path) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
+    """Stat every file and read its header (reusing the remembered scan of files whose size and
+    mtime are unchanged). Returns the kept positions, their columns and the skipped names."""
+    from .. import cache
+
+    rel = [str(f.relative_to(base)).encode() for f in files]
+    stats = []
+    for f in files:
+        st = os.stat(f)
+        stats.append((st.st_size, st.st_mtime_ns))
+    idx_path = _index_file(base)
+    known = _load_index(idx_path)
+    todo = [i for i, r in enumerate(rel) if known.get(r, (-1, -1))[:2] != stats[i]]
+    heads: dict[int, tuple[int, int, bool] | None] = {}
+    if todo:
+        with ThreadPoolExecutor(max_workers=max(2, default_workers())) as pool:  # I/O-bound on network storage
+            for i, hd in zip(todo, pool.map(lambda i: _header(str(files[i])), todo)):
+                heads[i] = hd
+    kept, hs, ws, grays, skipped = [], [], [], [], []
+    for i, r in enumerate(rel):
+        if i in heads:
+            hd = heads[i]
+        else:
+            s, m, h, w, g = known[r]
+            hd = None if h < 0 else (h, w, bool(g))
+        if hd is None:
+            skipped.append(r.decode())
             continue
-        out[len(kept)] = arr.reshape(target[0], target[1], channels)
         kept.append(i)
-    meta = {"skipped": len(skipped), "skipped_files": skipped[:20], "resized": n_resized,
-            "sizes_seen": len(sizes)}
-    if n_resized:
-        meta["resize_note"] = resized_note or f"mixed sizes: {n_resized} images resized to {target[0]}x{target[1]}"
-    return out[: len(kept)], kept, meta
+        hs.append(hd[0])
+        ws.append(hd[1])
+        grays.append(hd[2])
+    if todo:  # remember this scan (unreadable files too, as h = -1) for the next read
+        merged = dict(known)
+        for i in todo:
+            hd = heads[i]
+            merged[rel[i]] = (*stats[i], *(hd if hd else (-1, -1, 0)))
+        buf = io.BytesIO()
+        keys = list(merged)
+        cols = np.asarray([merged[k] for k in keys], np.int64).reshape(-1, 5)
+        np.savez(buf, version=INDEX_VERSION, files=np.asarray(keys, dtype=np.bytes_), sizes=cols[:, 0],
+                 mtimes=cols[:, 1], h=cols[:, 2], w=cols[:, 3], gray=cols[:, 4])
+        try:
+            cache.atomic_write_bytes(idx_path, buf.getvalue())
+        except Exception:  # noqa: BLE001 - a read-only cache only costs the next scan its time
+            pass
+    k = np.asarray(kept, np.int64)
+    st = np.asarray(stats, np.int64).reshape(-1, 2)
+    columns = {"files": np.asarray([rel[i] for i in kept], dtype=np.bytes_), "sizes": st[k, 0] if len(k) else st[:0, 0],
+               "mtimes": st[k, 1] if len(k) else st[:0, 1], "hw": np.stack([hs, ws], 1) if kept else np.zeros((0, 2)),
+               "gray": np.asarray(grays, bool)}
+    return k, columns, skipped
 
 
 def _palette_gray(im: Any) -> bool:
@@ -162,7 +217,7 @@ def subsample(n: int, limit: int | None, seed: int = 0) -> np.ndarray:
 
 
 def read_imagefolder(path: Path, split: str = "test", labelled: bool = True, limit: int | None = None,
-                     size: tuple[int, int] | None = None) -> Read:
+                     name: str = "local", content_hash: bool = False) -> StreamedDataset:
     path = Path(path)
     tree = split_tree(path)
     root = tree.get(split, path) if tree else path
@@ -174,26 +229,75 @@ def read_imagefolder(path: Path, split: str = "test", labelled: bool = True, lim
     for ci, c in enumerate(classes):
         fs, skipped = scan_images(c, root=root)
         files += fs
-        links += skipped
         labels += [ci if labelled else -1] * len(fs)
+        links += skipped
     loose, skipped = scan_images(root, recursive=False)
     links += skipped
     if not classes or not files:
         files, labels, names = loose, [-1] * len(loose), None
         loose = []
     extra = {"ignored_loose_files": len(loose)} if loose else {}
-    return _read_files(files, np.asarray(labels, np.int64), root, limit, size, names, extra, links)
+    return stream_files(files, np.asarray(labels, np.int64), root, limit, names, extra, links, name, content_hash)
 
 
-def read_flat(path: Path, limit: int | None = None, size: tuple[int, int] | None = None) -> Read:
+def read_flat(path: Path, limit: int | None = None, name: str = "local", content_hash: bool = False) -> StreamedDataset:
     path = Path(path)
     files, links = scan_images(path)
-    return _read_files(files, np.full(len(files), -1, np.int64), path, limit, size, None, {}, links)
+    return stream_files(files, np.full(len(files), -1, np.int64), path, limit, None, {}, links, name, content_hash)
 
 
-def _read_files(files: list[Path], labels: np.ndarray, root: Path, limit: int | None,
-                size: tuple[int, int] | None, names: list[str] | None, extra: dict,
-                links: list[str] | None = None) -> Read:
+def read_filelist(path: Path, labelled: bool = True, limit: int | None = None, name: str = "local",
+                  content_hash: bool = False) -> StreamedDataset:
+    """A text file with one image per line, ``relative/path.jpg [label]`` (OpenOOD's image lists),
+    paths relative to the list's folder; ``#`` starts a comment. Entries that leave the folder
+    are skipped like links that do (docs/architecture.md, "Uploads are data, not code")."""
+    path = Path(path)
+    base = path.parent
+    inside = base.resolve()
+    files: list[Path] = []
+    labels: list[int] = []
+    outside: list[str] = []
+    try:
+        text = path.read_text(encoding="utf-8", errors="strict")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise DataError(f"{path.name} is not a readable text file list ({type(exc).__name__})") from None
+    for ln, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.replace(",", " ").split()
+        rel = parts[0]
+        lab = -1
+        if len(parts) > 1:
+            try:
+                lab = int(parts[1])
+            except ValueError:
+                raise DataError(f"{path.name}, line {ln}: the label {parts[1]!r} is not an integer "
+                                "(lines are 'path [label]')") from None
+            if lab < -1:
+                raise DataError(f"{path.name}, line {ln}: labels must be class indices >= 0 (or -1 for unknown)")
+        p = base / rel
+        if os.path.isabs(rel) or not p.resolve().is_relative_to(inside):
+            outside.append(f"{rel} (outside the list's folder)")
+            continue
+        if not is_image(p) or not p.is_file():
+            outside.append(f"{rel} ({'missing' if not p.exists() else 'not an image file'})")
+            continue
+        files.append(p)
+        labels.append(lab if labelled else -1)
+    if not files:
+        seen = f"; skipped: {', '.join(outside[:3])}" if outside else ""
+        raise DataError(f"{path.name} is not a list of image files: no line names a readable image "
+                        f"(expected lines 'relative/path.jpg [label]'){seen}")
+    return stream_files(files, np.asarray(labels, np.int64), base, limit, None, {"list": path.name}, outside,
+                        name, content_hash, listed=True)
+
+
+def stream_files(files: list[Path], labels: np.ndarray, root: Path, limit: int | None, names: list[str] | None,
+                 extra: dict, links: list[str] | None = None, name: str = "local",
+                 content_hash: bool = False, listed: bool = False) -> StreamedDataset:
+    """The streamed dataset of ``files`` (a random subset of ``limit`` with seed 0): the table
+    and headers are read, the pixels are not."""
     links = links or []
     if not files:
         why = f" ({len(links)} links leaving the folder skipped)" if links else ""
@@ -201,18 +305,25 @@ def _read_files(files: list[Path], labels: np.ndarray, root: Path, limit: int | 
     idx = subsample(len(files), limit)
     files = [files[i] for i in idx]
     labels = labels[idx]
-    imgs, kept, meta = _decode_all(files, root, size)
-    if links:  # counted with the unreadable files, in the usual "N skipped" line
-        meta["skipped"] += len(links)
-        meta["skipped_files"] = (meta["skipped_files"] + [f"{x} (link)" for x in links])[:20]
+    kept, cols, skipped = scan_files(files, root)
+    meta: dict[str, Any] = {"skipped": len(skipped) + len(links),
+                            "skipped_files": (skipped + [x if listed else f"{x} (link)" for x in links])[:20]}
+    if links:
         meta["links_skipped"] = len(links)
-    if not kept:
+    if not len(kept):
         raise DataError(f"none of the {len(files)} image files in {root} could be read "
                         f"(e.g. {', '.join(meta['skipped_files'][:3])})")
     meta.update(extra)
-    meta["sample_ids"] = idx[kept]
-    meta["files"] = [str(files[i].relative_to(root)) for i in kept[:5]]
-    return imgs, labels[kept], names, meta
+    sizes_seen = len({(int(h), int(w)) for h, w in cols["hw"][:10000]})
+    meta["sizes_seen"] = sizes_seen
+    meta["files"] = [f.decode() for f in cols["files"][:5]]
+    meta["streamed"] = True
+    gray = bool(cols["gray"].all())
+    files_kept = cols["files"]
+    chash = content_sha(str(root), files_kept) if content_hash else ""
+    return StreamedDataset(name, root, files_kept, labels[kept], cols["sizes"], cols["mtimes"], cols["hw"], gray,
+                           class_names=names, sample_ids=np.asarray(idx[kept], np.int64), meta=meta,
+                           content_hash=chash)
 
 
 def resize_array(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -8,7 +8,8 @@ downloaded, nothing is unpickled freely; see :mod:`.safety`):
 - ``svhn``: torchvision's ``train_32x32.mat`` / ``test_32x32.mat`` (``scipy.io.loadmat``, label 10 -> 0);
 - ``mnist`` / ``fashion_mnist``: the raw idx files (``MNIST/raw``, ``FashionMNIST/raw``, gzipped or not);
 - ``imagefolder``: ``root/class/*.png`` or ``root/train|test|val/class/…``; ``flat``: a folder of
-  images without labels (both in :mod:`.images`);
+  images without labels; ``filelist``: a text file of ``relative/path.jpg [label]`` lines (all three
+  in :mod:`.images`, and all three **streamed**: the dataset keeps paths, never the pixels);
 - ``npz``: ``x`` (N,H,W[,C]) and optional ``y``, or ``x_train``/``y_train``/``x_test``/``y_test``;
   read with ``allow_pickle=False``;
 - ``zip``: an archive of any of the above, unpacked under the cache after :func:`.safety.unpack_zip`'s checks.
@@ -25,12 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from .base import DataError, ImageDataset
-from .images import (Read, class_dirs, images_in, imagefolder_splits, is_image, read_flat, read_imagefolder,
-                     resize_array, split_tree, subsample)
+from .base import DataError, Dataset, ImageDataset
+from .images import (LIST_EXTS, Read, class_dirs, images_in, imagefolder_splits, is_image, read_filelist, read_flat,
+                     read_imagefolder, resize_array, split_tree, subsample)
 from .safety import npz_headers, safe_unpickle, unpack_zip
 
-FORMATS = ("auto", "cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "imagefolder", "flat", "npz", "zip")
+FORMATS = ("auto", "cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "imagefolder", "flat", "filelist", "npz",
+           "zip")
+STREAMED_FORMATS = ("imagefolder", "flat", "filelist")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
@@ -266,6 +269,8 @@ def detect_format(path: Path) -> str:
             return "svhn"
         if zipfile.is_zipfile(path):
             return "zip"
+        if suf in LIST_EXTS:
+            return "filelist"
         if is_image(path):
             raise DataError(f"{path.name} is a single image; register the folder that holds it")
         raise DataError(f"{path.name}: unknown file type; expected a folder, a .npz, a .mat or a .zip")
@@ -322,8 +327,13 @@ def resolve(path: Path | str, fmt: str) -> tuple[Path, str]:
 
 
 def load_local(path: Path | str, fmt: str = "auto", split: str | None = None, limit: int | None = None,
-               name: str = "local", labelled: bool = True, size: tuple[int, int] | None = None) -> ImageDataset:
-    """Read one split of a local source as an :class:`ImageDataset` (nothing is registered)."""
+               name: str = "local", labelled: bool = True, size: tuple[int, int] | None = None,
+               content_hash: bool = False) -> Dataset:
+    """Read one split of a local source (nothing is registered).
+
+    Folders and file lists come back as a :class:`~.streamed.StreamedDataset` (paths, not
+    pixels; ``content_hash`` adds a hash of every file's bytes to the fingerprint); the array
+    formats as an in-memory :class:`ImageDataset`, resized to ``size`` when given."""
     path, fmt = resolve(path, fmt)
     splits = source_splits(path, fmt)
     if not splits:
@@ -331,27 +341,32 @@ def load_local(path: Path | str, fmt: str = "auto", split: str | None = None, li
     sp = split or ("test" if "test" in splits else splits[0])
     if sp not in splits:
         raise DataError(f"{path} has no {sp!r} split in {fmt} format (has: {', '.join(splits)})")
-    if fmt in ("imagefolder", "flat"):
-        reader = read_imagefolder(path, sp, labelled, limit, size) if fmt == "imagefolder" else read_flat(path, limit, size)
-        x, y, names, meta = reader
-        ids = meta.pop("sample_ids")
-    else:
-        if fmt in ("cifar10", "cifar100"):
-            x, y, names, meta = read_cifar(path, sp, fmt == "cifar100")
-        elif fmt == "svhn":
-            x, y, names, meta = read_svhn(path, sp)
-        elif fmt in ("mnist", "fashion_mnist"):
-            x, y, names, meta = read_mnist(path, sp, fmt == "fashion_mnist")
+    if fmt in STREAMED_FORMATS:
+        if fmt == "imagefolder":
+            ds = read_imagefolder(path, sp, labelled, limit, name, content_hash)
+        elif fmt == "flat":
+            ds = read_flat(path, limit, name, content_hash)
         else:
-            x, y, names, meta = read_npz(path, sp)
-        if not labelled:
-            y = np.full(len(x), -1, np.int64)
-        ids = subsample(len(x), limit)
-        if len(ids) < len(x):
-            x, y = x[ids], y[ids]
-        if size and tuple(x.shape[1:3]) != tuple(size):
-            x = resize_array(x, tuple(size))
-        meta["skipped"] = 0
+            ds = read_filelist(path, labelled, limit, name, content_hash)
+        ds.meta.update({"source": str(path), "format": fmt, "split": sp, "limit": limit})
+        ds.description = f"{fmt} from {path} ({sp} split, {len(ds)} images, streamed from disk)"
+        return ds
+    if fmt in ("cifar10", "cifar100"):
+        x, y, names, meta = read_cifar(path, sp, fmt == "cifar100")
+    elif fmt == "svhn":
+        x, y, names, meta = read_svhn(path, sp)
+    elif fmt in ("mnist", "fashion_mnist"):
+        x, y, names, meta = read_mnist(path, sp, fmt == "fashion_mnist")
+    else:
+        x, y, names, meta = read_npz(path, sp)
+    if not labelled:
+        y = np.full(len(x), -1, np.int64)
+    ids = subsample(len(x), limit)
+    if len(ids) < len(x):
+        x, y = x[ids], y[ids]
+    if size and tuple(x.shape[1:3]) != tuple(size):
+        x = resize_array(x, tuple(size))
+    meta["skipped"] = 0
     if len(x) == 0:
         raise DataError(f"{path} holds no images")
     meta.update({"source": str(path), "format": fmt, "split": sp, "limit": limit})

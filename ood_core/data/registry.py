@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from . import embedded
-from .base import ROLES, DataError, ImageDataset
+from .base import ROLES, DataError, Dataset, ImageDataset
 from .readers import load_local, resolve, source_splits
 
 USER_ROLES = ("id_test", "id_train", "ood_test", "ood_val", "aux")
@@ -41,7 +43,9 @@ class DatasetSpec:
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}
-_BUILT: dict[tuple[str, str], tuple[ImageDataset, str | None]] = {}
+_BUILT: dict[tuple[str, str], tuple[Dataset, str | None]] = {}
+# Subsampling by name (docs/architecture.md, "Datasets"): (base, split) -> (count or fraction, seed).
+_SAMPLES: dict[tuple[str, str], tuple[float, int]] = {}
 _LOCK = threading.Lock()
 
 
@@ -76,7 +80,7 @@ def train_name_for(name: str) -> str:
     return f"{split_name(name)[0]}:train"
 
 
-def get_dataset(name: str, split: str | None = None) -> ImageDataset:
+def get_dataset(name: str, split: str | None = None) -> Dataset:
     """Build (or reuse) a registered dataset; unknown names raise DataError listing the known ones."""
     base, sp = split_name(name)
     if split is not None:
@@ -94,11 +98,60 @@ def get_dataset(name: str, split: str | None = None) -> ImageDataset:
     with _LOCK:
         hit = _BUILT.get(key)
     if hit is not None and hit[1] == stamp:
-        return hit[0]
-    ds = spec.build(sp)
-    with _LOCK:
-        _BUILT[key] = (ds, stamp)
-    return ds
+        full = hit[0]
+    else:
+        full = spec.build(sp)
+        with _LOCK:
+            _BUILT[key] = (full, stamp)
+    return _sampled(full, key)
+
+
+def _sampled(full: Dataset, key: tuple[str, str]) -> Dataset:
+    """``full`` itself, or the fixed random subset :func:`set_sample` asked for (built once per setting)."""
+    want = _SAMPLES.get(key)
+    if not want:
+        return full
+    n_or_frac, seed = want
+    n = len(full)
+    m = int(round(n_or_frac * n)) if n_or_frac < 1 else int(n_or_frac)
+    m = max(1, min(n, m))
+    if m >= n:
+        return full
+    memo = full.meta.setdefault("_samples", {})
+    if (m, seed) not in memo:
+        idx = np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
+        sub = full.subset(idx)
+        sub.meta = {k: v for k, v in full.meta.items() if k != "_samples"}
+        sub.meta["sampled"] = {"used": m, "of": n, "seed": int(seed)}
+        sub.description = f"{full.description} — a fixed random subset of {m:,} of {n:,} (seed {seed})"
+        memo[(m, seed)] = sub
+    return memo[(m, seed)]
+
+
+def set_sample(name: str, n: float | None, seed: int = 0) -> None:
+    """Use a fixed random subset of dataset ``name`` (``mnist:train`` for a split) wherever it is
+    asked for by name: ``n`` samples, or a fraction of them when ``0 < n < 1``; None or 0 for all.
+
+    Statistics need not see every training image (the KNN paper fits on 1% of ImageNet's);
+    the subset depends on ``seed`` only, so runs compare on the same samples."""
+    base, sp = split_name(name)
+    if n is None or float(n) == 0:
+        _SAMPLES.pop((base, sp), None)
+        return
+    n = float(n)
+    if n < 0 or (n >= 1 and n != int(n)):
+        raise DataError(f"a subsample is a whole number of samples or a fraction in (0, 1); got {n:g}")
+    _SAMPLES[(base, sp)] = (n, int(seed))
+
+
+def sample_setting(name: str) -> tuple[float, int] | None:
+    """``(count or fraction, seed)`` set by :func:`set_sample` for ``name``, or None."""
+    return _SAMPLES.get(split_name(name))
+
+
+def sample_info(ds: Dataset) -> dict:
+    """``{"used", "of", "seed"}`` of a dataset :func:`get_dataset` subsampled, else all of it."""
+    return dict(ds.meta.get("sampled") or {"used": len(ds), "of": len(ds), "seed": None})
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -158,12 +211,13 @@ def spec_from_entry(name: str, entry: dict) -> DatasetSpec:
     sources: dict[str, dict] = entry["sources"]
     role = entry["role"]
 
-    def build(split: str) -> ImageDataset:
+    def build(split: str) -> Dataset:
         src = sources.get(split)
         if src is None:
             raise DataError(f"dataset {name!r} has no {split!r} split")
         ds = load_local(src["path"], src["fmt"], src.get("split"), src.get("limit"),
-                        name=name if split == "test" else f"{name}:{split}", labelled=src.get("labelled", True))
+                        name=name if split == "test" else f"{name}:{split}", labelled=src.get("labelled", True),
+                        content_hash=bool(src.get("content_hash", False)))
         ds.role = role if split == "test" else "id_train"
         ds.description = entry.get("description") or ds.description
         return ds
@@ -231,7 +285,8 @@ def check_replace(name: str, role: str, previous: dict | None, replace: bool) ->
 
 def add_source(path: Path | str, name: str, role: str, fmt: str = "auto", split: str | None = None,
                limit: int | None = None, labelled: bool = True, description: str = "",
-               previous: dict | None = None, validate: bool = True) -> tuple[DatasetSpec, dict]:
+               previous: dict | None = None, validate: bool = True,
+               content_hash: bool = False) -> tuple[DatasetSpec, dict]:
     """Register a local source under ``name`` with a role; returns the spec and its entry.
 
     Roles: ``id_test`` (an ID set; a source with a training split also gives ``name:train``),
@@ -254,8 +309,11 @@ def add_source(path: Path | str, name: str, role: str, fmt: str = "auto", split:
         raise DataError(f"{rpath} has no {split!r} split (has: {', '.join(splits)})")
 
     def src(sp: str) -> dict:
-        return {"path": str(rpath.resolve()), "fmt": rfmt, "split": sp, "limit": int(limit) if limit else None,
-                "labelled": bool(labelled)}
+        out = {"path": str(rpath.resolve()), "fmt": rfmt, "split": sp, "limit": int(limit) if limit else None,
+               "labelled": bool(labelled)}
+        if content_hash:  # only when asked: older entries stay byte-identical
+            out["content_hash"] = True
+        return out
 
     entry = dict(previous or {})
     old_sources = dict(entry.get("sources") or {})

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import ImageDataset
+from ..data import Dataset
 from ..extract import Extraction
 from ..knobs import Paper
 from .base import DetectorError, ModelDetector, ProgressFn, register
@@ -106,7 +106,7 @@ class _GAIA(ModelDetector):
     def _batch(self, bundle: Any, x: torch.Tensor, names: list[str], last: str) -> torch.Tensor:
         raise NotImplementedError
 
-    def score_model(self, bundle: Any, ds: ImageDataset, ext: Extraction | None = None,
+    def score_model(self, bundle: Any, ds: Dataset, ext: Extraction | None = None,
                     progress: ProgressFn | None = None, **knobs: Any) -> np.ndarray:
         """Scores of every image in ``ds``, batched, with progress (a raising callback cancels)."""
         self.resolve(knobs)
@@ -118,8 +118,8 @@ class _GAIA(ModelDetector):
         n = len(ds)
         out = np.empty(n, np.float64)
         try:
-            for i in range(0, n, BATCH_SIZE):
-                x = bundle.preprocess(ds.images[i: i + BATCH_SIZE]).to(bundle.device)
+            for i, x in ds.numbered_batches(bundle.preprocess, BATCH_SIZE):
+                x = x.to(bundle.device)
                 with torch.inference_mode(False), torch.enable_grad():
                     out[i: i + len(x)] = self._batch(bundle, x, names, last).detach().cpu().numpy()
                 if progress:

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from .. import gradients as grads
-from ..data import ImageDataset
+from ..data import Dataset
 from ..extract import Extraction
 from ..knobs import Knob
 from .base import ModelDetector, DetectorError, register
@@ -17,7 +17,7 @@ def gradnorm_exact_scores(bundle: Any, data: Any, T: float = 1.0, param_set: str
                           device: str | None = None, progress: Any = None) -> np.ndarray:
     """``‖∂L(x)/∂θ‖_1`` per sample, ``L = KL(u ‖ softmax(f/T))``, θ the chosen parameter set.
 
-    ``data`` is an ImageDataset, uint8 images or a preprocessed ``(N,C,H,W)`` tensor.
+    ``data`` is an Dataset, uint8 images or a preprocessed ``(N,C,H,W)`` tensor.
     """
     return grads.per_sample_grad_norms(bundle, data, "kl_uniform", param_set, T, ord=1.0, device=device,
                                        progress=progress)
@@ -45,7 +45,7 @@ class GradNormExact(ModelDetector):
     )
     grid = {"T": [0.5, 1, 2, 4, 8], "param_set": ["last_weight", "last", "last_block", "all"]}
 
-    def score_model(self, bundle: Any, ds: ImageDataset, ext: Extraction, progress: Any = None,
+    def score_model(self, bundle: Any, ds: Dataset, ext: Extraction, progress: Any = None,
                     T: float = 1.0, param_set: str = "last_weight") -> np.ndarray:
         """Scores of ``ds`` (the extraction is unused: the gradients need the model)."""
         if len(ds) == 0:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import ImageDataset
+from ..data import Dataset
 from ..extract import Extraction
 from ..knobs import Knob, Paper
 from .base import ModelDetector, ProgressFn, register
@@ -69,7 +69,7 @@ class IODIN(ModelDetector):
         super().__init__()
         self.last_run: dict[str, Any] = {}
 
-    def score_model(self, bundle: Any, ds: ImageDataset, ext: Extraction | None = None,
+    def score_model(self, bundle: Any, ds: Dataset, ext: Extraction | None = None,
                     progress: ProgressFn | None = None, T: float = 1000.0, eps: float = 0.0014) -> np.ndarray:
         """Scores of every image in ``ds``, batched, with progress (a raising callback cancels)."""
         kn = self.resolve({"T": T, "eps": eps})
@@ -80,8 +80,8 @@ class IODIN(ModelDetector):
         out = np.empty(n, np.float64)
         outside = 0.0
         try:
-            for i in range(0, n, BATCH_SIZE):
-                x = bundle.preprocess(ds.images[i: i + BATCH_SIZE]).to(bundle.device)
+            for i, x in ds.numbered_batches(bundle.preprocess, BATCH_SIZE):
+                x = x.to(bundle.device)
                 out[i: i + len(x)], n_out = perturbed_msp(bundle, iodin_perturb(bundle, x, T, eps), T)
                 outside += n_out
                 if progress:

@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import cache
 from .. import gradients as grads
-from ..data import ImageDataset
+from ..data import Dataset
 from ..extract import Extraction
 from .base import ModelDetector, DetectorError, Knob, Paper, SortedValues, energy, max_softmax, register
 
@@ -110,12 +110,12 @@ class _LowDim(ModelDetector):
     def __init__(self) -> None:
         super().__init__()
         self.fit_key = ""
-        self._train_ds: ImageDataset | None = None
+        self._train_ds: Dataset | None = None
         self._train_ext: Extraction | None = None
         self._stats: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
-    def fit_model(self, bundle: Any, train_ds: ImageDataset, train_ext: Extraction, progress: Any = None) -> "_LowDim":
+    def fit_model(self, bundle: Any, train_ds: Dataset, train_ext: Extraction, progress: Any = None) -> "_LowDim":
         """Keep the ID training split; the subspace is fitted per setting on first use."""
         if train_ds is None or len(train_ds) == 0:
             raise DetectorError(f"{self.name} needs training statistics: set an ID training split first")
@@ -168,12 +168,12 @@ class _LowDim(ModelDetector):
             st["nn"] = NearestNeighbors().fit(_unit(st["g"]))
         return st["nn"]
 
-    def estimate(self, bundle: Any, probe: ImageDataset, n_images: int, **knobs: Any) -> dict[str, Any]:
+    def estimate(self, bundle: Any, probe: Dataset, n_images: int, **knobs: Any) -> dict[str, Any]:
         """The subspace fit (unless cached) and ``G_low`` of ``n_images`` images, from a dry run (no fit)."""
         self._require_fit()
         return grads.estimate_cost(bundle, self._train_ds, probe, n_images, self.grad_params(knobs))
 
-    def score_model(self, bundle: Any, ds: ImageDataset, ext: Extraction, progress: Any = None, **knobs: Any) -> np.ndarray:
+    def score_model(self, bundle: Any, ds: Dataset, ext: Extraction, progress: Any = None, **knobs: Any) -> np.ndarray:
         """Scores (higher = more ID) of ``ds`` for one resolved knob setting."""
         self._require_fit()
         gp = self.grad_params(knobs)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import ImageDataset
+from ..data import Dataset
 from ..extract import Extraction
 from ..knobs import Knob, Paper
 from .base import ModelDetector, ProgressFn, register
@@ -108,12 +108,13 @@ class ODIN(ModelDetector):
         new.knobs, new.fitted = self.knobs, self.fitted
         return new
 
-    def _sign_key(self, bundle: Any, ds: ImageDataset, T: float) -> tuple | None:
+    def _sign_key(self, bundle: Any, ds: Dataset, T: float) -> tuple | None:
         """The sign does not depend on ε, so a sweep over ε at one T needs one backward pass,
         not one per ε. Signs (int8) are kept for sets up to SIGN_CACHE_VALUES input values,
         for the last SIGN_CACHE_ENTRIES (model, dataset, T) combinations, stored only once
         complete (so a cancelled or concurrent run never leaves a partial entry)."""
-        if ds.images.size > SIGN_CACHE_VALUES:
+        pp = bundle.preprocess  # the signs are model inputs: one int8 per input value
+        if len(ds) * pp.channels * pp.input_size[0] * pp.input_size[1] > SIGN_CACHE_VALUES:
             return None
         return (bundle.fingerprint, ds.fingerprint, float(T))
 
@@ -134,13 +135,13 @@ class ODIN(ModelDetector):
             while len(self._sign_cache) > SIGN_CACHE_ENTRIES:
                 self._sign_cache.popitem(last=False)
 
-    def fit_model(self, bundle: Any, train_ds: ImageDataset, train_ext: Extraction,
+    def fit_model(self, bundle: Any, train_ds: Dataset, train_ext: Extraction,
                   progress: ProgressFn | None = None) -> "ODIN":
         """ODIN needs no training statistics."""
         self.fitted = True
         return self
 
-    def score_model(self, bundle: Any, ds: ImageDataset, ext: Extraction | None = None,
+    def score_model(self, bundle: Any, ds: Dataset, ext: Extraction | None = None,
                     progress: ProgressFn | None = None, T: float = 1000.0, eps: float = 0.0014,
                     clamp: bool = False) -> np.ndarray:
         """Scores of every image in ``ds``, batched, with progress."""
@@ -156,8 +157,8 @@ class ODIN(ModelDetector):
             key = self._sign_key(bundle, ds, T) if eps > 0 else None
             cached = self._cached_signs(key)
             fresh: list[torch.Tensor] = []
-            for bi, i in enumerate(range(0, n, BATCH_SIZE)):
-                x = bundle.preprocess(ds.images[i: i + BATCH_SIZE]).to(device)
+            for bi, (i, x) in enumerate(ds.numbered_batches(bundle.preprocess, BATCH_SIZE)):
+                x = x.to(device)
                 sign = None
                 if eps > 0:
                     if cached is not None:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import ImageDataset
+from ..data import Dataset
 from ..extract import Extraction
 from ..knobs import Paper
 from .base import DetectorError, ModelDetector, ProgressFn, register
@@ -103,7 +103,7 @@ class RankFeat(ModelDetector):
         super().__init__()
         self.last_run: dict[str, Any] = {}
 
-    def score_model(self, bundle: Any, ds: ImageDataset, ext: Extraction | None = None,
+    def score_model(self, bundle: Any, ds: Dataset, ext: Extraction | None = None,
                     progress: ProgressFn | None = None, **knobs: Any) -> np.ndarray:
         """Scores of every image in ``ds``, batched, with progress (a raising callback cancels)."""
         self.resolve(knobs)
@@ -115,8 +115,8 @@ class RankFeat(ModelDetector):
         out = np.empty(n, np.float64)
         try:
             with thread_hook(mod, lambda _m, _i, o: remove_rank1(o)):
-                for i in range(0, n, BATCH_SIZE):
-                    x = bundle.preprocess(ds.images[i: i + BATCH_SIZE]).to(bundle.device)
+                for i, x in ds.numbered_batches(bundle.preprocess, BATCH_SIZE):
+                    x = x.to(bundle.device)
                     with torch.no_grad():
                         out[i: i + len(x)] = torch.logsumexp(bundle.logits(x).double(), dim=1).cpu().numpy()
                     if progress:

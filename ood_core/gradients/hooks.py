@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import ImageDataset
+from ..data import Dataset
 from ..models import ModelBundle
 from . import per_sample as ps
 from .settings import GradientError, MemoryBudgetError, Progress
@@ -223,7 +223,7 @@ def _block(mod: nn.Module, pname: str, x: torch.Tensor, a: torch.Tensor, dtype: 
 Blocks = Callable[[], Iterator[tuple[int, torch.Tensor]]]
 
 
-def iter_chunks(bundle: ModelBundle, data: ImageDataset | np.ndarray | torch.Tensor, pl: Plan, loss: str, T: float,
+def iter_chunks(bundle: ModelBundle, data: Dataset | np.ndarray | torch.Tensor, pl: Plan, loss: str, T: float,
                 progress: Progress | None = None, what: str = "per-sample gradients",
                 dtype: torch.dtype = torch.float32) -> Iterator[tuple[int, int, Blocks]]:
     """Yield ``(start, B, blocks)``; ``blocks()`` yields ``(k, G_k)`` with ``G_k`` ``(B, P_k)`` in ``dtype`` on the device.
@@ -236,7 +236,7 @@ def iter_chunks(bundle: ModelBundle, data: ImageDataset | np.ndarray | torch.Ten
     """
     import time
 
-    slicer, n = ps._as_input(bundle, data)  # noqa: SLF001
+    batches, n = ps._as_input(bundle, data)  # noqa: SLF001
     model_dev = bundle.device
     bundle.to(pl.device)
     was_training = bundle.model.training
@@ -254,8 +254,9 @@ def iter_chunks(bundle: ModelBundle, data: ImageDataset | np.ndarray | torch.Ten
         owners, _ = _owners(bundle.model, pl.names)
         mods = {id(m): m for m, _ in owners.values()}
         head_only = ps._head_only(bundle, pl.names)  # noqa: SLF001
-        for start in range(0, n, pl.chunk):
-            x = slicer(start, min(n, start + pl.chunk)).to(pl.device)
+        start = 0
+        for x in batches(pl.chunk):
+            x = x.to(pl.device)
             B = int(x.shape[0])
             acts, taps = _forward_backward(bundle, x, mods, loss, T, head_only)
 
@@ -270,7 +271,8 @@ def iter_chunks(bundle: ModelBundle, data: ImageDataset | np.ndarray | torch.Ten
 
             yield start, B, blocks
             del acts, taps
-            _report(progress, start + B, n, t0, what)
+            start += B
+            _report(progress, start, n, t0, what)
     finally:
         bundle.to(model_dev)
         bundle.model.train(was_training)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import ImageDataset
+from ..data import Dataset
 from ..models import ModelBundle
 from .settings import LOSSES, PARAM_SETS, GradientError, MemoryBudgetError, Progress
 
@@ -268,19 +268,21 @@ def _check_loss_T(loss: str, T: float) -> None:
 
 # --- the engine -------------------------------------------------------------------------
 
-def _as_input(bundle: ModelBundle, data: ImageDataset | np.ndarray | torch.Tensor) -> tuple[Callable[[int, int], torch.Tensor], int]:
-    """A slicer returning preprocessed input batches, and N."""
-    if isinstance(data, ImageDataset):
-        return (lambda a, b: bundle.preprocess(data.images[a:b])), len(data)
+def _as_input(bundle: ModelBundle, data: Dataset | np.ndarray | torch.Tensor
+              ) -> tuple[Callable[[int], Iterator[torch.Tensor]], int]:
+    """``(batches, N)``: ``batches(B)`` yields the preprocessed inputs in order, ``B`` rows at a time
+    (a dataset streams through its own loader: docs/architecture.md, "Datasets")."""
+    if isinstance(data, Dataset):
+        return (lambda b: data.batches(bundle.preprocess, b)), len(data)
     if isinstance(data, np.ndarray) and data.dtype == np.uint8:
-        return (lambda a, b: bundle.preprocess(data[a:b])), len(data)
+        return (lambda b: (bundle.preprocess(data[a: a + b]) for a in range(0, len(data), b))), len(data)
     t = torch.as_tensor(data)
     if t.ndim != 4:
-        raise GradientError(f"inputs must be an ImageDataset, uint8 images or a preprocessed (N,C,H,W) tensor; got shape {tuple(t.shape)}")
-    return (lambda a, b: t[a:b].float()), int(t.shape[0])
+        raise GradientError(f"inputs must be a dataset, uint8 images or a preprocessed (N,C,H,W) tensor; got shape {tuple(t.shape)}")
+    return (lambda b: (t[a: a + b].float() for a in range(0, len(t), b))), int(t.shape[0])
 
 
-def iter_grad_blocks(bundle: ModelBundle, data: ImageDataset | np.ndarray | torch.Tensor, loss: str = "kl_uniform",
+def iter_grad_blocks(bundle: ModelBundle, data: Dataset | np.ndarray | torch.Tensor, loss: str = "kl_uniform",
                      param_set: str | Sequence[str] = "last", T: float = 1.0, chunk: int | None = None,
                      device: str | None = None, budget_bytes: int | None = None, r: int = 0,
                      progress: Progress | None = None) -> Iterator[tuple[int, list[torch.Tensor]]]:
@@ -297,7 +299,7 @@ def iter_grad_blocks(bundle: ModelBundle, data: ImageDataset | np.ndarray | torc
     device = device or _default_device()
     est = plan_chunk(bundle, param_set, chunk, r, budget_bytes, device)
     B = est.chunk
-    slicer, n = _as_input(bundle, data)
+    batches, n = _as_input(bundle, data)
     head_only = _head_only(bundle, names)
     model_dev = bundle.device
     bundle.to(device)
@@ -318,22 +320,24 @@ def iter_grad_blocks(bundle: ModelBundle, data: ImageDataset | np.ndarray | torc
             return sample_loss(out[0], loss, T)
 
         per_sample = vmap(grad(one), in_dims=(None, 0))
-        for start in range(0, n, B):
-            x = slicer(start, min(n, start + B)).to(device)
+        start = 0
+        for x in batches(B):
+            x = x.to(device)
             if head_only:
                 with torch.no_grad():
                     x = bundle.body(x).flatten(1)  # type: ignore[misc]
             g = per_sample(diff, x)
             yield start, [g.pop(k).reshape(x.shape[0], -1) for k in local]
             del g
+            start += int(x.shape[0])
             if progress:
-                done = min(n, start + B)
+                done = start
                 progress(done / n, f"per-sample gradients ({est.n_params:,} parameters): {done}/{n}")
     finally:
         bundle.to(model_dev)
 
 
-def iter_per_sample_grads(bundle: ModelBundle, data: ImageDataset | np.ndarray | torch.Tensor, loss: str = "kl_uniform",
+def iter_per_sample_grads(bundle: ModelBundle, data: Dataset | np.ndarray | torch.Tensor, loss: str = "kl_uniform",
                           param_set: str | Sequence[str] = "last", T: float = 1.0, chunk: int | None = None,
                           device: str | None = None, budget_bytes: int | None = None, r: int = 0,
                           progress: Progress | None = None) -> Iterator[tuple[int, torch.Tensor]]:
@@ -345,7 +349,7 @@ def iter_per_sample_grads(bundle: ModelBundle, data: ImageDataset | np.ndarray |
         yield start, (torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]).float()
 
 
-def per_sample_grads(bundle: ModelBundle, data: ImageDataset | np.ndarray | torch.Tensor, loss: str = "kl_uniform",
+def per_sample_grads(bundle: ModelBundle, data: Dataset | np.ndarray | torch.Tensor, loss: str = "kl_uniform",
                      param_set: str | Sequence[str] = "last", T: float = 1.0, chunk: int | None = None,
                      device: str | None = None, budget_bytes: int | None = None,
                      progress: Progress | None = None) -> np.ndarray:
@@ -365,7 +369,7 @@ def per_sample_grads(bundle: ModelBundle, data: ImageDataset | np.ndarray | torc
     return out
 
 
-def per_sample_grad_norms(bundle: ModelBundle, data: ImageDataset | np.ndarray | torch.Tensor, loss: str = "kl_uniform",
+def per_sample_grad_norms(bundle: ModelBundle, data: Dataset | np.ndarray | torch.Tensor, loss: str = "kl_uniform",
                           param_set: str | Sequence[str] = "last", T: float = 1.0, ord: float = 1.0,
                           chunk: int | None = None, device: str | None = None, budget_bytes: int | None = None,
                           progress: Progress | None = None) -> np.ndarray:

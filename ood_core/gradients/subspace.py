@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .. import cache
-from ..data import ImageDataset, get_dataset, train_name_for
+from ..data import Dataset, get_dataset, train_name_for
 from ..jobs import Cancelled
 from ..models import ModelBundle
 from . import engine, hooks, linalg
@@ -158,11 +158,11 @@ def check_memory(P: int, r: int, n: int, kind: str, dtype: torch.dtype, work: in
 
 # --- keys and the cache --------------------------------------------------------------------
 
-def _train_dataset(id_name: str | ImageDataset) -> ImageDataset:
-    return id_name if isinstance(id_name, ImageDataset) else get_dataset(train_name_for(id_name))
+def _train_dataset(id_name: str | Dataset) -> Dataset:
+    return id_name if isinstance(id_name, Dataset) else get_dataset(train_name_for(id_name))
 
 
-def fit_subset(train: ImageDataset) -> ImageDataset:
+def fit_subset(train: Dataset) -> Dataset:
     if len(train) <= MAX_FIT:
         return train
     idx = np.sort(np.random.default_rng(0).choice(len(train), MAX_FIT, replace=False))
@@ -178,7 +178,7 @@ def _resolved_dtype(bundle: ModelBundle, p: dict[str, Any], device: str | None =
                          device or ps._default_device())  # noqa: SLF001
 
 
-def subspace_key(bundle: ModelBundle, id_name: str | ImageDataset, params: dict[str, Any] | None = None) -> str:
+def subspace_key(bundle: ModelBundle, id_name: str | Dataset, params: dict[str, Any] | None = None) -> str:
     """The cache key of the subspace fitted for (model, ID training split, settings)."""
     p = resolve_params(params)
     train = _train_dataset(id_name)
@@ -191,7 +191,7 @@ def subspace_key(bundle: ModelBundle, id_name: str | ImageDataset, params: dict[
                           dtype=str(_resolved_dtype(bundle, p)) if pca else "")
 
 
-def lowdim_key(bundle: ModelBundle, ds: ImageDataset, sub_key: str, params: dict[str, Any]) -> str:
+def lowdim_key(bundle: ModelBundle, ds: Dataset, sub_key: str, params: dict[str, Any]) -> str:
     p = resolve_params(params)
     return cache.make_key("lowdim", v=GRAD_VERSION, model=bundle.fingerprint, dataset=ds.fingerprint,
                           preprocess=bundle.preprocess.to_dict(), dtype=str(_resolved_dtype(bundle, p)), fit=sub_key)
@@ -278,13 +278,13 @@ _subspaces: "OrderedDict[str, Subspace]" = OrderedDict()
 _sub_lock = threading.Lock()
 
 
-def fit_subspace(bundle: ModelBundle, id_name: str | ImageDataset = "mnist", params: dict[str, Any] | None = None,
+def fit_subspace(bundle: ModelBundle, id_name: str | Dataset = "mnist", params: dict[str, Any] | None = None,
                  progress: Progress | None = None, device: str | None = None,
                  budget_bytes: int | None = None) -> Subspace:
     """Fit (or load from the disk cache) the subspace of the ID training gradients.
 
     ``id_name`` names the ID dataset (its ``:train`` split is used) or is the training
-    ImageDataset itself. ``budget_bytes`` overrides the memory available for the check.
+    Dataset itself. ``budget_bytes`` overrides the memory available for the check.
     Raises GradientError (a UserError) on r > samples or parameters, MemoryBudgetError
     before any work when it cannot fit, and FitCancelled when the progress callback
     cancels (nothing is cached then).
@@ -341,7 +341,7 @@ def _store(key: str, sub: Subspace) -> None:
     cache.put_arrays(key, arrays)
 
 
-def _fit(bundle: ModelBundle, train: ImageDataset, p: dict[str, Any], pl: hooks.Plan, r: int, dtype: torch.dtype,
+def _fit(bundle: ModelBundle, train: Dataset, p: dict[str, Any], pl: hooks.Plan, r: int, dtype: torch.dtype,
          progress: Progress | None) -> Subspace:
     n = len(train)
     what = f"{p['subspace']} subspace ({pl.P:,} parameters, {pl.engine} engine)"
@@ -406,14 +406,14 @@ def project(bundle: ModelBundle, data: Any, sub: Subspace, params: dict[str, Any
     return g.astype(np.float32)
 
 
-def lowdim_for_dataset(bundle: ModelBundle, ds_name: str | ImageDataset, id_name: str | ImageDataset = "mnist",
+def lowdim_for_dataset(bundle: ModelBundle, ds_name: str | Dataset, id_name: str | Dataset = "mnist",
                        params: dict[str, Any] | None = None, progress: Progress | None = None) -> np.ndarray:
     """Low-dimensional gradients ``G_low = G̃·V`` of one dataset, shape ``(N, r)``, disk-cached.
 
     ``params``: the gradient knobs (``loss``, ``param_set``, ``kernel``, ``subspace``, ``r``,
     ``T``, ``power_iters``, ``precision``); missing keys take the reference preset. ``V``
     is fitted on the ID training split of ``id_name`` (or on ``id_name`` itself when it
-    is an ImageDataset).
+    is an Dataset).
     """
     p = resolve_params(params)
     ds = get_dataset(ds_name) if isinstance(ds_name, str) else ds_name
@@ -430,7 +430,7 @@ def lowdim_for_dataset(bundle: ModelBundle, ds_name: str | ImageDataset, id_name
 
 # --- what a fit and a projection will cost -------------------------------------------------------
 
-def estimate_cost(bundle: ModelBundle, id_name: str | ImageDataset, probe: ImageDataset, n_images: int,
+def estimate_cost(bundle: ModelBundle, id_name: str | Dataset, probe: Dataset, n_images: int,
                   params: dict[str, Any] | None = None, device: str | None = None) -> dict[str, Any]:
     """Seconds and bytes of the subspace fit (0 when cached) and of ``G_low`` for ``n_images`` images.
 

@@ -17,7 +17,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
@@ -28,12 +27,22 @@ class ModelError(UserError):
 
 @dataclass
 class Preprocess:
-    """How raw uint8 images become the model's input: resize, channels, normalise."""
+    """How raw uint8 images become the model's input: resize, channels, normalise.
+
+    ``resize``: ``"stretch"`` resizes to ``input_size`` exactly (the GradNorm/RG reference's
+    ``Resize((480, 480))``); ``"crop"`` resizes the shorter side to ``min(input_size) / crop_ratio``
+    and takes the centre crop (torchvision's ImageNet evaluation, ``Resize(256)`` +
+    ``CenterCrop(224)`` at the default ratio 0.875). The same torchvision ops run on a batch
+    (:meth:`__call__`) and on one image in a ``DataLoader`` worker (:meth:`one`), so an image
+    gives the same input whichever path it takes (docs/architecture.md, "Datasets").
+    """
 
     input_size: tuple[int, int] = (28, 28)
     channels: int = 1
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
+    resize: str = "stretch"
+    crop_ratio: float = 0.875
 
     def __post_init__(self) -> None:
         self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
@@ -45,26 +54,54 @@ class Preprocess:
         self.std = _per_channel(self.std, self.channels, "std")
         if min(self.std) <= 0:
             raise ModelError(f"std must be positive, got {self.std}")
+        if self.resize not in ("stretch", "crop"):
+            raise ModelError(f"resize must be 'stretch' or 'crop', got {self.resize!r}")
+        self.crop_ratio = float(self.crop_ratio)
+        if not 0 < self.crop_ratio <= 1:
+            raise ModelError(f"crop_ratio must be in (0, 1], got {self.crop_ratio}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.resize == "stretch":  # the original fields only: cache keys made before crop mode stay valid
+            d.pop("resize")
+            d.pop("crop_ratio")
+        return d
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 ``(N,H,W,C)`` -> normalised float ``(N,channels,*input_size)``."""
-        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        if not isinstance(images, torch.Tensor):
+            images = np.asarray(images)
+            if not images.flags.writeable:  # a decoded image's buffer: torch wants its own
+                images = images.copy()
+        x = torch.as_tensor(images)
         if x.ndim == 3:
             x = x[..., None]
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        return self._tensor(x.permute(0, 3, 1, 2))
+
+    def one(self, image: np.ndarray) -> torch.Tensor:
+        """One uint8 ``(H,W,C)`` image -> ``(channels,*input_size)`` (what a loader worker runs)."""
+        a = np.asarray(image)
+        if a.ndim == 2:
+            a = a[..., None]
+        return self._tensor(torch.as_tensor(np.array(a, copy=not a.flags.writeable)).permute(2, 0, 1)[None])[0]
+
+    def _tensor(self, x: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
+        x = TF.to_dtype(x, torch.float32, scale=True)
         if x.shape[1] != self.channels:
             if self.channels == 1:
                 x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
             else:
                 x = x.expand(-1, 3, -1, -1)
         if tuple(x.shape[-2:]) != self.input_size:
-            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
-        return (x - mean) / std
+            if self.resize == "crop":
+                short = max(1, round(min(self.input_size) / self.crop_ratio))
+                x = TF.resize(x, [short], antialias=True)
+                x = TF.center_crop(x, list(self.input_size))
+            else:
+                x = TF.resize(x, list(self.input_size), antialias=True)
+        return TF.normalize(x, list(self.mean), list(self.std))
 
     def valid_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel (low, high) of normalised inputs that come from pixels in [0, 1]."""

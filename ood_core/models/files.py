@@ -41,10 +41,10 @@ def load_model_file(path: Path | str, arch: str | None = None, input_size: Seque
                     mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None,
                     channels: int | None = None, head: str | None = None, max_bytes: int | None = None,
                     num_classes: int | None = None, name: str | None = None,
-                    size_hint: Sequence[int] | None = None) -> ModelBundle:
+                    size_hint: Sequence[int] | None = None, resize: str | None = None) -> ModelBundle:
     """Load any accepted model file as a :class:`ModelBundle` (see the module docstring).
 
-    ``input_size``/``mean``/``std``/``channels`` override the detected preprocessing,
+    ``input_size``/``mean``/``std``/``channels``/``resize`` override the detected preprocessing,
     ``head`` names the final linear layer when it is not found automatically,
     ``num_classes`` (optional) is checked against the model's output, ``size_hint`` is
     the input size to try first when the file does not fix one (e.g. the ID images' size).
@@ -59,18 +59,18 @@ def load_model_file(path: Path | str, arch: str | None = None, input_size: Seque
         raise ModelError(f"{path.name} is not a model file this workbench reads; expected a .pt2 (torch.export), "
                          "a TorchScript archive (torch.jit.save) or a state_dict (torch.save(model.state_dict()))")
     if fmt == "checkpoint":
-        return _load_checkpoint(path, input_size, mean, std, channels, head, num_classes)
+        return _load_checkpoint(path, input_size, mean, std, channels, head, num_classes, resize)
     sha = cache.file_sha256(path)  # after the checkpoint branch, which has its own fingerprint
     if fmt == "state_dict":
-        return _load_state_dict(path, sha, label, arch, input_size, mean, std, channels, head, num_classes)
+        return _load_state_dict(path, sha, label, arch, input_size, mean, std, channels, head, num_classes, resize)
     if arch:
         log.info("architecture %s ignored for a %s archive", arch, fmt)
-    return _load_archive(path, fmt, sha, label, input_size, mean, std, channels, head, num_classes, size_hint)
+    return _load_archive(path, fmt, sha, label, input_size, mean, std, channels, head, num_classes, size_hint, resize)
 
 
-def _load_checkpoint(path, input_size, mean, std, channels, head, num_classes) -> ModelBundle:
+def _load_checkpoint(path, input_size, mean, std, channels, head, num_classes, resize=None) -> ModelBundle:
     b = load_checkpoint(path)
-    pp = override(b.preprocess, input_size, mean, std, channels)
+    pp = override(b.preprocess, input_size, mean, std, channels, resize)
     if pp != b.preprocess or head:
         b = ModelBundle(model=b.model, preprocess=pp, name=b.name, arch=b.arch, head_name=head,
                         class_names=b.class_names, info=b.info)
@@ -80,7 +80,8 @@ def _load_checkpoint(path, input_size, mean, std, channels, head, num_classes) -
     return b
 
 
-def _load_state_dict(path, sha, label, arch, input_size, mean, std, channels, head, num_classes) -> ModelBundle:
+def _load_state_dict(path, sha, label, arch, input_size, mean, std, channels, head, num_classes,
+                     resize=None) -> ModelBundle:
     state = read_state_dict(path)
     notes = []
     if not arch:
@@ -97,7 +98,7 @@ def _load_state_dict(path, sha, label, arch, input_size, mean, std, channels, he
     if channels is not None and int(channels) != in_ch:
         raise ModelError(f"the weights' first layer takes {in_ch} channels, not {channels}; leave channels empty")
     info = arch_info(arch)
-    pp = override(info.preprocess(in_ch), input_size, mean, std, channels)
+    pp = override(info.preprocess(in_ch), input_size, mean, std, channels, resize)
     out = dry_run(model, pp)
     if out.shape[1] != n_cls:
         raise ModelError(f"the model outputs {out.shape[1]} logits but its head weight has {n_cls} rows")
@@ -117,7 +118,8 @@ def _overridden(*vals: Any) -> bool:
     return any(v is not None for v in vals)
 
 
-def _load_archive(path, fmt, sha, label, input_size, mean, std, channels, head, num_classes, size_hint) -> ModelBundle:
+def _load_archive(path, fmt, sha, label, input_size, mean, std, channels, head, num_classes, size_hint,
+                  resize=None) -> ModelBundle:
     notes: list[str] = []
     if fmt == "pt2":
         model, facts = load_pt2(path)
@@ -144,7 +146,7 @@ def _load_archive(path, fmt, sha, label, input_size, mean, std, channels, head, 
             raise ModelError(f"the archive was exported for {fixed_size[0]}x{fixed_size[1]} inputs; "
                              f"it cannot take {want[0]}x{want[-1]} (resize happens in preprocessing)")
     base, why = guess_preprocess(conv, fixed_ch or (conv[1] if conv else None), tuple(fixed_size) if fixed_size else None)
-    pp = override(base, input_size, mean, std, channels)
+    pp = override(base, input_size, mean, std, channels, resize)
     source = ("input shape recorded in the archive" if fixed_size else why)
     if input_size is None and not fixed_size:  # nothing fixes the size: find one that runs
         pp, out, tried, from_hint = first_size_that_runs(model, pp, size_hint)

@@ -43,7 +43,7 @@ def guess_preprocess(first_conv: tuple[int, ...] | None, channels: int | None = 
 
 
 def override(pp: Preprocess, input_size: Sequence[int] | int | None, mean: Sequence[float] | float | None,
-              std: Sequence[float] | float | None, channels: int | None) -> Preprocess:
+              std: Sequence[float] | float | None, channels: int | None, resize: str | None = None) -> Preprocess:
     size = pp.input_size
     if input_size is not None:
         vals = [int(input_size)] if isinstance(input_size, (int, np.integer)) else [int(v) for v in input_size]
@@ -53,7 +53,7 @@ def override(pp: Preprocess, input_size: Sequence[int] | int | None, mean: Seque
     c = int(channels) if channels is not None else pp.channels
     m = mean if mean is not None else (pp.mean if c == pp.channels else (sum(pp.mean) / len(pp.mean),))
     s = std if std is not None else (pp.std if c == pp.channels else (sum(pp.std) / len(pp.std),))
-    return Preprocess(size, c, m, s)
+    return Preprocess(size, c, m, s, resize or pp.resize, pp.crop_ratio)
 
 
 class ModelOutputError(ModelError):
@@ -122,7 +122,7 @@ def first_size_that_runs(model: nn.Module, pp: Preprocess, size_hint: Sequence[i
     sizes = [pp.input_size] + hint + [(s, s) for s in CANDIDATE_SIZES]
     out, err = None, None
     for sz in dict.fromkeys(tuple(int(v) for v in s) for s in sizes):
-        cand = Preprocess(sz, pp.channels, pp.mean, pp.std)
+        cand = Preprocess(sz, pp.channels, pp.mean, pp.std, pp.resize, pp.crop_ratio)
         try:
             out = dry_run(model, cand)
             pp = cand

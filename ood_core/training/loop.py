@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..data import DataError, get_dataset, train_name_for
+from ..data import DataError, Dataset, RowSource, get_dataset, train_name_for
 from ..detectors.base import energy as energy_score  # the Energy detector's score (higher = more ID), not L.free_energy
 from ..jobs import JobContext
 from ..metrics import id_accuracy, ood_metrics
@@ -113,9 +113,19 @@ def _schedule(knobs: dict[str, Any], total_steps: int, steps_per_epoch: int) -> 
     return lambda s: (lr_min + (lr - lr_min) * 0.5 * (1 + math.cos(math.pi * s / max(1, total_steps)))) / lr
 
 
-def _chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n: int) -> torch.Tensor:
-    """``fn`` over row blocks of at most ``n`` rows, concatenated (``fn(x)`` itself when ``x`` fits)."""
-    return fn(x) if len(x) <= n else torch.cat([fn(c) for c in x.split(n)])
+def _chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: "torch.Tensor | RowSource", n: int) -> torch.Tensor:
+    """``fn`` over row blocks of at most ``n`` rows, concatenated (``fn(x)`` itself when ``x`` is a
+    tensor that fits); ``x`` may be a :class:`RowSource` (the evaluation sets)."""
+    if isinstance(x, torch.Tensor) and len(x) <= n:
+        return fn(x)
+    return torch.cat([fn(c) for c in x.split(n)])
+
+
+def _rows(ds: Dataset, idx: "np.ndarray | slice", pp: Callable) -> RowSource:
+    """Rows ``idx`` of ``ds`` as a row source (a preprocessed tensor when the set is in memory)."""
+    if isinstance(idx, slice):
+        return ds.rows(pp) if idx == slice(None) else ds.subset(np.arange(len(ds))[idx]).rows(pp)
+    return ds.rows(pp) if len(idx) == len(ds) else ds.subset(idx).rows(pp)
 
 
 def _fmt_eta(sec: float) -> str:
@@ -169,7 +179,9 @@ class Trainer:
         idx = np.arange(len(train_ds))
         if cfg.n_train:
             idx = np.sort(rng.permutation(len(train_ds))[: cfg.n_train])
-        self.x_train = pp(train_ds.images[idx])
+        # Small sets are preprocessed once into tensors; streamed ones decode the rows each step
+        # asks for (docs/architecture.md, "Datasets").
+        self.x_train = _rows(train_ds, idx, pp)
         self.y_train = torch.as_tensor(train_ds.labels[idx])
         b = int(k["batch_size"])
         if len(self.x_train) < b:
@@ -180,9 +192,9 @@ class Trainer:
         ev_rng = np.random.default_rng(12345)
         ev_t = np.sort(ev_rng.permutation(len(test_ds))[: cfg.n_eval]) if cfg.n_eval else slice(None)
         ev_v = np.sort(ev_rng.permutation(len(val_ds))[: cfg.n_eval]) if cfg.n_eval else slice(None)
-        self.x_test, self.y_test = pp(test_ds.images[ev_t]), torch.as_tensor(test_ds.labels[ev_t])
-        self.x_val = pp(val_ds.images[ev_v])
-        self.x_aux = pp(aux_ds.images) if aux_ds is not None else None
+        self.x_test, self.y_test = _rows(test_ds, ev_t, pp), torch.as_tensor(test_ds.labels[ev_t])
+        self.x_val = _rows(val_ds, ev_v, pp)
+        self.x_aux = aux_ds.rows(pp) if aux_ds is not None else None
         if self.method.name == "greg_plus":
             pool, picked = self._pool_size(b), b * (2 if k["two_way"] and k["selection"] == "reference" else 1)
             if len(self.x_aux) < pool:

@@ -1,0 +1,221 @@
+"""Datasets that stay on disk: paths, labels and a fingerprint; pixels decoded on demand.
+
+docs/architecture.md, "Datasets". Image folders and file lists become a :class:`StreamedDataset`.
+A whole pass (extraction, gradients, scoring with the model) decodes and preprocesses in a
+torch ``DataLoader`` with worker processes; a random draw of rows (training) decodes in a thread
+pool (Pillow releases the GIL while it decodes); a page asks for one :meth:`~StreamedDataset.image`.
+
+Memory is the file table (a few dozen bytes per image) plus the batches in flight, whatever N is.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from .base import DataError, Dataset, Preprocessor, RowSource
+
+# Below this many rows a pass decodes in this process: starting workers costs more than it saves.
+INLINE_ROWS = 256
+MAX_WORKERS = 8
+
+
+def default_workers() -> int:
+    """Loader workers: ``$OOD_NUM_WORKERS``, else one per core up to 8 (on 2 cores: 2).
+
+    Extraction is bound by the forward pass on a CPU, so decoding needs few workers; on a GPU the
+    decoding is the bottleneck and every core helps.
+    """
+    env = os.environ.get("OOD_NUM_WORKERS", "").strip()
+    if env:
+        try:
+            return max(0, int(env))
+        except ValueError:
+            raise DataError(f"OOD_NUM_WORKERS must be a whole number; got {env!r}") from None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cores))
+
+
+def decode(path: str, gray: bool) -> np.ndarray:
+    """One file as uint8 ``(H, W, 1)`` (``gray``) or ``(H, W, 3)``; raises on unreadable data."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("L" if gray else "RGB"), np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+class _Files(TorchDataset):
+    """The worker side: decode one file and run the model's preprocessing on it.
+
+    Paths are one numpy bytes array, not a list of str: forked workers then share the table
+    instead of copying it page by page as reference counts change.
+    """
+
+    def __init__(self, root: str, files: np.ndarray, gray: bool, pp: Preprocessor, shape: tuple[int, ...]) -> None:
+        self.root, self.files, self.gray, self.pp, self.shape = root, files, gray, pp, shape
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool]:
+        path = os.path.join(self.root, self.files[i].decode())
+        try:
+            return self.pp.one(decode(path, self.gray)), True  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - a file damaged after the scan: a blank input, reported by the caller
+            return torch.zeros(self.shape), False
+
+
+class StreamedDataset(Dataset):
+    """Images that stay on disk (docs/architecture.md, "Datasets").
+
+    ``files`` are paths relative to ``root``; ``sizes`` and ``mtimes`` (ns) come from the scan
+    and make the fingerprint, with the labels and sample ids (and a content hash when asked).
+    ``hw`` is each image's (height, width) from its header; ``gray`` whether every image is
+    greyscale (then rows are one channel, as the in-memory readers give them).
+    """
+
+    streamed = True
+
+    def __init__(self, name: str, root: str | Path, files: np.ndarray, labels: np.ndarray, sizes: np.ndarray,
+                 mtimes: np.ndarray, hw: np.ndarray, gray: bool, *, description: str = "", role: str = "ood_test",
+                 class_names: list[str] | None = None, sample_ids: np.ndarray | None = None,
+                 meta: dict | None = None, fingerprint: str = "", content_hash: str = "") -> None:
+        self.name = name
+        self.root = str(root)
+        self.files = np.asarray(files, dtype=np.bytes_)
+        n = len(self.files)
+        if n == 0:
+            raise DataError(f"dataset {name!r} is empty")
+        self.labels = np.asarray(labels, np.int64)
+        if self.labels.shape != (n,):
+            raise DataError(f"dataset {name!r}: {n} files but labels of shape {self.labels.shape}")
+        self.sizes = np.asarray(sizes, np.int64)
+        self.mtimes = np.asarray(mtimes, np.int64)
+        self.hw = np.asarray(hw, np.int32).reshape(n, 2)
+        self.gray = bool(gray)
+        self.description, self.role, self.class_names = description, role, class_names
+        self.sample_ids = np.arange(n, dtype=np.int64) if sample_ids is None else np.asarray(sample_ids, np.int64)
+        self.meta = dict(meta or {})
+        self.content_hash = content_hash
+        self.fingerprint = fingerprint or self._fingerprint()
+        self.failed: set[int] = set()  # rows whose file would not decode during a pass (see batches)
+
+    def _fingerprint(self) -> str:
+        """The file table, not the pixels: cheap, and it moves whenever a file does."""
+        h = hashlib.sha256(b"streamed-v1\0")
+        for a in (self.files, self.sizes, self.mtimes, self.labels, self.sample_ids):
+            a = np.ascontiguousarray(a)
+            h.update(str((a.shape, a.dtype.str)).encode())
+            h.update(a.tobytes())
+        h.update(self.content_hash.encode())
+        return h.hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __repr__(self) -> str:
+        return f"StreamedDataset({self.name!r}, {len(self)} files under {self.root})"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return int(self.hw[0, 0]), int(self.hw[0, 1]), 1 if self.gray else 3
+
+    def path(self, i: int) -> str:
+        return os.path.join(self.root, self.files[int(i)].decode())
+
+    def image(self, i: int) -> np.ndarray:
+        try:
+            return decode(self.path(i), self.gray)
+        except Exception as exc:  # noqa: BLE001 - changed or damaged since the scan
+            raise DataError(f"{self.files[int(i)].decode()} in {self.name!r} cannot be read "
+                            f"({type(exc).__name__}); the folder may have changed — reload the dataset") from None
+
+    def nbytes_decoded(self) -> int:
+        return int((self.hw[:, 0].astype(np.int64) * self.hw[:, 1]).sum()) * (1 if self.gray else 3)
+
+    def loader(self, pp: Preprocessor, batch_size: int, indices: np.ndarray | None = None,
+               workers: int | None = None, device: str | None = None) -> DataLoader:
+        """The ``DataLoader`` of a pass: decoding and preprocessing in worker processes, pinned
+        memory when the batches go to a GPU, order kept."""
+        files = self.files if indices is None else self.files[np.asarray(indices)]
+        shape = (pp.channels, *pp.input_size)  # type: ignore[attr-defined]
+        ds = _Files(self.root, files, self.gray, pp, shape)
+        w = default_workers() if workers is None else max(0, int(workers))
+        if len(files) <= INLINE_ROWS:
+            w = 0
+        cuda = device is not None and torch.device(device).type == "cuda"
+        kw = {"prefetch_factor": 4, "persistent_workers": False} if w else {}
+        return DataLoader(ds, batch_size=max(1, int(batch_size)), shuffle=False, num_workers=w,
+                          pin_memory=cuda, drop_last=False, **kw)
+
+    def batches(self, pp: Preprocessor, batch_size: int, indices: np.ndarray | None = None,
+                workers: int | None = None, device: str | None = None) -> Iterator[torch.Tensor]:
+        """Preprocessed batches in order. A file that fails to decode (damaged after the scan)
+        becomes a blank input and its row goes to :attr:`failed`, which the caller reports."""
+        rows = np.arange(len(self)) if indices is None else np.asarray(indices)
+        start = 0
+        for x, ok in self.loader(pp, batch_size, indices, workers, device):
+            if not bool(ok.all()):
+                self.failed.update(int(r) for r in rows[start: start + len(ok)][~ok.numpy()])
+            start += len(ok)
+            yield x
+
+    def rows(self, pp: Preprocessor) -> RowSource:
+        return FileRows(self, pp)
+
+    def subset(self, idx: np.ndarray, name: str | None = None) -> "StreamedDataset":
+        idx = np.asarray(idx)
+        return StreamedDataset(name or self.name, self.root, self.files[idx], self.labels[idx], self.sizes[idx],
+                               self.mtimes[idx], self.hw[idx], self.gray, description=self.description,
+                               role=self.role, class_names=self.class_names, sample_ids=self.sample_ids[idx],
+                               meta=dict(self.meta), content_hash=self.content_hash)
+
+
+class FileRows(RowSource):
+    """Preprocessed rows of a streamed set by index, decoded by a thread pool on each access."""
+
+    def __init__(self, ds: StreamedDataset, pp: Preprocessor) -> None:
+        self.ds, self.pp = ds, pp
+        self.pool = ThreadPoolExecutor(max_workers=default_workers())
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def _one(self, i: int) -> torch.Tensor:
+        try:
+            return self.pp.one(decode(self.ds.path(i), self.ds.gray))  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - as in batches: blank, and remembered
+            self.ds.failed.add(int(i))
+            return torch.zeros(self.pp.channels, *self.pp.input_size)  # type: ignore[attr-defined]
+
+    def __getitem__(self, idx):  # noqa: ANN001, ANN204
+        if isinstance(idx, slice):
+            idx = np.arange(len(self))[idx]
+        idx = np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx).reshape(-1)
+        return torch.stack(list(self.pool.map(self._one, idx.tolist())))
+
+    def split(self, n: int) -> Iterator[torch.Tensor]:
+        for a in range(0, len(self), n):
+            yield self[slice(a, min(len(self), a + n))]
+
+
+def content_sha(root: str, files: np.ndarray) -> str:
+    """SHA-256 over every file's bytes, in order: the optional, thorough half of a fingerprint."""
+    h = hashlib.sha256()
+    for f in files:
+        with open(os.path.join(root, f.decode()), "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
