@@ -281,3 +281,41 @@ def test_autocast_reports_its_first_batch_difference(default_bundle, tmp_cache):
     assert chk["top1_agreement"] > 0.9
     fp32 = ex.extract(default_bundle, ds, batch_size=32)
     assert "autocast_check" not in fp32.extra and not np.array_equal(fp32.logits, got.logits)  # its own entry
+
+
+def test_cli_register_evaluate_extract_and_train_on_streamed_folders(tmp_path, capsys, tmp_cache, default_bundle):
+    """The README's ImageNet recipe in miniature: folders registered, then evaluate, extract and train."""
+    from ood_core import cli
+    from ood_core.models.checkpoints import models_dir
+
+    src = Path(__file__).resolve().parent.parent / "cache" / "test" / "models"
+    for f in src.glob("default.*"):  # the default model, trained once for the session, in this private cache
+        (models_dir() / f.name).write_bytes(f.read_bytes())
+    digits = digits_tree(tmp_path / "digits", 80, 40)
+    photos = photo_folder(tmp_path / "photos", 48)
+    try:
+        assert cli.main(["register", "--path", str(digits), "--name", "dstream", "--role", "id_test"]) == 0
+        assert cli.main(["register", "--path", str(photos), "--name", "pstream", "--role", "ood_test",
+                         "--unlabelled"]) == 0
+        out = capsys.readouterr().out
+        assert "dstream\tid_test\t40 images" in out and "dstream:train\tid_train\t80 images" in out
+        assert "streamed from disk" in out
+        assert cli.main(["evaluate", "--id", "dstream", "--ood", "pstream", "--detectors", "energy,knn,gradnorm",
+                         "--subsample", "id_train=60", "--quiet", "--json"]) == 0
+        import json
+        res = json.loads(capsys.readouterr().out)
+        assert res["samples"]["id_train"] == {"used": 60, "of": 80, "seed": 0}
+        assert len(res["results"]) == 3 and all(0 <= r["auroc"] <= 1 for r in res["results"])
+        assert res["id_accuracy"] > 0.5  # the default model reads the digits back from PNG files
+        assert cli.main(["extract", "--dataset", "pstream", "--out", str(tmp_path / "p.npz"), "--workers", "2",
+                         "--batch-size", "16", "--quiet"]) == 0
+        with np.load(tmp_path / "p.npz") as z:
+            assert z["logits"].shape == (48, 10)
+        assert cli.main(["train", "--method", "energy_oe", "--id", "dstream", "--aux", "pstream", "--epochs", "1",
+                         "--n-eval", "20", "--param", "energy_oe.batch_size=16", "--quiet"]) == 0
+        path = Path(capsys.readouterr().out.strip().splitlines()[-1])
+        assert path.is_file() and path.suffix == ".pt"
+    finally:
+        set_sample("dstream:train", None)
+        for n in ("dstream", "pstream"):
+            persist.unregister_local(n)

@@ -11,10 +11,12 @@ share torchvision's key names. ``STATE_KEY_ALIASES`` maps the other common spell
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .bundle import ModelError, Preprocess
@@ -146,6 +148,87 @@ for _name, (_label, _big) in _TORCHVISION.items():
 ARCHITECTURES["resnet18_cifar"] = resnet18_cifar
 ARCH_INFO["resnet18_cifar"] = ArchInfo("CIFAR-style ResNet-18 (3x3 stem, no max-pool, 32x32)", (32, 32),
                                        CIFAR_MEAN, CIFAR_STD, 3)
+
+class StdConv2d(nn.Conv2d):
+    """A convolution with Weight Standardization (Qiao et al. 2019), as BiT's ResNetV2 uses it:
+    each output filter is centred and scaled to unit (population) variance before the conv.
+
+    torch has no such layer; it is written from the formula, ``w' = (w - mean) / sqrt(var + 1e-10)``
+    over (in, kh, kw). Its type is not ``nn.Conv2d``, so the per-sample gradient engine treats it
+    with ``torch.func`` rather than with the plain-convolution formula (docs/architecture.md)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(self.weight, dim=(1, 2, 3), keepdim=True, unbiased=False)
+        w = (self.weight - mean) / torch.sqrt(var + 1e-10)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class _PreActUnit(nn.Module):
+    """BiT's pre-activation bottleneck: GN-ReLU before each conv, the stride on the 3x3 conv,
+    and a projection shortcut taken from the pre-activated input when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, cmid: int, stride: int = 1) -> None:
+        super().__init__()
+        self.gn1, self.conv1 = nn.GroupNorm(32, cin), StdConv2d(cin, cmid, 1, bias=False)
+        self.gn2, self.conv2 = nn.GroupNorm(32, cmid), StdConv2d(cmid, cmid, 3, stride, 1, bias=False)
+        self.gn3, self.conv3 = nn.GroupNorm(32, cmid), StdConv2d(cmid, cout, 1, bias=False)
+        if stride != 1 or cin != cout:
+            self.downsample = StdConv2d(cin, cout, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = F.relu(self.gn1(x))
+        skip = self.downsample(pre) if hasattr(self, "downsample") else x
+        out = self.conv1(pre)
+        out = self.conv2(F.relu(self.gn2(out)))
+        out = self.conv3(F.relu(self.gn3(out)))
+        return out + skip
+
+
+class BiTResNetV2(nn.Module):
+    """Big Transfer's ResNetV2 (Kolesnikov et al. 2020), the GradNorm/RG papers' ImageNet model
+    (BiT-S-R101x1). Module names follow the released PyTorch port, so its state_dicts load as
+    they are; the 1x1-convolution classifier is held as the equal ``nn.Linear`` ``head.conv``
+    (the loader squeezes its (C, D, 1, 1) weight), which is where GradNorm takes its gradient."""
+
+    def __init__(self, units: tuple[int, int, int, int], width: int = 1, num_classes: int = 1000,
+                 in_channels: int = 3) -> None:
+        super().__init__()
+        wf = width
+        self.root = nn.Sequential(OrderedDict([
+            ("conv", StdConv2d(in_channels, 64 * wf, 7, 2, 3, bias=False)),
+            ("pad", nn.ConstantPad2d(1, 0.0)),  # BiT pads with zeros, then pools without padding
+            ("pool", nn.MaxPool2d(3, 2, 0)),
+        ]))
+        blocks, cin = [], 64 * wf
+        for b, (n, cmid) in enumerate(zip(units, (64, 128, 256, 512)), 1):
+            cout = cmid * 4 * wf
+            unit = [(f"unit{i:02d}", _PreActUnit(cin if i == 1 else cout, cout, cmid * wf,
+                                                 2 if (i == 1 and b > 1) else 1)) for i in range(1, n + 1)]
+            blocks.append((f"block{b}", nn.Sequential(OrderedDict(unit))))
+            cin = cout
+        self.body = nn.Sequential(OrderedDict(blocks))
+        self.before_head = nn.Sequential(OrderedDict([
+            ("gn", nn.GroupNorm(32, cin)), ("relu", nn.ReLU()), ("avg", nn.AdaptiveAvgPool2d(1)),
+            ("flat", nn.Flatten(1)),
+        ]))
+        self.head = nn.Sequential(OrderedDict([("conv", nn.Linear(cin, num_classes))]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.before_head(self.body(self.root(x))))
+
+
+def _bit(units: tuple[int, int, int, int], width: int = 1) -> Callable[..., nn.Module]:
+    def build(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
+        return BiTResNetV2(units, width, num_classes, in_channels)
+
+    return build
+
+
+for _name, _units, _label in (("bit_r50x1", (3, 4, 6, 3), "BiT ResNetV2-50x1"),
+                              ("bit_r101x1", (3, 4, 23, 3), "BiT ResNetV2-101x1 (the GradNorm/RG ImageNet model)")):
+    ARCHITECTURES[_name] = _bit(_units)
+    # The GradNorm/RG reference evaluates at 480x480, stretched, with mean = std = 0.5.
+    ARCH_INFO[_name] = ArchInfo(_label, (480, 480), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 3, big=True)
 
 # Other spellings of the same weights, tried when a state_dict's keys do not match:
 # (substring in the file's key, replacement in ours).

@@ -115,6 +115,10 @@ def _alias(state: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]
             out = {k.replace(old, new): v for k, v in out.items()}
         else:
             out = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in out.items()}
+    head = _arch_meta(arch)[1]
+    w = out.get(head) if head else None
+    if w is not None and w.ndim == 4 and tuple(w.shape[2:]) == (1, 1):  # a 1x1-conv classifier is this linear map
+        out = {**out, head: w.flatten(1)}
     return out
 
 
