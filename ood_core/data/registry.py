@@ -229,29 +229,57 @@ def spec_from_entry(name: str, entry: dict) -> DatasetSpec:
                        stamp=lambda: sources_stamp(name, paths))
 
 
+_STAMPS: dict[tuple[str, ...], tuple[float, float, str]] = {}  # paths -> (when, seconds it took, stamp)
+STAMP_TTL_S = 2.0
+STAMP_CHEAP_S = 0.02  # a check faster than this (a few thousand files) runs on every use
+
+
 def sources_stamp(name: str, paths: list[str]) -> str:
     """A signature of the files under ``paths``: names, sizes and mtimes (links not followed).
 
-    Costs one ``stat`` per file, no reading. A path that is gone raises DataError naming the
-    way out (``register --remove``)."""
+    Costs one ``stat`` per file, no reading: about 0.1 s for 20,000 files here. Folders that sign in
+    under ``STAMP_CHEAP_S`` are re-signed on every use; a larger one reuses its signature for
+    ``max(STAMP_TTL_S, 10 × its own cost)`` seconds, so a 20,000-file folder is re-signed every 2 s
+    and ImageNet's 1.28 M training files (about 7 s) about every minute, not on every widget event. A path that is gone raises DataError naming the way out
+    (``register --remove``)."""
+    import time
+
+    key = tuple(paths)
+    hit = _STAMPS.get(key)
+    now = time.monotonic()
+    if hit is not None and hit[1] > STAMP_CHEAP_S and now - hit[0] < max(STAMP_TTL_S, 10 * hit[1]) \
+            and all(os.path.lexists(p) for p in paths):
+        return hit[2]
     h = hashlib.sha256()
     for p in paths:
         if not os.path.lexists(p):
+            _STAMPS.pop(key, None)
             raise DataError(f"dataset {name!r}: {p} is gone; register it again, or forget it with "
                             f"`register --remove --name {name}` (the app: Models & data)")
         st = os.stat(p)
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         if os.path.isdir(p):
-            for root, dirs, files in os.walk(p):
-                dirs.sort()
-                for f in sorted(files):
-                    try:
-                        st = os.lstat(os.path.join(root, f))
-                    except FileNotFoundError:  # deleted while walking: the next use sees it
-                        continue
-                    h.update(f"{root}/{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
+            _stamp_tree(p, h)
+    out = h.hexdigest()[:16]
+    _STAMPS[key] = (now, time.monotonic() - now, out)
+    return out
 
+
+def _stamp_tree(folder: str, h: "hashlib._Hash") -> None:
+    """Every file's name, size and mtime under ``folder``, in a stable order (scandir: one stat each)."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:  # vanished or unreadable meanwhile: the next use sees it
+        return
+    for e in entries:
+        try:
+            if e.is_dir(follow_symlinks=False):
+                _stamp_tree(e.path, h)
+                continue
+            st = e.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        h.update(f"{e.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
 
 
 def check_name(name: str) -> str:
