@@ -76,13 +76,21 @@ class PixelsToInput(nn.Module):
         self.register_buffer("gray", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
+        # The same ops in the same order as Preprocess; only its resize runs on uint8 pixels (rounded
+        # to whole grey levels) where this one stays in floats so the gradient reaches the pixels.
+        if tuple(x.shape[-2:]) != self.pre.input_size:
+            if self.pre.resize == "crop":
+                short = max(1, round(min(self.pre.input_size) / self.pre.crop_ratio))
+                x = TF.center_crop(TF.resize(x, [short], antialias=True), list(self.pre.input_size))
+            else:
+                x = F.interpolate(x, size=self.pre.input_size, mode="bilinear", align_corners=False, antialias=True)
         if x.shape[1] != self.pre.channels:
             if self.pre.channels == 1:
                 x = (x * self.gray).sum(1, keepdim=True)
             else:
                 x = x.expand(-1, 3, -1, -1)
-        if tuple(x.shape[-2:]) != self.pre.input_size:
-            x = F.interpolate(x, size=self.pre.input_size, mode="bilinear", align_corners=False, antialias=True)
         return (x - self.mean) / self.std
 
 

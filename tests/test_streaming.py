@@ -259,10 +259,15 @@ def test_crop_preprocessing_matches_torchvision_imagenet_eval():
 
     pp = Preprocess((224, 224), 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), resize="crop")
     img = np.random.default_rng(0).integers(0, 256, (300, 410, 3), dtype=np.uint8)
-    ref = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Resize(256, antialias=True),
-                      v2.CenterCrop(224), v2.Normalize(pp.mean, pp.std)])(img)
+    ref = v2.Compose([v2.ToImage(), v2.Resize(256, antialias=True), v2.CenterCrop(224),
+                      v2.ToDtype(torch.float32, scale=True), v2.Normalize(pp.mean, pp.std)])(img)
     torch.testing.assert_close(pp.one(img), ref, rtol=0, atol=1e-6)
     torch.testing.assert_close(pp(img[None])[0], ref, rtol=0, atol=1e-6)
+    # and the classic pipeline on a PIL image (what the reference code runs): within one grey level
+    from torchvision import transforms as T
+    classic = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(pp.mean, pp.std)])
+    diff = (classic(Image.fromarray(img)) - ref) * torch.tensor(pp.std).view(3, 1, 1) * 255
+    assert diff.abs().max() <= 1.0 + 1e-4
     assert "resize" not in Preprocess((28, 28), 1).to_dict()  # old cache keys unchanged
 
 

@@ -88,12 +88,9 @@ class Preprocess:
     def _tensor(self, x: torch.Tensor) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as TF
 
-        x = TF.to_dtype(x, torch.float32, scale=True)
-        if x.shape[1] != self.channels:
-            if self.channels == 1:
-                x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-            else:
-                x = x.expand(-1, 3, -1, -1)
+        # Resize the uint8 pixels, then scale: the order of torchvision's ImageNet pipelines (Resize on
+        # the decoded image, then ToTensor), and torchvision's uint8 antialiased resize is 7x cheaper than
+        # resizing floats (0.8 vs 5.9 ms for a 400x350 photo to 224, one core).
         if tuple(x.shape[-2:]) != self.input_size:
             if self.resize == "crop":
                 short = max(1, round(min(self.input_size) / self.crop_ratio))
@@ -101,6 +98,12 @@ class Preprocess:
                 x = TF.center_crop(x, list(self.input_size))
             else:
                 x = TF.resize(x, list(self.input_size), antialias=True)
+        x = TF.to_dtype(x, torch.float32, scale=True)
+        if x.shape[1] != self.channels:
+            if self.channels == 1:
+                x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+            else:
+                x = x.expand(-1, 3, -1, -1)
         return TF.normalize(x, list(self.mean), list(self.std))
 
     def valid_range(self) -> tuple[torch.Tensor, torch.Tensor]:
