@@ -172,9 +172,27 @@ def _pct(v: float) -> str:
 
 
 def _below(feat, grad, selected: list[tuple[str, int]]) -> None:
-    """Separability, the gallery and the table of points (drawn before the maps, see maps_body)."""
+    """Separability, the gallery and the table of points (drawn before the maps, see maps_body).
 
-    # --- separability ----------------------------------------------------------------------------------
+    The gallery is sent before the separability section above it (a container kept for it): after a
+    selection the images are what the user waits for (docs/architecture.md, "The app").
+    """
+    sep_box = st.container()
+    with st.container():
+        _gallery(feat, selected)
+    with sep_box:
+        _separability(feat, grad)
+    with st.expander("All points (features map)"):
+        # The table of every point is sent only when asked for: at 100,000 points it is megabytes.
+        frame = feat.frame
+        if st.toggle(f"Show the table of all {len(frame):,} points", key="maps_show_points", value=len(frame) <= 5000):
+            st.dataframe(frame, hide_index=True, width="stretch", key="maps_points")
+        table_downloads(frame, "map_points_features", key="maps_points_f")
+        table_downloads(grad.frame, "map_points_gradients", key="maps_points_g")
+
+
+def _separability(feat, grad) -> None:
+    """The kNN separability numbers, table and bars of both maps."""
     st.subheader("Separability")
     st.caption("Cross-validated kNN (k = 15, 5 folds) probability of being ID, scored by AUROC: 50 = ID and OOD mixed, "
                "100 = they occupy separate regions. '2-D' is on the map's coordinates, 'full' on the vectors the map "
@@ -204,7 +222,9 @@ def _below(feat, grad, selected: list[tuple[str, int]]) -> None:
         st.plotly_chart(sep_fig, width="stretch", key="maps_sep_fig")
         figure_downloads(sep_fig, "map_separability", key="maps_sep_fig")
 
-    # --- gallery ------------------------------------------------------------------------------------------
+
+def _gallery(feat, selected: list[tuple[str, int]]) -> None:
+    """The images of the selected points, or of the OOD points that look most ID (and the reverse)."""
     st.subheader("Gallery")
     scores_present = [c for c in SCORE_LABELS if c in feat.frame.columns]
     g1, g2 = st.columns([3, 1])
@@ -256,13 +276,6 @@ def _below(feat, grad, selected: list[tuple[str, int]]) -> None:
                     st.switch_page("pages/5_Saliency.py")
         sel_rows = frame[selected_mask(frame, keys)]
         table_downloads(sel_rows, "map_gallery", key="maps_gallery_csv")
-
-    with st.expander("All points (features map)"):
-        # The table of every point is sent only when asked for: at 100,000 points it is megabytes.
-        if st.toggle(f"Show the table of all {len(frame):,} points", key="maps_show_points", value=len(frame) <= 5000):
-            st.dataframe(frame, hide_index=True, width="stretch", key="maps_points")
-        table_downloads(frame, "map_points_features", key="maps_points_f")
-        table_downloads(grad.frame, "map_points_gradients", key="maps_points_g")
 
 
 maps_body(ctx)
