@@ -199,7 +199,9 @@ def ensure_maps_case(n_extra: int = 40_000) -> None:
     print(f"maps case ready ({time.time() - t:.1f} s to compute/load both 100,000-point maps)", flush=True)
 
 
-MAP_POINTS = """() => { const gs = [...document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')];
+# Every plotly graph in the page (the maps are the Maps component's, ui/map_component; the
+# separability bars a plotly chart): the number of points each has drawn.
+MAP_POINTS = """() => { const gs = [...document.querySelectorAll('.js-plotly-plot')];
   return gs.map(g => (g._fullData || []).reduce((s, t) => s + (t.x ? t.x.length : 0), 0)); }"""
 
 
@@ -225,7 +227,7 @@ def maps_case(browser, url: str) -> None:
         wait_idle(page)
         print(f"\nMaps, 100,000 points per map (PCA, embeddings cached): settings -> both maps drawn {draw:.2f} s "
               f"(bar 3 s); points per map {page.evaluate(MAP_POINTS)}", flush=True)
-        chart = page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').first
+        chart = page.locator('.st-key-map_features .js-plotly-plot').first
         chart.scroll_into_view_if_needed()
         page.wait_for_timeout(500)
         drag = chart.locator(".nsewdrag").first.bounding_box()

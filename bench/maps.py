@@ -8,8 +8,9 @@ so the embedding and the separability are computed; the extraction and the gradi
 already cached, as they are after the first visit), its process CPU time (the machine may
 be shared), and the time of the same call again (cached). The bar (issue 5): ≤ 20 s on 2 cores.
 
-``--scale 100000`` (issue 15) times drawing a map of that many synthetic points instead: the
-figure's build (``ood_core.figures.maps.map_figure``), what ``st.plotly_chart`` then does with
+``--scale 100000`` (issue 15) times drawing a map of that many synthetic points instead: the Maps
+page's binary payload (``map_points`` once per map and colouring, ``encode_map`` every rerun) and its
+size, then the plotly figure an export builds (``ood_core.figures.maps.map_figure``), what ``st.plotly_chart`` then does with
 it (plotly's validation and JSON), the payload's size, and, in headless Debian Chromium with
 plotly.js (the copy bundled with the plotly package), the time to draw it and to answer a
 lasso (mouse up to ``plotly_selected``) and a hover. ``--embed-sizes 3000,6000,12000`` times
@@ -93,8 +94,18 @@ def scale(n: int) -> None:
 
     from ood_core.figures.maps import map_figure, picked_rows
 
+    from ood_core.figures.maps import encode_map, map_points
+
     df = synthetic_frame(n)
     print(f"\nmap of {n:,} synthetic points")
+    for color in ("dataset", "pred", "energy"):  # what the Maps page sends (ui/map_component)
+        t = time.perf_counter()
+        pts = map_points(df, color, "mnist")
+        t1 = time.perf_counter()
+        buf = encode_map(pts, [5, 7])
+        t2 = time.perf_counter()
+        print(f"  component payload, colour by {color:<8}: points {1000 * (t1 - t):4.0f} ms (once), "
+              f"encode {1000 * (t2 - t1):5.1f} ms (per rerun), {len(buf) / 2**20:5.2f} MiB", flush=True)
     specs = {}
     for color in ("dataset", "pred", "energy"):
         builds, sends = [], []

@@ -6,10 +6,12 @@ import streamlit as st
 
 from ood_core import gradients, maps
 from ood_core.data import get_dataset
+from ood_core.figures.maps import (SCORE_LABELS, keys_of_rows, map_figure, map_points, selected_mask, separability_figure,
+                                   separability_frame)
 from ood_core.figures.previews import thumbnail
-from ood_core.figures.maps import SCORE_LABELS, map_figure, picked_rows, selected_mask, separability_figure, separability_frame
 from ui import common, state
 from ui.export import figure_downloads, table_downloads
+from ui.map_component import lazy_figure_downloads, load_plotly, scatter_map
 
 st.set_page_config(page_title="Maps · OOD workbench", layout="wide")
 ctx = common.context()
@@ -74,14 +76,18 @@ def maps_body(ctx: common.Context) -> None:
 
 
     def _compute(space: str):
+        # The progress bar lives in a slot drawn on every run, computed or not: the elements after it
+        # keep their places, so the browser keeps the map components alive instead of re-creating them
+        # (a shifted element is a new element to Streamlit's frontend; docs/architecture.md, "The app").
+        slot = st.empty()
         key = _key(space)
         if key in memo:
             return memo[key]
-        bar = st.progress(0.0, f"{space} map…")
+        bar = slot.progress(0.0, f"{space} map…")
         res = maps.compute_map(ctx.bundle, ctx.id_name, ctx.ood, space, method, n_per_set, seed,
                                grad_params if space == "gradients" else None,
                                progress=lambda f, m: bar.progress(float(min(1.0, max(0.0, f))), m), **knobs)
-        bar.empty()
+        slot.empty()
         _remember(key, res)
         return res
 
@@ -111,45 +117,41 @@ def maps_body(ctx: common.Context) -> None:
 
 
     # --- selection state (shared by both maps) ---------------------------------------------------------
+    # A lasso or box selection on either map arrives through the map component's callback, which
+    # stores its samples before this rerun starts; the rings in both maps and the gallery follow
+    # from maps_selected_points alone. The gallery and separability are sent before the maps, so
+    # the images reach the browser first (docs/architecture.md, "The app").
     selected: list[tuple[str, int]] = list(state.get("maps_selected_points", []))
 
+    def _points(res):
+        """The map's payload points for this colouring, encoded once per map and colouring."""
+        pts = res.views.get(color)
+        if pts is None:
+            pts = res.views[color] = map_points(res.frame, color, ctx.id_name)
+        return pts
 
-    def _picked(event, frame) -> list[tuple[str, int]]:
-        try:
-            pts = event["selection"]["points"]
-        except (KeyError, TypeError):
-            return []
-        return picked_rows(frame, pts, color, ctx.id_name)
+    def _take(frame):
+        def take(rows: np.ndarray) -> None:
+            state.put("maps_selected_points", keys_of_rows(frame, rows))
+        return take
 
-
-    def _draw(res, title: str, key: str):
+    def _draw(res, title: str, key: str) -> None:
         s = res.summary()
         st.caption(f"{maps.METHOD_LABELS[res.method]} of {len(res.frame):,} points in {res.dims} dimensions "
                    f"({res.seconds:.1f} s). kNN AUROC ID vs all OOD: **2-D {_pct(s['auroc_2d'])}**, "
                    f"full space {_pct(s['auroc_full'])}.")
         with common.guard(title):
             try:
-                fig = map_figure(res.frame, color, ctx.id_name, selected=selected)
+                pts = _points(res)
             except ValueError as exc:
                 st.error(str(exc))
-                return None, []
-        event = st.plotly_chart(fig, key=key, on_select="rerun", selection_mode=("points", "box", "lasso"),
-                                width="stretch")
-        figure_downloads(fig, f"map_{key}", key=key)
-        return fig, _picked(event, res.frame)
+                return
+            ring = np.flatnonzero(selected_mask(res.frame, selected))
+            scatter_map(pts, key, ring, on_select=_take(res.frame))
+            sel = list(selected)
+            # The plotly figure is built only when a download is asked for (about 0.3 s at 100,000 points).
+            lazy_figure_downloads(lambda: map_figure(res.frame, color, ctx.id_name, selected=sel), f"map_{key}", key)
 
-
-    # A lasso's points are in the charts' session state before the charts are drawn again: read them
-    # first, so one rerun rings them in both maps, and send everything below the maps before the maps
-    # themselves. At 100,000 points a map is ~1.7 MiB and a software-GL redraw ~0.6 s; the gallery's
-    # images reach the browser first (bench/browser_latency.py --case maps).
-    picked = list(dict.fromkeys(_picked(state.widget("map_features"), feat.frame)
-                                + _picked(state.widget("map_gradients"), grad.frame)))
-    if picked != state.get("maps_picks_seen", []):
-        state.put("maps_picks_seen", picked)
-        if picked:
-            selected = picked
-            state.put("maps_selected_points", picked)
     with left:
         box_f = st.container()
     with right:
@@ -163,6 +165,7 @@ def maps_body(ctx: common.Context) -> None:
         _draw(feat, "features map", "map_features")
     with box_g:
         _draw(grad, "gradients map", "map_gradients")
+    load_plotly()
 
 
 def _pct(v: float) -> str:
@@ -170,9 +173,27 @@ def _pct(v: float) -> str:
 
 
 def _below(feat, grad, selected: list[tuple[str, int]]) -> None:
-    """Separability, the gallery and the table of points (drawn before the maps, see maps_body)."""
+    """Separability, the gallery and the table of points (drawn before the maps, see maps_body).
 
-    # --- separability ----------------------------------------------------------------------------------
+    The gallery is sent before the separability section above it (a container kept for it): after a
+    selection the images are what the user waits for (docs/architecture.md, "The app").
+    """
+    sep_box = st.container()
+    with st.container():
+        _gallery(feat, selected)
+    with sep_box:
+        _separability(feat, grad)
+    with st.expander("All points (features map)"):
+        # The table of every point is sent only when asked for: at 100,000 points it is megabytes.
+        frame = feat.frame
+        if st.toggle(f"Show the table of all {len(frame):,} points", key="maps_show_points", value=len(frame) <= 5000):
+            st.dataframe(frame, hide_index=True, width="stretch", key="maps_points")
+        table_downloads(frame, "map_points_features", key="maps_points_f")
+        table_downloads(grad.frame, "map_points_gradients", key="maps_points_g")
+
+
+def _separability(feat, grad) -> None:
+    """The kNN separability numbers, table and bars of both maps."""
     st.subheader("Separability")
     st.caption("Cross-validated kNN (k = 15, 5 folds) probability of being ID, scored by AUROC: 50 = ID and OOD mixed, "
                "100 = they occupy separate regions. '2-D' is on the map's coordinates, 'full' on the vectors the map "
@@ -202,7 +223,9 @@ def _below(feat, grad, selected: list[tuple[str, int]]) -> None:
         st.plotly_chart(sep_fig, width="stretch", key="maps_sep_fig")
         figure_downloads(sep_fig, "map_separability", key="maps_sep_fig")
 
-    # --- gallery ------------------------------------------------------------------------------------------
+
+def _gallery(feat, selected: list[tuple[str, int]]) -> None:
+    """The images of the selected points, or of the OOD points that look most ID (and the reverse)."""
     st.subheader("Gallery")
     scores_present = [c for c in SCORE_LABELS if c in feat.frame.columns]
     g1, g2 = st.columns([3, 1])
@@ -253,13 +276,6 @@ def _below(feat, grad, selected: list[tuple[str, int]]) -> None:
                     st.switch_page("pages/5_Saliency.py")
         sel_rows = frame[selected_mask(frame, keys)]
         table_downloads(sel_rows, "map_gallery", key="maps_gallery_csv")
-
-    with st.expander("All points (features map)"):
-        # The table of every point is sent only when asked for: at 100,000 points it is megabytes.
-        if st.toggle(f"Show the table of all {len(frame):,} points", key="maps_show_points", value=len(frame) <= 5000):
-            st.dataframe(frame, hide_index=True, width="stretch", key="maps_points")
-        table_downloads(frame, "map_points_features", key="maps_points_f")
-        table_downloads(grad.frame, "map_points_gradients", key="maps_points_g")
 
 
 maps_body(ctx)

@@ -65,3 +65,28 @@ def test_a_100k_point_map_builds_small_and_draws_headless(capsys):
     browser(spec, len(df))  # plotly.js in headless Chromium: draws, answers a lasso and a hover
     out = capsys.readouterr().out
     assert "draw" in out and "plotly_selected" in out
+
+
+@pytest.mark.parametrize("color", ["dataset", "pred", "energy"])
+def test_a_100k_point_payload_is_compact_and_round_trips(color):
+    """The map component's payload at 100,000 points: about 10 bytes a point, arrays that decode to the
+    frame's own values in payload order, rings at the selected rows, and positions that lead back."""
+    from ood_core.figures.maps import decode_map, encode_map, keys_of_rows, map_points, rows_of_positions
+
+    df = synthetic_frame(100_000)
+    t = time.perf_counter()
+    pts = map_points(df, color, "mnist")
+    built = time.perf_counter() - t
+    rows = np.array([3, 50_000, 99_999])
+    buf = encode_map(pts, rows)
+    assert built < 5, built  # about 20 ms on a quiet 2-core machine
+    assert len(buf) < (14.1 if color not in ("dataset", "pred") else 10.1) * len(df), len(buf)  # x, y, index (+ score)
+    header, arrays = decode_map(buf)
+    assert header["n"] == len(df) and header["digest"] == pts.digest
+    assert sum(t["count"] for t in header["traces"]) == len(df)
+    assert np.array_equal(arrays["x"], df["x"].to_numpy(np.float32)[pts.order])
+    assert np.array_equal(arrays["index"].astype(np.int64), df["index"].to_numpy()[pts.order])
+    assert sorted(pts.order[arrays["ring"]].tolist()) == rows.tolist()
+    back = rows_of_positions(pts, arrays["ring"].tolist() + [len(df), -1])  # out-of-range positions are dropped
+    assert sorted(keys_of_rows(df, back)) == sorted(keys_of_rows(df, rows))
+    assert map_points(df, color, "mnist").digest == pts.digest  # stable: the browser redraws only on a change

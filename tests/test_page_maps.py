@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from streamlit.testing.v1 import AppTest
+
+from ood_core.figures.maps import decode_map
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,11 +29,37 @@ def _ok(at: AppTest) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
+def _maps_payloads(at: AppTest) -> dict[str, tuple[dict, dict]]:
+    """The decoded payload of each map component, by its key (AppTest cannot render the component itself)."""
+    out = {}
+    for el in at.get("bidi_component"):
+        if el.proto.component_name == "ood_workbench.scatter_map":
+            out[el.proto.id.rsplit("-", 1)[-1]] = decode_map(el.proto.bytes)
+    return out
+
+
+def _ringed(payload: tuple[dict, dict]) -> list[tuple[str, int]]:
+    """(dataset, index) of the ringed points of a payload, read the way the browser reads them."""
+    header, arrays = payload
+    out = []
+    for p in arrays["ring"].tolist():
+        t = next(t for t in header["traces"] if t["start"] <= p < t["start"] + t["count"])
+        out.append((t["dataset"], int(arrays["index"][p])))
+    return sorted(out)
+
+
 def test_maps_page_draws_both_maps_and_separability(default_bundle):
     at = _maps().run()
     _ok(at)
-    charts = [c.proto.id for c in at.get("plotly_chart")]
-    assert len(charts) >= 3  # features map, gradients map, separability bars
+    assert len(at.get("plotly_chart")) == 1  # the separability bars; the maps are components
+    payloads = _maps_payloads(at)
+    assert set(payloads) == {"map_features", "map_gradients"}
+    for header, arrays in payloads.values():
+        assert header["n"] == 120 and arrays["x"].dtype == np.float32 and arrays["x"].size == 120
+        assert [t["dataset"] for t in header["traces"]] == ["mnist", "letters", "gaussian"]
+        assert arrays["ring"].size == 0
+    loader = [e for e in at.get("bidi_component") if e.proto.component_name == "ood_workbench.plotly_loader"]
+    assert len(loader) == 1 and b"window.Plotly" in loader[0].proto.bytes  # plotly.js until the browser has it
     metrics = {m.label: float(m.value) for m in at.metric}
     assert set(metrics) == {"features · 2-D", "features · full", "gradients · 2-D", "gradients · full"}
     assert all(50.0 <= v <= 100.0 for v in metrics.values())
@@ -100,18 +129,52 @@ def test_saliency_page_pickers_gallery_and_settings(default_bundle):
     assert any("at least one" in i.value for i in at.info)
 
 
-def test_a_lasso_selection_fills_the_gallery_in_one_run_and_clear_sticks(default_bundle):
-    """The charts' selection is read before they are drawn (no second rerun), and Clear is not undone
-    by the selection the charts still hold."""
-    pts = [{"curve_number": 0, "point_number": i, "point_index": i} for i in range(3)]
-    at = _maps(map_features={"selection": {"points": pts, "point_indices": [0, 1, 2], "box": [], "lasso": []}})
+def test_a_selection_rings_both_maps_fills_the_gallery_and_clear_sticks(default_bundle):
+    """A selection (what the map component's callback stores) rings the same samples in both maps' payloads
+    and fills the gallery in the same run; Clear empties both, and stays cleared on the next run."""
+    at = _maps().run()
+    _ok(at)
+    res = next(r for r in at.session_state["maps_results"].values() if r.space == "features")
+    picked = [(str(d), int(i)) for d, i in res.frame[["dataset", "index"]].iloc[[0, 45, 110]].itertuples(index=False)]
+    at.session_state["maps_selected_points"] = picked
     at.run()
     _ok(at)
-    chosen = at.session_state["maps_selected_points"]
-    assert len(chosen) == 3 and all(isinstance(i, int) for _, i in chosen)
+    payloads = _maps_payloads(at)
+    assert _ringed(payloads["map_features"]) == sorted(picked)
+    assert _ringed(payloads["map_gradients"]) == sorted(picked)
     assert [b.label for b in at.button].count("Saliency →") == 3  # the gallery shows the three images
+    assert len(at.get("image")) == 3
     at.button(key="maps_clear").click().run()
     _ok(at)
     assert at.session_state["maps_selected_points"] == []
-    at.run()  # the chart still holds the old lasso: it must not come back
+    assert all(p[1]["ring"].size == 0 for p in _maps_payloads(at).values())
+    at.run()
     assert at.session_state["maps_selected_points"] == []
+    assert [b.label for b in at.button].count("Saliency →") == 0
+
+
+def test_a_map_selection_event_leads_to_samples(default_bundle, monkeypatch):
+    """The component's trigger value (payload positions and the digest of the points it drew) becomes
+    frame rows, then (dataset, index); a selection made on other points (a stale digest) is ignored."""
+    from ood_core.figures.maps import keys_of_rows, map_points
+    from ui import map_component, state
+
+    at = _maps().run()
+    res = next(r for r in at.session_state["maps_results"].values() if r.space == "gradients")
+    pts = map_points(res.frame, "pred", "mnist")
+    header, arrays = decode_map(map_component.encode_map(pts))
+    positions = [0, 7, 64, 119]
+    event = {"selected": {"digest": pts.digest, "positions": positions}}
+    monkeypatch.setattr(state, "widget", lambda key, default=None: event if key == "map_x" else default)
+    rows = map_component.selection_event("map_x", pts)
+    got = keys_of_rows(res.frame, rows)
+    want = []
+    for p in positions:  # what the browser drew at those positions: the trace's set, the point's index
+        t = next(t for t in header["traces"] if t["start"] <= p < t["start"] + t["count"])
+        want.append((t["dataset"], int(arrays["index"][p])))
+    assert got == want
+    assert np.allclose(res.frame["x"].to_numpy()[rows], arrays["x"][positions])
+    event["selected"]["digest"] = "0" * 16
+    assert map_component.selection_event("map_x", pts) is None
+    event["selected"] = {"digest": pts.digest, "positions": "not a list"}
+    assert map_component.selection_event("map_x", pts) is None

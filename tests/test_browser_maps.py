@@ -1,0 +1,61 @@
+"""The Maps page in real Chromium: both maps drawn by the map component (ui/map_component), a lasso
+selection on the features map rings the same samples in both maps and shows their images, the plot
+is kept (not re-created) by the rerun the selection starts, and Clear removes rings and images."""
+from __future__ import annotations
+
+import pytest
+
+from browser_support import app_server, browser, browser_page, by_key, goto_page, wait_idle  # noqa: F401
+
+pytestmark = pytest.mark.browser
+
+MAPS = ".ood-map[data-points]"
+
+
+def _map_state(page) -> list[dict]:
+    return page.evaluate("""() => [...document.querySelectorAll('.ood-map')].map(d => ({
+        points: Number(d.dataset.points || 0), rings: Number(d.dataset.rings || 0),
+        traces: (d._fullData || []).length }))""")
+
+
+def test_maps_draw_and_a_lasso_selection_shows_images(browser_page, app_server):
+    page = browser_page
+    goto_page(page, app_server, "Maps", timeout=300_000)
+    page.get_by_text("PCA", exact=True).first.click()
+    wait_idle(page, 300_000)
+    page.wait_for_function(f"() => document.querySelectorAll('{MAPS}').length === 2", timeout=300_000)
+    wait_idle(page)
+    maps = _map_state(page)
+    assert [m["points"] for m in maps] == [2900, 2900], maps  # the default ID set and five OOD sets, 500 each (faces 400)
+    assert all(m["rings"] == 0 and m["traces"] == 6 for m in maps), maps
+    assert page.locator('[data-testid="stImage"]').count() == 0
+
+    chart = by_key(page, "map_features").locator(".js-plotly-plot").first
+    chart.scroll_into_view_if_needed()
+    page.evaluate("() => { window.__oodMapLog.length = 0; }")
+    # a lasso (the maps' default drag mode) around the middle of the plot area
+    area = chart.locator(".nsewdrag").first.bounding_box()
+    cx, cy = area["x"] + area["width"] / 2, area["y"] + area["height"] / 2
+    w, h = area["width"] * 0.3, area["height"] * 0.3
+    page.mouse.move(cx - w, cy - h)
+    page.mouse.down()
+    for dx, dy in ((w, -h), (w, h), (-w, h), (-w, -h)):
+        page.mouse.move(cx + dx, cy + dy, steps=5)
+    page.mouse.up()
+    page.locator('[data-testid="stImage"]').first.wait_for(timeout=60_000)
+    wait_idle(page)
+    page.wait_for_function("() => [...document.querySelectorAll('.ood-map')].every(d => Number(d.dataset.rings) > 0)",
+                           timeout=30_000)
+    maps = _map_state(page)
+    assert maps[0]["rings"] == maps[1]["rings"] > 0, maps  # the same samples ringed in both maps
+    shown = page.locator('[data-testid="stImage"]').count()
+    assert shown == min(24, maps[0]["rings"])
+    log = page.evaluate("() => window.__oodMapLog.map(e => e[1])")
+    assert "selected" in log and "ring" in log, log
+    assert "mount" not in log and "drawn" not in log, log  # the selection's rerun kept both plots
+
+    by_key(page, "maps_clear").get_by_role("button").click()
+    wait_idle(page)
+    page.wait_for_function("() => [...document.querySelectorAll('.ood-map')].every(d => d.dataset.rings === '0')",
+                           timeout=30_000)
+    assert page.locator('[data-testid="stImage"]').count() == 0
