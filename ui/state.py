@@ -61,8 +61,6 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("maps_results", "dict[str, MapResult]", "the last few maps computed, by their settings", "Maps"),
     Key("maps_selected_points", "list[tuple[str, int]]", "(dataset, index) of the points selected on either map",
         "Maps"),
-    Key("maps_picks_seen", "list[tuple[str, int]]", "the maps' last lasso/box selection already taken into "
-        "maps_selected_points (so Clear is not undone by the charts' lingering selection)", "Maps"),
     Key("saliency_shown_selection", "dict", "the selected_sample Saliency has copied into its pickers (once)",
         "Saliency"),
     Key("tuning_requested_sweep", "str | None", "the settings key of the sweep the user asked for and not yet shown",
