@@ -252,6 +252,17 @@ class MemSampler(threading.Thread):
         self.join()
 
 
+def source_hash() -> str:
+    """SHA-256 of ``ood_core/**/*.py`` as this process imported it (the checkout may be edited
+    while the bench runs: phases that ran different code are flagged in the summary)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted((ROOT / "ood_core").rglob("*.py")):
+        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 # ----------------------------------------------------------------------------- subprocess phase
 
 def phase_extract(a: argparse.Namespace) -> None:
@@ -260,6 +271,7 @@ def phase_extract(a: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(a.threads)
+    src = source_hash()
     import ood_core.extract as ex
     from ood_core.data.readers import load_local
 
@@ -303,7 +315,7 @@ def phase_extract(a: argparse.Namespace) -> None:
            "maxrss_children_kb": child_kb, "peak_pss_kb": sampler.peak_pss_kb, "pss_ok": sampler.ok,
            "peak_workers": sampler.peak_workers, "pss_samples": sampler.pss_samples, "peak_worker_rss_sum_kb": sampler.peak_worker_rss_sum_kb,
            "decode_failed": len(ext.extra.get("decode_failed", [])), "threads": torch.get_num_threads(),
-           "workers": a.workers}
+           "workers": a.workers, "source": src}
     Path(a.result).write_text(json.dumps(res))
     log(f"{a.tag}: {len(ds):,} images in {dt:.1f} s = {len(ds) / dt:.1f} img/s, "
         f"peak RSS {self_kb / 2**20:.2f} GB (footprint {footprint_kb / 2**20:.2f} GB)")
@@ -417,6 +429,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.environ["OOD_CACHE_DIR"] = str(work / "cache_main")  # before ood_core is imported
     shutil.rmtree(work / "cache_main", ignore_errors=True)
+    src = source_hash()
     import numpy as np
     import torch
 
@@ -587,6 +600,12 @@ def main() -> None:
         f"{'killed (exit ' + str(kr['exit_killed']) + ')' if kr['killed'] else 'NOT killed: it finished first'} "
         f"with {kr['chunks_at_kill']} chunks on disk; resumed at row {kr['resumed_at']} of {kr['n']}, "
         f"batch {kr['batch']}, resumed part {kr['seconds']:.1f} s")
+    srcs = {"(a)/(b)": src, "(c) 1x": c1["source"], "resume": kr["source"]}
+    if c4:
+        srcs[f"{a.scale}x"] = c4["source"]
+    if len(set(srcs.values())) > 1:
+        add("  WARNING: ood_core changed while the bench ran; the phases ran different code: "
+            + ", ".join(f"{k} {v}" for k, v in srcs.items()))
     if c1["decode_failed"]:
         add(f"  WARNING: {c1['decode_failed']} images failed to decode in (c)")
     add(f"# overall: {ok(ratio >= RATIO_BAR and mem_ok and same)}")

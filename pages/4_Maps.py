@@ -11,7 +11,7 @@ from ood_core.figures.maps import (SCORE_LABELS, keys_of_rows, map_figure, map_p
 from ood_core.figures.previews import thumbnail
 from ui import common, state
 from ui.export import figure_downloads, table_downloads
-from ui.map_component import lazy_figure_downloads, load_plotly, scatter_map
+from ui.map_component import load_plotly, scatter_map
 
 st.set_page_config(page_title="Maps · OOD workbench", layout="wide")
 ctx = common.context()
@@ -150,7 +150,7 @@ def maps_body(ctx: common.Context) -> None:
             scatter_map(pts, key, ring, on_select=_take(res.frame))
             sel = list(selected)
             # The plotly figure is built only when a download is asked for (about 0.3 s at 100,000 points).
-            lazy_figure_downloads(lambda: map_figure(res.frame, color, ctx.id_name, selected=sel), f"map_{key}", key)
+            figure_downloads(lambda: map_figure(res.frame, color, ctx.id_name, selected=sel), f"map_{key}", key)
 
     with left:
         box_f = st.container()

@@ -31,7 +31,10 @@ def _logged(fn: Callable[[], bytes], name: str) -> Callable[[], bytes]:
 
 
 def _as_figure(fig):
-    """A figure spec (a plain dict, as ood_core.figures.scores builds them) becomes a plotly Figure on click."""
+    """A figure spec (a plain dict, as ood_core.figures.scores builds them) becomes a plotly Figure on click;
+    a callable builds it then (a 100,000-point map costs 0.3 s to build, so it is built for an export only)."""
+    if callable(fig) and not hasattr(fig, "to_plotly_json"):
+        fig = fig()
     if isinstance(fig, dict):
         import plotly.graph_objects as go
         return go.Figure(fig)
@@ -39,7 +42,8 @@ def _as_figure(fig):
 
 
 def figure_downloads(fig, basename: str, key: str | None = None) -> None:
-    """Download buttons for one figure: PNG, SVG, PDF (Chromium via kaleido) and interactive HTML."""
+    """Download buttons for one figure (a plotly Figure, a spec dict, or a function building one on
+    click): PNG, SVG, PDF (Chromium via kaleido) and interactive HTML."""
     k = key or basename
     ok, why = ex.static_export_status()
     with st.popover("Download figure", icon=":material/download:"):

@@ -25,7 +25,6 @@ from typing import Callable, Sequence
 import numpy as np
 import streamlit as st
 
-from ood_core import export as ex
 from ood_core.figures.maps import MapPoints, encode_map, rows_of_positions
 from ui import state
 
@@ -86,30 +85,3 @@ def scatter_map(points: MapPoints, key: str, selected_rows: np.ndarray | Sequenc
     _MAP(key=key, data=encode_map(points, selected_rows), on_selected_change=_changed, height="content")
 
 
-def lazy_figure_downloads(build: Callable[[], object], basename: str, key: str) -> None:
-    """``ui.export.figure_downloads`` for a figure built only when a button is clicked.
-
-    A 100,000-point plotly figure costs about 0.3 s to build; the page no longer draws one, so it
-    is built for an export only. Same buttons and keys as ``figure_downloads`` (``dl-<key>-<fmt>``).
-    """
-    ok, why = ex.static_export_status()
-
-    def _file(fmt: str) -> Callable[[], bytes]:
-        def run() -> bytes:
-            try:
-                fig = build()
-                return ex.figure_html(fig) if fmt == "html" else ex.figure_bytes(fig, fmt)
-            except Exception:  # shown as "Failed to generate file" in the browser; the reason goes to the log
-                log.exception("export of %s.%s failed", basename, fmt)
-                raise
-        return run
-
-    with st.popover("Download figure", icon=":material/download:"):
-        with st.container(horizontal=True):
-            for fmt in ex.STATIC_FORMATS:
-                st.download_button(fmt.upper(), _file(fmt), f"{basename}.{fmt}", ex.MIME[fmt], key=f"dl-{key}-{fmt}",
-                                   disabled=not ok, help=why or f"{fmt.upper()} rendered by Chromium", on_click="ignore")
-            st.download_button("HTML", _file("html"), f"{basename}.html", ex.MIME["html"], key=f"dl-{key}-html",
-                               help="interactive, self-contained (works offline)", on_click="ignore")
-        if not ok:
-            st.caption(why)
