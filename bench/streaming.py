@@ -34,7 +34,9 @@ read from the tuning this process measured in (b)). Bar: identical.
 
 Every subprocess gets its own ``OOD_CACHE_DIR`` under the work folder: nothing is read from or
 written to the app's cache. Progress goes to stderr; the summary (figures, bars, PASS/MISS, the
-machine and its load average) to stdout at the end.
+machine and its load average) to stdout at the end. Each process hashes ``ood_core/`` as it
+starts; when the checkout was edited during the run the summary says which phases ran which
+code (a kill-and-resume compared across an edit of the preprocessing is not a resume test).
 
 Times: the full default (5,000 + 20,000 images, ResNet-18 at 224) takes 25-40 minutes on a
 2-core machine (the forward runs at ~20-40 img/s there: the 4× extraction alone is ~10-15
