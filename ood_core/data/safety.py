@@ -24,7 +24,8 @@ from .base import DataError
 
 
 def max_dataset_bytes() -> int:
-    """Memory budget for one decoded dataset (and one unpacked zip): ``$OOD_MAX_DATASET_BYTES`` or 4 GiB."""
+    """Memory budget for one in-memory dataset (an array format: CIFAR, SVHN, MNIST, ``.npz``) and one unpacked
+    zip: ``$OOD_MAX_DATASET_BYTES`` or 4 GiB. Folders and image lists stream from disk and have no such cap."""
     try:
         return int(os.environ.get("OOD_MAX_DATASET_BYTES", 4 << 30))
     except ValueError:
