@@ -443,7 +443,7 @@ def main() -> None:
     from ood_core.data.readers import load_local
     from ood_core.data.streamed import default_workers
 
-    w = default_workers() if a.workers is None else a.workers
+    w = default_workers(a.device) if a.workers is None else a.workers
     procs = max(1, os.cpu_count() or 1)
     load0 = os.getloadavg()
     log(f"work folder {work}; {machine()}; load {load0[0]:.2f}")

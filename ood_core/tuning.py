@@ -122,7 +122,7 @@ def _model_scores(bundle: Any, det: Detector, ds: Dataset, ext: Extraction, knob
                   progress: Progress | None) -> np.ndarray:
     key = cache.make_key("sweep-score", v=SWEEP_VERSION, detector=det.name, model=bundle.fingerprint,
                          dataset=ds.fingerprint, knobs=knobs, fit=getattr(det, "fit_key", ""),
-                         preprocess=bundle.preprocess.to_dict())
+                         preprocess=bundle.preprocess.cache_key())
     arr = cache.cached_arrays(key, lambda: {"scores": det.score_model(bundle, ds, ext, progress=progress, **knobs)})  # type: ignore[attr-defined]
     return arr["scores"].astype(np.float64)
 

@@ -99,7 +99,7 @@ def get_extraction(bundle: ModelBundle, dataset: str | Dataset, progress: Progre
     """The cached Extraction of ``dataset``; the same object is reused within a process so
     per-extraction memos (sorted values, norms) survive a slider move."""
     ds = get_dataset(dataset) if isinstance(dataset, str) else dataset
-    key = (bundle.fingerprint, bundle.head_name, ds.fingerprint, ds.name, str(bundle.preprocess.to_dict()))
+    key = (bundle.fingerprint, bundle.head_name, ds.fingerprint, ds.name, str(bundle.preprocess.cache_key()))
     with _lock:
         hit = _extractions.get(key)
         if hit is not None:
@@ -169,7 +169,7 @@ def _score_key(bundle: ModelBundle, det: Detector, ds: Dataset, knobs: dict[str,
     """Disk-cache key of a model-time detector's scores: model, data, knobs and the fit."""
     return cache.make_key("score", v=SCORE_VERSION, detector=det.name, model=bundle.fingerprint,
                           dataset=ds.fingerprint, knobs=knobs, fit=getattr(det, "fit_key", ""),
-                          preprocess=bundle.preprocess.to_dict())
+                          preprocess=bundle.preprocess.cache_key())
 
 
 def model_time_estimate(bundle: ModelBundle, detector: str, id_name: str, datasets: Iterable[str],

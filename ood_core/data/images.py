@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .base import DataError
-from .streamed import StreamedDataset, content_sha, default_workers
+from .streamed import StreamedDataset, content_sha
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 LIST_EXTS = (".txt", ".lst", ".csv")
@@ -161,7 +161,7 @@ def scan_files(files: list[Path], base: Path) -> tuple[np.ndarray, dict[str, np.
     todo = [i for i, r in enumerate(rel) if known.get(r, (-1, -1))[:2] != stats[i]]
     heads: dict[int, tuple[int, int, bool] | None] = {}
     if todo:
-        with ThreadPoolExecutor(max_workers=max(2, default_workers())) as pool:  # I/O-bound on network storage
+        with ThreadPoolExecutor(max_workers=min(32, 4 * (os.cpu_count() or 1))) as pool:  # I/O-bound on network storage
             for i, hd in zip(todo, pool.map(lambda i: _header(str(files[i])), todo)):
                 heads[i] = hd
     kept, hs, ws, grays, skipped = [], [], [], [], []

@@ -185,7 +185,7 @@ def subspace_key(bundle: ModelBundle, id_name: str | Dataset, params: dict[str, 
     pca = p["subspace"] == "pca"
     return cache.make_key("subspace", v=GRAD_VERSION, model=bundle.fingerprint, head=bundle.head_name,
                           train=train.fingerprint, n_fit=min(len(train), MAX_FIT),
-                          preprocess=bundle.preprocess.to_dict(), loss=p["loss"], param_set=p["param_set"],
+                          preprocess=bundle.preprocess.cache_key(), loss=p["loss"], param_set=p["param_set"],
                           T=p["T"], kernel=p["kernel"], subspace=p["subspace"], r=_r_of(bundle, p),
                           power_iters=p["power_iters"] if pca else 0, oversample=OVERSAMPLE if pca else 0,
                           dtype=str(_resolved_dtype(bundle, p)) if pca else "")
@@ -194,7 +194,7 @@ def subspace_key(bundle: ModelBundle, id_name: str | Dataset, params: dict[str, 
 def lowdim_key(bundle: ModelBundle, ds: Dataset, sub_key: str, params: dict[str, Any]) -> str:
     p = resolve_params(params)
     return cache.make_key("lowdim", v=GRAD_VERSION, model=bundle.fingerprint, dataset=ds.fingerprint,
-                          preprocess=bundle.preprocess.to_dict(), dtype=str(_resolved_dtype(bundle, p)), fit=sub_key)
+                          preprocess=bundle.preprocess.cache_key(), dtype=str(_resolved_dtype(bundle, p)), fit=sub_key)
 
 
 def _side_path(key: str) -> Path:

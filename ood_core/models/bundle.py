@@ -25,6 +25,9 @@ class ModelError(UserError):
     """A model could not be loaded or used; the message says why and what to do instead."""
 
 
+PREPROCESS_IMPL = 2  # bump when Preprocess computes other numbers from the same settings
+
+
 @dataclass
 class Preprocess:
     """How raw uint8 images become the model's input: resize, channels, normalise.
@@ -66,6 +69,11 @@ class Preprocess:
             d.pop("resize")
             d.pop("crop_ratio")
         return d
+
+    def cache_key(self) -> dict:
+        """What cache keys hold of the preprocessing: the settings and the version of the code that
+        applies them (2: uint8 pixels resized before scaling), so entries made by older code miss."""
+        return {**self.to_dict(), "impl": PREPROCESS_IMPL}
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 ``(N,H,W,C)`` -> normalised float ``(N,channels,*input_size)``."""
