@@ -432,7 +432,7 @@ def _main_distributed(argv: Sequence[str] | None) -> int:
         if argv and argv[0] in ("evaluate", "extract", "train") and "--quiet" not in argv:
             argv.append("--quiet")
     global _PREFIX
-    _PREFIX = f"rank {me}: "
+    _PREFIX = f"\nrank {me}: "  # a line of its own even below rank 0's progress bar
     code = 1
     try:
         try:
@@ -456,7 +456,7 @@ def _main_distributed(argv: Sequence[str] | None) -> int:
             where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
             what = "stopped: another rank failed or the connection to it was lost" if peer else \
                 f"{type(exc).__name__}: {first_line(exc)}{where}"
-            print(f"\nrank {me}: {what}" if me == 0 else f"rank {me}: {what}", file=real_err)  # below a progress bar
+            print(f"\nrank {me}: {what}", file=real_err)  # on its own line, below rank 0's progress bar
             code = 1
     finally:
         if sys.stdout is not real_out:
