@@ -26,6 +26,7 @@ import diskcache
 import filelock
 import numpy as np
 
+from . import distributed
 from .errors import UserError, first_line
 
 log = logging.getLogger(__name__)
@@ -262,6 +263,8 @@ def put_arrays(key: str, arrays: Mapping[str, np.ndarray]) -> bool:
     A full disk or a read-only cache stores nothing (said once per process) and returns False:
     the caller keeps its computed result (docs/architecture.md, "Cache keys").
     """
+    if not distributed.is_writer():  # docs/architecture.md, "Distributed passes": only rank 0 writes
+        return False
     store = _store()
     try:
         store.set(key, _pack(arrays))
@@ -276,8 +279,13 @@ def put_arrays(key: str, arrays: Mapping[str, np.ndarray]) -> bool:
 
 
 def cached_arrays(key: str, compute: Callable[[], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Return the cached arrays for ``key`` or compute, store and return them."""
+    """Return the cached arrays for ``key`` or compute, store and return them.
+
+    Under torchrun every rank computes when any rank misses (the computation may hold
+    collectives all ranks must join); only rank 0 stores."""
     hit = get_arrays(key)
+    if distributed.is_distributed() and distributed.any_true(hit is None):
+        hit = None
     if hit is not None:
         return hit
     arrays = {k: np.asarray(v) for k, v in compute().items()}

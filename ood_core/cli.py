@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .cache import standard_json
@@ -24,6 +25,15 @@ class CLIError(UserError):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one clear line, exit 2
         raise CLIError(f"{self.prog}: {message}")
+
+
+# "rank R: " under torchrun (set by _main_distributed), so each failure line names its rank.
+_PREFIX = ""
+
+
+def _fail(msg: str) -> None:
+    """One line on stderr for a failure (docs/architecture.md, "Errors")."""
+    print(f"{_PREFIX}{msg}", file=sys.stderr)
 
 
 def _progress_bar() -> Callable[[float, str], None]:
@@ -164,7 +174,9 @@ def cmd_extract(a: argparse.Namespace) -> int:
         ext = extract(bundle, ds, a.batch_size, a.device, progress, autocast=a.autocast, workers=a.workers)
     else:
         ext = wb.get_extraction(bundle, ds, progress, device=a.device)
-    path = ext.save_npz(a.out)
+    from . import distributed as D
+
+    path = ext.save_npz(a.out) if D.is_writer() else a.out  # only rank 0 writes ("Distributed passes")
     check = ext.extra.get("autocast_check")
     if check:
         print(f"autocast {check['dtype']}: first batch of {check['rows']} vs fp32: largest logit difference "
@@ -251,6 +263,8 @@ def _add_train_parser(sub: Any) -> None:
     t.add_argument("--n-train", dest="n_train", type=int, default=0, help="train on a random subset (0 = all)")
     t.add_argument("--n-eval", dest="n_eval", type=int, default=0, help="per-epoch metrics on a subset (0 = all)")
     t.add_argument("--config", help="a training config JSON or a checkpoint's .json sidecar: reproduce that run")
+    t.add_argument("--sync-bn", dest="sync_bn", action="store_true",
+                   help="under torchrun on GPUs: synchronise batch-norm statistics across the ranks")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
 
@@ -284,7 +298,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             get_method(a.method)
             cfg = TrainConfig(a.method, init=a.init, epochs=a.epochs, seed=a.seed, id_dataset=a.id, aux=a.aux,
                               params=_train_params(a.method, a.param or []), n_train=a.n_train, n_eval=a.n_eval)
-        trainer = Trainer(cfg, progress=None if a.quiet else _progress_bar())
+        trainer = Trainer(cfg, progress=None if a.quiet else _progress_bar(), sync_bn=a.sync_bn)
         try:
             res = trainer.run()
         except KeyboardInterrupt:
@@ -298,7 +312,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     except TrainingError as exc:
         if not a.quiet:
             sys.stderr.write("\n")
-        print(f"error: {first_line(exc)}", file=sys.stderr)
+        _fail(f"error: {first_line(exc)}")
         return 2
     ep = res.meta["history"]["epochs"][-1]
     print(f"{res.meta['label']}: ID accuracy {100 * ep['accuracy']:.2f}%, "
@@ -358,7 +372,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     disk, a file that cannot be opened, memory we should have sized) each end in one line on stderr
     and exit 2 (130 for Ctrl-C); any other exception is a bug and keeps its traceback.
     """
+    from . import distributed as D
+
+    if D.launched():  # torchrun: docs/architecture.md, "Distributed passes"
+        return _main_distributed(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         parser = build_parser()
         a = parser.parse_args(argv)
@@ -369,21 +391,83 @@ def main(argv: Sequence[str] | None = None) -> int:
         wb.restore_saved()  # datasets and uploads of earlier sessions (skips are logged, never fatal)
         return a.fn(a)
     except CLIError as exc:
-        print(first_line(exc), file=sys.stderr)
+        _fail(first_line(exc))
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted; nothing was written for the unfinished step", file=sys.stderr)
+        _fail("\ninterrupted; nothing was written for the unfinished step")
         return 130
     except UserError as exc:
-        print(f"error: {first_line(exc)}", file=sys.stderr)
+        _fail(f"error: {first_line(exc)}")
         return 2
     except MemoryError:
-        print("error: out of memory; use a smaller dataset (--limit when registering) or a smaller input size",
-              file=sys.stderr)
+        _fail("error: out of memory; use a smaller dataset (--limit when registering) or a smaller input size")
         return 2
     except OSError as exc:
-        print(f"error: {os_message(exc)}", file=sys.stderr)
+        _fail(f"error: {os_message(exc)}")
         return 2
+
+
+def _main_distributed(argv: Sequence[str] | None) -> int:
+    """One rank of a ``torchrun`` job: join the process group, run the same subcommand, leave.
+
+    Only rank 0 prints (stdout, the progress bar, warnings); the others run quietly. A rank that
+    fails prints one line ``rank R: <cause>`` on stderr and exits nonzero; torchrun then stops the
+    other ranks (a collective waiting for a dead peer fails after ``$OOD_DIST_TIMEOUT_S`` at the
+    latest). A rank whose failure is only that a peer went away says so in its line.
+    """
+    import os
+    import traceback
+
+    from . import distributed as D
+
+    me = D.world().rank
+    real_out, real_err = sys.stdout, sys.stderr
+    logging.basicConfig(level=logging.WARNING if me == 0 else logging.ERROR,
+                        format=f"%(levelname)s rank {me} %(name)s: %(message)s")
+    if me != 0:
+        import warnings
+
+        warnings.simplefilter("ignore")  # rank 0 says it once
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - closed below
+        argv = [*(sys.argv[1:] if argv is None else argv)]
+        if argv and argv[0] in ("evaluate", "extract", "train") and "--quiet" not in argv:
+            argv.append("--quiet")
+    global _PREFIX
+    _PREFIX = f"\nrank {me}: "  # a line of its own even below rank 0's progress bar
+    code = 1
+    try:
+        try:
+            D.init()
+        except Exception as exc:  # noqa: BLE001 - the rendezvous itself failed
+            print(f"rank {me}: could not join the process group: {first_line(exc)}", file=real_err)
+            return 1
+        code = _main(argv)  # its one-line errors carry the rank (see _fail)
+    except BaseException as exc:  # noqa: BLE001 - a bug or a dead peer: one line, not a traceback per rank
+        if isinstance(exc, SystemExit):
+            code = exc.code if isinstance(exc.code, int) else 1
+        elif isinstance(exc, KeyboardInterrupt):
+            print(f"rank {me}: interrupted; nothing was written for the unfinished step", file=real_err)
+            code = 130
+        else:
+            import torch.distributed as tdist
+
+            peer = isinstance(exc, getattr(tdist, "DistBackendError", ())) or "gloo" in str(exc).lower() \
+                or "nccl" in str(exc).lower()
+            tb = traceback.extract_tb(exc.__traceback__)
+            where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
+            what = "stopped: another rank failed or the connection to it was lost" if peer else \
+                f"{type(exc).__name__}: {first_line(exc)}{where}"
+            print(f"\nrank {me}: {what}", file=real_err)  # on its own line, below rank 0's progress bar
+            code = 1
+    finally:
+        if sys.stdout is not real_out:
+            sys.stdout.close()
+            sys.stdout = real_out
+        try:  # also after a failure: gloo's threads left running abort the interpreter at exit
+            D.destroy()
+        except Exception:  # noqa: BLE001
+            pass
+    return code
 
 
 def os_message(exc: OSError) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import cache
+from . import distributed as D
 from .data import Dataset
 from .errors import UserError
 from .models import ModelBundle
@@ -442,7 +443,12 @@ def extract(bundle: ModelBundle, ds: Dataset, batch_size: int | None = None, dev
     after a killed one resumes it."""
     key = extraction_key(bundle, ds, autocast)
     hit = cache.get_arrays(key)
-    if hit is None:
+    if D.is_distributed():  # docs/architecture.md, "Distributed passes": the same key, rank 0 writes
+        if D.any_true(hit is None):
+            ext0 = run_forward_sharded(bundle, ds, batch_size, device, progress, autocast, workers)
+            hit = {k: np.asarray(v) for k, v in ext0.arrays().items()}
+            cache.put_arrays(key, hit)  # a no-op on the other ranks
+    elif hit is None:
         ext0 = run_forward(bundle, ds, batch_size, device, progress, autocast, resume_key=key, workers=workers)
         hit = {k: np.asarray(v) for k, v in ext0.arrays().items()}
         cache.put_arrays(key, hit)
@@ -450,3 +456,41 @@ def extract(bundle: ModelBundle, ds: Dataset, batch_size: int | None = None, dev
     ext = Extraction.from_arrays(hit)
     ext.dataset = ds.name  # the same images may be registered under another name
     return ext
+
+
+def run_forward_sharded(bundle: ModelBundle, ds: Dataset, batch_size: int | None = None, device: str | None = None,
+                        progress: Progress | None = None, autocast: str = "off",
+                        workers: int | None = None) -> Extraction:
+    """:func:`run_forward` under torchrun: each rank takes a contiguous, disjoint shard of the rows
+    (no padding duplicates), and the shards are gathered in rank order on every rank.
+
+    docs/architecture.md, "Distributed passes": rank 0 picks the batch size (measured or planned as
+    one process would) and every rank uses it; only rank 0 reports progress, as the fraction of its
+    shard (the shards differ by at most one row). The shards stream to memory, not to
+    ``cache/partial/``: an interrupted distributed pass restarts from the beginning.
+    """
+    device = device or D.device()
+    n, w = len(ds), D.size()
+    if n < w:  # fewer rows than ranks: every rank runs the whole (tiny) set
+        return run_forward(bundle, ds, batch_size, device, progress if D.is_writer() else None, autocast,
+                           workers=workers)
+    if D.is_writer():
+        if batch_size is None:
+            batch_size = tuned_batch_size(bundle, device) if n > 64 else plan_batch(bundle, n, device)
+    batch_size = int(D.broadcast_object(batch_size))
+    idx = D.shard(n)
+    prog = None
+    if progress is not None and D.is_writer():
+        def prog(f: float, _msg: str) -> None:
+            progress(f, f"forward pass on {ds.name}: {min(n, round(f * n))}/{n} ({w} ranks)")
+    local = run_forward(bundle, ds.subset(idx), batch_size, device, prog, autocast, workers=workers)
+    lg = D.gather_rows(local.logits)
+    ft = D.gather_rows(local.features)
+    failed = [i for part in D.gather_objects(local.extra.get("decode_failed", [])) for i in part]
+    extra = {k: v for k, v in local.extra.items() if k not in ("decode_failed", "resumed_at")}
+    extra["ranks"] = w
+    if failed:
+        extra["decode_failed"] = failed
+    w_, b_ = bundle.head_arrays()
+    return Extraction(lg, ft, ds.labels, w_, b_, ds.name, ds.sample_ids, bundle.fingerprint, ds.fingerprint,
+                      extra=extra)

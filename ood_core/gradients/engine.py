@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .. import distributed as D
 from ..models import ModelBundle
 from . import hooks, linalg
 from .settings import Progress
@@ -75,6 +76,10 @@ def first_pass(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: flo
     ``dtype`` is the dtype the per-sample blocks are formed in (bf16 where ``G·V`` runs in bf16);
     the sums are accumulated in fp32/fp64 whatever it is.
     """
+    if D.is_distributed():  # docs/architecture.md, "Distributed passes": this rank's rows, then a sum
+        rows = D.shard(_rows(data))
+        data = _take(data, rows)
+        M = M[rows] if M is not None else None
     dev = pl.device
     W = [torch.zeros(p, M.shape[1], device=dev) for p in pl.sizes] if M is not None else None
     sums = [torch.zeros(p, dtype=torch.float64, device=dev) for p in pl.sizes] if want_stats else []
@@ -89,6 +94,9 @@ def first_pass(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: flo
                 m = Mt[start:start + B]
                 for a in range(0, g.shape[1], linalg.ROWS):  # row slices: an fp32 transient of B×ROWS only
                     W[k][a:a + linalg.ROWS].addmm_(g[:, a:a + linalg.ROWS].T.float(), m)
+    if D.is_distributed():
+        for t in (W or []) + sums + sqs:
+            D.all_reduce_sum(t)
     return W, sums, sqs
 
 
@@ -97,6 +105,8 @@ def project_pass(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: f
     """``A·Z`` = ``Σ_k G_k (S Z)_k − z̄ᵀ S Z`` per sample, float64 ``(N, ℓ)``; ``SZ`` in the product dtype."""
     out = []
     dtype = SZ[0].dtype
+    if D.is_distributed():  # this rank's rows; the rows of all ranks are gathered below
+        data = _take(data, D.shard(_rows(data)))
     for _start, _B, blocks in hooks.iter_chunks(bundle, data, pl, loss, T, progress, what, dtype):
         acc = None
         for k, g in blocks():
@@ -106,7 +116,22 @@ def project_pass(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: f
         if off is not None:
             y = y - off.to(y.device)
         out.append(y.cpu().numpy())
+    if D.is_distributed():
+        return D.gather_rows(np.concatenate(out) if out else np.zeros((0, SZ[0].shape[1])))
     return np.concatenate(out)
+
+
+def _rows(data: Any) -> int:
+    return len(data)
+
+
+def _take(data: Any, rows: np.ndarray) -> Any:
+    """Rows ``rows`` of a Dataset, an array or a tensor (the inputs :func:`hooks.iter_chunks` takes)."""
+    if hasattr(data, "subset"):
+        return data.subset(rows)
+    if isinstance(data, torch.Tensor):
+        return data[torch.as_tensor(rows, device=data.device)]
+    return data[rows]
 
 
 def accumulate_pass(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: float, Y: np.ndarray,

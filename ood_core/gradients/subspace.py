@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .. import cache
+from .. import distributed as D
 from ..data import Dataset, get_dataset, train_name_for
 from ..jobs import Cancelled
 from ..models import ModelBundle
@@ -305,6 +306,8 @@ def fit_subspace(bundle: ModelBundle, id_name: str | Dataset = "mnist", params: 
         raise GradientError(f"r={r} is larger than the {P:,} parameters in param_set {p['param_set']!r}; choose r ≤ {P}")
     dtype = compute_dtype(p["precision"], P, r, device)
     hit = _load(key, pl.sizes, device, dtype)
+    if D.is_distributed() and D.any_true(hit is None):  # every rank joins the sharded fit ("Distributed passes")
+        hit = None
     if hit is None:
         work = hooks.work_budget_bytes()
         check_memory(P, r, n, p["subspace"], dtype, work, device, budget_bytes, p["param_set"], max(pl.sizes))
@@ -327,6 +330,8 @@ def fit_subspace(bundle: ModelBundle, id_name: str | Dataset = "mnist", params: 
 
 
 def _store(key: str, sub: Subspace) -> None:
+    if not D.is_writer():  # only rank 0 writes the entry and its side file ("Distributed passes")
+        return
     arrays: dict[str, np.ndarray] = {
         "sigma": sub.sigma if sub.sigma is not None else np.zeros(0), "method": np.array(sub.method),
         "g_low": sub.g_low_fit if sub.g_low_fit is not None else np.zeros((0, 0), np.float32),

@@ -105,12 +105,19 @@ def check_sidecar(meta: object, what: str) -> tuple[str, int, int, Preprocess]:
     return arch, n_cls, in_ch, pp
 
 
-def shift_augment(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
-    """Random integer translations (pad + crop); cheap augmentation that MNIST CNNs like."""
+def shift_augment(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2,
+                  draw: tuple[int, int] | None = None) -> torch.Tensor:
+    """Random integer translations (pad + crop); cheap augmentation that MNIST CNNs like.
+
+    ``draw=(total, start)``: ``x`` is rows ``[start, start+len(x))`` of a batch of ``total``; the
+    shifts of all ``total`` rows are drawn (the generator advances as for the whole batch) and
+    this slice's are used (one rank's shard under torchrun, docs/architecture.md, "Distributed passes").
+    """
     n, c, h, w = x.shape
     pad = F.pad(x, (max_shift,) * 4, value=float(x.min()))
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    total, start = draw if draw is not None else (n, 0)
+    dy = torch.randint(0, 2 * max_shift + 1, (total,), generator=gen)[start:start + n]
+    dx = torch.randint(0, 2 * max_shift + 1, (total,), generator=gen)[start:start + n]
     rows = (dy.view(n, 1) + torch.arange(h).view(1, h))
     cols = (dx.view(n, 1) + torch.arange(w).view(1, w))
     idx_n = torch.arange(n).view(n, 1, 1)

@@ -34,6 +34,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .. import distributed as D
 from ..data import DataError, Dataset, RowSource, get_dataset, train_name_for
 from ..detectors.base import energy as energy_score  # the Energy detector's score (higher = more ID), not L.free_energy
 from ..jobs import JobContext
@@ -136,8 +137,9 @@ class Trainer:
     """One training run. ``run()`` trains and returns the checkpoint; ``step()`` is one update."""
 
     def __init__(self, cfg: TrainConfig, ctx: JobContext | None = None, progress: Progress | None = None,
-                 out_dir: str | Path | None = None):
+                 out_dir: str | Path | None = None, sync_bn: bool = False):
         self.cfg = cfg.resolved()
+        self.sync_bn = bool(sync_bn)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.method = get_method(self.cfg.method)
         self.k = self.cfg.params
@@ -213,6 +215,7 @@ class Trainer:
             else "train mode, batch norm on batch statistics (rows coupled)")
         self.steps_per_epoch = len(self.x_train) // b  # drop_last: every step sees B ID samples
         self.total_steps = self.steps_per_epoch * int(cfg.epochs)
+        self._setup_ddp(b)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.SGD(self.params, lr=float(k["lr"]), momentum=float(k["momentum"]),
                                    weight_decay=float(k["weight_decay"]))
@@ -225,6 +228,35 @@ class Trainer:
         self.t0 = time.time()
         self.path = (self.out_dir or models_dir()) / f"{self._stem()}.pt"
 
+    def _setup_ddp(self, b: int) -> None:
+        """docs/architecture.md, "Distributed passes": under torchrun the model trains under
+        DistributedDataParallel with the same global batch B, each rank taking B/world rows of the
+        same global sample order (the permutation, the outlier draws and the shifts are drawn for
+        the global batch on every rank from the same seeds, and each rank keeps its slice). Losses
+        are means over the rank's equal shard; DDP averages the gradients, which is the global mean.
+        """
+        self.world, self.rank = D.size(), D.rank()
+        self.ddp = None
+        self._fwd = self.bundle.logits
+        if self.world == 1:
+            if self.sync_bn:
+                raise TrainingError("--sync-bn synchronises batch norm across torchrun ranks; this is one process")
+            return
+        if b % self.world:
+            raise TrainingError(f"batch_size={b} does not split evenly over {self.world} ranks; choose a multiple "
+                                f"of {self.world} (the global batch stays B, each rank takes B/{self.world})")
+        dev = next(self.model.parameters()).device
+        if self.sync_bn:
+            if dev.type == "cpu":
+                raise TrainingError("--sync-bn needs GPUs: torch's SyncBatchNorm has no CPU kernel (under gloo each "
+                                    "rank keeps its own batch statistics; drop --sync-bn)")
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.bundle.model = self.model
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.ddp = DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        self._fwd = self.ddp
+
     def _pool_size(self, b: int) -> int:
         return int(math.floor(float(self.k["pool_factor"]) * b))
 
@@ -235,19 +267,28 @@ class Trainer:
 
     # -- one update --
     def _aux_batch(self, n: int) -> torch.Tensor:
-        idx = self.np_rng.integers(0, len(self.x_aux), n)
-        return self.x_aux[torch.as_tensor(idx)]
+        """``n`` outliers for this rank: the global draw of ``n·world`` rows, this rank's slice."""
+        idx = self.np_rng.integers(0, len(self.x_aux), n * self.world)
+        return self.x_aux[torch.as_tensor(idx[self.rank * n:(self.rank + 1) * n])]
 
-    def _aug(self, x: torch.Tensor) -> torch.Tensor:
-        return shift_augment(x, self.gen) if self.k["augment"] else x
+    def _aug(self, x: torch.Tensor, total: int | None = None, start: int | None = None) -> torch.Tensor:
+        """Shift ``x``, this rank's rows ``[start, start+len(x))`` of a global batch of ``total``
+        (default: an equal shard), drawing the shifts of the whole global batch."""
+        if not self.k["augment"]:
+            return x
+        if self.world == 1:
+            return shift_augment(x, self.gen)
+        n = len(x)
+        return shift_augment(x, self.gen, draw=(n * self.world if total is None else total,
+                                                self.rank * n if start is None else start))
 
     def _logits(self, *parts: torch.Tensor) -> torch.Tensor:
         """Logits of the rows of ``parts`` stacked in order: one pass per part of at most B rows where
         the model is sample-independent, else one pass over the concatenation."""
         x = parts[0] if len(parts) == 1 else torch.cat(parts)
         if not self.sample_independent:
-            return self.bundle.logits(x)
-        return _chunked(self.bundle.logits, x, int(self.k["batch_size"]))
+            return self._fwd(x)
+        return _chunked(self._fwd, x, int(self.k["batch_size"]))
 
     def step(self, idx: torch.Tensor) -> dict[str, float]:
         """One SGD update on the ID samples ``idx``; returns every loss term as a float."""
@@ -256,7 +297,7 @@ class Trainer:
         b = len(idx)
         terms: dict[str, torch.Tensor] = {}
         extra: dict[str, float] = {}
-        fwd = self.bundle.logits
+        fwd = self._fwd
         if name == "ce":
             terms["ce"] = L.ce_loss(fwd(x_in), y)
             total = terms["ce"]
@@ -286,12 +327,15 @@ class Trainer:
             terms["ls"] = L.energy_margin_loss(e[:b], e_low, k["m_in"], k["m_out"])
             terms["grad"], st = L.gradient_penalty(self._logits, x, e, is_aux, k["m_in"], k["m_out"], k["norm"],
                                                    graph=graph, form=k["penalty"],
-                                                   rows_independent=self.sample_independent)
+                                                   rows_independent=self.sample_independent, shards=self.world)
             extra.update(st)
             total = terms["ce"] + k["lam_s"] * terms["ls"] + k["lam_grad"] * terms["grad"]
         elif name == "gq":
             try:
-                terms["gq"], logits = L.gradient_quotient(fwd, x_in, y, k["operand"], k["form"])
+                # per_sample runs the model under torch.func.vmap, which DDP's forward cannot enter:
+                # it uses the plain module and the gradients are all-reduced after backward (below).
+                gq_fwd = self.bundle.logits if k["form"] == "per_sample" else fwd
+                terms["gq"], logits = L.gradient_quotient(gq_fwd, x_in, y, k["operand"], k["form"])
             except L.LossError as exc:
                 raise TrainingError(str(exc)) from None
             terms["ce"] = L.ce_loss(logits, y)
@@ -302,6 +346,10 @@ class Trainer:
         self._check_terms(terms)
         self.opt.zero_grad(set_to_none=True)
         total.backward(inputs=self.params)  # parameters only: no wasted gradients for the input leaves
+        if self.ddp is not None and name == "gq" and k["form"] == "per_sample":
+            for p in self.params:  # no DDP forward ran, so DDP's hooks did not reduce: average explicitly
+                if p.grad is not None:
+                    D.all_reduce_sum(p.grad).div_(self.world)
         gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, float("inf")))
         if not math.isfinite(gnorm):
             self._diverged("the gradient of the total loss", gnorm)
@@ -315,8 +363,12 @@ class Trainer:
         """GReg+ selection from a ⌊pool_factor·B⌋ pool scored in eval mode: (rows for L_S, rows for L_∇S),
         the same tensor for ``selection=reference``."""
         k = self.k
-        pool_idx = torch.as_tensor(self.np_rng.choice(len(self.x_aux), self._pool_size(b), replace=False))
-        pool = self._aug(self.x_aux[pool_idx])
+        # Under torchrun the pool of the global batch is drawn on every rank and each rank selects
+        # its B/world outliers from its own slice of it (selection is per rank, on the rank's pool).
+        total = self._pool_size(b * self.world)
+        pool_idx = self.np_rng.choice(len(self.x_aux), total, replace=False)
+        lo, hi = D.shard_bounds(total, self.rank, self.world)
+        pool = self._aug(self.x_aux[torch.as_tensor(pool_idx[lo:hi])], total, lo)
         feats, ens = pool_features_energies(self.bundle.forward, self.model, pool)
         seed = self.cfg.seed * 1_000_003 + self.step_no
         if k["selection"] == "reference":
@@ -384,7 +436,11 @@ class Trainer:
             "recommended_detector": self.method.recommended_detector,
             "train_seconds": round(time.time() - self.t0, 1), "history": history,
         }
-        save_checkpoint(self.model, self.path, meta)
+        if self.world > 1:
+            meta["ranks"], meta["sync_bn"] = self.world, self.sync_bn
+        self._meta = meta
+        if D.is_writer():  # only rank 0 writes ("Distributed passes")
+            save_checkpoint(self.model, self.path, meta)
         self.rep.set(checkpoint=str(self.path), label=meta["label"], complete=complete)
         return self.path
 
@@ -409,7 +465,8 @@ class Trainer:
             self.epoch = ep
             perm = torch.randperm(len(self.x_train), generator=self.gen)
             for i in range(self.steps_per_epoch):
-                row = self.step(perm[i * b: (i + 1) * b])
+                lo, hi = D.shard_bounds(b, self.rank, self.world)  # all of it in one process
+                row = self.step(perm[i * b: (i + 1) * b][lo:hi])
                 row = {"kind": "step", "step": self.step_no, "epoch": ep + (i + 1) / self.steps_per_epoch, **row}
                 history["steps"].append(_rounded(row))
                 self.rep.log(**row)
@@ -426,7 +483,7 @@ class Trainer:
             self._save(complete=self.epochs_done == cfg.epochs, history=history, last=last)
         self.rep.progress(1.0, f"{self.title}: done, accuracy {100 * last['accuracy']:.2f}%, "
                                f"AUROC vs {cfg.aux_val} {100 * last['auroc']:.2f}%")
-        meta = json.loads(self.path.with_suffix(".json").read_text())
+        meta = json.loads(self.path.with_suffix(".json").read_text()) if D.is_writer() else self._meta
         return TrainResult(self.path, meta)
 
 
@@ -435,10 +492,10 @@ def _rounded(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def train(cfg: TrainConfig, ctx: JobContext | None = None, progress: Progress | None = None,
-          out_dir: str | Path | None = None) -> TrainResult:
+          out_dir: str | Path | None = None, sync_bn: bool = False) -> TrainResult:
     """Train (or fine-tune) per ``cfg``; returns the checkpoint (in ``out_dir``, default the
     model picker's folder). Raises TrainingError (TrainingDiverged) or jobs.Cancelled."""
-    return Trainer(cfg, ctx, progress, out_dir).run()
+    return Trainer(cfg, ctx, progress, out_dir, sync_bn).run()
 
 
 def job_fn(cfg: TrainConfig, out_dir: str | Path | None = None) -> Callable[[JobContext], TrainResult]:

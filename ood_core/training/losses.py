@@ -111,7 +111,7 @@ def _row_norms(g: torch.Tensor, norm: str) -> torch.Tensor:
 def gradient_penalty(model_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, e: torch.Tensor,
                      is_aux: torch.Tensor, m_in: float, m_out: float, norm: str = "l2",
                      graph: PenaltyGraph | None = None, reuse_from: float = REUSE_FROM, form: str = "reference",
-                     rows_independent: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+                     rows_independent: bool = True, shards: int = 1) -> tuple[torch.Tensor, dict[str, float]]:
     """``L_∇S`` and its bookkeeping (fraction of ID/aux samples on the right side of their margin).
 
     ``form='reference'`` (``train_sea.py``): ``φ = -mean_in[relu(m_in - E)] + mean_aux[relu(E - m_out)]``
@@ -151,7 +151,10 @@ def gradient_penalty(model_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.
     if not bool(mask.any()):
         return e.new_zeros(()), stats
     # c_n: ∂φ/∂E_n for the reference form; 1 on detected rows for per_sample.
-    per_group = torch.where(is_aux, e.new_tensor(1.0 / max(n_aux, 1)), e.new_tensor(1.0 / max(n_in, 1)))
+    # ``shards``: this batch is one of that many equal shards of the global batch (torchrun); φ's
+    # weights are over the global groups, so the ranks' penalties average to the global one.
+    per_group = torch.where(is_aux, e.new_tensor(1.0 / max(n_aux * shards, 1)),
+                            e.new_tensor(1.0 / max(n_in * shards, 1)))
     c = (per_group if form == "reference" else torch.ones_like(per_group)) * mask.to(e.dtype)
     rows = mask if rows_independent else torch.ones_like(mask)
     if graph is not None and (not rows_independent or float(mask.float().mean()) >= reuse_from):
