@@ -445,9 +445,11 @@ def extract(bundle: ModelBundle, ds: Dataset, batch_size: int | None = None, dev
     hit = cache.get_arrays(key)
     if D.is_distributed():  # docs/architecture.md, "Distributed passes": the same key, rank 0 writes
         if D.any_true(hit is None):
-            ext0 = run_forward_sharded(bundle, ds, batch_size, device, progress, autocast, workers)
+            ext0 = run_forward_sharded(bundle, ds, batch_size, device, progress, autocast, workers, resume_key=key)
             hit = {k: np.asarray(v) for k, v in ext0.arrays().items()}
             cache.put_arrays(key, hit)  # a no-op on the other ranks
+            D.barrier()  # the entry is in: every rank drops its own chunks
+            shutil.rmtree(_partial_dir(_rank_key(key)), ignore_errors=True)
     elif hit is None:
         ext0 = run_forward(bundle, ds, batch_size, device, progress, autocast, resume_key=key, workers=workers)
         hit = {k: np.asarray(v) for k, v in ext0.arrays().items()}
@@ -460,14 +462,15 @@ def extract(bundle: ModelBundle, ds: Dataset, batch_size: int | None = None, dev
 
 def run_forward_sharded(bundle: ModelBundle, ds: Dataset, batch_size: int | None = None, device: str | None = None,
                         progress: Progress | None = None, autocast: str = "off",
-                        workers: int | None = None) -> Extraction:
+                        workers: int | None = None, resume_key: str | None = None) -> Extraction:
     """:func:`run_forward` under torchrun: each rank takes a contiguous, disjoint shard of the rows
     (no padding duplicates), and the shards are gathered in rank order on every rank.
 
     docs/architecture.md, "Distributed passes": rank 0 picks the batch size (measured or planned as
     one process would) and every rank uses it; only rank 0 reports progress, as the fraction of its
-    shard (the shards differ by at most one row). The shards stream to memory, not to
-    ``cache/partial/``: an interrupted distributed pass restarts from the beginning.
+    shard (the shards differ by at most one row). With ``resume_key`` each rank streams its shard
+    to its own ``cache/partial/`` folder (keyed by rank and world size), so a job restarted with the
+    same number of ranks resumes every shard from its last complete chunk.
     """
     device = device or D.device()
     n, w = len(ds), D.size()
@@ -483,7 +486,8 @@ def run_forward_sharded(bundle: ModelBundle, ds: Dataset, batch_size: int | None
     if progress is not None and D.is_writer():
         def prog(f: float, _msg: str) -> None:
             progress(f, f"forward pass on {ds.name}: {min(n, round(f * n))}/{n} ({w} ranks)")
-    local = run_forward(bundle, ds.subset(idx), batch_size, device, prog, autocast, workers=workers)
+    local = run_forward(bundle, ds.subset(idx), batch_size, device, prog, autocast, workers=workers,
+                        resume_key=_rank_key(resume_key) if resume_key else None)
     lg = D.gather_rows(local.logits)
     ft = D.gather_rows(local.features)
     failed = [i for part in D.gather_objects(local.extra.get("decode_failed", [])) for i in part]
@@ -494,3 +498,8 @@ def run_forward_sharded(bundle: ModelBundle, ds: Dataset, batch_size: int | None
     w_, b_ = bundle.head_arrays()
     return Extraction(lg, ft, ds.labels, w_, b_, ds.name, ds.sample_ids, bundle.fingerprint, ds.fingerprint,
                       extra=extra)
+
+
+def _rank_key(key: str) -> str:
+    """The partial-results key of this rank's shard (another world size shards otherwise)."""
+    return f"{key}#rank{D.rank()}of{D.size()}"
