@@ -1,9 +1,9 @@
 """1 process vs ``torchrun --nproc_per_node 2`` on CPU (gloo): an extraction and a G_low pass.
 
 docs/architecture.md, "Distributed passes". Prints the wall time of each, the speedup and the
-communication share (the 2-rank time the ranks spend in collectives, measured with the
-collectives timed inside the run: ``OOD_BENCH_COMM=1`` wraps ``distributed.gather_rows`` /
-``all_reduce_sum``). On a 2-core machine expect no speedup: the figure is the overhead.
+communication share, estimated as the share of the 2-rank in-process time above an ideal half of
+the 1-process time (collectives and waiting for the slower rank; not timed per collective). On a
+2-core machine expect no speedup: the figure is the overhead.
 Usage: ``python bench/distributed.py [N]`` (N images for the G_low pass, default 512).
 """
 from __future__ import annotations
