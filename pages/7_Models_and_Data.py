@@ -297,8 +297,6 @@ with tab_data:
         m3.metric("labelled", f"{info['labelled']:,}", f"{info['classes']} classes", delta_color="off")
         m4.metric("unreadable, skipped", info["skipped"])
         st.caption(f"fingerprint `{info['fingerprint']}` · {pds.description}")
-        if pds.meta.get("resize_note"):
-            st.info(pds.meta["resize_note"])
         if info["skipped"]:
             st.warning(f"{info['skipped']} files could not be read and were skipped: "
                        f"{', '.join(pds.meta.get('skipped_files', [])[:5])}")

@@ -66,7 +66,7 @@ def test_maps_page_on_streamed_sets(streamed_sets):
 
 def test_saliency_page_on_a_streamed_photo(streamed_sets):
     at = _run("5_Saliency.py", sal_dataset=OOD, sal_index=3)
-    assert at.get("image") or at.get("plotly_chart")
+    assert len(at.get("plotly_chart")) == 4  # the photo and its ID twin, each an image and a grid
 
 
 def test_train_page_on_a_streamed_id_set(streamed_sets):

@@ -70,7 +70,7 @@ def summary(ds: Dataset) -> dict[str, Any]:
         shape = f"mixed sizes (first {shape})"
     return {"name": ds.name, "images": len(ds), "shape": shape, "labelled": int(len(lab)),
             "classes": len(counts), "fingerprint": ds.fingerprint, "skipped": int(ds.meta.get("skipped", 0)),
-            "resized": int(ds.meta.get("resized", 0)), "format": ds.meta.get("format", ""),
+            "format": ds.meta.get("format", ""),
             "source": ds.meta.get("source", ""), "class_counts": counts,
             "streamed": bool(ds.streamed), "sizes_seen": seen}
 
