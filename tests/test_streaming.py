@@ -254,6 +254,36 @@ def test_file_list_reads_paths_and_labels_and_refuses_escapes(tmp_path):
         R.load_local(lst)
 
 
+def test_fast_jpeg_decoder_gives_pillows_pixels_and_workers_give_the_in_memory_input(tmp_path, monkeypatch):
+    """Colour JPEGs decode through torchvision (faster); the pixels must be Pillow's, and a pass
+    through loader workers (resize in the worker, normalise in the main process) must give
+    exactly the input the in-memory path gives."""
+    from ood_core.data.streamed import _decode, decode
+
+    rng = np.random.default_rng(1)
+    base = Image.fromarray(rng.integers(0, 256, (12, 14, 3), dtype=np.uint8)).resize((70, 61), Image.BICUBIC)
+    root = tmp_path / "jpegs"
+    root.mkdir()
+    variants = {"rgb.jpg": ({}, "RGB"), "sub444.jpg": ({"subsampling": 0}, "RGB"),
+                "progressive.jpg": ({"progressive": True}, "RGB"), "grey.jpg": ({}, "L"), "cmyk.jpg": ({}, "CMYK")}
+    for name, (kw, mode) in variants.items():
+        base.convert(mode).save(root / name, quality=88, **kw)
+    for name in variants:
+        with Image.open(root / name) as im:
+            want = np.asarray(im.convert("RGB"))
+        got = decode(str(root / name), False)
+        assert got.dtype == np.uint8 and np.array_equal(got, want), name
+        assert _decode(str(root / name), False).stride()[0] == 1  # channels-last: the resize's fast kernel
+    ds = R.load_local(root)
+    monkeypatch.setattr("ood_core.data.streamed.INLINE_ROWS", 0)  # a real worker process, even for 5 files
+    for pp in (Preprocess((32, 32), 3, (0.4, 0.5, 0.6), (0.2, 0.3, 0.25), resize="crop"), Preprocess((20, 24), 1)):
+        ref = torch.cat([pp(np.asarray(Image.open(ds.path(i)).convert("RGB"))[None]) for i in range(len(ds))])
+        for workers in (0, 1):
+            got = torch.cat(list(ds.batches(pp, 2, workers=workers)))
+            assert torch.equal(got, ref), (pp, workers)
+        assert torch.equal(ds.rows(pp)[np.arange(len(ds))], ref)
+
+
 def test_crop_preprocessing_matches_torchvision_imagenet_eval():
     from torchvision.transforms import v2
 

@@ -36,8 +36,9 @@ class Preprocess:
     ``Resize((480, 480))``); ``"crop"`` resizes the shorter side to ``min(input_size) / crop_ratio``
     and takes the centre crop (torchvision's ImageNet evaluation, ``Resize(256)`` +
     ``CenterCrop(224)`` at the default ratio 0.875). The same torchvision ops run on a batch
-    (:meth:`__call__`) and on one image in a ``DataLoader`` worker (:meth:`one`), so an image
-    gives the same input whichever path it takes (docs/architecture.md, "Datasets").
+    (:meth:`__call__`) and on one image in a ``DataLoader`` worker (:meth:`pixels_one`, then
+    :meth:`finish` on the batch), so an image gives the same input whichever path it takes
+    (docs/architecture.md, "Datasets").
     """
 
     input_size: tuple[int, int] = (28, 28)
@@ -87,18 +88,31 @@ class Preprocess:
         return self._tensor(x.permute(0, 3, 1, 2))
 
     def one(self, image: np.ndarray) -> torch.Tensor:
-        """One uint8 ``(H,W,C)`` image -> ``(channels,*input_size)`` (what a loader worker runs)."""
-        a = np.asarray(image)
-        if a.ndim == 2:
-            a = a[..., None]
-        return self._tensor(torch.as_tensor(np.array(a, copy=not a.flags.writeable)).permute(2, 0, 1)[None])[0]
+        """One uint8 ``(H,W,C)`` image -> ``(channels,*input_size)`` float input."""
+        return self.finish(self.pixels_one(image)[None])[0]
 
-    def _tensor(self, x: torch.Tensor) -> torch.Tensor:
+    def pixels_one(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """One uint8 image, ``(H,W,C)`` array or ``(C,H,W)`` tensor -> uint8 ``(C,*input_size)``:
+        the resize/crop only. A loader worker runs this and the main process runs :meth:`finish`
+        on the batch: a quarter of the bytes cross between processes, and the worker's share of
+        the cores (which it takes from the forward on a CPU) shrinks (bench/streaming.py)."""
+        if isinstance(image, torch.Tensor):
+            x = image if image.ndim == 3 else image[None]
+        else:
+            a = np.asarray(image)
+            if a.ndim == 2:
+                a = a[..., None]
+            x = torch.as_tensor(np.array(a, copy=not a.flags.writeable)).permute(2, 0, 1)
+        return self.pixels(x[None])[0]
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(N,C,H,W)`` -> uint8 ``(N,C,*input_size)``: the resize (and crop) of the pixels."""
         from torchvision.transforms.v2 import functional as TF
 
         # Resize the uint8 pixels, then scale: the order of torchvision's ImageNet pipelines (Resize on
         # the decoded image, then ToTensor), and torchvision's uint8 antialiased resize is 7x cheaper than
-        # resizing floats (0.8 vs 5.9 ms for a 400x350 photo to 224, one core).
+        # resizing floats (0.8 vs 5.9 ms for a 400x350 photo to 224, one core). Its fast kernel wants
+        # channels-last memory, which both decoders give (an (H,W,C) buffer seen as (C,H,W)).
         if tuple(x.shape[-2:]) != self.input_size:
             if self.resize == "crop":
                 short = max(1, round(min(self.input_size) / self.crop_ratio))
@@ -106,6 +120,12 @@ class Preprocess:
                 x = TF.center_crop(x, list(self.input_size))
             else:
                 x = TF.resize(x, list(self.input_size), antialias=True)
+        return x
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(N,C,*input_size)`` from :meth:`pixels` -> the normalised float input."""
+        from torchvision.transforms.v2 import functional as TF
+
         x = TF.to_dtype(x, torch.float32, scale=True)
         if x.shape[1] != self.channels:
             if self.channels == 1:
@@ -113,6 +133,9 @@ class Preprocess:
             else:
                 x = x.expand(-1, 3, -1, -1)
         return TF.normalize(x, list(self.mean), list(self.std))
+
+    def _tensor(self, x: torch.Tensor) -> torch.Tensor:
+        return self.finish(self.pixels(x))
 
     def valid_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel (low, high) of normalised inputs that come from pixels in [0, 1]."""
