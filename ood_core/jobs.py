@@ -152,5 +152,12 @@ class JobRegistry:
         with self._lock:
             return self._jobs.get(job_id)
 
+    def forget(self, job_id: str) -> None:
+        """Drop a finished job (and the result it holds); an active one is kept."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None and not job.active:
+                del self._jobs[job_id]
+
 
 JOBS = JobRegistry()

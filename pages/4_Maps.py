@@ -76,17 +76,24 @@ def maps_body(ctx: common.Context) -> None:
 
 
     def _compute(space: str):
-        # The progress bar lives in a slot drawn on every run, computed or not: the elements after it
+        # The progress lives in a slot drawn on every run, computed or not: the elements after it
         # keep their places, so the browser keeps the map components alive instead of re-creating them
         # (a shifted element is a new element to Streamlit's frontend; docs/architecture.md, "The app").
+        # A map not in this session's memo is a background job: a cached one (or a PCA) ends within the
+        # short wait and is drawn in this run, a slow UMAP/t-SNE never blocks the widgets, and changing
+        # a setting while one runs cancels it.
         slot = st.empty()
         key = _key(space)
         if key in memo:
             return memo[key]
-        bar = slot.progress(0.0, f"{space} map…")
-        res = maps.compute_map(ctx.bundle, ctx.id_name, ctx.ood, space, method, n_per_set, seed,
-                               grad_params if space == "gradients" else None,
-                               progress=lambda f, m: bar.progress(float(min(1.0, max(0.0, f))), m), **knobs)
+
+        def _job(jc, _b=ctx.bundle, _id=ctx.id_name, _ood=list(ctx.ood), _m=method, _n=n_per_set, _s=seed,
+                 _gp=dict(grad_params) if space == "gradients" else None, _kn=dict(knobs)):
+            return maps.compute_map(_b, _id, _ood, space, _m, _n, _s, _gp, progress=jc.progress, **_kn)
+
+        with slot.container():
+            res = common.run_as_job(key, _job, f"{maps.METHOD_LABELS[method]} map of the {space}", wait_s=3.0,
+                                    supersedes=f"map:{ctx.bundle.fingerprint}:", forget=True)
         slot.empty()
         _remember(key, res)
         return res
@@ -95,25 +102,15 @@ def maps_body(ctx: common.Context) -> None:
     left, right = st.columns(2)
     with left:
         st.subheader("Penultimate features")
-        with common.guard("features map"), st.spinner(f"{maps.METHOD_LABELS[method]} of the features…"):
+        with common.guard("features map"):
             feat = _compute("features")
     with right:
         st.subheader("Low-dimensional gradients")
         with common.guard("gradients map"):
-            gkey = _key("gradients")
-            if gkey in memo or maps.gradients_ready(ctx.bundle, ctx.id_name, ctx.ood, grad_params):
-                with st.spinner(f"{maps.METHOD_LABELS[method]} of the gradients…"):
-                    grad = _compute("gradients")
-            else:
+            if _key("gradients") not in memo and not maps.gradients_ready(ctx.bundle, ctx.id_name, ctx.ood, grad_params):
                 st.caption("Per-sample gradients of every set are computed once (the subspace from the ID training split, "
                            "then G·V per set) and cached; later maps reuse them.")
-
-                def _job(jc, _b=ctx.bundle, _id=ctx.id_name, _ood=list(ctx.ood), _m=method, _n=n_per_set, _s=seed,
-                         _gp=dict(grad_params), _kn=dict(knobs)):
-                    return maps.compute_map(_b, _id, _ood, "gradients", _m, _n, _s, _gp, progress=jc.progress, **_kn)
-
-                grad = common.run_as_job(gkey, _job, "low-dimensional gradients and their map")
-                _remember(gkey, grad)
+            grad = _compute("gradients")
 
 
     # --- selection state (shared by both maps) ---------------------------------------------------------

@@ -304,21 +304,34 @@ def model_time_cost(bundle, detector: str, id_name: str, datasets: Iterable[str]
     return float(est["seconds"]), f"{detector}: {wb.describe_cost(est)}"
 
 
-def run_as_job(key: str, fn, title: str):
+def run_as_job(key: str, fn, title: str, wait_s: float = 0.0, supersedes: str | None = None, forget: bool = False):
     """Run ``fn(ctx)`` as a background job keyed by ``key``; show progress and a Cancel button.
 
     Returns the job's result once done; while it runs the page re-renders every half
-    second (the rest of the page above stays usable) and stops here.
+    second (the rest of the page above stays usable) and stops here. ``wait_s``: a new job that
+    ends within this many seconds is returned in this same run (no poll, no flicker), so quick
+    work costs nothing for running as a job while slow work never blocks a widget for longer.
+    ``supersedes``: a key prefix; jobs this session started under another key with that prefix
+    are cancelled (a setting changed while they ran: their result would be thrown away).
+    ``forget``: drop a finished job once its result is returned (the caller keeps the result;
+    a large one, such as a 100,000-point map, is then not held twice).
     """
     import time
 
     from ood_core.jobs import JOBS
 
     jobs = state.setdefault("job_ids", {})
+    if supersedes is not None:
+        for other in [k for k in jobs if k != key and k.startswith(supersedes)]:
+            stale = JOBS.get(jobs.pop(other))
+            if stale is not None and stale.active:
+                stale.cancel()
     job = JOBS.get(jobs.get(key))
     if job is None:
         job = JOBS.submit(fn, title)
         jobs[key] = job.id
+        if wait_s > 0:
+            job.wait(wait_s)
     if job.active:
         snap = job.snapshot()
         eta = f", about {snap['eta']:.0f}s left" if snap["eta"] else ""
@@ -335,5 +348,8 @@ def run_as_job(key: str, fn, title: str):
         jobs.pop(key, None)
         st.warning(f"{title} was cancelled; change a setting or reload to run it again.")
         st.stop()
+    if forget:
+        jobs.pop(key, None)
+        JOBS.forget(job.id)
     return job.result
 

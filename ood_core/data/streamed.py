@@ -1,9 +1,10 @@
 """Datasets that stay on disk: paths, labels and a fingerprint; pixels decoded on demand.
 
 docs/architecture.md, "Datasets". Image folders and file lists become a :class:`StreamedDataset`.
-A whole pass (extraction, gradients, scoring with the model) decodes and preprocesses in a
-torch ``DataLoader`` with worker processes; a random draw of rows (training) decodes in a thread
-pool (Pillow releases the GIL while it decodes); a page asks for one :meth:`~StreamedDataset.image`.
+A whole pass (extraction, gradients, scoring with the model) decodes and resizes each batch in a
+thread pool between forwards on a CPU, and in a torch ``DataLoader``'s worker processes for a GPU
+(:func:`default_workers`); a random draw of rows (training) decodes in the same thread pool (the
+decoders release the GIL); a page asks for one :meth:`~StreamedDataset.image`.
 
 Memory is the file table (a few dozen bytes per image) plus the batches in flight, whatever N is.
 """
@@ -29,14 +30,22 @@ INLINE_ROWS = 256
 MAX_WORKERS = 8
 
 
-def default_workers(device: str | None = None) -> int:
-    """Loader workers: ``$OOD_NUM_WORKERS``, else one per core up to 8 for a GPU pass and half the
-    cores for a CPU pass (on 2 cores: 1).
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
-    On a CPU the forward pass is the bottleneck and already uses every core: decoding a 400x350 JPEG
-    and preprocessing it to 224 costs about 3 ms a core against about 60 ms of ResNet-18 forward, so
-    one worker keeps up and more only contend with the forward. On a GPU decoding is the bottleneck
-    and every core helps (bench/streaming.py).
+
+def default_workers(device: str | None = None) -> int:
+    """Loader worker processes: ``$OOD_NUM_WORKERS``, else one per core up to 8 for a GPU pass and
+    none for a CPU pass (0: this process decodes, in :func:`decode_pool`'s threads, between forwards).
+
+    On a CPU the forward already uses every core. A worker process decoding beside it takes a core
+    away mid-forward and the forward's other thread waits for it at every barrier: on 2 cores a
+    ResNet-18 pass ran at 88% of the bare forward with one worker and at 96% with the batch decoded
+    by two threads before each forward (bench/streaming.py). On a GPU the forward runs elsewhere,
+    decoding is the bottleneck, and worker processes overlap it with the GPU.
     """
     env = os.environ.get("OOD_NUM_WORKERS", "").strip()
     if env:
@@ -44,13 +53,24 @@ def default_workers(device: str | None = None) -> int:
             return max(0, int(env))
         except ValueError:
             raise DataError(f"OOD_NUM_WORKERS must be a whole number; got {env!r}") from None
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
     if device is not None and torch.device(device).type == "cuda":
-        return max(1, min(MAX_WORKERS, cores))
-    return max(1, min(MAX_WORKERS, cores // 2))
+        return max(1, min(MAX_WORKERS, _cores()))
+    return 0
+
+
+_POOL: dict[int, ThreadPoolExecutor] = {}
+
+
+def decode_pool() -> ThreadPoolExecutor:
+    """One thread per core, shared by every in-process decode of this process (a pass without
+    workers, :class:`FileRows`): both decoders release the GIL while they work. Per process id: a
+    forked child inherits the executor but not its threads, and would wait on it forever."""
+    pid = os.getpid()
+    pool = _POOL.get(pid)
+    if pool is None:
+        _POOL.clear()
+        pool = _POOL[pid] = ThreadPoolExecutor(max_workers=max(2, _cores()), thread_name_prefix="ood-decode")
+    return pool
 
 
 def decode(path: str, gray: bool) -> np.ndarray:
@@ -128,6 +148,14 @@ class _Files(TorchDataset):
             return torch.zeros(self.shape, dtype=torch.uint8), False
 
 
+def _threaded(ds: _Files, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A pass without worker processes: each batch decoded by the thread pool, then handed over."""
+    pool = decode_pool()
+    for a in range(0, len(ds), batch_size):
+        got = list(pool.map(ds.__getitem__, range(a, min(len(ds), a + batch_size))))
+        yield torch.stack([x for x, _ in got]), torch.tensor([ok for _, ok in got])
+
+
 class StreamedDataset(Dataset):
     """Images that stay on disk (docs/architecture.md, "Datasets").
 
@@ -197,15 +225,18 @@ class StreamedDataset(Dataset):
         return int((self.hw[:, 0].astype(np.int64) * self.hw[:, 1]).sum()) * (1 if self.gray else 3)
 
     def loader(self, pp: Preprocessor, batch_size: int, indices: np.ndarray | None = None,
-               workers: int | None = None, device: str | None = None) -> DataLoader:
-        """The ``DataLoader`` of a pass: decoding and preprocessing in worker processes, pinned
-        memory when the batches go to a GPU, order kept."""
+               workers: int | None = None, device: str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The uint8 batches of a pass and their decoded-ok masks, in order: a ``DataLoader`` with
+        worker processes (pinned memory when the batches go to a GPU), or with no workers the
+        batch decoded by :func:`decode_pool` in this process (see :func:`default_workers`)."""
         files = self.files if indices is None else self.files[np.asarray(indices)]
         shape = (pp.channels, *pp.input_size)  # type: ignore[attr-defined]
         ds = _Files(self.root, files, self.gray, pp, shape)
         w = default_workers(device) if workers is None else max(0, int(workers))
         if len(files) <= INLINE_ROWS:
             w = 0
+        if w == 0:
+            return _threaded(ds, max(1, int(batch_size)))
         cuda = device is not None and torch.device(device).type == "cuda"
         kw = {"prefetch_factor": 4, "persistent_workers": False} if w else {}
         return DataLoader(ds, batch_size=max(1, int(batch_size)), shuffle=False, num_workers=w,
@@ -241,7 +272,6 @@ class FileRows(RowSource):
 
     def __init__(self, ds: StreamedDataset, pp: Preprocessor) -> None:
         self.ds, self.pp = ds, pp
-        self.pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1))
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -257,7 +287,7 @@ class FileRows(RowSource):
         if isinstance(idx, slice):
             idx = np.arange(len(self))[idx]
         idx = np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx).reshape(-1)
-        return torch.stack(list(self.pool.map(self._one, idx.tolist())))
+        return torch.stack(list(decode_pool().map(self._one, idx.tolist())))
 
     def split(self, n: int) -> Iterator[torch.Tensor]:
         for a in range(0, len(self), n):
