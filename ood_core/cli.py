@@ -233,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--split", default="test", choices=("train", "test"))
     x.add_argument("--out", required=True)
     x.add_argument("--batch-size", dest="batch_size", type=int, help="forward batch (default: measured once per model)")
-    x.add_argument("--workers", type=int, help="decoding worker processes for a streamed set (default: half the cores "
-                   "on a CPU, one per core on a GPU)")
+    x.add_argument("--workers", type=int, help="decoding worker processes for a streamed set (default: none on a CPU, "
+                   "where a thread per core decodes between forwards; one per core up to 8 on a GPU)")
     x.add_argument("--autocast", choices=("off", "bf16", "fp16"), default="off",
                    help="reduced-precision forward (checked against fp32 on the first batch)")
     x.set_defaults(fn=cmd_extract)

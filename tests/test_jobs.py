@@ -69,3 +69,30 @@ def test_check_cancel_raises():
     job.cancel()
     with pytest.raises(Cancelled):
         ctx.check_cancel()
+
+
+def test_run_as_job_returns_quick_work_at_once_cancels_superseded_and_forgets(monkeypatch):
+    """ui.common.run_as_job as the Maps page uses it: work that ends within ``wait_s`` comes back in
+    the same run; a job under another key with the ``supersedes`` prefix is cancelled; ``forget``
+    drops the finished job from the registry."""
+    from ui import common
+
+    session: dict = {}
+    monkeypatch.setattr(common.state, "setdefault", lambda name, value: session.setdefault(name, value))
+    stop = threading.Event()
+
+    def slow(ctx):
+        while not stop.wait(0.01):
+            ctx.check_cancel()
+
+    slow_job = JOBS.submit(slow, "slow map")
+    session["job_ids"] = {"map:a": slow_job.id, "other:x": "kept"}
+    try:
+        got = common.run_as_job("map:b", lambda ctx: 42, "quick map", wait_s=5.0, supersedes="map:", forget=True)
+        assert got == 42
+        _wait(slow_job)
+        assert slow_job.state == "cancelled"
+        assert session["job_ids"] == {"other:x": "kept"}  # the superseded and the finished one are gone
+        assert all(j.title != "quick map" for j in JOBS._jobs.values())  # forgotten: its result is not held
+    finally:
+        stop.set()

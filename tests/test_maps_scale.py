@@ -90,3 +90,27 @@ def test_a_100k_point_payload_is_compact_and_round_trips(color):
     back = rows_of_positions(pts, arrays["ring"].tolist() + [len(df), -1])  # out-of-range positions are dropped
     assert sorted(keys_of_rows(df, back)) == sorted(keys_of_rows(df, rows))
     assert map_points(df, color, "mnist").digest == pts.digest  # stable: the browser redraws only on a change
+    # once the browser holds these points, a rerun sends the rings alone: bytes per ring, not per point
+    small = encode_map(pts, rows, with_points=False)
+    assert len(small) < 2048 + 4 * len(rows), len(small)
+    h2, a2 = decode_map(small)
+    assert h2["rings_only"] and h2["digest"] == pts.digest and set(a2) == {"ring"}
+    assert np.array_equal(a2["ring"], arrays["ring"])
+
+
+def test_the_map_component_sends_points_until_the_browser_has_them(monkeypatch):
+    """ui.map_component.scatter_map: the full payload while the component's state "has" is not these
+    points' digest (first draw, a re-created element asking again), the rings alone once it is."""
+    from ood_core.figures.maps import decode_map, map_points
+    from ui import map_component as mc
+
+    pts = map_points(synthetic_frame(2_000), "dataset", "mnist")
+    sent, widget = [], {}
+    monkeypatch.setattr(mc, "_MAP", lambda **kw: sent.append(decode_map(kw["data"])))
+    monkeypatch.setattr(mc.state, "widget", lambda key: widget.get(key))
+    for has, rings_only in ((None, False), ({"has": "other"}, False), ({"has": pts.digest}, True), ({"has": None}, False)):
+        widget["m"] = has
+        mc.scatter_map(pts, "m", [1, 2])
+        header, arrays = sent[-1]
+        assert bool(header.get("rings_only")) == rings_only and arrays["ring"].size == 2
+        assert ("x" in arrays) != rings_only

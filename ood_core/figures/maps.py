@@ -227,16 +227,21 @@ def map_points(df: pd.DataFrame, color: str = "dataset", id_name: str = "mnist",
     return MapPoints(header, blocks, order, position, h.hexdigest()[:16])
 
 
-def encode_map(points: MapPoints, selected_rows: np.ndarray | Sequence[int] = ()) -> bytes:
-    """The component's payload: ``points`` plus the payload positions of ``selected_rows`` (frame rows) as rings."""
+def encode_map(points: MapPoints, selected_rows: np.ndarray | Sequence[int] = (), with_points: bool = True) -> bytes:
+    """The component's payload: ``points`` plus the payload positions of ``selected_rows`` (frame rows) as rings.
+
+    ``with_points=False``: the rings alone (header ``rings_only``), for a browser that already drew
+    these points (the digest says which): a selection's rerun then sends a few bytes per map, not
+    1.6 MB at 100,000 points (docs/architecture.md, "The app")."""
     rows = np.asarray(selected_rows, np.int64).reshape(-1)
     ring = np.sort(points.position[rows]).astype("<u4") if rows.size else np.zeros(0, "<u4")
-    blocks = [*points.blocks, ("ring", "u4", ring.tobytes())]
+    blocks = [*(points.blocks if with_points else []), ("ring", "u4", ring.tobytes())]
     arrays, offset = [], 0
     for name, kind, b in blocks:
         arrays.append({"name": name, "dtype": kind, "offset": offset, "length": len(b) // np.dtype(_DTYPES[kind]).itemsize})
         offset += -(-len(b) // 4) * 4
-    header = {**points.header, "v": PAYLOAD_VERSION, "digest": points.digest, "arrays": arrays}
+    header = {**(points.header if with_points else {"n": points.n, "rings_only": True}), "v": PAYLOAD_VERSION,
+              "digest": points.digest, "arrays": arrays}
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-(len(head) + 8) % 4)  # the arrays start 4-byte aligned (Float32Array views need it)
     parts = [PAYLOAD_MAGIC, struct.pack("<I", len(head)), head]

@@ -6,7 +6,8 @@ Why a component rather than ``st.plotly_chart`` (docs/architecture.md, "The app"
 ``st.components.v2`` component keyed by a stable key keeps its DOM across reruns; its script is
 called again with each rerun's payload and redraws only when the points' digest changes (a new
 selection only moves the rings). The points travel as raw bytes (``ood_core.figures.maps.encode_map``:
-float32 x/y, the sample index, an optional score), never as per-point Python objects.
+float32 x/y, the sample index, an optional score), never as per-point Python objects, and only
+until the browser reports (component state ``has``) that it drew them: later reruns send the rings.
 
 plotly.js (the copy inside the plotly package: no CDN, the app runs offline) reaches the browser
 once per page visit as the bytes of a small loader component, which reports back through its
@@ -82,6 +83,11 @@ def scatter_map(points: MapPoints, key: str, selected_rows: np.ndarray | Sequenc
         if rows is not None and rows.size and on_select is not None:
             on_select(rows)
 
-    _MAP(key=key, data=encode_map(points, selected_rows), on_selected_change=_changed, height="content")
+    # The browser reports the digest of the points it has drawn (state "has"); while that is these
+    # points, a rerun sends only the rings. A map re-created without them reports None and gets all.
+    value = state.widget(key)
+    has = value.get("has") if isinstance(value, dict) else None
+    _MAP(key=key, data=encode_map(points, selected_rows, with_points=has != points.digest),
+         on_selected_change=_changed, on_has_change=lambda: None, height="content")
 
 

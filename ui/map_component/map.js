@@ -3,8 +3,9 @@
 // the ringed (selected) positions (uint32) as typed-array views, no per-point objects. The plot lives
 // across reruns: Streamlit keeps this element's DOM while its key is stable and calls this function
 // again with each rerun's payload; the plot is rebuilt only when the points' digest changes, and a
-// new selection only redraws the rings (docs/architecture.md, "The app"). A lasso or box selection
-// is sent back as payload positions (a trigger value), which Python maps to samples.
+// new selection only redraws the rings (docs/architecture.md, "The app"). Once drawn, the digest goes
+// back as the state "has", and Python sends only the rings until the points change. A lasso or box
+// selection is sent back as payload positions (a trigger value), which Python maps to samples.
 const TEXT = new TextDecoder();
 const TYPES = { f4: Float32Array, u2: Uint16Array, i4: Int32Array, u4: Uint32Array };
 // What each map did when (performance.now()): read by bench/browser_latency.py and the browser test.
@@ -101,7 +102,7 @@ function ringKey(arrays) {
   return `${r.length}:${h}`;
 }
 
-export default function ({ data, parentElement, setTriggerValue }) {
+export default function ({ data, parentElement, setTriggerValue, setStateValue }) {
   if (!data) return;
   LOG.push([performance.now(), "payload", data.length]);
   let st = parentElement.__oodMap;
@@ -129,7 +130,7 @@ export default function ({ data, parentElement, setTriggerValue }) {
   // One draw at a time: a rerun's payload waits for the draw in progress, then only the latest is drawn.
   st.chain = (st.chain || Promise.resolve())
     .then(() => plotlyGate().ready)
-    .then((Plotly) => draw(Plotly, st, setTriggerValue))
+    .then((Plotly) => draw(Plotly, st, setTriggerValue, setStateValue))
     .catch((e) => { st.div.textContent = `This map could not be drawn: ${e.message}`; });
   // Streamlit calls this cleanup on unmount, but also at once when it re-ran this function before an
   // earlier call's module import had resolved (a rerun's payloads can arrive that close together):
@@ -142,19 +143,27 @@ export default function ({ data, parentElement, setTriggerValue }) {
   }, 0);
 }
 
-async function draw(Plotly, st, setTriggerValue) {
+async function draw(Plotly, st, setTriggerValue, setStateValue) {
   const p = st.pending;
   if (!p) return;
   st.pending = null;
   const { header, arrays } = p;
   const rk = ringKey(arrays);
   if (st.digest === header.digest) {
-    st.shown = p;  // same points (the arrays are equal): only the rings may have moved
+    // Same points: only the rings may have moved. A rings-only payload keeps the points drawn.
+    st.shown = header.rings_only ? { header: st.shown.header, arrays: { ...st.shown.arrays, ring: arrays.ring } } : p;
     if (st.ring !== rk) {
       drawRings(st);
       st.ring = rk;
       LOG.push([performance.now(), "ring", header.digest]);
     }
+    if (!header.rings_only) setStateValue("has", header.digest);
+    return;
+  }
+  if (header.rings_only) {
+    // Rings for points this element does not hold (it was re-created): ask for the points.
+    LOG.push([performance.now(), "need", header.digest]);
+    setStateValue("has", null);
     return;
   }
   if (st.digest === null) st.div.textContent = "";
@@ -166,6 +175,7 @@ async function draw(Plotly, st, setTriggerValue) {
   st.div.dataset.digest = header.digest;
   drawRings(st);
   LOG.push([performance.now(), "drawn", header.digest]);
+  setStateValue("has", header.digest);  // later reruns send only the rings
   if (!st.bound) {
     st.bound = true;
     // Zoom, pan, autoscale and resize end in a redraw of the plot: the rings follow.
