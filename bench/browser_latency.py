@@ -232,13 +232,15 @@ def maps_case(browser, url: str) -> None:
         chart.scroll_into_view_if_needed()
         page.wait_for_timeout(500)
         firsts, dones, plotly_s, shown = [], [], [], []
-        # Lassos of 80x80 px at five places: each selects other points (hundreds to thousands of the
-        # 100,000), and Clear empties the gallery before the next, so "first image" is a new image.
-        for k, (ox, oy) in enumerate(((0, 0), (-120, -60), (110, 70), (-60, 110), (90, -100))):
+        # Lassos of 80x80 px at five places around the dense centre: each selects other points (about
+        # 1,500 of the 100,000), and Clear empties the gallery before the next, so "first image" is a new image.
+        for k, (ox, oy) in enumerate(((0, 0), (-30, -20), (25, 15), (-15, 30), (30, -25))):
             if k:
                 page.locator('.st-key-maps_clear button').first.click()
                 wait_idle(page)
                 page.locator('[data-testid="stImage"]').first.wait_for(state="detached", timeout=60_000)
+                chart.scroll_into_view_if_needed()  # the Clear button scrolled the page down
+                page.wait_for_timeout(300)
             drag = chart.locator(".nsewdrag").first.bounding_box()
             cx, cy = drag["x"] + drag["width"] / 2 + ox, drag["y"] + drag["height"] / 2 + oy
             page.evaluate("() => { window.__oodMapLog.length = 0; }")
@@ -249,7 +251,13 @@ def maps_case(browser, url: str) -> None:
             t_up = page.evaluate("() => performance.now()")
             t0 = time.perf_counter()
             page.mouse.up()
-            page.locator('[data-testid="stImage"]').first.wait_for(timeout=60_000)  # a lasso on no points: fails here
+            try:
+                page.locator('[data-testid="stImage"]').first.wait_for(timeout=60_000)
+            except Exception:  # noqa: BLE001 - say what the page did, then fail
+                print("  no gallery image 60 s after the lasso; map log:",
+                      page.evaluate("() => window.__oodMapLog.map(e => [Math.round(e[0]), e[1], e[2]])"), flush=True)
+                page.screenshot(path=str(Path(tempfile.gettempdir()) / "browser_latency_lasso.png"))
+                raise
             firsts.append(time.perf_counter() - t0)
             wait_idle(page)
             dones.append(time.perf_counter() - t0 - 0.3)  # wait_idle's settling pause
