@@ -24,7 +24,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
@@ -64,34 +63,18 @@ class SaliencyError(WorkbenchError):
 class PixelsToInput(nn.Module):
     """``[0, 1]`` pixels ``(N, C_in, H, W)`` -> the model's normalised input, differentiably.
 
-    Mirrors :meth:`ood_core.models.Preprocess.__call__` (which works on uint8 arrays in
-    place and so cannot carry a gradient); a test checks the two agree.
+    :meth:`ood_core.models.Preprocess.pixels` and :meth:`~ood_core.models.Preprocess.finish` on
+    float pixels: the same ops in the same order, except that the resize runs on floats (Preprocess
+    gets uint8 and rounds to whole grey levels) so the gradient reaches the pixels; a test checks the
+    two agree.
     """
 
     def __init__(self, pre: Preprocess):
         super().__init__()
         self.pre = pre
-        self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(pre.std, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("gray", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as TF
-
-        # The same ops in the same order as Preprocess; only its resize runs on uint8 pixels (rounded
-        # to whole grey levels) where this one stays in floats so the gradient reaches the pixels.
-        if tuple(x.shape[-2:]) != self.pre.input_size:
-            if self.pre.resize == "crop":
-                short = max(1, round(min(self.pre.input_size) / self.pre.crop_ratio))
-                x = TF.center_crop(TF.resize(x, [short], antialias=True), list(self.pre.input_size))
-            else:
-                x = F.interpolate(x, size=self.pre.input_size, mode="bilinear", align_corners=False, antialias=True)
-        if x.shape[1] != self.pre.channels:
-            if self.pre.channels == 1:
-                x = (x * self.gray).sum(1, keepdim=True)
-            else:
-                x = x.expand(-1, 3, -1, -1)
-        return (x - self.mean) / self.std
+        return self.pre.finish(self.pre.pixels(x))
 
 
 class _OnPixels(nn.Module):

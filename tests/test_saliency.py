@@ -42,6 +42,14 @@ def test_pixels_to_input_mirrors_preprocess(default_bundle, images):
     torch.testing.assert_close(sal.PixelsToInput(pre)(sal.to_pixels(rgb)), pre(rgb), atol=level + 1e-6, rtol=0)
     same = rgb[:, :16, :16]  # no resize: identical
     torch.testing.assert_close(sal.PixelsToInput(pre)(sal.to_pixels(same)), pre(same), atol=1e-6, rtol=1e-5)
+    # an ImageNet-style crop preprocessing, and the gradient reaches every pixel the crop keeps
+    crop = Preprocess(input_size=(12, 12), channels=3, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25), resize="crop")
+    big = np.random.default_rng(1).integers(0, 256, (2, 30, 24, 3), dtype=np.uint8)
+    px = sal.to_pixels(big).requires_grad_(True)
+    out = sal.PixelsToInput(crop)(px)
+    torch.testing.assert_close(out, crop(big), atol=1 / 255 / 0.2 + 1e-6, rtol=0)
+    (g,) = torch.autograd.grad(out.sum(), px)
+    assert g.shape == px.shape and bool((g[..., 8:22, 4:20] != 0).all())
 
 
 @pytest.mark.parametrize("T", [1.0, 2.5])

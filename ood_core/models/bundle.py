@@ -106,7 +106,8 @@ class Preprocess:
         return self.pixels(x[None])[0]
 
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(N,C,H,W)`` -> uint8 ``(N,C,*input_size)``: the resize (and crop) of the pixels."""
+        """uint8 ``(N,C,H,W)`` -> uint8 ``(N,C,*input_size)``: the resize (and crop) of the pixels
+        (float pixels give floats, as ``saliency.PixelsToInput`` uses it)."""
         from torchvision.transforms.v2 import functional as TF
 
         # Resize the uint8 pixels, then scale: the order of torchvision's ImageNet pipelines (Resize on
@@ -123,13 +124,14 @@ class Preprocess:
         return x
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(N,C,*input_size)`` from :meth:`pixels` -> the normalised float input."""
+        """uint8 ``(N,C,*input_size)`` from :meth:`pixels` -> the normalised float input (float pixels
+        in ``[0, 1]`` pass through the same ops, differentiably: ``saliency.PixelsToInput``)."""
         from torchvision.transforms.v2 import functional as TF
 
         x = TF.to_dtype(x, torch.float32, scale=True)
         if x.shape[1] != self.channels:
             if self.channels == 1:
-                x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+                x = (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
             else:
                 x = x.expand(-1, 3, -1, -1)
         return TF.normalize(x, list(self.mean), list(self.std))
