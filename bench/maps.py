@@ -92,9 +92,7 @@ def scale(n: int) -> None:
     import plotly.io as pio
     import plotly.tools
 
-    from ood_core.figures.maps import map_figure, picked_rows
-
-    from ood_core.figures.maps import encode_map, map_points
+    from ood_core.figures.maps import encode_map, keys_of_rows, map_figure, map_points, rows_of_positions
 
     df = synthetic_frame(n)
     print(f"\nmap of {n:,} synthetic points")
@@ -121,9 +119,10 @@ def scale(n: int) -> None:
         print(f"  colour by {color:<8} {len(fig.data):2d} traces: build {1000 * statistics.median(builds):5.0f} ms, "
               f"validate+JSON {1000 * statistics.median(sends):5.0f} ms, payload {len(spec) / 2**20:5.2f} MiB", flush=True)
     browser(specs["dataset"], n)
+    points = map_points(df, "dataset", "mnist")  # the page keeps these per map and colouring
     t = time.perf_counter()
-    pts = [{"curve_number": 1, "point_index": i} for i in range(0, 20_000, 2)]
-    got = picked_rows(df, pts, "dataset", "mnist")
+    positions = list(range(0, 20_000, 2))  # what the component sends back for a lasso
+    got = keys_of_rows(df, rows_of_positions(points, positions))
     print(f"  a 10,000-point selection back to (dataset, index): {1000 * (time.perf_counter() - t):.0f} ms ({len(got)})")
 
 

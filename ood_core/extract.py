@@ -264,9 +264,9 @@ def tuned_batch_size(bundle: ModelBundle, device: str, cap: int = 512, budget_s:
                 t_total += 3 * dt
                 rate = b / max(dt, 1e-9)
                 # Within 3% counts as a tie, and a tie goes to the larger batch: a streamed pass pays a
-                # fixed cost per batch (collation, the hand-over from the loader workers, the chunk
-                # bookkeeping), and on 2 cores batch 32 ran at 90% of the bare forward where batch 8,
-                # as fast bare, ran at 83% (bench/streaming.py).
+                # fixed cost per batch (handing the decoded batch over, collation, the chunk
+                # bookkeeping), and on 2 cores, with one loader worker, batch 32 ran at 90% of the bare
+                # forward where batch 8, as fast bare, ran at 83% (bench/streaming.py).
                 if rate >= best_rate * 0.97:
                     best, best_rate = b, max(rate, best_rate)
                 elif rate < best_rate * 0.9:

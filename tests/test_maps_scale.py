@@ -11,7 +11,7 @@ import numpy as np
 import plotly.io as pio
 import pytest
 
-from ood_core.figures.maps import map_figure, picked_rows, selected_mask
+from ood_core.figures.maps import decode_map, encode_map, map_figure, map_points, selected_mask
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -29,7 +29,7 @@ def _per_point_arrays(spec: dict, n: int) -> list:
 
 
 @pytest.mark.parametrize("color", ["dataset", "pred", "energy"])
-def test_map_ships_typed_arrays_and_a_selection_leads_back(color):
+def test_map_ships_typed_arrays_and_the_payloads_rows(color):
     df = synthetic_frame(20_000)
     fig = map_figure(df, color, "mnist", selected=[("ood_a", 3), ("ood_b", 10)])
     assert all(t.type == "scattergl" for t in fig.data)
@@ -38,19 +38,17 @@ def test_map_ships_typed_arrays_and_a_selection_leads_back(color):
     assert arrays and all(isinstance(v, dict) and "bdata" in v for _, _, v in arrays), \
         [(n, k) for n, k, v in arrays if not isinstance(v, dict)]
     assert sum(len(t.x) for t in fig.data if not t.name.startswith("selected")) == len(df)
-    # every point of every data trace leads back to its own row
-    rows = []
-    for c, t in enumerate(fig.data):
-        if t.name.startswith("selected"):
-            continue
-        got = picked_rows(df, [{"curve_number": c, "point_index": i} for i in range(0, len(t.x), 97)], color, "mnist")
-        sub = df[selected_mask(df, got)]
-        assert np.allclose(np.sort(sub["x"].to_numpy()), np.sort(np.asarray(t.x)[::97]))
-        rows += got
-    assert len(set(rows)) == len(rows)
+    # the figure's traces hold the payload's traces, row for row (the payload's positions lead back
+    # to frame rows: test_a_100k_point_payload_is_compact_and_round_trips)
+    header, arrays = decode_map(encode_map(map_points(df, color, "mnist")))
+    data = [t for t in fig.data if not t.name.startswith("selected")]
+    assert [t.name for t in data] == [t["name"] for t in header["traces"]]
+    for t, h in zip(data, header["traces"]):
+        sl = slice(h["start"], h["start"] + h["count"])
+        assert np.array_equal(np.asarray(t.x), arrays["x"][sl]) and np.array_equal(np.asarray(t.y), arrays["y"][sl])
+        assert np.array_equal(np.asarray(t.customdata).astype(np.int64), arrays["index"][sl].astype(np.int64))
     ring = [t for t in fig.data if t.name.startswith("selected")]
     assert ring and len(ring[0].x) == 2
-    assert picked_rows(df, [{"curve_number": len(fig.data) - 1, "point_index": 0}], color, "mnist") == []
 
 
 @pytest.mark.slow

@@ -240,8 +240,8 @@ def sources_stamp(name: str, paths: list[str]) -> str:
     Costs one ``stat`` per file, no reading: about 0.1 s for 20,000 files here. Folders that sign in
     under ``STAMP_CHEAP_S`` are re-signed on every use; a larger one reuses its signature for
     ``max(STAMP_TTL_S, 10 × its own cost)`` seconds, so a 20,000-file folder is re-signed every 2 s
-    and ImageNet's 1.28 M training files (about 7 s) about every minute, not on every widget event. A path that is gone raises DataError naming the way out
-    (``register --remove``)."""
+    and ImageNet's 1.28 M training files (about 7 s) about every minute, not on every widget event.
+    A path that is gone raises DataError naming the way out (``register --remove``)."""
     import time
 
     key = tuple(paths)

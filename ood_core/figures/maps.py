@@ -2,8 +2,8 @@
 
 Plotly's hover cannot show an image, so the hover carries the dataset and the sample index,
 and the page shows the images, labels, predictions and scores of selected points in a
-gallery. A selection leads back to its samples through its trace and point position
-(:func:`picked_rows`), so no per-point strings or objects travel with a 100,000-point map.
+gallery. A selection leads back to its samples through its payload positions
+(:func:`rows_of_positions`), so no per-point strings or objects travel with a 100,000-point map.
 
 The Maps page draws a map with its own component (``ui.map_component``), which receives the
 points as one binary payload (:func:`map_points`, :func:`encode_map`; docs/architecture.md,
@@ -121,9 +121,9 @@ def map_figure(df: pd.DataFrame, color: str = "dataset", id_name: str = "mnist",
 
     Built for 100,000 points (docs/architecture.md, "The app"): ``Scattergl`` traces, one
     dataset each, whose coordinates and hover numbers are numpy arrays (plotly ships them as
-    binary typed arrays); no per-point Python objects or strings. :func:`picked_rows` maps a
-    selection's ``(curve_number, point_index)`` back to frame rows. The Maps page builds this
-    figure only for an export; it draws the map from :func:`encode_map`'s payload.
+    binary typed arrays); no per-point Python objects or strings. Its traces hold the same rows in
+    the same order as :func:`map_points`' payload. The Maps page builds this figure only for an
+    export; it draws the map from :func:`encode_map`'s payload, whose selections lead back to rows.
     """
     _check_color(df, color)
     size = marker_size or _marker_size(len(df))
@@ -272,22 +272,6 @@ def rows_of_positions(points: MapPoints, positions: Iterable[int]) -> np.ndarray
 def keys_of_rows(df: pd.DataFrame, rows: np.ndarray) -> list[tuple[str, int]]:
     """(dataset, index) of frame rows, in row order (the gallery's keys)."""
     sub = df.iloc[np.asarray(rows, np.int64)]
-    return list(zip(sub["dataset"].astype(str), sub["index"].astype(int)))
-
-
-def picked_rows(df: pd.DataFrame, points: Iterable[dict], color: str = "dataset",
-                id_name: str = "mnist") -> list[tuple[str, int]]:
-    """(dataset, index) of the points of a plotly selection event, from their trace and position."""
-    groups = _groups(df, color, id_name)
-    picked = []
-    for p in points:
-        c, i = p.get("curve_number"), p.get("point_index", p.get("point_number"))
-        if c is None or i is None or not 0 <= int(c) < len(groups):
-            continue  # the ring of selected points, or a stale event
-        rows = groups[int(c)][2]
-        if 0 <= int(i) < rows.size:
-            picked.append(int(rows[int(i)]))
-    sub = df.iloc[picked]
     return list(zip(sub["dataset"].astype(str), sub["index"].astype(int)))
 
 

@@ -77,7 +77,7 @@ def first_pass(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: flo
     the sums are accumulated in fp32/fp64 whatever it is.
     """
     if D.is_distributed():  # docs/architecture.md, "Distributed passes": this rank's rows, then a sum
-        rows = D.shard(_rows(data))
+        rows = D.shard(len(data))
         data = _take(data, rows)
         M = M[rows] if M is not None else None
     dev = pl.device
@@ -106,7 +106,7 @@ def project_pass(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: f
     out = []
     dtype = SZ[0].dtype
     if D.is_distributed():  # this rank's rows; the rows of all ranks are gathered below
-        data = _take(data, D.shard(_rows(data)))
+        data = _take(data, D.shard(len(data)))
     for _start, _B, blocks in hooks.iter_chunks(bundle, data, pl, loss, T, progress, what, dtype):
         acc = None
         for k, g in blocks():
@@ -119,10 +119,6 @@ def project_pass(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: f
     if D.is_distributed():
         return D.gather_rows(np.concatenate(out) if out else np.zeros((0, SZ[0].shape[1])))
     return np.concatenate(out)
-
-
-def _rows(data: Any) -> int:
-    return len(data)
 
 
 def _take(data: Any, rows: np.ndarray) -> Any:
