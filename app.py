@@ -9,6 +9,7 @@ experiment sidebar is drawn here, once per run, before the page; pages read what
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import streamlit as st
 
@@ -35,8 +36,9 @@ restore_saved(facade.cache_root())
 
 # The sidebar each page declares (its PAGE.sidebar); Models & data ("none") sets the experiment
 # itself, so it gets a summary drawn after the page has run.
-nav = st.navigation(common.app_pages())
-sidebar = common.sidebar_mode(nav.url_path)
+HERE = Path(__file__).resolve().parent  # the pages are discovered next to this file
+nav = st.navigation(common.app_pages(HERE))
+sidebar = common.sidebar_mode(nav.url_path, HERE)
 common.sidebar(sidebar)
 nav.run()
 if sidebar == "none":

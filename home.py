@@ -1,6 +1,8 @@
 """Home: what the workbench is, the current experiment, where to go next."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from ood_core import facade as fc
@@ -37,7 +39,7 @@ c3.caption(", ".join(ctx.ood) or "none chosen")
 
 st.subheader("What to do next")
 cols = st.columns(2)
-for i, (path, page) in enumerate([(f, p) for f, p in discover() if p.what]):  # each page's own declaration
+for i, (path, page) in enumerate([(f, p) for f, p in discover(Path(__file__).resolve().parent) if p.what]):  # each page's own declaration
     with cols[i % 2]:
         st.page_link(path, label=f"**{page.title}**: {page.what}")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -18,7 +19,7 @@ from ood_core.errors import UserError, first_line
 from ood_core.knobs import Knob
 
 from . import state
-from .pages import discover
+from .pages import ROOT, discover
 
 PICKERS = ("model", "id_dataset", "ood_datasets")
 @contextlib.contextmanager
@@ -143,18 +144,18 @@ def frame(mode: str = "pickers") -> None:
         state.pop("sidebar_drawn")
 
 
-def app_pages() -> list:
-    """The app's pages as ``st.Page`` objects, for ``st.navigation``, from each file's ``PAGE`` (:mod:`ui.pages`)."""
-    from .pages import ROOT
-
-    return [st.Page(str(ROOT / path), title=p.title, icon=p.icon or None, default=(path == "home.py"),
+def app_pages(root: Path | None = None) -> list:
+    """The app's pages as ``st.Page`` objects, for ``st.navigation``, from each file's ``PAGE`` under
+    ``root`` (the app's folder; :mod:`ui.pages`)."""
+    root = root or ROOT
+    return [st.Page(str(root / path), title=p.title, icon=p.icon or None, default=(path == "home.py"),
                     **({"url_path": p.url_path} if p.url_path else {}))
-            for path, p in discover()]
+            for path, p in discover(root)]
 
 
-def sidebar_mode(url_path: str) -> str:
+def sidebar_mode(url_path: str, root: Path | None = None) -> str:
     """The sidebar mode the page at ``url_path`` declares (``"pickers"`` unless it says otherwise)."""
-    return next((p.sidebar for _, p in discover() if p.url_path == url_path), "pickers")
+    return next((p.sidebar for _, p in discover(root or ROOT) if p.url_path == url_path), "pickers")
 
 
 _TAKEN_OVER: list[bool] = []  # once per process, as Streamlit's own decision
@@ -183,7 +184,7 @@ def take_over_from_pages_folder() -> None:
     main = Path(getattr(run, "main_script_path", "") or "")
     if main.name == "app.py" and (main.parent / "pages").is_dir():
         _TAKEN_OVER.append(True)
-        st.navigation(app_pages())
+        st.navigation(app_pages(main.parent))
         st.rerun()
 
 
