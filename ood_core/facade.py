@@ -39,7 +39,7 @@ from .jobs import JOBS
 from .knobs import Resolved
 from .metrics import METRICS, ScoreSets
 from .models.archs import arch_info, list_architectures
-from .models.files import inspect_model_file
+from .models import files as _files
 from .models.formats import human_bytes, max_model_bytes
 from .models.load_options import LOAD_OPTIONS, load_kwargs
 from .training import DEFAULT_EPOCHS, METHODS, TrainConfig, job_fn, knob_view
@@ -100,7 +100,7 @@ class ModelFileFacts:
 
 
 def inspect_model(path: Path | str) -> ModelFileFacts:
-    f = inspect_model_file(path)
+    f = _files.inspect_model_file(path)
     return ModelFileFacts(Path(path), f["format"], int(f["bytes"]), tuple(f.get("fits", ())),
                           tuple(tuple(c) for c in f.get("closest", ())))
 
