@@ -1,13 +1,15 @@
 """Entry point (`streamlit run app.py`): the page list, the navigation and the sidebar.
 
-Each page is one file; `home.py` is the landing page. Titles and URL paths are set in
-`ui.common.PAGES` so the sidebar reads "Home, Scores, Compare, …" and links stay stable. The
+Each page is one file that declares itself (`PAGE = Page(title=…, icon=…, order=…, url_path=…,
+sidebar=…)`, `ui.pages`); `home.py` is the landing page. The navigation and each page's sidebar
+mode come from those declarations, so adding a page is adding one file under `pages/`. The
 experiment sidebar is drawn here, once per run, before the page; pages read what it set
 (`ui.common.context()`).
 """
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import streamlit as st
 
@@ -17,7 +19,7 @@ import streamlit as st
 # 1 ms hands the GIL over sooner (docs/architecture.md, "The app").
 sys.setswitchinterval(0.001)
 
-from ood_core import cache, workbench
+from ood_core import facade
 from ui import common
 
 st.set_page_config(page_title="Gradient-OOD workbench", layout="wide")
@@ -25,18 +27,18 @@ st.set_page_config(page_title="Gradient-OOD workbench", layout="wide")
 
 @st.cache_resource(show_spinner=False)
 def restore_saved(cache_root: str):
-    """Datasets and uploads of earlier sessions, once per process (and cache folder), before any page draws."""
-    return workbench.restore_saved()
+    """Datasets and uploads of earlier sessions, once per process (and cache folder), before any page draws
+    (the one restore route: docs/architecture.md, "Saved state")."""
+    return facade.restore_saved()
 
 
-restore_saved(str(cache.cache_dir()))
+restore_saved(facade.cache_root())
 
-# What the sidebar shows per page (by URL path): all pickers unless listed. Models & data
-# sets the experiment itself, so it gets a summary drawn after the page has run.
-SIDEBAR = {"Tuning": "no_ood", "Train": "no_ood", "Models_and_Data": "none"}
-
-nav = st.navigation(common.app_pages())
-sidebar = SIDEBAR.get(nav.url_path, "pickers")
+# The sidebar each page declares (its PAGE.sidebar); Models & data ("none") sets the experiment
+# itself, so it gets a summary drawn after the page has run.
+HERE = Path(__file__).resolve().parent  # the pages are discovered next to this file
+nav = st.navigation(common.app_pages(HERE))
+sidebar = common.sidebar_mode(nav.url_path, HERE)
 common.sidebar(sidebar)
 nav.run()
 if sidebar == "none":

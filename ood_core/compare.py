@@ -136,9 +136,7 @@ def _detector_rows(bundle: Any, det: Detector, id_name: str, ood_names: list[str
     knobs = fitted.resolve(knob_params)
 
     def scores(ds_name: str) -> np.ndarray:
-        if fitted.needs_model:
-            return wb.score(bundle, fitted, ds_name, id_name, knobs, progress)
-        return fitted.score(exts[ds_name], **knobs)
+        return wb.score(bundle, fitted, ds_name, id_name, knobs, progress if fitted.needs_model else None)
 
     id_s = scores(id_name)
     pstr = _params_text(knobs)

@@ -59,23 +59,17 @@ def load_model(spec: str = "default", progress: Progress | None = None, **kwargs
     if spec == "default":
         from .models.checkpoints import load_default
         bundle = load_default(progress)
-    elif spec.startswith("upload:"):  # an upload remembered from an earlier session
-        return persist.restore_upload(spec)
+    elif spec.startswith("upload:"):
+        # One restore route, eager: restore_saved() brings uploads back at app start and before every
+        # CLI command, because the pickers list only models in memory. A key not in memory now was
+        # skipped there (with its reason) or forgotten; loading it here too would be a second route.
+        raise ModelError(f"uploaded model {spec!r} is not loaded (gone or forgotten since it was saved); "
+                         "upload it again on the Models & data page")
     else:
         from .models.files import load_model_file
         bundle = load_model_file(Path(spec), **kwargs)
     loaded.put(key, bundle)
     return bundle
-
-
-def register_model(bundle: ModelBundle, key: str) -> None:
-    """Make an in-memory bundle (e.g. an upload) reachable by ``load_model(key)``."""
-    loaded.put(key, bundle)
-
-
-def has_model(key: str) -> bool:
-    """Whether ``key`` is already loaded or registered in this process."""
-    return loaded.has(key)
 
 
 def forget_model(key: str) -> None:
@@ -150,13 +144,14 @@ def fitted_detector(name: str, bundle: ModelBundle, id_name: str, progress: Prog
 
 def score(bundle: ModelBundle, detector: str | Detector, dataset: str, id_name: str = "mnist",
           params: dict[str, Any] | None = None, progress: Progress | None = None) -> np.ndarray:
-    """Scores (higher = more ID) of one detector on one dataset."""
+    """Scores (higher = more ID) of one detector on one dataset: from the cached arrays, or for a
+    detector that needs the model, its disk-cached model-time run (computed on a miss)."""
     det = fitted_detector(detector, bundle, id_name, progress) if isinstance(detector, str) else detector
     ds = get_dataset(dataset)
     ext = get_extraction(bundle, ds, progress)
-    if not det.needs_model:
-        return det.score(ext, **(params or {}))
-    knobs = det.resolve(params)
+    knobs = det.resolve(params)  # values resolved at the boundary pass through (docs/architecture.md, "Knobs")
+    if not det.needs_model:  # the one place that picks cached arrays or a model-time run (Scores, compare, evaluate)
+        return det.score(ext, knobs)
     reason = det.unavailable_reason(ext)
     if reason:
         raise DetectorError(reason)

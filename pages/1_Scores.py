@@ -4,25 +4,26 @@ Live knobs (docs/architecture.md, "The app"): everything below the page's captio
 fragment, so a knob move reruns only it (not app.py's sidebar, not the model or the
 extractions), and the threshold controls are a nested fragment, so a threshold move reruns
 only the threshold's counts and overlays. The scores of one knob setting are sorted once
-(``metrics.ScoreSets``) and their table and base figures are kept in ``state.scores_view``,
-so only what changed is rebuilt.
+(``facade.scores_view``) and their table and base figures are kept in ``state.scores_view``,
+so only what changed is rebuilt. A knob move resolves the knobs once, here, through the facade.
 """
 from __future__ import annotations
 
 import numpy as np
 import streamlit as st
 
-from ood_core import metrics
-from ood_core import workbench as wb
-from ood_core.data import get_dataset
-from ood_core.detectors import detector_names, get_detector
+from ood_core import facade as fc
 from ood_core.figures import scores as figs
 from ood_core.figures.previews import thumbnail
 from ui import common, state
+from ui.pages import Page
 from ui.export import figure_downloads, per_sample_downloads, table_downloads
 
+PAGE = Page(title="Scores", icon=":material/leaderboard:", order=10, url_path="Scores",
+            what="one detector, its knobs, histograms, ROC/PR and a live threshold")
+
 st.set_page_config(page_title="Scores · OOD workbench", layout="wide")
-ctx = common.context()
+ctx = common.context(PAGE.sidebar)
 st.title("Scores")
 st.caption("Pick a detector, move its knobs, and watch the separation of ID and OOD scores change. "
            "Every score is oriented higher = more in-distribution.")
@@ -36,8 +37,9 @@ if not ctx.ood:
 def detector_and_results(ctx: common.Context) -> None:
     """The detector, its knobs, the metrics and the threshold: reruns alone on a knob move."""
     id_ext = common.extraction(ctx.bundle, ctx.id_name)
-    names = detector_names()
-    reasons = {n: get_detector(n).unavailable_reason(id_ext) for n in names}
+    with common.guard("detectors"):
+        reasons = fc.availability(ctx.bundle, ctx.id_name)  # once per (model, dataset), not every rerun
+    names = list(reasons)
     if state.get("detector") not in names:
         state.put("detector", "energy")
     left, right = st.columns([1, 3])
@@ -50,26 +52,23 @@ def detector_and_results(ctx: common.Context) -> None:
             st.warning(reasons[det_name])
             return
         with common.guard(f"fitting {det_name}"), st.spinner(f"Fitting {det_name} on the ID training split…"):
-            det = wb.fitted_detector(det_name, ctx.bundle, ctx.id_name)
+            det = fc.fitted_detector(det_name, ctx.bundle, ctx.id_name)
         knob_box = st.container()  # filled after the metrics: a knob move's result reaches the browser first
+    raw = common.knob_values(det, "scores", state.detector_knobs(det_name))
     with common.guard(det_name):
-        knobs = det.resolve(common.knob_values(det, "scores", state.detector_knobs(det_name)))
+        knobs = fc.resolve_knobs(det, raw)  # the one validation of this move; everything below takes it as is
 
     sets = [ctx.id_name, *ctx.ood]
 
     def _score_sets(progress=None, _b=ctx.bundle, _d=det, _k=knobs, _sets=sets, _id=ctx.id_name) -> dict[str, np.ndarray]:
         """Scores of every set; defaults bind this run's values so a background job keeps them."""
-        res = {}
-        for i, n in enumerate(_sets):
-            step = (lambda f, m, i=i: progress((i + f) / len(_sets), m)) if progress else None
-            res[n] = wb.score(_b, _d, n, _id, _k, progress=step)
-        return res
+        return fc.score_sets(_b, _d, _sets, _id, _k, progress)
 
     view_key = f"{ctx.bundle.fingerprint}:{det_name}:{sorted(knobs.items())}:{sets}"
     view = state.get("scores_view")
-    if view is None or view["key"] != view_key:
+    if view is None or view.key != view_key:
         with common.guard(f"scoring with {det_name}"):
-            if det.needs_model and not all(wb.is_cached(ctx.bundle, det, n, knobs) for n in sets):
+            if fc.needs_job(ctx.bundle, det, sets, knobs):
                 with right:
                     job_key = f"scores:{view_key}"
                     if job_key not in state.get("job_ids", {}):
@@ -82,9 +81,9 @@ def detector_and_results(ctx: common.Context) -> None:
                                                f"{det_name} on {len(sets)} datasets")
             else:
                 scores = _score_sets()
-            view = scores_view(view_key, ctx.id_name, scores)
+            view = fc.scores_view(view_key, ctx.id_name, scores)
         state.put("scores_view", view)
-    table = view["table"]
+    table = view.table
 
     with right:
         acc = id_ext.accuracy
@@ -101,12 +100,10 @@ def detector_and_results(ctx: common.Context) -> None:
         if det.needs_training:
             st.caption(common.statistics_note(ctx.id_name))
         drawn = common.knob_widgets(det, "scores", state.detector_knobs(det_name))
-        with common.guard(det_name):
-            drawn = det.resolve(drawn)
-        state.set_detector_knobs(det_name, drawn)
-        for k, v in det.derived(**drawn).items():
+        state.set_detector_knobs(det_name, knobs)
+        for k, v in det.derived(**knobs).items():
             st.caption(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
-    if drawn != knobs:  # the widgets disagree with the values read before them (not expected): redo with theirs
+    if drawn != raw:  # the widgets disagree with the values read before them (not expected): redo with theirs
         st.rerun(scope="fragment")
     with right:
         diag = det.diagnostics(id_ext, **knobs)
@@ -135,33 +132,21 @@ def detector_and_results(ctx: common.Context) -> None:
         st.code(cli, language="bash")
 
 
-MISSES = 12
 LONG_JOB_S = 20.0  # a model-time detector estimated to take longer asks before it runs
 
 
-def scores_view(key: str, id_name: str, scores: dict[str, np.ndarray]) -> dict:
-    """One knob setting's sorted scores, exact table and extremes; base figures are added as drawn."""
-    sv = metrics.ScoreSets.from_arrays(scores[id_name], {n: v for n, v in scores.items() if n != id_name}, id_name)
-    extremes = {}
-    for n, s in scores.items():  # the few highest OOD / lowest ID scores: the misses at any threshold
-        k = min(MISSES, s.size)
-        top = np.argpartition(-s, k - 1)[:k] if n != id_name else np.argpartition(s, k - 1)[:k]
-        extremes[n] = top[np.argsort(-s[top] if n != id_name else s[top], kind="stable")]
-    return {"key": key, "sets": sv, "table": sv.table(), "scores": scores, "extremes": extremes, "figures": {}}
-
-
-def _figure(view: dict, name: str, build):
+def _figure(view: fc.ScoresView, name: str, build):
     """A base figure of this knob setting, built on first use and kept in the view."""
-    if name not in view["figures"]:
-        view["figures"][name] = figs.spec(build())
-    return view["figures"][name]
+    if name not in view.figures:
+        view.figures[name] = figs.spec(build())
+    return view.figures[name]
 
 
 @st.fragment
-def threshold_panel(ctx: common.Context, det_name: str, view: dict) -> None:
+def threshold_panel(ctx: common.Context, det_name: str, view: fc.ScoresView) -> None:
     """The threshold, its counts and the figures: reruns alone on a threshold move."""
-    sv: metrics.ScoreSets = view["sets"]
-    scores = view["scores"]
+    sv = view.sets
+    scores = view.scores
     st.subheader("Threshold")
     t95 = sv.threshold_at_tpr(0.95)
     lo, hi = sv.lo, sv.hi
@@ -197,11 +182,11 @@ def threshold_panel(ctx: common.Context, det_name: str, view: dict) -> None:
         # One curve drawn at a time (tabs would draw both on every move); switching reruns only this fragment.
         curve = st.radio("Curve", ["ROC", "PR"], horizontal=True, key="curve_kind", label_visibility="collapsed")
         if curve == "ROC":
-            rocf = figs.with_roc_markers(_figure(view, "roc", lambda: figs.roc_base(sv, view["table"])), sv, thr)
+            rocf = figs.with_roc_markers(_figure(view, "roc", lambda: figs.roc_base(sv, view.table)), sv, thr)
             st.plotly_chart(rocf, width="stretch", key="roc")
             figure_downloads(rocf, f"roc_{det_name}", key="roc")
         else:
-            prf = _figure(view, "pr", lambda: figs.pr_base(sv, view["table"]))
+            prf = _figure(view, "pr", lambda: figs.pr_base(sv, view.table))
             st.plotly_chart(prf, width="stretch", key="pr")
             figure_downloads(prf, f"pr_{det_name}", key="pr")
 
@@ -209,12 +194,12 @@ def threshold_panel(ctx: common.Context, det_name: str, view: dict) -> None:
         kind = st.radio("Show", [f"{focus} called ID (highest scores)", "ID called OOD (lowest scores)"],
                         horizontal=True, key="miss_kind")
         ds_name = focus if kind.startswith(focus) else ctx.id_name
-        s, idx = scores[ds_name], view["extremes"][ds_name]
+        s, idx = scores[ds_name], view.extremes[ds_name]
         idx = idx[s[idx] >= thr] if ds_name == focus else idx[s[idx] < thr]
         if len(idx) == 0:
             st.write("None at this threshold.")
         else:
-            ds = get_dataset(ds_name)
+            ds = fc.dataset(ds_name)
             ext = common.extraction(ctx.bundle, ds_name)
             cols = st.columns(6)
             for j, i in enumerate(idx):

@@ -5,16 +5,18 @@ import json
 
 import streamlit as st
 
-from ood_core import compare as cmp
-from ood_core.detectors import detector_classes
+from ood_core import facade as cmp
 from ood_core.errors import UserError
 from ood_core.figures.compare import LABELS, compare_chart
-from ood_core.metrics import METRICS
 from ui import common, state
+from ui.pages import Page
 from ui.export import figure_downloads, table_downloads
 
+PAGE = Page(title="Compare", icon=":material/table_chart:", order=20, url_path="Compare",
+            what="every detector side by side with bootstrap intervals")
+
 st.set_page_config(page_title="Compare · OOD workbench", layout="wide")
-ctx = common.context()
+ctx = common.context(PAGE.sidebar)
 st.title("Compare detectors")
 st.caption("Which detector should you trust for this model and this kind of shift? Every detector on every OOD set, "
            "with 95% percentile-bootstrap intervals (ID and OOD resampled separately). Knob values come from the "
@@ -28,20 +30,20 @@ if not ctx.ood:
 @st.cache_data(show_spinner=False, max_entries=32)
 def _table(fingerprint: str, id_name: str, ood: tuple, dets: tuple, params_json: str, n_boot: int,
            model_state: tuple, _bundle):
-    return cmp.compare_table(_bundle, id_name, list(ood), list(dets), json.loads(params_json), n_boot=n_boot)
+    return cmp.compare(_bundle, id_name, list(ood), list(dets), json.loads(params_json), n_boot=n_boot)
 
 
 @st.fragment
 def compare_body(ctx: common.Context) -> None:
     """Everything below the caption, a fragment: a control here reruns only this (docs/architecture.md, "The app")."""
     common.extraction(ctx.bundle, ctx.id_name)
-    classes = detector_classes()
+    classes = {d.name: d for d in cmp.detectors()}
     cached_names = cmp.cached_array_detectors()
     model_names = [n for n, c in classes.items() if c.needs_model]
 
     c1, c2, c3 = st.columns([2, 5, 1])
     with c1:
-        metric = st.radio("Metric", list(METRICS), format_func=lambda m: LABELS[m], horizontal=True, key="compare.metric")
+        metric = st.radio("Metric", list(cmp.METRICS), format_func=lambda m: LABELS[m], horizontal=True, key="compare.metric")
     with c2:
         chosen = st.multiselect("Detectors", list(classes), default=cached_names, key="compare.detectors",
                                 help="model-time detectors (e.g. odin) need a job; their rows appear once it has run")
@@ -85,7 +87,7 @@ def compare_body(ctx: common.Context) -> None:
                           if sum(d.startswith("lowdim") for d in pending) > 1 else ""))
         if running or st.button(f"Run model-time detectors ({', '.join(pending)}) as a job", key="compare.run_mt"):
             def _job(jc, _b=ctx.bundle, _id=ctx.id_name, _ood=list(ctx.ood), _d=pending, _p=params):
-                return cmp.compare_table(_b, _id, _ood, _d, _p, n_boot=0, progress=jc.progress, run_model_time=True)
+                return cmp.compare(_b, _id, _ood, _d, _p, n_boot=0, progress=jc.progress, run_model_time=True)
             common.run_as_job(key, _job, f"{', '.join(pending)} on {1 + len(ctx.ood)} datasets")
             state.get("job_ids").pop(key, None)
             st.rerun()

@@ -3,21 +3,24 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ood_core import tuning
-from ood_core.detectors import detector_classes, get_detector
-from ood_core.figures.compare import LABELS, tuning_curve
-from ood_core.metrics import METRICS
+from ood_core import facade as fc
+from ood_core.figures.compare import LABELS
+from ood_core.figures.tuning import tuning_curve
 from ui import common, state
+from ui.pages import Page
 from ui.export import figure_downloads, table_downloads
 
+PAGE = Page(title="Tuning", icon=":material/tune:", order=30, url_path="Tuning", sidebar="no_ood",
+            what="sweep a detector's knobs on validation OOD data")
+
 st.set_page_config(page_title="Tuning · OOD workbench", layout="wide")
-ctx = common.context("no_ood")
+ctx = common.context(PAGE.sidebar)
 st.title("Tune a detector")
 st.caption("Sweep knob values and keep the best. Validation never touches the OOD test sets: the ID side is the "
-           f"held-out {tuning.HOLDOUT:.0%} of the ID training split (fixed seed; the detector is fitted on the "
+           f"held-out {fc.TUNING_HOLDOUT:.0%} of the ID training split (fixed seed; the detector is fitted on the "
            "rest), the OOD side is a set marked as validation OOD.")
 
-val_sets = tuning.validation_sets()
+val_sets = fc.validation_sets()
 if not val_sets:
     st.warning("No validation OOD set is registered. Add a dataset with the role 'ood_val' to tune.")
     st.stop()
@@ -26,7 +29,7 @@ if not val_sets:
 @st.fragment
 def tuning_body(ctx: common.Context) -> None:
     """Everything below the caption, a fragment: a control here reruns only this (docs/architecture.md, "The app")."""
-    names = [n for n in detector_classes() if get_detector(n).knobs]
+    names = [d.name for d in fc.detectors() if d.has_knobs]
     start = state.get("detector") if state.get("detector") in names else names[0]
     if state.widget("tuning.detector") not in names:
         state.set_widget("tuning.detector", start)
@@ -34,14 +37,14 @@ def tuning_body(ctx: common.Context) -> None:
     left, right = st.columns([1, 2])
     with left:
         det_name = st.selectbox("Detector", names, key="tuning.detector")
-        det = get_detector(det_name)
-        id_ext = common.extraction(ctx.bundle, ctx.id_name)
-        reason = det.unavailable_reason(id_ext)
+        det = fc.detector(det_name)
+        with common.guard("detectors"):
+            reason = fc.availability(ctx.bundle, ctx.id_name)[det_name]
         if reason:
             st.warning(reason)
             return
         st.caption(det.describe())
-        declared = tuning.default_grid(det)
+        declared = fc.default_grid(det)
         knob_names = [k.name for k in det.knobs]
         swept = st.multiselect("Knobs to sweep", knob_names, default=list(declared) or knob_names[:1],
                                key=f"tuning.knobs.{det_name}", help="defaults: the detector's declared grid")
@@ -51,9 +54,9 @@ def tuning_body(ctx: common.Context) -> None:
                 start_vals = declared.get(k) or [det.knob(k).default]
                 text = st.text_input(f"{k} values", ", ".join(str(v) for v in start_vals),
                                      key=f"tuning.grid.{det_name}.{k}", help=det.knob(k).help)
-                grid[k] = tuning.parse_values(det, k, text)
+                grid[k] = fc.parse_grid_values(det, k, text)
         val = st.multiselect("Validation OOD", val_sets, default=val_sets[:1], key="tuning.val")
-        metric = st.selectbox("Choose by", list(METRICS), format_func=lambda m: LABELS[m], key="tuning.metric")
+        metric = st.selectbox("Choose by", list(fc.METRICS), format_func=lambda m: LABELS[m], key="tuning.metric")
         n = 1
         for v in grid.values():
             n *= len(v)
@@ -69,7 +72,7 @@ def tuning_body(ctx: common.Context) -> None:
         if state.get("tuning_requested_sweep") == run_key:
             def _sweep(progress=None, _b=ctx.bundle, _d=det_name, _g=grid, _id=ctx.id_name, _v=list(val), _m=metric,
                        _f=fixed):
-                return tuning.sweep(_b, _d, _g, _id, _v, _m, fixed=_f, progress=progress)
+                return fc.tune(_b, _d, _g, _id, _v, _m, fixed=_f, progress=progress)
 
             with common.guard("sweep"):
                 if det.needs_model:

@@ -4,17 +4,20 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from ood_core import gradients, maps
-from ood_core.data import get_dataset
+from ood_core import facade as fc
 from ood_core.figures.maps import (SCORE_LABELS, keys_of_rows, map_figure, map_points, selected_mask, separability_figure,
                                    separability_frame)
 from ood_core.figures.previews import thumbnail
 from ui import common, state
+from ui.pages import Page
 from ui.export import figure_downloads, table_downloads
 from ui.map_component import load_plotly, scatter_map
 
+PAGE = Page(title="Maps", icon=":material/scatter_plot:", order=40, url_path="Maps",
+            what="t-SNE / UMAP / PCA of features versus low-dimensional gradients")
+
 st.set_page_config(page_title="Maps · OOD workbench", layout="wide")
-ctx = common.context()
+ctx = common.context(PAGE.sidebar)
 st.title("Maps: features vs low-dimensional gradients")
 st.caption("The ID test set and the chosen OOD sets embedded jointly in 2-D, once from the model's penultimate "
            "features and once from per-sample gradients projected on the top directions of ID training gradients. "
@@ -33,8 +36,8 @@ def maps_body(ctx: common.Context) -> None:
     with st.expander("Map settings", expanded=True):
         c1, c2, c3, c4 = st.columns([2, 2, 2, 2])
         with c1:
-            method = st.radio("Method", list(maps.METHODS), format_func=lambda m: maps.METHOD_LABELS[m], horizontal=True,
-                              key="maps_method", index=list(maps.METHODS).index("umap"))
+            method = st.radio("Method", list(fc.MAP_METHODS), format_func=lambda m: fc.MAP_METHOD_LABELS[m], horizontal=True,
+                              key="maps_method", index=list(fc.MAP_METHODS).index("umap"))
             color = st.selectbox("Colour by", ["dataset", "pred", *SCORE_LABELS],
                                  format_func=lambda c: {"dataset": "dataset", "pred": "predicted class"}.get(
                                      c, f"score: {SCORE_LABELS.get(c, c)}"), key="maps_color")
@@ -49,13 +52,14 @@ def maps_body(ctx: common.Context) -> None:
         with c3:
             if method == "pca":
                 st.caption("PCA has no knobs: the two leading principal components of the standardised data.")
-            knobs = common.knob_widgets(maps.KNOBS[method], "maps")
+            knobs = common.knob_widgets(fc.MAP_KNOBS[method], "maps")
         with c4:
-            g = maps.GRADIENT_KNOBS
+            g = fc.MAP_GRADIENT_KNOBS
             avg = state.widget(state.knob_key("maps", g.name, "subspace"), g.defaults()["subspace"]) == "avg"
-            grad_params = {**common.knob_widgets(g, "maps", disabled=["r"] if avg else []),
-                           "T": float(gradients.DEFAULT_PARAMS["T"])}
-        n_total = sum(min(len(get_dataset(n)), n_per_set) for n in [ctx.id_name, *ctx.ood])
+            drawn = common.knob_widgets(g, "maps", disabled=["r"] if avg else [])
+            with common.guard("gradient settings"):
+                grad_params = fc.map_gradient_params(drawn)  # the rest (T, …) from the reference preset
+        n_total = fc.map_points_total([ctx.id_name, *ctx.ood], n_per_set)
         st.caption(f"{n_total:,} points per map ({1 + len(ctx.ood)} datasets).")
 
 
@@ -88,11 +92,11 @@ def maps_body(ctx: common.Context) -> None:
             return memo[key]
 
         def _job(jc, _b=ctx.bundle, _id=ctx.id_name, _ood=list(ctx.ood), _m=method, _n=n_per_set, _s=seed,
-                 _gp=dict(grad_params) if space == "gradients" else None, _kn=dict(knobs)):
-            return maps.compute_map(_b, _id, _ood, space, _m, _n, _s, _gp, progress=jc.progress, **_kn)
+                 _gp=grad_params if space == "gradients" else None, _kn=dict(knobs)):
+            return fc.compute_map(_b, _id, _ood, space, _m, _n, _s, _gp, _kn, progress=jc.progress)
 
         with slot.container():
-            res = common.run_as_job(key, _job, f"{maps.METHOD_LABELS[method]} map of the {space}", wait_s=3.0,
+            res = common.run_as_job(key, _job, f"{fc.MAP_METHOD_LABELS[method]} map of the {space}", wait_s=3.0,
                                     supersedes=f"map:{ctx.bundle.fingerprint}:", forget=True)
         slot.empty()
         _remember(key, res)
@@ -107,7 +111,7 @@ def maps_body(ctx: common.Context) -> None:
     with right:
         st.subheader("Low-dimensional gradients")
         with common.guard("gradients map"):
-            if _key("gradients") not in memo and not maps.gradients_ready(ctx.bundle, ctx.id_name, ctx.ood, grad_params):
+            if _key("gradients") not in memo and not fc.gradients_ready(ctx.bundle, ctx.id_name, ctx.ood, grad_params):
                 st.caption("Per-sample gradients of every set are computed once (the subspace from the ID training split, "
                            "then G·V per set) and cached; later maps reuse them.")
             grad = _compute("gradients")
@@ -134,7 +138,7 @@ def maps_body(ctx: common.Context) -> None:
 
     def _draw(res, title: str, key: str) -> None:
         s = res.summary()
-        st.caption(f"{maps.METHOD_LABELS[res.method]} of {len(res.frame):,} points in {res.dims} dimensions "
+        st.caption(f"{fc.MAP_METHOD_LABELS[res.method]} of {len(res.frame):,} points in {res.dims} dimensions "
                    f"({res.seconds:.1f} s). kNN AUROC ID vs all OOD: **2-D {_pct(s['auroc_2d'])}**, "
                    f"full space {_pct(s['auroc_full'])}.")
         with common.guard(title):
@@ -261,7 +265,7 @@ def _gallery(feat, selected: list[tuple[str, int]]) -> None:
         cols = st.columns(6)
         for j, (ds_name, i) in enumerate(shown):
             row = look.get((ds_name, i))
-            img = thumbnail(get_dataset(ds_name).image(i))  # one file decoded for a streamed set
+            img = thumbnail(fc.dataset(ds_name).image(i))  # one file decoded for a streamed set
             cap = f"{ds_name} #{i}"
             if row is not None:
                 cap += f" · label {int(row['label'])} · pred {int(row['pred'])}" + (

@@ -5,15 +5,18 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ood_core import saliency as sal
-from ood_core.data import get_dataset
+from ood_core import facade as fc
 from ood_core.figures.previews import thumbnail
 from ood_core.figures.saliency import attribution_figure, image_figure, shared_scales
 from ui import common, state
+from ui.pages import Page
 from ui.export import figure_downloads, table_downloads
 
+PAGE = Page(title="Saliency", icon=":material/visibility:", order=50, url_path="Saliency",
+            what="which pixels drive a class logit or an OOD score")
+
 st.set_page_config(page_title="Saliency · OOD workbench", layout="wide")
-ctx = common.context()
+ctx = common.context(PAGE.sidebar)
 st.title("Saliency")
 st.caption("Attributions (captum) of the predicted-class logit and of the OOD scores themselves, in pixel space. "
            "For a score, red marks pixels whose increase makes the sample look more in-distribution, blue less; "
@@ -35,7 +38,7 @@ if state.widget("sal_dataset") not in choices:
 pick, gal = st.columns([1, 3])
 with pick:
     ds_name = st.selectbox("Dataset", choices, key="sal_dataset")
-    ds = get_dataset(ds_name)
+    ds = fc.dataset(ds_name)
     if int(state.widget("sal_index", 0)) >= len(ds):
         state.set_widget("sal_index", 0)
     index = int(st.number_input(f"Index (0–{len(ds) - 1})", 0, len(ds) - 1, key="sal_index", step=1))
@@ -52,24 +55,21 @@ with gal:
                     st.rerun()
 
 with common.guard("this sample"):
-    img = sal.sample_image(ds_name, index)
-    info = sal.sample_info(ctx.bundle, ds_name, index, ctx.id_name)
-    twin = sal.nearest_id_example(ctx.bundle, ctx.id_name, info["pred"], ds_name, index)
-    twin_img = sal.sample_image(ctx.id_name, twin)
-    twin_info = sal.sample_info(ctx.bundle, ctx.id_name, twin, ctx.id_name)
+    ex = fc.explain_sample(ctx.bundle, ds_name, index, ctx.id_name)
+    img, info, twin, twin_img, twin_info = ex.image, ex.info, ex.twin, ex.twin_image, ex.twin_info
 
 # --- settings ---------------------------------------------------------------------------------------
 with st.expander("Attribution settings", expanded=False):
     s1, s2 = st.columns(2)
     with s1:
-        targets = st.multiselect("Attribute", list(sal.TARGETS), default=list(sal.TARGETS), key="sal_targets",
-                                 format_func=lambda t: sal.TARGET_LABELS[t])
-        methods = st.multiselect("Methods", list(sal.METHODS), default=list(sal.METHODS), key="sal_methods",
-                                 format_func=lambda m: sal.METHOD_LABELS[m])
+        targets = st.multiselect("Attribute", list(fc.SALIENCY_TARGETS), default=list(fc.SALIENCY_TARGETS), key="sal_targets",
+                                 format_func=lambda t: fc.SALIENCY_TARGET_LABELS[t])
+        methods = st.multiselect("Methods", list(fc.SALIENCY_METHODS), default=list(fc.SALIENCY_METHODS), key="sal_methods",
+                                 format_func=lambda m: fc.SALIENCY_METHOD_LABELS[m])
     with s2:
         with common.guard("RG's k"):
-            k_default = sal.default_rg_k(ctx.bundle, ctx.id_name) if ctx.bundle.has_features else 1.0
-    settings = common.knob_widgets(sal.KNOBS, "saliency", values={"k": float(f"{k_default:.4g}")}, container=s2)
+            k_default = fc.default_rg_k(ctx.bundle, ctx.id_name)
+    settings = common.knob_widgets(fc.SALIENCY_KNOBS, "saliency", values={"k": float(f"{k_default:.4g}")}, container=s2)
 opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.6, 0.05, key="sal_opacity")
 
 if not targets or not methods:
@@ -80,9 +80,7 @@ if not targets or not methods:
 @st.cache_data(show_spinner=False, max_entries=32)
 def _attributions(_bundle, fingerprint: str, ds: str, i: int, twin_i: int, id_name: str, targets: tuple,
                   methods: tuple, knobs: tuple):
-    images = sal.stack_images([sal.sample_image(ds, i), sal.sample_image(id_name, twin_i)],
-                              _bundle.preprocess.input_size)
-    return sal.attribute_grid(_bundle, images, targets, methods, **dict(knobs))
+    return fc.attributions(_bundle, ds, i, twin_i, id_name, targets, methods, dict(knobs))
 
 
 knobs = settings
@@ -107,8 +105,8 @@ for col, im, inf, who, n in ((a, img, info, f"{ds_name} #{index}", 0),
         st.markdown(f"**{who}**")
         st.caption(_describe(inf))
         st.plotly_chart(image_figure(im, height=200), width="content", key=f"sal_img_{n}")
-        fig = attribution_figure(im, attrs, n, targets, methods, opacity, scales, sal.TARGET_LABELS,
-                                 sal.METHOD_LABELS)
+        fig = attribution_figure(im, attrs, n, targets, methods, opacity, scales, fc.SALIENCY_TARGET_LABELS,
+                                 fc.SALIENCY_METHOD_LABELS)
         st.plotly_chart(fig, width="stretch", key=f"sal_fig_{n}")
         figure_downloads(fig, f"saliency_{who.split(' ')[0]}_{index if n == 0 else twin}", key=f"sal_{n}")
 

@@ -10,16 +10,17 @@ from pathlib import Path
 
 import streamlit as st
 
-from ood_core import workbench as wb
-from ood_core.data import list_datasets
-from ood_core.errors import UserError, first_line
+from ood_core import facade as fc
+from ood_core.facade import DEFAULT_EPOCHS, METHODS, TrainConfig, knob_view
 from ood_core.figures.training import epoch_metrics, loss_curves
-from ood_core.jobs import JOBS
-from ood_core.training import DEFAULT_EPOCHS, METHODS, TrainConfig, job_fn, knob_view
 from ui import common, state
+from ui.pages import Page
+
+PAGE = Page(title="Train", icon=":material/model_training:", order=60, url_path="Train", sidebar="no_ood",
+            what="GReg, GReg+, Gradient Quotient, Outlier Exposure and Energy fine-tuning")
 
 st.set_page_config(page_title="Train · OOD workbench", layout="wide")
-ctx = common.context("no_ood")
+ctx = common.context(PAGE.sidebar)
 st.title("Train with gradient regularizers")
 st.caption("Batches pair B ID training images with B auxiliary outliers. Every epoch the page shows ID test accuracy "
            "and the Energy score's AUROC against a held-out OOD set (never an OOD test set). The checkpoint is "
@@ -29,11 +30,9 @@ st.caption("Batches pair B ID training images with B auxiliary outliers. Every e
 def _init_options() -> tuple[list[str], dict[str, str]]:
     opts = ["default", "scratch"]
     labels = {"default": "fine-tune the embedded default", "scratch": "from scratch (small CNN)"}
-    for m in wb.list_models():
-        spec = m["spec"]
-        if spec != "default" and not spec.startswith("upload:") and Path(spec).with_suffix(".json").exists():
-            opts.append(spec)
-            labels[spec] = f"fine-tune {m['label']}"
+    for spec, label in fc.trainable_models():
+        opts.append(spec)
+        labels[spec] = f"fine-tune {label}"
     return opts, labels
 
 
@@ -62,8 +61,8 @@ with left:
         if preset:
             params["preset"] = preset
     with st.expander("Data", expanded=False):
-        aux_names = [s.name for s in list_datasets() if s.role == "aux"] + \
-            [s.name for s in list_datasets() if s.role not in ("aux", "id_test", "id_train")]
+        aux_names = [s.name for s in fc.datasets(("aux",))] + \
+            [s.name for s in fc.datasets() if s.role not in ("aux", "id_test", "id_train")]
         aux = st.selectbox("Auxiliary outliers", aux_names, key="train.aux", disabled=not method.uses_aux,
                            help="any registered dataset can serve; keep it disjoint from your OOD test sets")
         n_train = int(st.number_input("ID training images (0 = all)", 0, 10**7, 0, key="train.n_train"))
@@ -73,13 +72,9 @@ with left:
 if launch:
     cfg = TrainConfig(method_name, init=init, epochs=epochs, seed=seed, id_dataset=state.id_dataset(),
                       aux=aux, params=params, n_train=n_train, n_eval=n_eval)
-    try:
-        fn = job_fn(cfg)
-    except UserError as exc:
-        st.error(first_line(exc))
-    else:
-        job = JOBS.submit(fn, f"train {method_name}")
-        state.put("train_job_id", job.id)
+    job_id = common.attempt("training refused", fc.start_training, cfg)
+    if job_id:
+        state.put("train_job_id", job_id)
 
 
 def _curves(snap: dict, key: str) -> None:
@@ -107,7 +102,7 @@ def _use_model(path: str) -> None:
 
 @st.fragment(run_every=1.0)
 def _live(job_id: str) -> None:
-    job = JOBS.get(job_id)
+    job = fc.job(job_id)
     if job is None:
         return
     snap = job.snapshot()
@@ -150,7 +145,7 @@ def _finished(job) -> None:
 
 
 with right:
-    job = JOBS.get(state.get("train_job_id"))
+    job = fc.job(state.get("train_job_id"))
     if job is None:
         st.info("Choose a method and press Start training. `python -m ood_core train --method NAME` does the same "
                 "from a shell.")

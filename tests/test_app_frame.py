@@ -65,17 +65,33 @@ def test_sidebar_modes():
     assert _pickers(at) == (0, 0, 0)
     assert [s.value for s in at.sidebar.subheader] == ["Current experiment"]
     assert any(c.value == "Model: `default`" for c in at.sidebar.caption)
-    # app.py's SIDEBAR and each page's own call (used when the page runs alone) name the same mode
-    app = (ROOT / "app.py").read_text()
-    modes = dict(re.findall(r'"(\w+)": "(\w+)"', re.search(r"SIDEBAR = \{([^}]*)\}", app).group(1)))
-    from ui.common import PAGES  # app.py's navigation is built from these
-    assert "common.app_pages()" in app
-    pages = [(path, url) for path, _, url, _ in PAGES]
-    assert len(pages) == 8
-    for path, url in pages:
-        call = re.search(r"common\.(?:context|frame)\((?:\"(\w+)\")?\)", (ROOT / path).read_text())
-        assert call, f"{path} does not start with common.context() or common.frame()"
-        assert (call.group(1) or "pickers") == modes.get(url, "pickers"), path
+
+
+def test_a_page_is_one_file_that_declares_itself(tmp_path):
+    """Adding a page is adding one file: its PAGE declaration puts it in app.py's navigation and sets its sidebar."""
+    import shutil
+
+    for f in ("app.py", "home.py"):
+        shutil.copy(ROOT / f, tmp_path / f)
+    shutil.copytree(ROOT / "pages", tmp_path / "pages")
+    (tmp_path / "pages" / "9_Extra.py").write_text(
+        "import streamlit as st\n\nfrom ui import common\nfrom ui.pages import Page\n\n"
+        "PAGE = Page(title=\"Extra\", icon=\":material/star:\", order=5, url_path=\"Extra\", sidebar=\"no_ood\")\n"
+        "common.frame(PAGE.sidebar)\nst.title(\"Extra page\")\n")
+    from ui import pages
+
+    found = pages.discover(tmp_path)
+    assert [p.title for _, p in found][:3] == ["Home", "Extra", "Scores"]  # ordered by PAGE.order
+    assert dict(found)["pages/9_Extra.py"].sidebar == "no_ood"
+    every = {f.relative_to(ROOT).as_posix() for f in [ROOT / "home.py", *(ROOT / "pages").glob("*.py")]}
+    assert {f for f, _ in pages.discover()} == every  # every page file in the app declares itself
+
+    at = AppTest.from_file(str(tmp_path / "app.py"), default_timeout=300).run()  # the copy's own pages
+    assert not at.exception, at.exception
+    at.switch_page(str(tmp_path / "pages" / "9_Extra.py")).run()
+    assert not at.exception, at.exception
+    assert [t.value for t in at.title] == ["Extra page"]
+    assert _pickers(at) == (1, 1, 0)  # its declared sidebar
 
 
 def test_documented_session_keys_are_exactly_the_keys_in_use():

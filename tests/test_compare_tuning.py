@@ -10,7 +10,8 @@ from ood_core import workbench as wb
 from ood_core.data import DEFAULT_OOD
 from ood_core.detectors import DetectorError
 from ood_core.detectors.activation import ASH
-from ood_core.figures.compare import compare_chart, tuning_curve
+from ood_core.figures.compare import compare_chart
+from ood_core.figures.tuning import tuning_curve
 
 
 # --- bootstrap: every resample equals a direct loop ------------------------------------------

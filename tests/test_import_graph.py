@@ -32,6 +32,7 @@ LAYERS: list[set[str]] = [
     {"persist"},
     {"workbench"},
     {"compare", "tuning", "maps", "saliency", "export"},
+    {"facade"},
     {"cli", "__main__"},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
@@ -192,3 +193,45 @@ def test_fresh_interpreter_imports_everything_and_restores_nothing(tmp_path):
     assert got["after"] == ["saved_noise"] and got["datasets"] == ["saved_noise"] and got["models"] == []
     assert list(got["skipped"]) == ["upload:gone@00000000"]
     assert "gone" in got["skipped"]["upload:gone@00000000"] and "\n" not in got["skipped"]["upload:gone@00000000"]
+
+
+# The app's side (docs/architecture.md, "Layers"): pages, ui/ and the entry files talk to the backend
+# only through the facade, the figures and the shared types, and never import torch.
+APP_FILES = [ROOT / "app.py", ROOT / "home.py", *sorted((ROOT / "pages").glob("*.py")),
+             *sorted((ROOT / "ui").rglob("*.py"))]
+APP_ALLOWED = ("ood_core.facade", "ood_core.figures", "ood_core.errors", "ood_core.knobs")
+
+
+def _app_imports(path: Path) -> list[str]:
+    """Every module one app file imports (function-level imports included); ``from X import a`` -> ``X.a``."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out += [f"{node.module}.{a.name}" if node.module == "ood_core" else node.module for a in node.names]
+    return out
+
+
+def _app_violations(path: Path) -> list[str]:
+    bad = []
+    for name in _app_imports(path):
+        if name == "torch" or name.startswith("torch."):
+            bad.append(f"{path.name} imports {name}")
+        elif (name == "ood_core" or name.startswith("ood_core.")) and not any(
+                name == a or name.startswith(a + ".") for a in APP_ALLOWED):
+            bad.append(f"{path.name} imports {name}")
+    return bad
+
+
+def test_app_files_import_only_the_facade_figures_and_shared_types():
+    bad = [v for f in APP_FILES for v in _app_violations(f)]
+    assert not bad, "pages/ui import the backend past the facade:\n" + "\n".join(bad)
+
+
+def test_the_app_check_sees_lazy_and_torch_imports(tmp_path):
+    f = tmp_path / "page.py"
+    f.write_text("from ood_core import facade\nfrom ood_core.figures import scores\n"
+                 "def g():\n    from ood_core import workbench\n    import torch.nn\n    from ood_core.data import x\n")
+    assert _app_violations(f) == ["page.py imports ood_core.workbench", "page.py imports torch.nn",
+                                  "page.py imports ood_core.data"]

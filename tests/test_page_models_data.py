@@ -108,16 +108,16 @@ def test_model_refusals_are_one_line_errors(page, tmp_path, monkeypatch, case):
         p = tmp_path / "fixed.pt"
         torch.jit.save(torch.jit.script(Fixed()), p)
         upload_model(at, "fixed.pt", p.read_bytes())
-        at.text_input(key="md_size").set_value("16")
+        at.text_input(key="md.model.input_size").set_value("16")
         at.button(key="md_load").click().run()
         want = "model refused: the model failed a dry run on a batch of shape (2, 3, 16, 16): RuntimeError"
     else:
         p = tmp_path / "tiny.pt"
         torch.jit.save(torch.jit.script(Tiny()), p)
         upload_model(at, "tiny.pt", p.read_bytes())
-        at.text_input(key="md_mean").set_value("0.5, abc")
+        at.text_input(key="md.model.mean").set_value("0.5, abc")
         at.button(key="md_load").click().run()
-        want = "model refused: mean must be numbers separated by commas"
+        want = "model refused: model.mean must be numbers separated by commas"
     assert not at.exception
     errs = errors(at)
     assert any(e.startswith(want) for e in errs), errs
@@ -249,7 +249,7 @@ def test_reload_with_another_head_layer(page, tmp_path):
     torch.jit.save(torch.jit.script(TwoLinear().eval()), p)
     at = page.run()
     upload_model(at, "two.pt", p.read_bytes())
-    at.text_input(key="md_size").set_value("8")
+    at.text_input(key="md.model.input_size").set_value("8")
     at.button(key="md_load").click().run()
     assert not errors(at), errors(at)
     pick = at.selectbox(key="md_pick_head")

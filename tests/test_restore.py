@@ -87,3 +87,17 @@ def test_experiment_naming_an_upload_survives_a_restart_when_applied_from_home(t
         assert any(m.label == "Model" and m.value == "tiny" for m in at.metric)
     finally:
         persist.forget_upload(key)
+
+
+def test_an_upload_is_restored_only_by_restore_saved(tmp_cache, tmp_path):
+    """One restore route: load_model does not reload a remembered upload behind restore_saved's back."""
+    import pytest
+
+    from ood_core.models import ModelError
+
+    key, _ = _upload_tiny(tmp_path)
+    wb.forget_model(key)  # as after a restart, before restore_saved
+    with pytest.raises(ModelError, match="upload it again"):
+        wb.load_model(key)
+    assert wb.restore_saved().models == [key]
+    assert wb.load_model(key).info["spec"] == key

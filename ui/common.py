@@ -2,48 +2,53 @@
 
 The session's shared keys live in :mod:`ui.state`. ``app.py`` draws the sidebar once per run
 (:func:`sidebar`); pages read the experiment with :func:`context`. No torch here: everything
-goes through ``ood_core``.
+goes through ``ood_core.facade`` (``tests/test_import_graph.py``).
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import streamlit as st
 
-from ood_core import workbench as wb
-from ood_core.data import get_spec, list_datasets
-from ood_core.experiment import Experiment
+from ood_core import facade as fc
 from ood_core.errors import UserError, first_line
 from ood_core.knobs import Knob
 
 from . import state
+from .pages import ROOT, discover
 
 PICKERS = ("model", "id_dataset", "ood_datasets")
-# The app's pages (file, title, URL path, icon): titles and URL paths are fixed here so the sidebar
-# reads "Home, Scores, Compare, …" and links stay stable. app.py builds its navigation from them.
-PAGES = [
-    ("home.py", "Home", "", ":material/home:"),
-    ("pages/1_Scores.py", "Scores", "Scores", ":material/leaderboard:"),
-    ("pages/2_Compare.py", "Compare", "Compare", ":material/table_chart:"),
-    ("pages/3_Tuning.py", "Tuning", "Tuning", ":material/tune:"),
-    ("pages/4_Maps.py", "Maps", "Maps", ":material/scatter_plot:"),
-    ("pages/5_Saliency.py", "Saliency", "Saliency", ":material/visibility:"),
-    ("pages/6_Train.py", "Train", "Train", ":material/model_training:"),
-    ("pages/7_Models_and_Data.py", "Models & data", "Models_and_Data", ":material/upload_file:"),
-]
-
-
 @contextlib.contextmanager
-def guard(what: str = "") -> Iterator[None]:
-    """Show bad input as one ``st.error`` line and stop the page, never a traceback."""
+def guard(what: str = "", stop: bool = True) -> Iterator[None]:
+    """The one error guard: bad input (``UserError``), a file the machine cannot read (``OSError``) or
+    memory running out becomes one ``st.error`` line, never a traceback (docs/architecture.md, "Errors").
+
+    ``stop``: stop the page there (what follows needs the block's result); ``False`` skips the rest
+    of the block only, and the rest of the page still renders.
+    """
     try:
         yield
-    except UserError as exc:
-        st.error(f"{what + ': ' if what else ''}{first_line(exc)}")
-        st.stop()
+    except (UserError, OSError, MemoryError) as exc:
+        if isinstance(exc, MemoryError):
+            line = "out of memory; use a smaller subset (at most N samples)"
+        elif isinstance(exc, UserError):
+            line = first_line(exc)
+        else:
+            line = exc.strerror or first_line(exc)
+        st.error(f"{what + ': ' if what else ''}{line}")
+        if stop:
+            st.stop()
+
+
+def attempt(what: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` under :func:`guard` without stopping: its result, or None after one error line."""
+    with guard(what, stop=False):
+        return fn(*args, **kwargs)
+    return None
 
 
 def get_bundle(spec: str | None = None):
@@ -54,40 +59,28 @@ def get_bundle(spec: str | None = None):
     spec = spec or state.model()
     progress = None
     if spec == "default":
-        from ood_core.models.checkpoints import default_model_path
-        if not default_model_path().exists():
+        if fc.default_model_missing():
             bar = st.progress(0.0, "First launch: training the default model (about 20 seconds on 2 cores)…")
             progress = lambda f, m: bar.progress(min(1.0, f), m)  # noqa: E731
     with guard("loading the model"):
-        return wb.load_model(spec, progress)
+        return fc.load_model(spec, progress)
 
 
 def extraction(bundle, name: str):
     """Cached Extraction, with a spinner when the forward pass has to run."""
     with guard(f"extracting {name}"), st.spinner(f"Forward pass on {name}…"):
-        return wb.get_extraction(bundle, name)
+        return fc.extraction(bundle, name)
 
 
-def statistics_note(id_name: str) -> str:
-    """How many ID-train samples fit the statistics (all of them, or a seeded subset: issue 14)."""
-    from ood_core.data import get_dataset, sample_info, train_name_for
-
-    try:
-        info = sample_info(get_dataset(train_name_for(id_name)))
-    except Exception:  # noqa: BLE001 - no training split: the detector says so itself
-        return "Statistics: no ID training split."
-    if info["used"] < info["of"]:
-        return (f"Statistics from {info['used']:,} of {info['of']:,} ID-train samples "
-                f"(a fixed random subset, seed {info['seed']}).")
-    return f"Statistics from all {info['used']:,} ID-train samples."
+statistics_note = fc.statistics_note
 
 
 def id_names() -> list[str]:
-    return [s.name for s in list_datasets() if s.role in ("id_test",)]
+    return [s.name for s in fc.datasets(("id_test",))]
 
 
 def ood_names() -> list[str]:
-    return [s.name for s in list_datasets() if s.role in ("ood_test", "shifted_id", "ood_val")]
+    return [s.name for s in fc.datasets(("ood_test", "shifted_id", "ood_val"))]
 
 
 @dataclass
@@ -112,7 +105,7 @@ def sidebar(mode: str = "pickers") -> None:
     state.keep(k for k in PICKERS if k not in drawn)
     if not drawn:
         return
-    models = wb.list_models()
+    models = fc.list_models()
     specs = [m["spec"] for m in models]
     labels = {m["spec"]: m["label"] for m in models}
     if state.model() not in specs:
@@ -128,7 +121,7 @@ def sidebar(mode: str = "pickers") -> None:
             opts = [n for n in ood_names() if n != state.id_dataset()]
             state.put("ood_datasets", [n for n in state.ood_datasets() if n in opts])
             st.multiselect("OOD datasets", opts, key="ood_datasets",
-                           format_func=lambda n: f"{n} ({get_spec(n).role.replace('_', ' ')})")
+                           format_func=lambda n: f"{n} ({fc.dataset_spec(n).role.replace('_', ' ')})")
 
 
 def sidebar_summary() -> None:
@@ -151,10 +144,18 @@ def frame(mode: str = "pickers") -> None:
         state.pop("sidebar_drawn")
 
 
-def app_pages() -> list:
-    """The app's pages as ``st.Page`` objects, for ``st.navigation`` (:data:`PAGES`)."""
-    return [st.Page(path, title=title, icon=icon, default=(path == "home.py"), **({"url_path": url} if url else {}))
-            for path, title, url, icon in PAGES]
+def app_pages(root: Path | None = None) -> list:
+    """The app's pages as ``st.Page`` objects, for ``st.navigation``, from each file's ``PAGE`` under
+    ``root`` (the app's folder; :mod:`ui.pages`)."""
+    root = root or ROOT
+    return [st.Page(str(root / path), title=p.title, icon=p.icon or None, default=(path == "home.py"),
+                    **({"url_path": p.url_path} if p.url_path else {}))
+            for path, p in discover(root)]
+
+
+def sidebar_mode(url_path: str, root: Path | None = None) -> str:
+    """The sidebar mode the page at ``url_path`` declares (``"pickers"`` unless it says otherwise)."""
+    return next((p.sidebar for _, p in discover(root or ROOT) if p.url_path == url_path), "pickers")
 
 
 _TAKEN_OVER: list[bool] = []  # once per process, as Streamlit's own decision
@@ -183,7 +184,7 @@ def take_over_from_pages_folder() -> None:
     main = Path(getattr(run, "main_script_path", "") or "")
     if main.name == "app.py" and (main.parent / "pages").is_dir():
         _TAKEN_OVER.append(True)
-        st.navigation(app_pages())
+        st.navigation(app_pages(main.parent))
         st.rerun()
 
 
@@ -193,17 +194,17 @@ def context(mode: str = "pickers") -> Context:
     return Context(state.model(), get_bundle(), state.id_dataset(), state.ood_datasets())
 
 
-def current_experiment(detectors: list[str] | None = None) -> Experiment:
+def current_experiment(detectors: list[str] | None = None) -> "fc.Experiment":
     state.init()
     dets = detectors or [state.get("detector")]
     knobs = state.detector_knobs()
     params = {d: knobs[d] for d in dets if knobs.get(d)}
-    sub, seed = wb.subsample_of(state.id_dataset(), state.ood_datasets())
-    return Experiment(model=state.model(), id_dataset=state.id_dataset(), ood_datasets=state.ood_datasets(),
+    sub, seed = fc.subsample_of(state.id_dataset(), state.ood_datasets())
+    return fc.Experiment(model=state.model(), id_dataset=state.id_dataset(), ood_datasets=state.ood_datasets(),
                       detectors=dets, params=params, subsample=sub, seed=seed)
 
 
-def apply_experiment(exp: Experiment) -> None:
+def apply_experiment(exp: "fc.Experiment") -> None:
     """Load an experiment JSON back into the session on the next run.
 
     Widget-bound keys cannot change after their widgets exist, so the experiment is
@@ -218,7 +219,7 @@ def apply_pending() -> None:
     d = state.pop("experiment_to_apply", None)
     if not d:
         return
-    exp = Experiment.from_dict(d)
+    exp = fc.Experiment.from_dict(d)
     state.put("model", exp.model)
     state.put("id_dataset", exp.id_dataset)
     state.put("ood_datasets", list(exp.ood_datasets))
@@ -226,7 +227,7 @@ def apply_pending() -> None:
         state.put("detector", exp.detectors[0])
     state.put("detector_knobs", {d: dict(v) for d, v in exp.params.items()})
     try:  # the experiment's subsets by role, so its numbers come back (issue 14)
-        wb.apply_subsample(exp.subsample, exp.id_dataset, exp.ood_datasets, exp.seed)
+        fc.apply_subsample(exp.subsample, exp.id_dataset, exp.ood_datasets, exp.seed)
     except UserError as exc:
         st.warning(f"the experiment's subsample was not applied: {first_line(exc)}")
 
@@ -258,12 +259,15 @@ def knob_values(owner, page: str, values: dict[str, Any] | None = None) -> dict[
     for k in owner.knobs:
         v = state.widget(state.knob_key(page, owner.name, k.name), values.get(k.name, k.default))
         out[k.name] = (bool(v) if k.kind == "bool" else int(v) if k.kind == "int"
-                       else v if k.kind == "choice" else float(v))
+                       else v if k.kind in ("choice", "text", "floats", "ints") else float(v))
     return out
 
 
 def _knob_widget(c, k: Knob, cur: Any, key: str, disabled: bool) -> Any:
     label, kw = k.label or k.name, {"key": key, "help": k.help or None, "disabled": disabled}
+    if k.kind in ("text", "floats", "ints"):  # typed; empty = auto (resolved by knobs.resolve at the facade)
+        shown = "" if cur is None else (", ".join(f"{v:g}" for v in cur) if isinstance(cur, (list, tuple)) else str(cur))
+        return c.text_input(label, value=shown, placeholder="auto", **kw)
     if k.kind == "choice":
         return c.selectbox(label, list(k.choices), index=list(k.choices).index(cur), **kw)
     if k.kind == "bool":
@@ -285,10 +289,10 @@ def _knob_widget(c, k: Knob, cur: Any, key: str, disabled: bool) -> Any:
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _cost(fingerprint: str, detector: str, id_name: str, datasets: tuple[str, ...], params_json: str,
-          _bundle: Any) -> dict[str, Any]:
+          _bundle: Any) -> tuple[float, str]:
     import json
 
-    return wb.model_time_estimate(_bundle, detector, id_name, list(datasets), json.loads(params_json))
+    return fc.model_time_estimate(_bundle, detector, id_name, list(datasets), json.loads(params_json))
 
 
 def model_time_cost(bundle, detector: str, id_name: str, datasets: Iterable[str],
@@ -297,11 +301,11 @@ def model_time_cost(bundle, detector: str, id_name: str, datasets: Iterable[str]
     import json
 
     try:
-        est = _cost(bundle.fingerprint, detector, id_name, tuple(datasets),
-                    json.dumps(params or {}, sort_keys=True, default=str), bundle)
+        seconds, line = _cost(bundle.fingerprint, detector, id_name, tuple(datasets),
+                              json.dumps(dict(params or {}), sort_keys=True, default=str), bundle)
     except UserError as exc:
         return 0.0, f"{detector}: cost unknown ({first_line(exc)})"
-    return float(est["seconds"]), f"{detector}: {wb.describe_cost(est)}"
+    return seconds, f"{detector}: {line}"
 
 
 def run_as_job(key: str, fn, title: str, wait_s: float = 0.0, supersedes: str | None = None, forget: bool = False):
@@ -318,7 +322,7 @@ def run_as_job(key: str, fn, title: str, wait_s: float = 0.0, supersedes: str | 
     """
     import time
 
-    from ood_core.jobs import JOBS
+    JOBS = fc.JOBS
 
     jobs = state.setdefault("job_ids", {})
     if supersedes is not None:

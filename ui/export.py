@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 import streamlit as st
 
-from ood_core import export as ex
+from ood_core import facade as ex
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,7 @@ def per_sample_downloads(bundle: Any, id_name: str, ood_names: Iterable[str], de
 
     def frame() -> pd.DataFrame:
         if "df" not in cache:
-            b = bundle
-            if isinstance(b, str):
-                from ood_core import workbench as wb
-                b = wb.load_model(b)
-            cache["df"] = ex.per_sample_scores(b, id_name, ood_names, detectors, params)
+            cache["df"] = ex.per_sample_scores(bundle, id_name, ood_names, detectors, params)
         return cache["df"]
 
     row = st.container(horizontal=True)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 
 import streamlit as st
 
-from ood_core.data import DEFAULT_OOD
+from ood_core.facade import DEFAULT_OOD
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     # --- work kept between runs ---
     Key("job_ids", "dict[str, str]", "{work key: job id} of the background jobs pages started",
         "ui.common.run_as_job; Compare (drops a finished job)"),
-    Key("scores_view", "dict", "{'key', 'sets', 'table', 'scores', 'extremes', 'figures'}: the Scores page's current "
+    Key("scores_view", "facade.ScoresView", "(key, sets, table, scores, extremes, figures): the Scores page's current "
         "knob setting, its scores sorted once (metrics.ScoreSets), exact table and base figure specs, so a threshold "
         "move rebuilds only overlays (docs/architecture.md, \"The app\")", "Scores"),
     Key("maps_results", "dict[str, MapResult]", "the last few maps computed, by their settings", "Maps"),

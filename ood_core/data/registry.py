@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import contextlib
+import contextvars
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -94,7 +96,7 @@ def get_dataset(name: str, split: str | None = None) -> Dataset:
     key = (base, sp)
     # A user source is re-signed on every use (sizes and mtimes, no reading): files that changed
     # or vanished since it was built never serve the old images (docs/architecture.md, "Cache keys").
-    stamp = spec.stamp() if spec.stamp else None
+    stamp = _stamp(spec)
     with _LOCK:
         hit = _BUILT.get(key)
     if hit is not None and hit[1] == stamp:
@@ -104,6 +106,32 @@ def get_dataset(name: str, split: str | None = None) -> Dataset:
         with _LOCK:
             _BUILT[key] = (full, stamp)
     return _sampled(full, key)
+
+
+# Within one user action (ood_core.facade) each user source is re-signed once, not once per set and call.
+_ACTION_STAMPS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("ood_action_stamps", default=None)
+
+
+@contextlib.contextmanager
+def one_check():
+    """A block in which each user dataset's files are re-signed at most once (nested blocks share it)."""
+    token = _ACTION_STAMPS.set({}) if _ACTION_STAMPS.get() is None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _ACTION_STAMPS.reset(token)
+
+
+def _stamp(spec: DatasetSpec) -> str | None:
+    if not spec.stamp:
+        return None
+    memo = _ACTION_STAMPS.get()
+    if memo is None:
+        return spec.stamp()
+    if spec.name not in memo:
+        memo[spec.name] = spec.stamp()
+    return memo[spec.name]
 
 
 def _sampled(full: Dataset, key: tuple[str, str]) -> Dataset:

@@ -13,14 +13,14 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from .. import knobs as _knobs
 from ..errors import UserError
 from ..extract import Extraction
-from ..knobs import Knob, KnobError, Paper
+from ..knobs import Knob, KnobError, Paper, Resolved
 
 
 ProgressFn = Callable[[float, str], None]
@@ -28,6 +28,11 @@ ProgressFn = Callable[[float, str], None]
 
 class DetectorError(UserError):
     """Bad detector name, knob value or missing requirement; the message says what to do."""
+
+
+class DetectorKnobError(DetectorError, KnobError):
+    """A detector's knob value out of its declared range, or an unknown knob: raised as is by
+    :func:`ood_core.knobs.resolve` (both a ``DetectorError`` and a ``KnobError``, never re-wrapped)."""
 
 
 class Detector:
@@ -54,20 +59,15 @@ class Detector:
         return "training" in self.needs
 
     def knob(self, name: str) -> Knob:
-        try:
-            return _knobs.find(self.knobs, name, self.name)
-        except KnobError as exc:
-            raise DetectorError(str(exc)) from None
+        return _knobs.find(self.knobs, name, self.name, DetectorKnobError)
 
     def defaults(self) -> dict[str, Any]:
         return {k.name: k.default for k in self.knobs}
 
-    def resolve(self, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Defaults overlaid with ``params``, each validated against its declared range."""
-        try:
-            return _knobs.resolve(self.knobs, params, self.name)
-        except KnobError as exc:
-            raise DetectorError(str(exc)) from None
+    def resolve(self, params: Mapping[str, Any] | None = None) -> Resolved:
+        """Defaults overlaid with ``params``, validated by the one resolver (``knobs.resolve``);
+        values it already resolved against these knobs pass through unchecked (``knobs.ensure``)."""
+        return _knobs.ensure(self.knobs, params, self.name, DetectorKnobError)
 
     def unavailable_reason(self, ext: Extraction) -> str | None:
         """Why this detector cannot run on ``ext`` (None when it can)."""
@@ -98,8 +98,9 @@ class Detector:
     def _fit(self, train: Extraction) -> None:  # pragma: no cover - overridden where needed
         pass
 
-    def score(self, ext: Extraction, **params: Any) -> np.ndarray:
-        """Scores, higher = more ID. ``params`` override knob defaults and are validated."""
+    def score(self, ext: Extraction, knobs: Mapping[str, Any] | None = None, /, **params: Any) -> np.ndarray:
+        """Scores, higher = more ID. ``knobs`` (a :class:`~ood_core.knobs.Resolved` from the boundary, used
+        as is) or ``params`` override knob defaults; raw values are validated here."""
         if self.needs_model:
             raise DetectorError(f"{self.name} needs the model at scoring time; use ood_core.workbench.score")
         reason = self.unavailable_reason(ext)
@@ -107,7 +108,7 @@ class Detector:
             raise DetectorError(reason)
         if self.needs_training and not self.fitted:
             raise DetectorError(f"{self.name} needs training statistics: call fit(train_extraction) first")
-        kn = self.resolve(params)
+        kn = self.resolve({**(knobs or {}), **params} if params else knobs)
         s = np.asarray(self._score(ext, **kn), dtype=np.float64).reshape(-1)
         if s.shape[0] != len(ext):
             raise AssertionError(f"{self.name} returned {s.shape[0]} scores for {len(ext)} samples")

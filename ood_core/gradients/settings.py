@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..jobs import Cancelled
-from ..knobs import Knob, KnobError, resolve
+from ..knobs import Knob, KnobError, Resolved, resolve
 from ..models import ModelError
 
 Progress = Callable[[float, str], None]
@@ -32,6 +32,10 @@ class GradientError(ModelError):
 
 class MemoryBudgetError(GradientError):
     """The chosen parameter set × chunk (or the P×r subspace) would not fit the memory budget."""
+
+
+class GradientKnobError(GradientError, KnobError):
+    """A gradient setting outside its declaration: raised as is by ``knobs.resolve`` (never re-wrapped)."""
 
 
 class FitCancelled(GradientError, Cancelled):
@@ -85,27 +89,26 @@ def grad_knobs(**defaults: Any) -> tuple[Knob, ...]:
     return tuple(k.with_range(default=defaults[k.name]) if k.name in defaults else k for k in GRAD_KNOBS)
 
 
-def resolve_params(params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The reference preset overlaid with ``params``, validated (GradientError on bad values).
+def resolve_params(params: dict[str, Any] | None = None) -> Resolved:
+    """The reference preset overlaid with ``params``, validated once by ``knobs.resolve``
+    (:class:`GradientKnobError` on bad values); settings it already resolved pass through.
 
-    ``param_set`` may also be ``last_weight`` or an explicit list of parameter names.
+    ``param_set`` may also be ``last_weight`` or an explicit list of parameter names: wider than
+    its knob's choices (which the widgets offer), so it is checked here and the rest by the resolver.
     """
+    if isinstance(params, Resolved) and params.fits(GRAD_KNOBS):
+        return params
     given = dict(params or {})
     extra = set(given) - set(GRAD_KNOB_NAMES)
     if extra:
-        raise GradientError(f"unknown low-dimensional gradient setting(s) {sorted(extra)}; known: {', '.join(GRAD_KNOB_NAMES)}")
+        raise GradientKnobError(f"unknown low-dimensional gradient setting(s) {sorted(extra)}; "
+                                f"known: {', '.join(GRAD_KNOB_NAMES)}")
     ps = given.pop("param_set", REFERENCE["param_set"])
-    try:
-        p = resolve(GRAD_KNOBS, given, "gradients")
-    except KnobError as exc:
-        raise GradientError(str(exc)) from None
     if isinstance(ps, str):
         if ps not in PARAM_SETS:
-            raise GradientError(f"param_set must be one of {', '.join(PARAM_SETS)}; got {ps!r}")
+            raise GradientKnobError(f"param_set must be one of {', '.join(PARAM_SETS)}; got {ps!r}")
+        given["param_set"] = ps if ps != "last_weight" else "all"  # validated above; the knob's choices are narrower
     elif not ps or not all(isinstance(n, str) for n in ps):
-        raise GradientError(f"param_set must be a set name or a list of parameter names; got {ps!r}")
-    else:
-        ps = list(ps)
-    p["param_set"] = ps
-    p["T"] = float(p["T"])
-    return p
+        raise GradientKnobError(f"param_set must be a set name or a list of parameter names; got {ps!r}")
+    p = resolve(GRAD_KNOBS, given, "gradients", GradientKnobError)
+    return Resolved({**p, "param_set": ps if isinstance(ps, str) else list(ps)}, "gradients", GRAD_KNOBS)

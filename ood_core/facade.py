@@ -1,0 +1,451 @@
+"""The app-facing front door: one function per user action the pages take, plain typed results.
+
+Pages (``pages/*.py``, ``home.py``, ``app.py``) and ``ui/`` import only this module,
+``ood_core.figures``, ``ood_core.errors`` and ``ood_core.knobs`` (``tests/test_import_graph.py``).
+Everything here is thin: it validates what the user set, once, into value objects
+(``knobs.Resolved``, :data:`~ood_core.models.load_options.LOAD_OPTIONS`' values) and delegates to
+``workbench``, ``compare``, ``tuning``, ``maps``, ``saliency``, ``export``, ``persist`` and
+``training``, which take those values as validated (docs/architecture.md, "Layers" and "Knobs").
+Each action checks the freshness of the user's dataset files once (:func:`action`), not once per set.
+A few names are re-exported as they are (labels, constants, the table helpers of a comparison):
+they are part of the action's result, and writing them again here would only duplicate them.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+
+import numpy as np
+
+from . import cache as _cache
+from . import compare as _compare
+from . import export as _export
+from . import maps as _maps
+from . import persist as _persist
+from . import saliency as _saliency
+from . import tuning as _tuning
+from . import workbench as _wb
+from .data import DEFAULT_OOD, get_dataset, get_spec, list_datasets, sample_info, train_name_for
+from .data.readers import FORMATS
+from .data.registry import one_check
+from .detectors import detector_classes, detector_names, get_detector
+from .errors import UserError
+from .experiment import Experiment, ExperimentError
+from .gradients import DEFAULT_PARAMS as _GRAD_DEFAULTS
+from .jobs import JOBS
+from .knobs import Resolved
+from .metrics import METRICS, ScoreSets
+from .models.archs import arch_info, list_architectures
+from .models import files as _files
+from .models.formats import human_bytes, max_model_bytes
+from .models.load_options import LOAD_OPTIONS, load_kwargs
+from .training import DEFAULT_EPOCHS, METHODS, TrainConfig, job_fn, knob_view
+
+Progress = Callable[[float, str], None]
+F = TypeVar("F", bound=Callable[..., Any])
+
+__all__ = [  # re-exported as they are (see the module docstring)
+    "DEFAULT_OOD", "DEFAULT_EPOCHS", "Experiment", "ExperimentError", "FORMATS", "JOBS", "LOAD_OPTIONS", "METHODS",
+    "METRICS", "TrainConfig", "arch_info", "human_bytes", "knob_view", "max_model_bytes",
+]
+
+
+def action(fn: F) -> F:
+    """One user action: the user's dataset files are re-signed once for all of its sets
+    (``data.registry.one_check``), not once per set and call."""
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with one_check():
+            return fn(*args, **kwargs)
+    return run  # type: ignore[return-value]
+
+
+# =============================================================================== models
+def load_model(spec: str = "default", progress: Progress | None = None):
+    """The model the pickers name: ``'default'`` (trained on first use), a checkpoint path or an upload key."""
+    return _wb.load_model(spec, progress)
+
+
+def default_model_missing() -> bool:
+    """Whether the embedded default still has to be trained (the first launch)."""
+    from .models.checkpoints import default_model_path
+    return not default_model_path().exists()
+
+
+def restore_saved():
+    """Datasets and uploads of earlier sessions, back in memory (the app calls it once per process)."""
+    return _wb.restore_saved()
+
+
+def list_models() -> list[dict[str, Any]]:
+    return _wb.list_models()
+
+
+def architectures() -> list[str]:
+    return [n for n, _ in list_architectures()]
+
+
+@dataclass(frozen=True)
+class ModelFileFacts:
+    """What the upload form shows before loading: format, size, the architectures a state_dict fits."""
+
+    path: Path
+    format: str
+    bytes: int
+    fits: tuple[str, ...] = ()
+    closest: tuple[tuple[str, int], ...] = ()
+
+
+def inspect_model(path: Path | str) -> ModelFileFacts:
+    f = _files.inspect_model_file(path)
+    return ModelFileFacts(Path(path), f["format"], int(f["bytes"]), tuple(f.get("fits", ())),
+                          tuple(tuple(c) for c in f.get("closest", ())))
+
+
+def store_upload(data: bytes, name: str) -> Path:
+    """An uploaded model file stored under the cache (once per content)."""
+    return _persist.save_upload(data, name)
+
+
+def cache_root() -> str:
+    return str(_cache.cache_dir())
+
+
+def resolve_load_options(values: Mapping[str, Any] | None) -> Resolved:
+    """The model-load options the user typed ("auto"/empty = detected), validated once (:data:`LOAD_OPTIONS`)."""
+    return LOAD_OPTIONS.resolve(values)
+
+
+@action
+def load_model_file(path: Path | str, options: Mapping[str, Any] | None = None, name: str = "",
+                    id_name: str | None = None, check_classes: bool = False) -> tuple[str, Any]:
+    """Load a model file as an upload remembered across restarts: ``(key, bundle)``.
+
+    ``options``: :data:`LOAD_OPTIONS` values (resolved here unless already); the ID set's image
+    size is tried first when nothing fixes the input size, and with ``check_classes`` its class
+    count is checked against the model's.
+    """
+    opts = load_kwargs(resolve_load_options(options))
+    opts["name"] = name.strip() or Path(path).stem
+    if id_name:
+        try:
+            id_ds = get_dataset(id_name)
+            opts["size_hint"] = list(id_ds.shape[:2])
+            if check_classes and id_ds.has_labels:
+                opts["num_classes"] = len(id_ds.class_names or []) or int(id_ds.labels.max()) + 1
+        except UserError:
+            pass
+    return _persist.register_upload(path, **opts)
+
+
+def reload_with_head(key: str, head: str) -> tuple[str, Any]:
+    """A remembered upload loaded again with another final linear layer."""
+    entry = _persist.saved_uploads().get(key, {})
+    return _persist.register_upload(entry.get("path", ""), **dict(entry.get("options", {}), head=head))
+
+
+# =============================================================================== datasets
+def dataset(name: str, split: str | None = None):
+    """A registered dataset (images, labels, sample ids) for previews and thumbnails."""
+    return get_dataset(name, split)
+
+
+def dataset_spec(name: str):
+    return get_spec(name)
+
+
+def datasets(roles: Iterable[str] | None = None) -> list:
+    """Registered datasets (specs), optionally only those with one of ``roles``."""
+    want = set(roles) if roles is not None else None
+    return [s for s in list_datasets() if want is None or s.role in want]
+
+
+def saved_dataset_names() -> set[str]:
+    return set(_persist.saved_datasets())
+
+
+def statistics_note(id_name: str) -> str:
+    """How many ID-train samples fit the statistics (all of them, or a seeded subset)."""
+    try:
+        info = sample_info(get_dataset(train_name_for(id_name)))
+    except UserError:
+        return "Statistics: no ID training split."
+    if info["used"] < info["of"]:
+        return (f"Statistics from {info['used']:,} of {info['of']:,} ID-train samples "
+                f"(a fixed random subset, seed {info['seed']}).")
+    return f"Statistics from all {info['used']:,} ID-train samples."
+
+
+@action
+def register_dataset(name: str, role: str, path: str | None = None, upload: tuple[bytes, str] | None = None,
+                     **kw: Any):
+    """Register a dataset from a local path or an upload (``(bytes, filename)``); remembered across restarts."""
+    if upload is not None:
+        return _persist.register_dataset_upload(upload[0], upload[1], name, role, **kw)
+    return _persist.register_local(path or "", name, role, **kw)
+
+
+def forget_dataset(name: str) -> None:
+    _persist.unregister_local(name)
+
+
+# =============================================================================== detectors and scores
+@dataclass(frozen=True)
+class DetectorInfo:
+    name: str
+    title: str
+    family: str
+    needs_model: bool
+    has_knobs: bool
+
+
+def detectors() -> list[DetectorInfo]:
+    return [DetectorInfo(n, c.title or n, c.family, c.needs_model, bool(c.knobs)) for n, c in detector_classes().items()]
+
+
+def detector(name: str):
+    """A detector's declaration (knobs, paper, help) for its widgets."""
+    return get_detector(name)
+
+
+def extraction(bundle: Any, name: str):
+    return _wb.get_extraction(bundle, name)
+
+
+_avail_lock = threading.Lock()
+_avail: dict[tuple, dict[str, str | None]] = {}
+
+
+@action
+def availability(bundle: Any, id_name: str) -> dict[str, str | None]:
+    """``{detector: why it cannot run, or None}`` for every detector, once per (model, dataset)."""
+    ds = get_dataset(id_name)
+    key = (bundle.fingerprint, bundle.head_name, ds.fingerprint)
+    with _avail_lock:
+        hit = _avail.get(key)
+    if hit is None:
+        ext = _wb.get_extraction(bundle, ds)
+        hit = {n: get_detector(n).unavailable_reason(ext) for n in detector_names()}
+        with _avail_lock:
+            _avail[key] = hit
+    return hit
+
+
+@action
+def fitted_detector(name: str, bundle: Any, id_name: str):
+    return _wb.fitted_detector(name, bundle, id_name)
+
+
+def resolve_knobs(det: Any, values: Mapping[str, Any] | None) -> Resolved:
+    """A detector's knob values validated once (``knobs.resolve``); everything below takes them as they are."""
+    return det.resolve(values)
+
+
+def needs_job(bundle: Any, det: Any, sets: Sequence[str], knobs: Resolved) -> bool:
+    """Whether scoring these sets would run the model (a model-time detector not cached for these knobs)."""
+    return det.needs_model and not all(_wb.is_cached(bundle, det, n, knobs) for n in sets)
+
+
+def model_time_estimate(bundle: Any, detector: str, id_name: str, sets: Sequence[str],
+                        params: Mapping[str, Any] | None) -> tuple[float, str]:
+    """``(seconds, one line)``: what a model-time detector will cost on ``sets`` (a dry run)."""
+    est = _wb.model_time_estimate(bundle, detector, id_name, list(sets), dict(params or {}))
+    return float(est["seconds"]), _wb.describe_cost(est)
+
+
+@action
+def score_sets(bundle: Any, det: Any, sets: Sequence[str], id_name: str, knobs: Mapping[str, Any],
+               progress: Progress | None = None) -> dict[str, np.ndarray]:
+    """Scores of one detector on every set (cached arrays or model-time: ``workbench.score`` picks)."""
+    knobs = det.resolve(knobs)
+    out = {}
+    for i, n in enumerate(sets):
+        step = (lambda f, m, i=i: progress((i + f) / len(sets), m)) if progress else None
+        out[n] = _wb.score(bundle, det, n, id_name, knobs, progress=step)
+    return out
+
+
+MISSES = 12  # the extremes kept per set: the misses shown at any threshold
+
+
+@dataclass
+class ScoresView:
+    """One knob setting's scores sorted once, its exact table and extremes; base figures are added as drawn."""
+
+    key: str
+    sets: ScoreSets
+    table: Any
+    scores: dict[str, np.ndarray]
+    extremes: dict[str, np.ndarray]
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def scores_view(key: str, id_name: str, scores: dict[str, np.ndarray]) -> ScoresView:
+    sv = ScoreSets.from_arrays(scores[id_name], {n: v for n, v in scores.items() if n != id_name}, id_name)
+    extremes = {}
+    for n, s in scores.items():  # the few highest OOD / lowest ID scores
+        k = min(MISSES, s.size)
+        top = np.argpartition(-s, k - 1)[:k] if n != id_name else np.argpartition(s, k - 1)[:k]
+        extremes[n] = top[np.argsort(-s[top] if n != id_name else s[top], kind="stable")]
+    return ScoresView(key, sv, sv.table(), scores, extremes)
+
+
+# =============================================================================== compare and tune
+cached_array_detectors = _compare.cached_array_detectors
+ok_rows, wide, best_mask, ci_text, unavailable = (_compare.ok_rows, _compare.wide, _compare.best_mask,
+                                                  _compare.ci_text, _compare.unavailable)
+
+
+@action
+def compare(bundle: Any, id_name: str, ood: Sequence[str], dets: Sequence[str], params: Mapping[str, Any],
+            n_boot: int = 1000, progress: Progress | None = None, run_model_time: bool = False):
+    """Every chosen detector on every OOD set (``compare.compare_table``): a long table."""
+    return _compare.compare_table(bundle, id_name, list(ood), list(dets), dict(params), n_boot=n_boot,
+                                  progress=progress, run_model_time=run_model_time)
+
+
+@action
+def model_time_cached(bundle: Any, det: str, sets: Sequence[str], params: Mapping[str, Any] | None) -> bool:
+    return _compare.model_time_cached(bundle, det, list(sets), params)
+
+
+TUNING_HOLDOUT = _tuning.HOLDOUT
+validation_sets = _tuning.validation_sets
+default_grid = _tuning.default_grid
+parse_grid_values = _tuning.parse_values
+
+
+@action
+def tune(bundle: Any, det: str, grid: Mapping[str, list], id_name: str, val: Sequence[str], metric: str,
+         fixed: Mapping[str, Any] | None = None, progress: Progress | None = None):
+    """A sweep of ``grid`` on validation data: ``(table, best knob values)``."""
+    return _tuning.sweep(bundle, det, dict(grid), id_name, list(val), metric, fixed=dict(fixed or {}),
+                         progress=progress)
+
+
+# =============================================================================== maps
+MAP_METHODS, MAP_METHOD_LABELS, MAP_KNOBS, MAP_GRADIENT_KNOBS = (_maps.METHODS, _maps.METHOD_LABELS, _maps.KNOBS,
+                                                                 _maps.GRADIENT_KNOBS)
+
+
+def map_gradient_params(values: Mapping[str, Any]) -> Resolved:
+    """The Maps page's gradient settings (a subset of the gradient knobs) completed with the defaults of
+    the rest (the reference's T) and validated once."""
+    from .gradients import resolve_params
+    return resolve_params({**values, "T": float(_GRAD_DEFAULTS["T"])})
+
+
+@action
+def map_points_total(names: Sequence[str], n_per_set: int) -> int:
+    return sum(min(len(get_dataset(n)), n_per_set) for n in names)
+
+
+@action
+def compute_map(bundle: Any, id_name: str, ood: Sequence[str], space: str, method: str, n_per_set: int, seed: int,
+                grad_params: Mapping[str, Any] | None, knobs: Mapping[str, Any], progress: Progress | None = None):
+    """A 2-D map of the features or the low-dimensional gradients (``maps.compute_map``)."""
+    return _maps.compute_map(bundle, id_name, list(ood), space, method, n_per_set, seed,
+                             dict(grad_params) if grad_params is not None else None, progress=progress, **knobs)
+
+
+@action
+def gradients_ready(bundle: Any, id_name: str, ood: Sequence[str], grad_params: Mapping[str, Any]) -> bool:
+    return _maps.gradients_ready(bundle, id_name, list(ood), grad_params)
+
+
+# =============================================================================== saliency
+SALIENCY_KNOBS, SALIENCY_TARGETS, SALIENCY_TARGET_LABELS = _saliency.KNOBS, _saliency.TARGETS, _saliency.TARGET_LABELS
+SALIENCY_METHODS, SALIENCY_METHOD_LABELS = _saliency.METHODS, _saliency.METHOD_LABELS
+
+
+@dataclass(frozen=True)
+class Explained:
+    """A sample, its ID twin (the nearest ID example with the same prediction) and their facts."""
+
+    image: np.ndarray
+    info: dict
+    twin: int
+    twin_image: np.ndarray
+    twin_info: dict
+
+
+@action
+def explain_sample(bundle: Any, ds_name: str, index: int, id_name: str) -> Explained:
+    img = _saliency.sample_image(ds_name, index)
+    info = _saliency.sample_info(bundle, ds_name, index, id_name)
+    twin = _saliency.nearest_id_example(bundle, id_name, info["pred"], ds_name, index)
+    return Explained(img, info, twin, _saliency.sample_image(id_name, twin),
+                     _saliency.sample_info(bundle, id_name, twin, id_name))
+
+
+def default_rg_k(bundle: Any, id_name: str) -> float:
+    return _saliency.default_rg_k(bundle, id_name) if bundle.has_features else 1.0
+
+
+@action
+def attributions(bundle: Any, ds_name: str, index: int, twin: int, id_name: str, targets: Sequence[str],
+                 methods: Sequence[str], knobs: Mapping[str, Any]):
+    """Attributions of a sample and its ID twin: ``(maps, seconds)`` (``saliency.attribute_grid``)."""
+    images = _saliency.stack_images([_saliency.sample_image(ds_name, index), _saliency.sample_image(id_name, twin)],
+                                    bundle.preprocess.input_size)
+    return _saliency.attribute_grid(bundle, images, list(targets), list(methods), **dict(knobs))
+
+
+# =============================================================================== train
+def start_training(cfg: TrainConfig) -> str:
+    """Start a training job (validated before it starts); its job id."""
+    return JOBS.submit(job_fn(cfg), f"train {cfg.method}").id
+
+
+def job(job_id: str | None):
+    """A background job by id (None when gone)."""
+    return JOBS.get(job_id) if job_id else None
+
+
+def trainable_models() -> list[tuple[str, str]]:
+    """``(spec, label)`` of checkpoints training can start from (not uploads: they have no training sidecar)."""
+    return [(m["spec"], m["label"]) for m in _wb.list_models()
+            if m["spec"] != "default" and not m["spec"].startswith("upload:")
+            and Path(m["spec"]).with_suffix(".json").exists()]
+
+
+# =============================================================================== experiments and export
+def subsample_of(id_name: str, ood: Iterable[str]) -> tuple[dict[str, float], int]:
+    return _wb.subsample_of(id_name, ood)
+
+
+def apply_subsample(subsample: Mapping[str, float] | None, id_name: str, ood: Iterable[str], seed: int = 0) -> None:
+    _wb.apply_subsample(dict(subsample or {}), id_name, ood, seed)
+
+
+def experiment_from_json(data: bytes | str) -> Experiment:
+    return _export.experiment_from_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+
+
+def check_experiment(exp: Experiment) -> list[str]:
+    """What stops an experiment from applying here (unknown sets, detectors, knobs, load options), one line each."""
+    problems = list(_export.check_experiment(exp))
+    if exp.preprocess:
+        try:
+            LOAD_OPTIONS.resolve(exp.preprocess)
+        except UserError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+experiment_json = _export.experiment_json
+MIME, STATIC_FORMATS = _export.MIME, _export.STATIC_FORMATS
+static_export_status, figure_bytes, figure_html = (_export.static_export_status, _export.figure_bytes,
+                                                   _export.figure_html)
+table_csv, table_parquet = _export.table_csv, _export.table_parquet
+
+
+@action
+def per_sample_scores(model: Any, id_name: str, ood: Sequence[str], dets: Sequence[str],
+                      params: Mapping[str, Any]):
+    """One row per ID-test and OOD sample with each detector's score (``export.per_sample_scores``)."""
+    bundle = model if not isinstance(model, str) else _wb.load_model(model)
+    return _export.per_sample_scores(bundle, id_name, list(ood), list(dets), dict(params))
