@@ -66,14 +66,14 @@ class Benchmark:
         return [self.dataset_name(s) for s in self.sets if s.group == group]
 
 
-def _bench(name: str, id_name: str, folder: str, n: int, val: str, near: Iterable[str], far: Iterable[str],
-           far_files: dict[str, str] | None = None) -> Benchmark:
+def _bench(name: str, id_name: str, folder: str, n: int, val: str, near: Iterable[str],
+           far: Iterable[str]) -> Benchmark:
     d = f"benchmark_imglist/{folder}"
     sets = [BenchmarkSet(id_name, "id_train", f"{d}/train_{folder}.txt"),
             BenchmarkSet(id_name, "id_test", f"{d}/test_{folder}.txt"),
             BenchmarkSet(val, "val", f"{d}/val_{val}.txt")]
     sets += [BenchmarkSet(k, "near", f"{d}/test_{k}.txt") for k in near]
-    sets += [BenchmarkSet(k, "far", f"{d}/test_{(far_files or {}).get(k, k)}.txt") for k in far]
+    sets += [BenchmarkSet(k, "far", f"{d}/test_{k}.txt") for k in far]
     return Benchmark(name, id_name, n, tuple(sets))
 
 
