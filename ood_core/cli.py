@@ -90,6 +90,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from . import workbench as wb
     from .experiment import Experiment
 
+    if a.benchmark or "," in a.model or a.paper == "openood":
+        return _evaluate_benchmark(a)
     progress = _progress_bar() if not a.quiet else None
     if a.experiment:
         exp = Experiment.load(a.experiment)
@@ -147,7 +149,7 @@ def _subsample_args(items: list[str]) -> dict[str, float]:
 
 def _add_paper(out: dict[str, Any], paper: str) -> None:
     """The seed paper's numbers beside each row, and a mean per detector (docs/methods.md)."""
-    from .paper import reference
+    from .published import reference
 
     by_det: dict[str, list[dict[str, Any]]] = {}
     for r in out["results"]:
@@ -189,7 +191,8 @@ def cmd_extract(a: argparse.Namespace) -> int:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="default", help="'default' or a model file (.pt2, TorchScript, state_dict)")
+    p.add_argument("--model", default="default", help="'default' or a model file (.pt2, TorchScript, state_dict); "
+                   "evaluate takes several, comma-separated, and reports their mean ± std")
     _add_load_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -226,7 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use a fixed random subset for a role: id_train (the statistics), id_test or ood_test; "
                         "a count or a fraction (repeatable), e.g. id_train=12811")
     e.add_argument("--seed", type=int, default=0, help="seed of the subsets (default 0)")
-    e.add_argument("--paper", choices=("gradnorm", "rg"), help="print the seed paper's ImageNet numbers beside ours")
+    e.add_argument("--paper", choices=("gradnorm", "rg", "openood"),
+                   help="print published numbers beside ours: the seed papers' ImageNet tables (gradnorm, rg) or "
+                        "OpenOOD v1.5's leaderboard (openood, with --benchmark)")
+    e.add_argument("--benchmark", help="an OpenOOD benchmark registered with `benchmark add` (e.g. openood-cifar10): "
+                   "its ID set and all its OOD sets, with the near/far means")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--compact", action="store_true", help="JSON on one line")
     e.set_defaults(fn=cmd_evaluate)
@@ -245,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train_parser(sub)
     _add_register_parser(sub)
+    _add_benchmark_parser(sub)
     return p
 
 
@@ -367,6 +375,156 @@ def cmd_register(a: argparse.Namespace) -> int:
         print(f"{ds.name}\t{spec.role if s == 'test' else 'id_train'}\t{info['images']} images {info['shape']}, "
               f"{info['classes']} classes, fingerprint {info['fingerprint']}{extra}")
     return 0
+
+
+# --- benchmarks (OpenOOD v1.5 layouts; docs/architecture.md, "Benchmarks") ---------------
+
+def _add_benchmark_parser(sub: Any) -> None:
+    from .benchmarks import BENCHMARKS
+
+    p = sub.add_parser("benchmark", help="register an OpenOOD v1.5 benchmark from a local data root")
+    bsub = p.add_subparsers(dest="action", parser_class=_Parser, required=True)
+    add = bsub.add_parser("add", help="register every image list of a benchmark found under --root")
+    add.add_argument("name", choices=list(BENCHMARKS))
+    add.add_argument("--root", required=True, help="the folder holding benchmark_imglist/, images_classic/, "
+                     "images_largescale/ (as OpenOOD's download script leaves it)")
+    add.add_argument("--replace", action="store_true", help="replace datasets of the same names registered elsewhere")
+    add.set_defaults(fn=cmd_benchmark)
+    bsub.add_parser("list", help="the benchmarks, their sets and groups").set_defaults(fn=cmd_benchmark)
+
+
+def cmd_benchmark(a: argparse.Namespace) -> int:
+    from . import benchmarks as B
+
+    if a.action == "list":
+        for b in B.BENCHMARKS.values():
+            groups = "; ".join(f"{g}: {', '.join(b.group_names(g))}" for g in ("val", *B.GROUPS))
+            print(f"{b.name}\tID {b.id_name} ({b.num_classes} classes)\t{groups}")
+        return 0
+    got = B.add(a.name, a.root, replace=a.replace)
+    for line in got.lines:
+        print(line)
+    print(f"{a.name}: {len(got.registered)} registered, {len(got.unchanged)} unchanged, {len(got.missing)} missing")
+    return 0
+
+
+def _evaluate_benchmark(a: argparse.Namespace) -> int:
+    """``evaluate --benchmark B`` and/or several ``--model``s: per-set rows, near/far means, mean ± std."""
+    from . import benchmarks as B
+    from . import workbench as wb
+
+    if a.experiment:
+        raise CLIError("--experiment runs one model on its saved sets; drop --benchmark and the comma list of --model")
+    if not a.detectors:
+        raise CLIError("evaluate needs --detectors")
+    groups = None
+    if a.benchmark:
+        if a.id or a.ood:
+            raise CLIError("--benchmark chooses the ID and OOD sets; drop --id and --ood")
+        id_name, ood, missing = B.registered_sets(a.benchmark)
+        if missing:
+            print(f"not registered, left out: {', '.join(missing)}", file=sys.stderr)
+        groups = B.benchmark_groups(ood)
+    else:
+        if a.paper == "openood":
+            raise CLIError("--paper openood compares OpenOOD's near/far means: add --benchmark (e.g. openood-cifar10)")
+        if not a.id or not a.ood:
+            raise CLIError("evaluate needs --id and --ood (or --benchmark NAME)")
+        id_name, ood = a.id, _split_csv(a.ood)
+    progress = _progress_bar() if not a.quiet else None
+    specs = _split_csv(a.model)
+    kw = _model_kwargs(a)
+    bundles = [wb.load_model(m, progress, **kw) for m in specs]
+    out = B.evaluate(bundles, id_name, ood, _split_csv(a.detectors), wb.parse_params(a.param or []), progress,
+                     subsample=_subsample_args(a.subsample or []), seed=a.seed, groups=groups)
+    if len(specs) == 1:
+        out["model"] = specs[0]
+    else:
+        out["models"] = specs
+    if a.benchmark:
+        out["benchmark"] = a.benchmark
+    if a.paper:
+        _add_published(out, a.paper, a.benchmark)
+    if a.json:
+        print(standard_json(out, indent=None if a.compact else 2))
+        return 0
+    _print_benchmark(out, a.paper)
+    return 0
+
+
+def _add_published(out: dict[str, Any], paper: str, benchmark: str | None) -> None:
+    """Published numbers beside the rows: OpenOOD's near/far AUROC and accuracy, or a seed's table."""
+    from .published import published_accuracy, published_value, reference
+
+    out["paper"] = paper
+    if paper == "openood":
+        for g in out.get("groups", []):
+            got = published_value(benchmark or "", g["detector"], "auroc", g["group"])
+            g["published"] = {"auroc": got[0], "std": got[1], "citation": got[2]} if got else None
+        acc = published_accuracy(benchmark or "")
+        out["published_id_accuracy"] = {"accuracy": acc[0], "std": acc[1], "citation": acc[2]} if acc else None
+        return
+    for r in out["results"]:
+        r["paper"] = reference(paper, r["detector"], r["ood_dataset"])
+
+
+def _cell(r: dict[str, Any], m: str, width: int) -> str:
+    """``12.34`` or ``12.34 ± 0.56`` (percent) for one metric of a row."""
+    v = f"{100 * r[m]:.2f}" + (f" ± {100 * r['std'][m]:.2f}" if "std" in r else "")
+    return f"{v:>{width}}"
+
+
+def _print_benchmark(out: dict[str, Any], paper: str | None) -> None:
+    """Per detector: the near sets, the near mean, the far sets, the far mean (as OpenOOD prints them)."""
+    multi = "models" in out and "runs" in out
+    acc = out["id_accuracy"]
+    acc_txt = "n/a (no labels)" if acc != acc else f"{100 * acc:.2f}" + \
+        (f" ± {100 * out['id_accuracy_std']:.2f}" if multi else "") + "%"
+    pub = out.get("published_id_accuracy")
+    if pub:
+        acc_txt += f"  (published {pub['accuracy']:.2f}" + (f" ± {pub['std']:.2f}" if pub["std"] is not None else "") + ")"
+    who = ", ".join(out["models"]) if "models" in out else out["model"]
+    print(f"model {who}  ID {out['id_dataset']}  accuracy {acc_txt}")
+    if multi:
+        print(f"mean ± std (population, ddof=0) over {len(out['models'])} checkpoints")
+    w = 16 if multi else 9
+    names = [r["ood_dataset"] for r in out["results"]]
+    dw = max([14, *(len(n) + 2 for n in names)])
+    head = f"{'detector':<16}{'ood':<{dw}}" + "".join(f"{h:>{w}}" for h in ("FPR@95", "AUROC", "AUPR-In", "AUPR-Out"))
+    if paper == "openood":
+        head += f"{'published AUROC':>18}"
+    elif paper:
+        head += f"{'paper FPR95':>12}{'paper AUROC':>12}"
+    print(head)
+    order = ("fpr95", "auroc", "aupr_in", "aupr_out")
+    groups = out.get("groups")
+    for det in dict.fromkeys(r["detector"] for r in out["results"]):
+        rows = [r for r in out["results"] if r["detector"] == det]
+        blocks: list[tuple[list[dict], dict | None]] = []
+        if groups is not None:
+            for g in (g for g in groups if g["detector"] == det):
+                blocks.append(([r for r in rows if r["ood_dataset"] in g["datasets"]], g))
+        else:
+            blocks.append((rows, None))
+        for block, g in blocks:
+            for r in block:
+                ref = ""
+                if paper and paper != "openood":
+                    p = r.get("paper")
+                    ref = f"{p[0]:12.2f}{p[1]:12.2f}" if p else f"{'-':>12}{'-':>12}"
+                print(f"{det:<16}{r['ood_dataset']:<{dw}}" + "".join(_cell(r, m, w) for m in order) + ref)
+            if g is not None:
+                ref = ""
+                if paper == "openood":
+                    p = g.get("published")
+                    ref = f"{p['auroc']:.2f}" + (f" ± {p['std']:.2f}" if p["std"] is not None else "") if p else "-"
+                    ref = f"{ref:>18}"
+                label = f"{g['group']}ood" + (f" ({len(g['datasets'])} sets)" if len(g["datasets"]) < 2 else "")
+                print(f"{det:<16}{label:<{dw}}" + "".join(_cell(g, m, w) for m in order) + ref)
+    if paper == "openood":
+        cites = {g["published"]["citation"] for g in groups or [] if g.get("published")}
+        for c in sorted(cites):
+            print(f"published: {c}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -249,11 +249,11 @@ def read_flat(path: Path, limit: int | None = None, name: str = "local", content
 def read_filelist(path: Path, labelled: bool = True, limit: int | None = None, name: str = "local",
                   content_hash: bool = False) -> StreamedDataset:
     """A text file with one image per line, ``relative/path.jpg [label]`` (OpenOOD's image lists),
-    paths relative to the list's folder; ``#`` starts a comment. Entries that leave the folder
-    are skipped like links that do (docs/architecture.md, "Uploads are data, not code")."""
+    paths relative to the list's folder (or, for a list in OpenOOD's ``benchmark_imglist/<b>/``, to
+    the ``images_classic/`` or ``images_largescale/`` beside it: :func:`list_base`); ``#`` starts a
+    comment. Entries that leave that folder are skipped like links that do (docs/architecture.md,
+    "Uploads are data, not code")."""
     path = Path(path)
-    base = path.parent
-    inside = base.resolve()
     files: list[Path] = []
     labels: list[int] = []
     outside: list[str] = []
@@ -261,6 +261,8 @@ def read_filelist(path: Path, labelled: bool = True, limit: int | None = None, n
         text = path.read_text(encoding="utf-8", errors="strict")
     except (UnicodeDecodeError, OSError) as exc:
         raise DataError(f"{path.name} is not a readable text file list ({type(exc).__name__})") from None
+    base = list_base(path, text)
+    inside = base.resolve()
     for ln, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
@@ -291,6 +293,27 @@ def read_filelist(path: Path, labelled: bool = True, limit: int | None = None, n
                         f"(expected lines 'relative/path.jpg [label]'){seen}")
     return stream_files(files, np.asarray(labels, np.int64), base, limit, None, {"list": path.name}, outside,
                         name, content_hash, listed=True)
+
+
+OPENOOD_IMAGE_DIRS = ("images_classic", "images_largescale")
+
+
+def list_base(path: Path, text: str) -> Path:
+    """The folder a list's entries are relative to: the list's own folder, except for OpenOOD's
+    layout (``ROOT/benchmark_imglist/<benchmark>/x.txt``, entries relative to ``ROOT/images_classic/``
+    or ``ROOT/images_largescale/``), where the first of those holding the first entry wins."""
+    path = Path(path)
+    if path.parent.parent.name != "benchmark_imglist":
+        return path.parent
+    first = next((ln.split("#", 1)[0].replace(",", " ").split()[0] for ln in text.splitlines()
+                  if ln.split("#", 1)[0].strip()), None)
+    if first is None or (path.parent / first).exists():
+        return path.parent
+    root = path.parent.parent.parent
+    for d in OPENOOD_IMAGE_DIRS:
+        if (root / d / first).exists():
+            return root / d
+    return path.parent
 
 
 def stream_files(files: list[Path], labels: np.ndarray, root: Path, limit: int | None, names: list[str] | None,
