@@ -274,3 +274,49 @@ def evaluate(models: list[Any], id_name: str, ood: list[str], detectors: list[st
     if groups is not None:
         out["groups"] = _aggregate([r["groups"] for r in runs], lambda r: (r["detector"], r["group"]))
     return out
+
+
+# How far a measured value may sit from a published mean before it is marked: the published
+# spread is the std over the publisher's checkpoints (three for OpenOOD v1.5), so a further run of
+# the same recipe lands within 1.96 std about 95% of the time (normal approximation).
+OUTSIDE_Z = 1.96
+
+
+def grouped_view(df: "pd.DataFrame", id_name: str, metric: str, arch: str | None = None) -> "pd.DataFrame | None":
+    """The Compare page's benchmark view of a compare table (``compare.compare_table``'s long rows):
+    per detector, the near and far means of ``metric`` over the group's sets that are in the table,
+    and, when ``arch``'s family has published rows for this benchmark, the published value
+    (fractions, as ours), its std and ``outside`` (|measured − published| > 1.96·std). None when
+    ``id_name`` is no benchmark's ID set or no set of the table is in a group."""
+    import pandas as pd
+
+    from . import published
+
+    b = benchmark_of(id_name)
+    if b is None:
+        return None
+    ok = df[df["status"] == "ok"]
+    groups = {g: [n for n in b.group_names(g) if n in set(ok["ood_dataset"])] for g in GROUPS}
+    groups = {g: names for g, names in groups.items() if names}
+    if not groups:
+        return None
+    pub_arch = published.published_arch(b.name, arch) if arch else None
+    out = []
+    for det in dict.fromkeys(ok["detector"]):
+        row: dict[str, Any] = {"detector": det}
+        for g, names in groups.items():
+            vals = ok[(ok["detector"] == det) & ok["ood_dataset"].isin(names)][metric]
+            row[g] = float(vals.mean()) if len(vals) else float("nan")
+            row[f"{g} sets"] = len(vals)
+            got = published.published_value(b.name, det, metric, g, arch=pub_arch) if pub_arch else None
+            if got is not None:
+                value, std, _ = got
+                row[f"{g} published"] = value / 100
+                row[f"{g} published std"] = None if std is None else std / 100
+                row[f"{g} outside"] = (std is not None and len(vals) == len(b.group_names(g))
+                                       and abs(row[g] - value / 100) > OUTSIDE_Z * std / 100)
+        out.append(row)
+    view = pd.DataFrame(out).set_index("detector")
+    view.attrs.update(benchmark=b.name, groups=groups, published_arch=pub_arch,
+                      complete={g: len(n) == len(b.group_names(g)) for g, n in groups.items()})
+    return view

@@ -312,6 +312,38 @@ def model_time_cached(bundle: Any, det: str, sets: Sequence[str], params: Mappin
     return _compare.model_time_cached(bundle, det, list(sets), params)
 
 
+@dataclass(frozen=True)
+class BenchmarkView:
+    """A comparison grouped as its benchmark groups it (near/far means) with published values."""
+
+    benchmark: str
+    table: Any  # pandas DataFrame: per detector, <group>, <group> sets, <group> published/std/outside
+    groups: dict[str, list[str]]  # the sets of each group that are in the table
+    missing: dict[str, list[str]]  # each group's sets that are not
+    published_arch: str | None  # the leaderboard's name for this model's family, or None (no match)
+    citation: str
+
+
+@action
+def benchmark_view(df: Any, id_name: str, metric: str, bundle: Any) -> BenchmarkView | None:
+    """Compare's near/far view when ``id_name`` is a benchmark's ID set (``benchmarks.grouped_view``),
+    None otherwise."""
+    from . import benchmarks as _bench
+    from . import published as _pub
+
+    view = _bench.grouped_view(df, id_name, metric, getattr(bundle, "arch", None))
+    if view is None:
+        return None
+    b = _bench.get_benchmark(view.attrs["benchmark"])
+    groups = view.attrs["groups"]
+    missing = {g: [n for n in b.group_names(g) if n not in groups.get(g, [])] for g in _bench.GROUPS}
+    cite = ""
+    if view.attrs["published_arch"]:
+        cite = next((r.citation + "; " + r.source for r in _pub.rows() if r.benchmark == b.name), "")
+    return BenchmarkView(b.name, view, groups, {g: m for g, m in missing.items() if m},
+                         view.attrs["published_arch"], cite)
+
+
 TUNING_HOLDOUT = _tuning.HOLDOUT
 validation_sets = _tuning.validation_sets
 default_grid = _tuning.default_grid

@@ -103,3 +103,21 @@ def reference(paper: str, detector: str, ood: str) -> tuple[float, float] | None
         return None
     got = {r.metric: r.value for r in rows() if r.table == table and r.detector == detector and r.dataset == key}
     return (got["fpr95"], got["auroc"]) if {"fpr95", "auroc"} <= set(got) else None
+
+
+# The workbench's architecture names -> the ``arch`` column of the OpenOOD leaderboard rows they
+# stand for (data, not logic: OpenOOD's CIFAR/ImageNet-200 ResNet18 and its ImageNet-1K models).
+PUBLISHED_ARCH = {
+    "resnet18_cifar": "ResNet18", "openood_resnet18_32x32": "ResNet18",
+    "openood_resnet18_224x224": "ResNet18", "resnet18": "ResNet18",
+    "resnet50": "ResNet50", "vit_b_16": "ViT-B/16", "swin_t": "Swin-T",
+}
+
+
+def published_arch(benchmark: str, arch: str) -> str | None:
+    """The leaderboard's name for the workbench architecture ``arch`` when ``benchmark``'s table has
+    rows for it (the model family matches), else None."""
+    name = PUBLISHED_ARCH.get(arch)
+    if name is None:
+        return None
+    return name if any(r.benchmark == benchmark and r.arch == name for r in rows()) else None

@@ -107,6 +107,7 @@ def compare_body(ctx: common.Context) -> None:
         if metric in ("auroc", "fpr95") and n_boot:
             with st.expander(f"{LABELS[metric]} with 95% bootstrap intervals ({n_boot} resamples)", expanded=True):
                 st.dataframe(cmp.ci_text(df, metric), width="stretch", key="compare.ci")
+        bench_view(ctx, df, metric)
         secs = df.attrs.get("seconds")
         if secs is not None:
             st.caption(f"{len(ok)} cells computed in {secs:.2f} s (cached afterwards).")
@@ -127,6 +128,46 @@ def compare_body(ctx: common.Context) -> None:
             table_downloads(df, "compare_table", key="compare-csv")
         with st.expander("Long table: every detector × OOD set with all metrics"):
             st.dataframe(df, hide_index=True, width="stretch", key="compare.long")
+
+
+def bench_view(ctx: common.Context, df, metric: str) -> None:
+    """Near/far means as OpenOOD reports them, with the published value beside, when the ID set is a
+    benchmark's (docs/architecture.md, "Benchmarks")."""
+    with common.guard("grouping by benchmark"):
+        view = cmp.benchmark_view(df, ctx.id_name, metric, ctx.bundle)
+    if view is None:
+        return
+    st.subheader(f"{view.benchmark}: near / far means ({LABELS[metric]})")
+    t = view.table
+    cols = [c for c in t.columns if not c.endswith(" sets") and not c.endswith(" outside")]
+    shown = t[cols].copy()
+    for g in view.groups:
+        if f"{g} published" in t.columns:
+            shown[f"{g} published"] = [
+                "" if p != p else f"{p:.4f}" + ("" if s is None or s != s else f" ± {s:.4f}")
+                for p, s in zip(t[f"{g} published"], t.get(f"{g} published std", [None] * len(t)))]
+            shown.drop(columns=[f"{g} published std"], errors="ignore", inplace=True)
+    outside = {g: t[f"{g} outside"].fillna(False).astype(bool) for g in view.groups if f"{g} outside" in t.columns}
+
+    def _mark(col):
+        flags = outside.get(col.name)
+        return ["background-color: #ffcdd2" if flags is not None and flags.get(i, False) else "" for i in col.index]
+
+    styled = shown.style.format({g: "{:.4f}" for g in view.groups}).apply(_mark, axis=0)
+    st.dataframe(styled, width="stretch", key="compare.bench")
+    lines = [f"{g}: {', '.join(names)}" for g, names in view.groups.items()]
+    st.caption("Plain means over each group's sets, as OpenOOD v1.5 reports them. " + "; ".join(lines) + ".")
+    if view.missing:
+        st.caption("Not in this comparison (choose them as OOD sets in the sidebar for the full group): "
+                   + "; ".join(f"{g}: {', '.join(n)}" for g, n in view.missing.items()) + ".")
+    if view.published_arch:
+        st.caption(f"Published: OpenOOD v1.5's leaderboard for {view.published_arch} trained with cross-entropy "
+                   "(mean ± std over its three checkpoints; AUROC and ID accuracy only). A red cell is more than "
+                   "1.96 std from it over the full group: check the setup (Models & data) before trusting either. "
+                   f"Source: {view.citation}")
+    else:
+        st.caption("No published column: OpenOOD's leaderboard has no rows for this model's architecture "
+                   f"({getattr(ctx.bundle, 'arch', '?')}) on {view.benchmark}.")
 
 
 compare_body(ctx)

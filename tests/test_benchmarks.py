@@ -212,3 +212,58 @@ def test_benchmark_groups_backend():
         f"benchmark_imglist/imagenet200/test_{k}.txt"
         for k in ("ssb_hard", "ninco", "inaturalist", "textures", "openimage_o")]
     assert B.BENCHMARKS["openood-imagenet1k"].sets[0].imglist == "benchmark_imglist/imagenet/train_imagenet.txt"
+
+
+def _long_table(values: dict[tuple[str, str], float]):
+    """A compare table (compare.COLUMNS) with the given AUROCs."""
+    import pandas as pd
+    from ood_core.compare import COLUMNS
+
+    rows = [{"detector": d, "ood_dataset": o, "auroc": v, "fpr95": 1 - v, "aupr_in": v, "aupr_out": v,
+             "status": "ok", "reason": "", "family": "", "params": ""} for (d, o), v in values.items()]
+    return pd.DataFrame(rows).reindex(columns=COLUMNS)
+
+
+def test_grouped_view_means_and_published_column():
+    near = B.BENCHMARKS["openood-cifar10"].group_names("near")
+    far = B.BENCHMARKS["openood-cifar10"].group_names("far")
+    vals = {("energy", n): 0.87 + 0.01 * i for i, n in enumerate(near)}
+    vals.update({("energy", f): 0.90 + 0.01 * i for i, f in enumerate(far)})
+    vals.update({("msp", n): 0.50 for n in near})
+    df = _long_table(vals)
+    view = B.grouped_view(df, "cifar10", "auroc", arch="resnet18_cifar")
+    assert view.attrs["published_arch"] == "ResNet18"
+    assert view.loc["energy", "near"] == pytest.approx(np.mean([vals["energy", n] for n in near]))
+    assert view.loc["energy", "far"] == pytest.approx(np.mean([vals["energy", f] for f in far]))
+    # OpenOOD v1.5 leaderboard, CIFAR-10, EBO near AUROC 87.58 ± 0.46 (read from its results/cifar10.csv).
+    assert view.loc["energy", "near published"] == pytest.approx(0.8758)
+    assert view.loc["energy", "near published std"] == pytest.approx(0.0046)
+    assert not view.loc["energy", "near outside"]  # 0.875 is within 1.96 × 0.46 points of 87.58
+    assert view.loc["msp", "near outside"]  # 0.50 is far from MSP's published near AUROC
+    assert np.isnan(view.loc["msp", "far"]) and view.loc["msp", "far sets"] == 0
+    # another family: no published column; not a benchmark's ID set: no view
+    assert "near published" not in B.grouped_view(df, "cifar10", "auroc", arch="small_cnn").columns
+    assert B.grouped_view(df, "mnist", "auroc", arch="resnet18_cifar") is None
+
+
+def test_compare_page_groups_a_benchmark(bench_cache):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    root = make_tree(bench_cache / "data")
+    B.add("openood-cifar10", root)
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / "2_Compare.py"), default_timeout=300)
+    at.session_state["id_dataset"] = "cifar10"
+    at.session_state["ood_datasets"] = ["cifar10-tin", "cifar10-svhn", "cifar10-mnist"]
+    at.run()
+    assert not at.exception, at.exception
+    assert any("openood-cifar10: near / far means" in s.value for s in at.subheader)
+    bench = next(d.value for d in at.dataframe if "near" in d.value.columns and "far" in d.value.columns)
+    long = at.dataframe[0].value
+    assert bench.loc["energy", "near"] == pytest.approx(long.loc["energy", "cifar10-tin"], abs=1e-9)
+    assert bench.loc["energy", "far"] == pytest.approx(
+        np.mean([long.loc["energy", "cifar10-svhn"], long.loc["energy", "cifar10-mnist"]]), abs=1e-9)
+    captions = " ".join(c.value for c in at.caption)
+    assert "cifar10-cifar100" in captions  # a near set not chosen is named
+    assert "No published column" in captions  # the default CNN is not the leaderboard's ResNet18
