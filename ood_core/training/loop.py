@@ -38,13 +38,12 @@ import torch
 
 from .. import distributed as D
 from ..data import DataError, Dataset, RowSource, get_dataset, train_name_for
-from ..detectors.base import energy as energy_score  # the Energy detector's score (higher = more ID), not L.free_energy
+from ..detectors.base import energy as energy_score  # the Energy detector's score (higher = more ID)
 from ..jobs import JobContext
 from ..metrics import id_accuracy, ood_metrics
 from ..models import ModelBundle, ModelError, Preprocess, build_arch
 from ..models.checkpoints import (DEFAULT_PREPROCESS, shift_augment, default_model_path, load_checkpoint,
                                   load_default, models_dir, save_checkpoint)
-from . import losses as L
 from .config import TrainConfig, TrainResult
 from .methods import TrainingDiverged, TrainingError, get_method
 

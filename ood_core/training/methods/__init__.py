@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import (COMMON_KNOBS, METHODS, Method, StepLoss, TrainingDiverged, TrainingError, TrainingMethod,
-                   get_method, knob_view, register)
+from .base import (COMMON_KNOBS, METHODS, Method, StepLoss, TrainerView, TrainingDiverged, TrainingError,
+                   TrainingMethod, get_method, knob_view, register)
 
 
 def _discover() -> None:
@@ -23,5 +23,5 @@ def _discover() -> None:
 
 _discover()
 
-__all__ = ["COMMON_KNOBS", "METHODS", "Method", "StepLoss", "TrainingDiverged", "TrainingError", "TrainingMethod",
-           "get_method", "knob_view", "register"]
+__all__ = ["COMMON_KNOBS", "METHODS", "Method", "StepLoss", "TrainerView", "TrainingDiverged", "TrainingError",
+           "TrainingMethod", "get_method", "knob_view", "register"]

@@ -16,16 +16,14 @@ sidecar record.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
+import numpy as np
 import torch
 
 from ...errors import UserError
 from ...knobs import Knob, Paper, find
 from ...knobs import resolve as resolve_knobs
-
-if TYPE_CHECKING:  # the loop imports this module; methods only receive a Trainer
-    from ..loop import Trainer
 
 
 class TrainingError(UserError):
@@ -50,6 +48,31 @@ COMMON_KNOBS: tuple[Knob, ...] = (
 
 PRESET_HELP = ("reference: the authors' code (the default); earlier: our first reading of the paper. A knob set "
                "explicitly wins over its preset")
+
+class TrainerView(Protocol):
+    """What a method's hooks may use of :class:`ood_core.training.Trainer` (declared here, not imported:
+    the loop imports the methods)."""
+
+    k: Mapping[str, Any]  # the resolved knobs
+    cfg: Any  # the resolved TrainConfig
+    model: torch.nn.Module  # in train mode during a step
+    bundle: Any  # a ModelBundle sharing the model's parameters (``bundle.logits``, ``bundle.forward``)
+    x_aux: Any  # the auxiliary rows (a tensor or RowSource), None for a method without ``uses_aux``
+    np_rng: np.random.Generator  # the run's outlier draws
+    world: int  # torchrun ranks (1: one process)
+    rank: int
+    step_no: int
+    sample_independent: bool  # no batch norm: rows do not interact in a forward pass
+
+    @property
+    def forward(self) -> Callable[[torch.Tensor], torch.Tensor]: ...
+
+    def logits(self, *parts: torch.Tensor) -> torch.Tensor: ...
+
+    def aux_batch(self, n: int) -> torch.Tensor: ...
+
+    def augment(self, x: torch.Tensor, total: int | None = None, start: int | None = None) -> torch.Tensor: ...
+
 
 # A step's loss: "total" (what backward runs on) and each declared term as a scalar tensor; plain
 # numbers beside them are diagnostics, logged with the step (GReg's fractions of penalised rows).
@@ -86,10 +109,10 @@ class TrainingMethod:
     penalises_input_gradient: bool = False
 
     # -- the update: what the Trainer calls --
-    def prepare(self, trainer: "Trainer") -> None:
+    def prepare(self, trainer: TrainerView) -> None:
         """Check the run's data against the knobs once, before the first step (raise :class:`TrainingError`)."""
 
-    def loss(self, trainer: "Trainer", x: torch.Tensor, y: torch.Tensor) -> StepLoss:
+    def loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> StepLoss:
         """This step's loss on the (augmented) ID batch ``x`` with labels ``y``: ``"total"`` and each
         of ``terms``. ``trainer`` gives the knobs (``trainer.k``), the forward passes
         (``trainer.forward``, ``trainer.logits``) and auxiliary outliers (``trainer.aux_batch``)."""

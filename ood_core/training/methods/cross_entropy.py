@@ -4,16 +4,11 @@ docs/methods.md, "Training methods".
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from ...knobs import Knob, Paper
 from .. import losses as L
-from .base import StepLoss, TrainingMethod, register
-
-if TYPE_CHECKING:
-    from ..loop import Trainer
+from .base import StepLoss, TrainerView, TrainingMethod, register
 
 
 @register
@@ -22,7 +17,7 @@ class CrossEntropy(TrainingMethod):
     help = "plain cross-entropy on ID data: the baseline"
     uses_aux = False
 
-    def loss(self, trainer: "Trainer", x: torch.Tensor, y: torch.Tensor) -> StepLoss:
+    def loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> StepLoss:
         ce = L.ce_loss(trainer.forward(x), y)
         return {"total": ce, "ce": ce}
 
@@ -36,7 +31,7 @@ class OutlierExposure(TrainingMethod):
     help = "L_CE + λ·mean_aux[-(1/C) Σ_i log softmax(f)_i]"
     recommended_detector = "msp"
 
-    def loss(self, trainer: "Trainer", x: torch.Tensor, y: torch.Tensor) -> StepLoss:
+    def loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> StepLoss:
         b = len(x)
         logits = trainer.logits(x, trainer.aux_batch(b))
         ce, oe = L.ce_loss(logits[:b], y), L.oe_loss(logits[b:])

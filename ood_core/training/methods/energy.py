@@ -8,7 +8,6 @@ Presets: ``reference`` follows the authors' ``train_sea.py`` (repository ``o4lc/
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,10 +15,7 @@ from ... import distributed as D
 from ...knobs import Knob, Paper
 from .. import losses as L
 from ..sampling import SELECTIONS, pool_features_energies, select_by_energy, select_reference
-from .base import StepLoss, TrainingError, TrainingMethod, register
-
-if TYPE_CHECKING:
-    from ..loop import Trainer
+from .base import StepLoss, TrainerView, TrainingError, TrainingMethod, register
 
 _LAM_S = Knob("lam_s", 0.1, 0.0, 10.0, help="λ_S, weight of the energy-margin loss L_S")
 _M_IN = Knob("m_in", -25.0, -100.0, 0.0, help="m_in: ID energies above it are penalised (CIFAR-10 value; depends on "
@@ -50,7 +46,7 @@ class EnergyOE(TrainingMethod):
     overrides = _MARGIN_LR
     help = "L_CE + λ_S·L_S, L_S = mean_in[max(0, E - m_in)²] + mean_aux[max(0, m_out - E)²]"
 
-    def loss(self, trainer: "Trainer", x: torch.Tensor, y: torch.Tensor) -> StepLoss:
+    def loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> StepLoss:
         k, b = trainer.k, len(x)
         logits = trainer.logits(x, trainer.aux_batch(b))
         ce = L.ce_loss(logits[:b], y)
@@ -73,12 +69,12 @@ class GReg(TrainingMethod):
             "the right side of their margin (double backward). Reference: the gradient of one batch scalar, "
             "per-row L2 norm, mean over all rows, with the model in train mode")
 
-    def select_aux(self, trainer: "Trainer", b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def select_aux(self, trainer: TrainerView, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(outliers for L_S, outliers for L_∇S): one random batch for both."""
         x = trainer.aux_batch(b)
         return x, x
 
-    def loss(self, trainer: "Trainer", x: torch.Tensor, y: torch.Tensor) -> StepLoss:
+    def loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> StepLoss:
         k, b = trainer.k, len(x)
         x_low, x_high = self.select_aux(trainer, b)
         xx = torch.cat([x, x_high])
@@ -128,7 +124,7 @@ class GRegPlus(GReg):
     def _pool_size(k: dict, b: int) -> int:
         return int(math.floor(float(k["pool_factor"]) * b))
 
-    def prepare(self, trainer: "Trainer") -> None:
+    def prepare(self, trainer: TrainerView) -> None:
         k, b = trainer.k, int(trainer.k["batch_size"])
         pool, picked = self._pool_size(k, b), b * (2 if k["two_way"] and k["selection"] == "reference" else 1)
         if len(trainer.x_aux) < pool:
@@ -139,7 +135,7 @@ class GRegPlus(GReg):
                                 f"{k['drop_lowest']} leaves fewer than the {picked} outliers a step takes; raise "
                                 "pool_factor or lower drop_lowest")
 
-    def select_aux(self, trainer: "Trainer", b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def select_aux(self, trainer: TrainerView, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Selection from a ⌊pool_factor·B⌋ pool scored in eval mode: (rows for L_S, rows for L_∇S), the
         same tensor for ``selection=reference``."""
         k = trainer.k

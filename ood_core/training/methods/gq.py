@@ -6,16 +6,13 @@ Presets: ``reference`` follows the authors' ``learning_odin_trainer.py`` (reposi
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import torch
 
 from ...knobs import Knob, Paper
 from .. import losses as L
-from .base import StepLoss, TrainingError, TrainingMethod, register
-
-if TYPE_CHECKING:
-    from ..loop import Trainer
+from .base import StepLoss, TrainerView, TrainingError, TrainingMethod, register
 
 
 @register
@@ -53,7 +50,7 @@ class GradientQuotient(TrainingMethod):
         # per_sample runs the model under torch.func.vmap, which DDP's forward cannot enter.
         return k["form"] != "per_sample"
 
-    def loss(self, trainer: "Trainer", x: torch.Tensor, y: torch.Tensor) -> StepLoss:
+    def loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> StepLoss:
         k = trainer.k
         fwd = trainer.forward if self.runs_ddp_forward(k) else trainer.bundle.logits
         try:
