@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_train_parser(sub: Any) -> None:
     from .training import DEFAULT_EPOCHS, METHODS
 
-    t = sub.add_parser("train", help="train or fine-tune with ce, oe, energy_oe, greg, greg_plus or gq")
+    t = sub.add_parser("train", help=f"train or fine-tune with {', '.join(METHODS)}")
     t.add_argument("--method", choices=list(METHODS), help="training method")
     t.add_argument("--init", default="default", help="'default' (fine-tune the embedded model), 'scratch', or a "
                    "workbench checkpoint path")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ood_core.jobs import Cancelled, Job, JobContext
+from ood_core.knobs import KnobError
 from ood_core.training import METHODS, TrainConfig, Trainer, TrainingDiverged, TrainingError, train
 from ood_core.training import sampling
 from ood_core.training import losses as L
@@ -218,9 +219,9 @@ def test_huge_lr_explodes_with_a_message(out, default_bundle):
 def test_bad_input_messages(default_bundle):
     with pytest.raises(TrainingError, match="unknown training method"):
         TrainConfig("nope").resolved()
-    with pytest.raises(TrainingError, match=r"greg\.lr must be in"):
+    with pytest.raises(KnobError, match=r"greg\.lr must be in"):  # knobs.resolve's own error, not re-wrapped
         TrainConfig("greg", params={"lr": 100}).resolved()
-    with pytest.raises(TrainingError, match="has no knob"):
+    with pytest.raises(KnobError, match="has no knob"):
         TrainConfig("ce", params={"lam": 1}).resolved()
     with pytest.raises(TrainingError, match="no checkpoint at"):
         TrainConfig("ce", init="/no/such.pt").resolved()

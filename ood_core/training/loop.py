@@ -1,10 +1,12 @@
 """The training loop: the :class:`Trainer` that runs one configured job, and the job-friendly runners.
 
-Owns one SGD update per method (the methods themselves are declared as data in
-:mod:`.methods`, their losses in :mod:`.losses`, GReg+'s selection in :mod:`.sampling`,
-the configuration in :mod:`.config`), the per-epoch evaluation, checkpoints and progress.
-Formulas and defaults: docs/methods.md, "Training methods". Batches pair B ID samples with
-B auxiliary outliers (GReg+ with ``two_way``: 2B).
+Owns the SGD update around a method's loss (each method, in :mod:`.methods`, declares its knobs
+and computes its loss from the ID batch through :meth:`TrainingMethod.loss`, with the forward
+passes and outlier draws this Trainer offers; the loss terms are in :mod:`.losses`, GReg+'s
+selection in :mod:`.sampling`, the configuration in :mod:`.config`), the per-epoch evaluation,
+checkpoints and progress. No code here branches on a method's name. Formulas and defaults:
+docs/methods.md, "Training methods". Batches pair B ID samples with B auxiliary outliers (GReg+
+with ``two_way``: 2B).
 
 Optimiser and schedule follow the papers: SGD with momentum 0.9 and weight decay 1e-4,
 cosine from ``lr`` to ``lr_min`` per step (as energy_ood's ``LambdaLR``), or a step
@@ -36,16 +38,14 @@ import torch
 
 from .. import distributed as D
 from ..data import DataError, Dataset, RowSource, get_dataset, train_name_for
-from ..detectors.base import energy as energy_score  # the Energy detector's score (higher = more ID), not L.free_energy
+from ..detectors.base import energy as energy_score  # the Energy detector's score (higher = more ID)
 from ..jobs import JobContext
 from ..metrics import id_accuracy, ood_metrics
 from ..models import ModelBundle, ModelError, Preprocess, build_arch
 from ..models.checkpoints import (DEFAULT_PREPROCESS, shift_augment, default_model_path, load_checkpoint,
                                   load_default, models_dir, save_checkpoint)
-from . import losses as L
 from .config import TrainConfig, TrainResult
 from .methods import TrainingDiverged, TrainingError, get_method
-from .sampling import pool_features_energies, select_by_energy, select_reference
 
 Progress = Callable[[float, str], None]
 MAX_LOSS = 1e6  # a term above this is "exploding": stop before the weights turn to NaN
@@ -197,20 +197,12 @@ class Trainer:
         self.x_test, self.y_test = _rows(test_ds, ev_t, pp), torch.as_tensor(test_ds.labels[ev_t])
         self.x_val = _rows(val_ds, ev_v, pp)
         self.x_aux = aux_ds.rows(pp) if aux_ds is not None else None
-        if self.method.name == "greg_plus":
-            pool, picked = self._pool_size(b), b * (2 if k["two_way"] and k["selection"] == "reference" else 1)
-            if len(self.x_aux) < pool:
-                raise TrainingError(f"{cfg.aux} has {len(self.x_aux)} samples, fewer than ⌊pool_factor·B⌋ = {pool}; "
-                                    "lower pool_factor or batch_size")
-            if pool - int(k["drop_lowest"]) < picked:
-                raise TrainingError(f"the candidate pool ⌊pool_factor·B⌋ = {pool} less drop_lowest = "
-                                    f"{k['drop_lowest']} leaves fewer than the {picked} outliers a step takes; raise "
-                                    "pool_factor or lower drop_lowest")
+        self.method.prepare(self)
         self.form = self.method.form(k)
         self.title = f"{self.method.name} ({self.form} form)" if self.form else self.method.name
         # What the penalty's forward ran as: the model's mode (train, as in train_sea.py) and whether
         # batch norm couples the rows.
-        self.penalty_mode = None if self.method.name not in ("greg", "greg_plus") else (
+        self.penalty_mode = None if not self.method.penalises_input_gradient else (
             "train mode, no batch norm (rows independent)" if self.sample_independent
             else "train mode, batch norm on batch statistics (rows coupled)")
         self.steps_per_epoch = len(self.x_train) // b  # drop_last: every step sees B ID samples
@@ -257,21 +249,24 @@ class Trainer:
         self.ddp = DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
         self._fwd = self.ddp
 
-    def _pool_size(self, b: int) -> int:
-        return int(math.floor(float(self.k["pool_factor"]) * b))
-
     def _stem(self) -> str:
         blob = json.dumps({**self.cfg.to_dict(), "init_fp": self.init_fp}, sort_keys=True, default=str)
         tag = {"default": "ft-default", "scratch": "scratch"}.get(self.cfg.init, f"ft-{Path(self.cfg.init).stem}")
         return f"{self.cfg.method}-{tag}-s{self.cfg.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
-    # -- one update --
-    def _aux_batch(self, n: int) -> torch.Tensor:
-        """``n`` outliers for this rank: the global draw of ``n·world`` rows, this rank's slice."""
-        idx = self.np_rng.integers(0, len(self.x_aux), n * self.world)
-        return self.x_aux[torch.as_tensor(idx[self.rank * n:(self.rank + 1) * n])]
+    # -- what a method's loss uses (TrainingMethod.loss) --
+    @property
+    def forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The model's logits; under torchrun the DistributedDataParallel wrapper, which averages the gradients."""
+        return self._fwd
 
-    def _aug(self, x: torch.Tensor, total: int | None = None, start: int | None = None) -> torch.Tensor:
+    def aux_batch(self, n: int) -> torch.Tensor:
+        """``n`` random auxiliary outliers for this rank, augmented: the global draw of ``n·world`` rows,
+        this rank's slice."""
+        idx = self.np_rng.integers(0, len(self.x_aux), n * self.world)
+        return self.augment(self.x_aux[torch.as_tensor(idx[self.rank * n:(self.rank + 1) * n])])
+
+    def augment(self, x: torch.Tensor, total: int | None = None, start: int | None = None) -> torch.Tensor:
         """Shift ``x``, this rank's rows ``[start, start+len(x))`` of a global batch of ``total``
         (default: an equal shard), drawing the shifts of the whole global batch."""
         if not self.k["augment"]:
@@ -282,7 +277,7 @@ class Trainer:
         return shift_augment(x, self.gen, draw=(n * self.world if total is None else total,
                                                 self.rank * n if start is None else start))
 
-    def _logits(self, *parts: torch.Tensor) -> torch.Tensor:
+    def logits(self, *parts: torch.Tensor) -> torch.Tensor:
         """Logits of the rows of ``parts`` stacked in order: one pass per part of at most B rows where
         the model is sample-independent, else one pass over the concatenation."""
         x = parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -291,62 +286,19 @@ class Trainer:
         return _chunked(self._fwd, x, int(self.k["batch_size"]))
 
     def step(self, idx: torch.Tensor) -> dict[str, float]:
-        """One SGD update on the ID samples ``idx``; returns every loss term as a float."""
-        k, name = self.k, self.method.name
-        x_in, y = self._aug(self.x_train[idx]), self.y_train[idx]
-        b = len(idx)
-        terms: dict[str, torch.Tensor] = {}
-        extra: dict[str, float] = {}
-        fwd = self._fwd
-        if name == "ce":
-            terms["ce"] = L.ce_loss(fwd(x_in), y)
-            total = terms["ce"]
-        elif name in ("oe", "energy_oe"):
-            x_aux = self._aug(self._aux_batch(b))
-            logits = self._logits(x_in, x_aux)
-            terms["ce"] = L.ce_loss(logits[:b], y)
-            if name == "oe":
-                terms["oe"] = L.oe_loss(logits[b:])
-                total = terms["ce"] + k["lam"] * terms["oe"]
-            else:
-                e = L.free_energy(logits)
-                terms["ls"] = L.energy_margin_loss(e[:b], e[b:], k["m_in"], k["m_out"])
-                total = terms["ce"] + k["lam_s"] * terms["ls"]
-        elif name in ("greg", "greg_plus"):
-            # x_low feeds L_S, x_high L_∇S; one batch for both except GReg+'s selection=split.
-            if name == "greg":
-                x_low = x_high = self._aug(self._aux_batch(b))
-            else:
-                x_low, x_high = self._select_aux(b)
-            x = torch.cat([x_in, x_high])
-            logits, graph = L.penalised_forward(self._logits, x)
-            e = L.free_energy(logits)
-            is_aux = torch.arange(len(x)) >= b
-            terms["ce"] = L.ce_loss(logits[:b], y)
-            e_low = e[b:] if x_low is x_high else L.free_energy(self._logits(x_low))
-            terms["ls"] = L.energy_margin_loss(e[:b], e_low, k["m_in"], k["m_out"])
-            terms["grad"], st = L.gradient_penalty(self._logits, x, e, is_aux, k["m_in"], k["m_out"], k["norm"],
-                                                   graph=graph, form=k["penalty"],
-                                                   rows_independent=self.sample_independent, shards=self.world)
-            extra.update(st)
-            total = terms["ce"] + k["lam_s"] * terms["ls"] + k["lam_grad"] * terms["grad"]
-        elif name == "gq":
-            try:
-                # per_sample runs the model under torch.func.vmap, which DDP's forward cannot enter:
-                # it uses the plain module and the gradients are all-reduced after backward (below).
-                gq_fwd = self.bundle.logits if k["form"] == "per_sample" else fwd
-                terms["gq"], logits = L.gradient_quotient(gq_fwd, x_in, y, k["operand"], k["form"])
-            except L.LossError as exc:
-                raise TrainingError(str(exc)) from None
-            terms["ce"] = L.ce_loss(logits, y)
-            total = terms["ce"] + k["lam"] * terms["gq"]
-        else:  # pragma: no cover - the registry and this switch move together
-            raise TrainingError(f"no step for method {name!r}")
-        terms = {"total": total, **terms}
+        """One SGD update on the ID samples ``idx``; returns every loss term (and the method's
+        diagnostics) as a float."""
+        x_in, y = self.augment(self.x_train[idx]), self.y_train[idx]
+        out = self.method.loss(self, x_in, y)
+        terms = {"total": out["total"], **{t: v for t, v in out.items() if t != "total" and torch.is_tensor(v)}}
+        missing = [t for t in self.method.terms if t not in terms]
+        if missing:  # a method's bug, not the user's input
+            raise RuntimeError(f"{type(self.method).__name__}.loss returned no {', '.join(missing)} term")
+        stats = {t: float(v) for t, v in out.items() if not torch.is_tensor(v)}
         self._check_terms(terms)
         self.opt.zero_grad(set_to_none=True)
-        total.backward(inputs=self.params)  # parameters only: no wasted gradients for the input leaves
-        if self.ddp is not None and name == "gq" and k["form"] == "per_sample":
+        terms["total"].backward(inputs=self.params)  # parameters only: no wasted gradients for the input leaves
+        if self.ddp is not None and not self.method.runs_ddp_forward(self.k):
             for p in self.params:  # no DDP forward ran, so DDP's hooks did not reduce: average explicitly
                 if p.grad is not None:
                     D.all_reduce_sum(p.grad).div_(self.world)
@@ -357,25 +309,7 @@ class Trainer:
         self.opt.step()
         self.sched.step()
         self.step_no += 1
-        return {**{t: float(v.detach()) for t, v in terms.items()}, **extra, "grad_norm": gnorm, "lr": lr}
-
-    def _select_aux(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """GReg+ selection from a ⌊pool_factor·B⌋ pool scored in eval mode: (rows for L_S, rows for L_∇S),
-        the same tensor for ``selection=reference``."""
-        k = self.k
-        # Under torchrun the pool of the global batch is drawn on every rank and each rank selects
-        # its B/world outliers from its own slice of it (selection is per rank, on the rank's pool).
-        total = self._pool_size(b * self.world)
-        pool_idx = self.np_rng.choice(len(self.x_aux), total, replace=False)
-        lo, hi = D.shard_bounds(total, self.rank, self.world)
-        pool = self._aug(self.x_aux[torch.as_tensor(pool_idx[lo:hi])], total, lo)
-        feats, ens = pool_features_energies(self.bundle.forward, self.model, pool)
-        seed = self.cfg.seed * 1_000_003 + self.step_no
-        if k["selection"] == "reference":
-            x = pool[torch.as_tensor(select_reference(feats, ens, b, int(k["drop_lowest"]), bool(k["two_way"]), seed))]
-            return x, x
-        sel = select_by_energy(feats, ens, b, seed=seed, drop=int(k["drop_lowest"]))
-        return pool[torch.as_tensor(sel.low)], pool[torch.as_tensor(sel.high)]
+        return {**{t: float(v.detach()) for t, v in terms.items()}, **stats, "grad_norm": gnorm, "lr": lr}
 
     def _check_terms(self, terms: dict[str, torch.Tensor]) -> None:
         for name in list(terms)[1:] + ["total"]:  # name the culprit term before the total
