@@ -70,6 +70,7 @@ def test_formats_come_from_the_registry():
     # the names and order the CLI's --format and the page's list offered before the registry
     assert tuple(FORMATS) == ("auto", "cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "imagefolder", "flat",
                               "filelist", "npz", "zip")
+    assert isinstance(FORMATS, list)  # Streamlit's selectbox takes lists and tuples, not any Sequence
     assert len(FORMATS) == 11 and FORMATS[0] == "auto" and "npz" in FORMATS and "tfrecord" not in FORMATS
     for r in F.readers():
         assert r.description and r.safety, r.name

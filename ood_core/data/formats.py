@@ -6,16 +6,15 @@ A format is declared once (docs/architecture.md, "Datasets", and "Where to add t
 ``detect(path)``, ``splits(path)`` and ``read(path, split, ...)``. :func:`detect_dataset_format`
 asks the readers in ``priority`` order (ties: the order they were registered) and the first
 that recognises the path names its format; :data:`FORMATS` (the CLI's ``--format`` choices,
-the Models & data page's list) is ``"auto"`` and the registered names, read live.
+the Models & data page's list) is ``"auto"`` and the registered names, kept up to date in place.
 
 The built-in readers are in :mod:`.readers`; a format outside the package is one module
 defining one decorated class, imported before the source is registered.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import numpy as np
 
@@ -101,19 +100,26 @@ def to_uint8(x: np.ndarray, what: str) -> np.ndarray:
 
 
 _READERS: dict[str, Reader] = {}  # registration order: the order FORMATS lists them
+# "auto" and the registered names: one list object updated in place, so a caller that took it
+# before a format was registered (argparse's choices, the page's selectbox) still offers it.
+# A plain list, not a view: Streamlit's widgets accept lists and tuples only.
+FORMATS: list[str] = ["auto"]
 
 
 def register_format(cls: type[Reader]) -> type[Reader]:
     """Class decorator: add a dataset format under ``cls.name`` (a later class of the same name replaces it)."""
     if not cls.name or cls.name == "auto" or not cls.name.isidentifier():
         raise ValueError(f"{cls.__name__}: a format's name is a non-empty identifier other than 'auto'")
+    if cls.name not in _READERS:
+        FORMATS.append(cls.name)
     _READERS[cls.name] = cls()
     return cls
 
 
 def unregister_format(name: str) -> None:
     """Forget a format (tests; a module that registered one and is being unloaded)."""
-    _READERS.pop(name, None)
+    if _READERS.pop(name, None) is not None:
+        FORMATS.remove(name)
 
 
 def get_reader(fmt: str) -> Reader:
@@ -128,30 +134,6 @@ def readers() -> list[Reader]:
     return sorted(_READERS.values(), key=lambda r: r.priority)  # sorted() is stable: ties keep registration order
 
 
-class _FormatNames(Sequence):
-    """``("auto", *registered names)``, read on every use, so a format registered after a caller
-    took this object (argparse's ``choices``, a page's list) is still offered and accepted."""
-
-    def _names(self) -> tuple[str, ...]:
-        return ("auto", *_READERS)
-
-    def __getitem__(self, i):  # noqa: ANN001, ANN204 - Sequence's int/slice protocol
-        return self._names()[i]
-
-    def __len__(self) -> int:
-        return 1 + len(_READERS)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names())
-
-    def __contains__(self, name: object) -> bool:
-        return name == "auto" or name in _READERS
-
-    def __repr__(self) -> str:
-        return repr(self._names())
-
-
-FORMATS = _FormatNames()
 
 
 def detect_dataset_format(path: Path | str) -> str:
