@@ -121,3 +121,35 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return self.fc(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1).flatten(1))
+
+
+def file_list(root: Path, n: int = 4, name: str = "list.txt") -> Path:
+    """``root/name`` listing ``a/img*.jpg`` with labels on every other line (OpenOOD's image lists)."""
+    flat_images(root / "a", n=n)
+    lines = [f"a/img{i}.jpg {i}" if i % 2 == 0 else f"a/img{i}.jpg" for i in range(n)]
+    (root / name).write_text("\n".join(lines) + "\n")
+    return root / name
+
+
+def npz_file(path: Path, n: int = 6, seed: int = 6, splits: bool = False) -> Path:
+    """A ``.npz`` of ``x`` (N, 8, 8, 3) uint8 and ``y``, or ``x_train``/``y_train``/``x_test``/``y_test``."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, 8, 8, 3)).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if splits:
+        k = n // 2
+        np.savez(path, x_train=x[:k], y_train=np.zeros(k, int), x_test=x[k:], y_test=np.ones(n - k, int))
+    else:
+        np.savez(path, x=x, y=np.arange(n))
+    return path
+
+
+def zip_folder(folder: Path, dest: Path) -> Path:
+    """``dest``: a zip of ``folder`` (its name as the top folder in the archive)."""
+    import zipfile
+
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as z:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                z.write(p, p.relative_to(folder.parent))
+    return dest

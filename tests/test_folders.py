@@ -35,7 +35,7 @@ def _cifar_pixels(root: Path, batch: str) -> tuple[np.ndarray, list[int]]:
 
 def test_cifar10_both_splits(tmp_path):
     root = fx.cifar10_folder(tmp_path / "c10", n_train=24, n_test=12)
-    assert R.detect_format(root) == "cifar10"
+    assert R.detect_dataset_format(root) == "cifar10"
     assert R.source_splits(root, "cifar10") == ["train", "test"]
     test = R.load_local(root)
     x, y = _cifar_pixels(root, "test_batch")
@@ -50,7 +50,7 @@ def test_cifar10_both_splits(tmp_path):
 
 def test_cifar100(tmp_path):
     root = fx.cifar100_folder(tmp_path / "c100", n=10)
-    assert R.detect_format(root) == "cifar100"
+    assert R.detect_dataset_format(root) == "cifar100"
     ds = R.load_local(root)
     assert len(ds) == 10 and ds.class_names[5] == "c5" and ds.labels.max() < 100
 
@@ -75,7 +75,7 @@ def test_svhn_mat_label_10_is_0(tmp_path):
     import scipy.io
 
     root = fx.svhn_folder(tmp_path / "svhn", n=12, splits=("train", "test"))
-    assert R.detect_format(root) == "svhn" and R.source_splits(root, "svhn") == ["train", "test"]
+    assert R.detect_dataset_format(root) == "svhn" and R.source_splits(root, "svhn") == ["train", "test"]
     ds = R.load_local(root)
     m = scipy.io.loadmat(str(root / "test_32x32.mat"))
     np.testing.assert_array_equal(ds.images, m["X"].transpose(3, 0, 1, 2))
@@ -88,7 +88,7 @@ def test_svhn_mat_label_10_is_0(tmp_path):
 @pytest.mark.parametrize("fashion,gz", [(False, False), (True, True)])
 def test_mnist_raw_idx(tmp_path, fashion, gz):
     root = fx.mnist_raw_folder(tmp_path / "m", n=10, fashion=fashion, gz=gz)
-    fmt = R.detect_format(root)
+    fmt = R.detect_dataset_format(root)
     assert fmt == ("fashion_mnist" if fashion else "mnist")
     ds = R.load_local(root, split="train")
     assert ds.images.shape == (10, 28, 28, 1) and ds.labels.max() <= 9
@@ -105,7 +105,7 @@ def test_mnist_truncated_idx_refused(tmp_path):
 
 def test_imagefolder_skips_corrupt_file(tmp_path):
     root = fx.image_tree(tmp_path / "tree", classes=("cat", "ant", "bee"), per=4, corrupt=1)
-    assert R.detect_format(root) == "imagefolder"
+    assert R.detect_dataset_format(root) == "imagefolder"
     ds = R.load_local(root)
     assert len(ds) == 12 and ds.meta["skipped"] == 1 and "broken0.png" in ds.meta["skipped_files"][0]
     assert ds.class_names == ["ant", "bee", "cat"]  # sorted folder names, torchvision's convention
@@ -131,7 +131,7 @@ def test_flat_folder_mixed_sizes_kept_until_the_model_resizes(tmp_path):
     from ood_core.models import Preprocess
 
     root = fx.flat_images(tmp_path / "flat", n=5, sizes=((16, 16), (16, 16), (24, 20)))
-    assert R.detect_format(root) == "flat"
+    assert R.detect_dataset_format(root) == "flat"
     ds = R.load_local(root)
     assert len(ds) == 5 and (ds.labels == -1).all() and ds.meta["sizes_seen"] == 2
     assert sorted({ds.image(i).shape for i in range(5)}) == [(16, 16, 3), (24, 20, 3)]  # each at its own size

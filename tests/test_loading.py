@@ -244,7 +244,7 @@ def test_workbench_checkpoint_delegates(tmp_path):
     meta = {"name": "mine", "arch": "small_cnn", "num_classes": 10, "in_channels": 1,
             "preprocess": {"input_size": [28, 28], "channels": 1, "mean": [0.1307], "std": [0.3081]}}
     p = save_checkpoint(m, tmp_path / "mine.pt", meta)
-    assert formats.detect_format(p) == "checkpoint"
+    assert formats.detect_model_format(p) == "checkpoint"
     b = load_model_file(p)
     assert b.arch == "small_cnn" and b.name == "mine" and b.has_features
 

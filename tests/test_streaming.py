@@ -244,7 +244,7 @@ def test_file_list_reads_paths_and_labels_and_refuses_escapes(tmp_path):
     lst = tmp_path / "imgs" / "list.txt"
     lines = ["# path label", "a/p000.jpg 3", "a/p001.jpg 1", "a/p002.jpg", "../elsewhere.jpg 2", "a/missing.jpg 0"]
     lst.write_text("\n".join(lines) + "\n")
-    assert R.detect_format(lst) == "filelist"
+    assert R.detect_dataset_format(lst) == "filelist"
     ds = R.load_local(lst)
     assert ds.streamed and len(ds) == 3 and ds.labels.tolist() == [3, 1, -1]
     assert ds.meta["skipped"] == 2 and any("outside" in s for s in ds.meta["skipped_files"])

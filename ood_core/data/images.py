@@ -14,7 +14,7 @@ import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -35,6 +35,11 @@ def images_in(folder: Path, recursive: bool = True) -> list[Path]:
     return scan_images(folder, recursive)[0]
 
 
+def has_images(folder: Path, recursive: bool = True) -> bool:
+    """Whether :func:`images_in` would find any, stopping at the first (format detection)."""
+    return any(kind == "file" for kind, _ in _walk_images(Path(folder), recursive, Path(folder)))
+
+
 def scan_images(folder: Path, recursive: bool = True, root: Path | None = None) -> tuple[list[Path], list[str]]:
     """Image files under ``folder`` and the links skipped on the way (relative to ``root``).
 
@@ -42,31 +47,39 @@ def scan_images(folder: Path, recursive: bool = True, root: Path | None = None) 
     inside ``root`` (docs/architecture.md, "Uploads are data, not code"): a dataset folder reads
     the same whatever its links point at.
     """
-    folder = Path(folder)
-    base = Path(root or folder)
-    inside = base.resolve()
     files: list[Path] = []
     skipped: list[str] = []
+    for kind, item in _walk_images(Path(folder), recursive, Path(root or folder)):
+        if kind == "file":
+            files.append(item)
+        else:
+            skipped.append(item)
+    return sorted(files), skipped
+
+
+def _walk_images(folder: Path, recursive: bool, base: Path) -> Iterator[tuple[str, Any]]:
+    """``("file", path)`` for each image and ``("skipped", relative name)`` for each link left out, lazily."""
+    inside = base.resolve()
     try:
         walk = os.walk(folder) if recursive else [next(os.walk(folder))]
     except StopIteration:  # unreadable or vanished folder
-        return [], []
+        return
     for dirpath, dirnames, filenames in walk:
         d = Path(dirpath)
         links = [n for n in dirnames if (d / n).is_symlink()]
         if recursive:
-            skipped += [str((d / n).relative_to(base)) for n in links]
+            for n in links:
+                yield "skipped", str((d / n).relative_to(base))
         dirnames[:] = sorted(n for n in dirnames if n not in links and n != "__MACOSX")
         for n in filenames:
             p = d / n
             if not is_image(p):
                 continue
             if p.is_symlink() and not (p.is_file() and p.resolve().is_relative_to(inside)):
-                skipped.append(str(p.relative_to(base)))
+                yield "skipped", str(p.relative_to(base))
                 continue
             if p.is_file():
-                files.append(p)
-    return sorted(files), skipped
+                yield "file", p
 
 
 def class_dirs(folder: Path) -> list[Path]:

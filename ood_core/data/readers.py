@@ -1,7 +1,7 @@
-"""Datasets from a local path, one reader per format, and :func:`load_local`, the one entry point.
+"""The built-in dataset formats, one :class:`~.formats.Reader` class each, and :func:`load_local`.
 
-Formats, recognised from the folder's content (``fmt="auto"``) or named (nothing is
-downloaded, nothing is unpickled freely; see :mod:`.safety`):
+Formats, recognised from the source's content (``fmt="auto"``, :func:`.formats.detect_dataset_format`)
+or named (nothing is downloaded, nothing is unpickled freely; see :mod:`.safety`):
 
 - ``cifar10`` / ``cifar100``: torchvision's ``cifar-10-batches-py`` / ``cifar-100-python`` folders,
   read with the restricted unpickler (torchvision's reader would run any pickle);
@@ -9,13 +9,14 @@ downloaded, nothing is unpickled freely; see :mod:`.safety`):
 - ``mnist`` / ``fashion_mnist``: the raw idx files (``MNIST/raw``, ``FashionMNIST/raw``, gzipped or not);
 - ``imagefolder``: ``root/class/*.png`` or ``root/train|test|val/class/…``; ``flat``: a folder of
   images without labels; ``filelist``: a text file of ``relative/path.jpg [label]`` lines (all three
-  in :mod:`.images`, and all three **streamed**: the dataset keeps paths, never the pixels);
+  read by :mod:`.images`, and all three **streamed**: the dataset keeps paths, never the pixels);
 - ``npz``: ``x`` (N,H,W[,C]) and optional ``y``, or ``x_train``/``y_train``/``x_test``/``y_test``;
   read with ``allow_pickle=False``;
 - ``zip``: an archive of any of the above, unpacked under the cache after :func:`.safety.unpack_zip`'s checks.
 
-Registering a source under a name is :mod:`.registry`'s job; remembering it across restarts
-is :mod:`ood_core.persist`'s.
+The classes are registered in the order :data:`.formats.FORMATS` lists them; detection asks them
+by ``priority``. Registering a source under a name is :mod:`.registry`'s job; remembering it
+across restarts is :mod:`ood_core.persist`'s.
 """
 from __future__ import annotations
 
@@ -26,18 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from .base import DataError, Dataset, ImageDataset
-from .images import (LIST_EXTS, Read, class_dirs, images_in, imagefolder_splits, is_image, read_filelist, read_flat,
-                     read_imagefolder, resize_array, split_tree, subsample)
+from .base import DataError, Dataset
+from .formats import FORMATS, ArrayReader, Reader, detect_dataset_format, get_reader, register_format, to_uint8
+from .images import (LIST_EXTS, Read, class_dirs, has_images, imagefolder_splits, read_filelist, read_flat,
+                     read_imagefolder, split_tree)
 from .safety import npz_headers, safe_unpickle, unpack_zip
 
-FORMATS = ("auto", "cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "imagefolder", "flat", "filelist", "npz",
-           "zip")
-STREAMED_FORMATS = ("imagefolder", "flat", "filelist")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
-
 
 
 def _get(d: dict, key: str) -> Any:
@@ -97,6 +95,37 @@ def read_cifar(path: Path, split: str, hundred: bool = False) -> Read:
     return np.concatenate(xs), np.concatenate(ys), names, {"files": [f.name for f in files]}
 
 
+@register_format
+class Cifar10(ArrayReader):
+    name = "cifar10"
+    description = "CIFAR-10 python batches: cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta)"
+    safety = "pickles go through the restricted unpickler (plain arrays, lists, dicts; safety.safe_unpickle)"
+    priority = 10
+    hundred = False
+
+    def detect(self, path: Path) -> bool:
+        return path.is_dir() and ((path / "cifar-10-batches-py").is_dir() or (path / "test_batch").is_file()
+                                  or (path / "data_batch_1").is_file())
+
+    def splits(self, path: Path) -> list[str]:
+        return cifar_splits(path, self.hundred)
+
+    def arrays(self, path: Path, split: str) -> Read:
+        return read_cifar(path, split, self.hundred)
+
+
+@register_format
+class Cifar100(Cifar10):
+    name = "cifar100"
+    description = "CIFAR-100 python files: cifar-100-python/ (train, test, meta); fine labels"
+    priority = 11
+    hundred = True
+
+    def detect(self, path: Path) -> bool:
+        return path.is_dir() and ((path / "cifar-100-python").is_dir() or (
+            (path / "meta").is_file() and (path / "test").is_file() and not (path / "test").is_dir()))
+
+
 def svhn_splits(path: Path) -> list[str]:
     path = Path(path)
     if path.is_file():
@@ -126,6 +155,23 @@ def read_svhn(path: Path, split: str) -> Read:
         raise DataError(f"{f.name}: {len(imgs)} images but {labels.size} labels")
     labels = np.where(labels == 10, 0, labels)  # SVHN stores digit 0 as 10 (torchvision maps it back)
     return to_uint8(imgs, f.name), labels, [str(i) for i in range(10)], {"files": [f.name]}
+
+
+@register_format
+class Svhn(ArrayReader):
+    name = "svhn"
+    description = "SVHN: train_32x32.mat / test_32x32.mat / extra_32x32.mat (a folder of them, or one .mat)"
+    safety = "scipy.io.loadmat reads arrays only (no code); MATLAB v7.3 (HDF5) files are refused"
+    priority = 20
+
+    def detect(self, path: Path) -> bool:
+        return path.suffix.lower() == ".mat" if path.is_file() else bool(svhn_splits(path))
+
+    def splits(self, path: Path) -> list[str]:
+        return svhn_splits(path)
+
+    def arrays(self, path: Path, split: str) -> Read:
+        return read_svhn(path, split)
 
 
 _IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -181,6 +227,88 @@ def read_mnist(path: Path, split: str, fashion: bool = False) -> Read:
     return np.ascontiguousarray(x), y, names, {"files": [fi.name] + ([fl.name] if fl else [])}
 
 
+def _fashion(path: Path) -> bool:
+    return "fashion" in str(_mnist_raw(path)).lower() or "fashion" in path.name.lower()
+
+
+@register_format
+class Mnist(ArrayReader):
+    name = "mnist"
+    description = "MNIST raw idx files: MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]"
+    safety = "the idx header's shape is checked against the bytes present (a cut file is refused)"
+    priority = 30
+    fashion = False
+
+    def detect(self, path: Path) -> bool:
+        return path.is_dir() and bool(mnist_splits(path)) and _fashion(path) == self.fashion
+
+    def splits(self, path: Path) -> list[str]:
+        return mnist_splits(path)
+
+    def arrays(self, path: Path, split: str) -> Read:
+        return read_mnist(path, split, self.fashion)
+
+
+@register_format
+class FashionMnist(Mnist):
+    name = "fashion_mnist"
+    description = "Fashion-MNIST raw idx files: FashionMNIST/raw/… (a path naming 'fashion')"
+    fashion = True
+
+
+@register_format
+class ImageFolder(Reader):
+    name = "imagefolder"
+    description = "class folders of images, root/class/*.png, or root/train|test|val/class/… (streamed)"
+    safety = "links leaving the folder and unreadable or cut images are skipped and counted; headers only are read"
+    priority = 80
+
+    def detect(self, path: Path) -> bool:
+        if not path.is_dir():
+            return False
+        if split_tree(path) or any(has_images(c) for c in class_dirs(path)):
+            return True
+        # images only in folders class_dirs leaves out (``.x``, ``__x``): a tree, unless some lie at the top (flat)
+        return not has_images(path, recursive=False) and has_images(path)
+
+    def splits(self, path: Path) -> list[str]:
+        return imagefolder_splits(path)
+
+    def read(self, path: Path, split: str, *, labelled: bool = True, limit: int | None = None,
+             name: str = "local", content_hash: bool = False, size: tuple[int, int] | None = None) -> Dataset:
+        return read_imagefolder(path, split, labelled, limit, name, content_hash)
+
+
+@register_format
+class Flat(Reader):
+    name = "flat"
+    description = "a folder of images without labels (streamed)"
+    safety = ImageFolder.safety
+    priority = 85
+
+    def detect(self, path: Path) -> bool:
+        return path.is_dir() and has_images(path, recursive=False)
+
+    def read(self, path: Path, split: str, *, labelled: bool = True, limit: int | None = None,
+             name: str = "local", content_hash: bool = False, size: tuple[int, int] | None = None) -> Dataset:
+        return read_flat(path, limit, name, content_hash)
+
+
+@register_format
+class FileList(Reader):
+    name = "filelist"
+    description = f"a text file ({', '.join(LIST_EXTS)}) of 'relative/path.jpg [label]' lines (streamed)"
+    safety = "entries outside the list's folder, missing files and unreadable images are skipped and counted"
+    priority = 90
+
+    def detect(self, path: Path) -> bool:
+        return path.is_file() and path.suffix.lower() in LIST_EXTS
+
+    def read(self, path: Path, split: str, *, labelled: bool = True, limit: int | None = None,
+             name: str = "local", content_hash: bool = False, size: tuple[int, int] | None = None) -> Dataset:
+        return read_filelist(path, labelled, limit, name, content_hash)
+
+
 def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
     npz_headers(path)  # shapes, dtypes and the size limit, before a byte is decompressed
     try:
@@ -199,23 +327,6 @@ def npz_splits(path: Path) -> list[str]:
     arrays = npz_headers(path)
     sp = [s for s in ("train", "test") if f"x_{s}" in arrays]
     return sp or ["test"]
-
-
-def to_uint8(x: np.ndarray, what: str) -> np.ndarray:
-    if x.dtype == np.uint8:
-        return x
-    if x.dtype == bool or not np.issubdtype(x.dtype, np.number):
-        raise DataError(f"{what}: images must be numbers, got dtype {x.dtype}")
-    if x.size == 0:
-        return x.astype(np.uint8)
-    lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
-    if not np.isfinite(x).all():
-        raise DataError(f"{what}: images contain NaN or inf")
-    if np.issubdtype(x.dtype, np.floating) and lo >= 0 and hi <= 1:
-        return np.round(x * 255).astype(np.uint8)
-    if lo >= 0 and hi <= 255:
-        return np.round(x).astype(np.uint8)
-    raise DataError(f"{what}: pixel values span [{lo:g}, {hi:g}]; expected uint8 0-255 or floats in [0, 1]")
 
 
 def read_npz(path: Path, split: str = "test") -> Read:
@@ -255,61 +366,53 @@ def read_npz(path: Path, split: str = "test") -> Read:
     return to_uint8(np.ascontiguousarray(x), path.name), labels, None, {"keys": sorted(a)}
 
 
+@register_format
+class Npz(ArrayReader):
+    name = "npz"
+    description = "a .npz of x (N,H,W[,C]) and optional y, or x_train/y_train/x_test/y_test"
+    safety = "headers (shapes, dtypes, total size) are checked before decompressing; allow_pickle=False"
+    priority = 40
 
-def detect_format(path: Path) -> str:
-    """The format of a local source (see the module docstring); DataError when unrecognised."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"no such file or folder: {path}")
-    if path.is_file():
-        suf = path.suffix.lower()
-        if suf == ".npz":
-            return "npz"
-        if suf == ".mat":
-            return "svhn"
-        if zipfile.is_zipfile(path):
-            return "zip"
-        if suf in LIST_EXTS:
-            return "filelist"
-        if is_image(path):
-            raise DataError(f"{path.name} is a single image; register the folder that holds it")
-        raise DataError(f"{path.name}: unknown file type; expected a folder, a .npz, a .mat or a .zip")
-    if (path / "cifar-10-batches-py").is_dir() or (path / "test_batch").is_file() or (path / "data_batch_1").is_file():
-        return "cifar10"
-    if (path / "cifar-100-python").is_dir() or ((path / "meta").is_file() and (path / "test").is_file()
-                                                 and not (path / "test").is_dir()):
-        return "cifar100"
-    if svhn_splits(path):
-        return "svhn"
-    if mnist_splits(path):
-        raw = str(_mnist_raw(path)).lower()
-        return "fashion_mnist" if "fashion" in raw or "fashion" in path.name.lower() else "mnist"
-    if split_tree(path) or (class_dirs(path) and any(images_in(c) for c in class_dirs(path))):
-        return "imagefolder"
-    if images_in(path, recursive=False):
-        return "flat"
-    if images_in(path):
-        return "imagefolder"
-    raise DataError(f"could not recognise {path}: expected CIFAR-10/100 batches, SVHN .mat files, MNIST idx files, "
-                    "class folders of images, a folder of images, or a .npz")
+    def detect(self, path: Path) -> bool:
+        return path.is_file() and path.suffix.lower() == ".npz"
+
+    def splits(self, path: Path) -> list[str]:
+        return npz_splits(path)
+
+    def arrays(self, path: Path, split: str) -> Read:
+        return read_npz(path, split)
+
+
+@register_format
+class Zip(Reader):
+    name = "zip"
+    description = "a .zip of a folder in any of these formats"
+    safety = "sizes, compression ratio, paths and links are checked before unpacking (safety.unpack_zip)"
+    priority = 70
+    container = True
+
+    def detect(self, path: Path) -> bool:
+        return path.is_file() and zipfile.is_zipfile(path)
+
+    def unwrap(self, path: Path) -> Path:
+        return unpack_zip(path)
+
+    def splits(self, path: Path) -> list[str]:
+        inner = self.unwrap(path)
+        return get_reader(detect_dataset_format(inner)).splits(inner)
+
+    def read(self, path: Path, split: str, **kw: Any) -> Dataset:
+        inner = self.unwrap(path)
+        return get_reader(detect_dataset_format(inner)).read(inner, split, **kw)
 
 
 def source_splits(path: Path, fmt: str) -> list[str]:
-    path = Path(path)
-    if fmt in ("cifar10", "cifar100"):
-        return cifar_splits(path, fmt == "cifar100")
-    if fmt == "svhn":
-        return svhn_splits(path)
-    if fmt in ("mnist", "fashion_mnist"):
-        return mnist_splits(path)
-    if fmt == "imagefolder":
-        return imagefolder_splits(path)
-    if fmt == "npz":
-        return npz_splits(path)
-    return ["test"]
+    """The splits of a source in format ``fmt`` (``["test"]`` for a single set)."""
+    return get_reader(fmt).splits(Path(path))
 
 
 def resolve(path: Path | str, fmt: str) -> tuple[Path, str]:
+    """The path to read and its format: ``auto`` detected, an archive unpacked and its content detected."""
     path = Path(path).expanduser()
     if fmt not in FORMATS:
         raise DataError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
@@ -319,10 +422,11 @@ def resolve(path: Path | str, fmt: str) -> tuple[Path, str]:
         raise DataError(f"{path} is not a regular file or folder (a device, pipe or socket); "
                         "give a dataset folder or a .npz/.mat/.zip file")
     if fmt == "auto":
-        fmt = detect_format(path)
-    if fmt == "zip":
-        path = unpack_zip(path)
-        fmt = detect_format(path)
+        fmt = detect_dataset_format(path)
+    reader = get_reader(fmt)
+    if reader.container:
+        path = reader.unwrap(path)
+        fmt = detect_dataset_format(path)
     return path, fmt
 
 
@@ -333,42 +437,17 @@ def load_local(path: Path | str, fmt: str = "auto", split: str | None = None, li
 
     Folders and file lists come back as a :class:`~.streamed.StreamedDataset` (paths, not
     pixels; ``content_hash`` adds a hash of every file's bytes to the fingerprint); the array
-    formats as an in-memory :class:`ImageDataset`, resized to ``size`` when given."""
+    formats as an in-memory :class:`~.base.ImageDataset`, resized to ``size`` when given."""
     path, fmt = resolve(path, fmt)
-    splits = source_splits(path, fmt)
+    reader = get_reader(fmt)
+    splits = reader.splits(path)
     if not splits:
         raise DataError(f"{path} has no {fmt} data files")
     sp = split or ("test" if "test" in splits else splits[0])
     if sp not in splits:
         raise DataError(f"{path} has no {sp!r} split in {fmt} format (has: {', '.join(splits)})")
-    if fmt in STREAMED_FORMATS:
-        if fmt == "imagefolder":
-            ds = read_imagefolder(path, sp, labelled, limit, name, content_hash)
-        elif fmt == "flat":
-            ds = read_flat(path, limit, name, content_hash)
-        else:
-            ds = read_filelist(path, labelled, limit, name, content_hash)
-        ds.meta.update({"source": str(path), "format": fmt, "split": sp, "limit": limit})
-        ds.description = f"{fmt} from {path} ({sp} split, {len(ds)} images, streamed from disk)"
-        return ds
-    if fmt in ("cifar10", "cifar100"):
-        x, y, names, meta = read_cifar(path, sp, fmt == "cifar100")
-    elif fmt == "svhn":
-        x, y, names, meta = read_svhn(path, sp)
-    elif fmt in ("mnist", "fashion_mnist"):
-        x, y, names, meta = read_mnist(path, sp, fmt == "fashion_mnist")
-    else:
-        x, y, names, meta = read_npz(path, sp)
-    if not labelled:
-        y = np.full(len(x), -1, np.int64)
-    ids = subsample(len(x), limit)
-    if len(ids) < len(x):
-        x, y = x[ids], y[ids]
-    if size and tuple(x.shape[1:3]) != tuple(size):
-        x = resize_array(x, tuple(size))
-    meta["skipped"] = 0
-    if len(x) == 0:
-        raise DataError(f"{path} holds no images")
-    meta.update({"source": str(path), "format": fmt, "split": sp, "limit": limit})
-    return ImageDataset(name=name, images=x, labels=y, class_names=names, sample_ids=np.asarray(ids, np.int64),
-                        meta=meta, description=f"{fmt} from {path} ({sp} split, {len(x)} images)")
+    ds = reader.read(path, sp, labelled=labelled, limit=limit, name=name, content_hash=content_hash, size=size)
+    ds.meta.update({"source": str(path), "format": fmt, "split": sp, "limit": limit})
+    streamed = ", streamed from disk" if ds.streamed else ""
+    ds.description = f"{fmt} from {path} ({sp} split, {len(ds)} images{streamed})"
+    return ds

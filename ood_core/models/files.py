@@ -28,7 +28,7 @@ from .. import cache
 from .archs import arch_info
 from .bundle import ModelBundle, ModelError, Split
 from .checkpoints import load_checkpoint
-from .formats import check_size, detect_format
+from .formats import check_size, detect_model_format
 from .preprocess import check_classes, dry_run, first_size_that_runs, guess_preprocess, override, verify_split
 from .pt2 import Exported, load_pt2, module_of, pt2_linear_nodes, pt2_split
 from .state_dicts import match_architectures, read_state_dict, state_dict_into, strip_prefixes
@@ -53,7 +53,7 @@ def load_model_file(path: Path | str, arch: str | None = None, input_size: Seque
     if not path.exists() or not path.is_file():
         raise ModelError(f"no model file at {str(path)!r}")
     check_size(path.stat().st_size, max_bytes, f"{path.name}")
-    fmt = detect_format(path)
+    fmt = detect_model_format(path)
     label = name or path.stem
     if fmt == "unknown":
         raise ModelError(f"{path.name} is not a model file this workbench reads; expected a .pt2 (torch.export), "
@@ -198,7 +198,7 @@ def inspect_model_file(path: Path | str, max_bytes: int | None = None) -> dict[s
     """Cheap facts for the upload form: format, size and, for a state_dict, the architectures it fits."""
     path = Path(path)
     check_size(path.stat().st_size, max_bytes, path.name)
-    fmt = detect_format(path)
+    fmt = detect_model_format(path)
     out: dict[str, Any] = {"format": fmt, "bytes": path.stat().st_size, "fits": []}
     if fmt == "state_dict":
         state = read_state_dict(path)

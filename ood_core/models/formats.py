@@ -1,6 +1,6 @@
 """Recognising a model file by its content, and the size limit every model file passes first.
 
-:func:`detect_format` tells a ``torch.export`` archive, a TorchScript archive, a workbench
+:func:`detect_model_format` tells a ``torch.export`` archive, a TorchScript archive, a workbench
 checkpoint and a plain ``state_dict`` apart without loading anything (docs/architecture.md,
 "Uploads are data, not code"): the zip's member names or the first byte of a legacy pickle.
 """
@@ -42,7 +42,7 @@ def check_size(nbytes: int, max_bytes: int | None = None, what: str = "the model
                          "raise it with OOD_MAX_MODEL_BYTES (or max_bytes=) if you trust the file")
 
 
-def detect_format(path: Path) -> str:
+def detect_model_format(path: Path) -> str:
     """``'pt2'``, ``'torchscript'``, ``'checkpoint'``, ``'state_dict'`` (a torch.save zip or
     legacy pickle) or ``'unknown'``, from the file's content."""
     path = Path(path)
