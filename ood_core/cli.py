@@ -106,6 +106,11 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     bundle = wb.load_model(model, progress, **_model_kwargs(a))
     out = wb.evaluate(bundle, id_name, ood, dets, params, progress, subsample=subsample, seed=seed)
     out["model"] = model
+    if a.check_setup:  # only on request: the default JSON stays as it was
+        from .models.setup_checks import check_setup_named
+
+        out["setup_checks"] = [c.to_dict() for c in check_setup_named(
+            bundle, id_name, wb.get_extraction(bundle, _id_test(id_name)))]
     if a.paper:
         _add_paper(out, a.paper)
     if a.json:  # standard JSON: an undefined metric (no ID labels) is null, never NaN
@@ -129,6 +134,53 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             ref_txt = (f"{ref[0]:12.2f}{ref[1]:12.2f}" if ref else f"{'-':>12}{'-':>12}")
             print(f"{m['detector']:<16}{'mean':<14}{100 * m['auroc']:8.2f}{100 * m['fpr95']:8.2f}"
                   f"{'':9}{'':9}{ref_txt}")
+        _print_checks(out.get("setup_checks", []))
+    return 0
+
+
+# --- archs, check-setup ------------------------------------------------------------------
+
+def cmd_archs(a: argparse.Namespace) -> int:
+    """One line per architecture: name, label, published preprocessing, where it is published."""
+    from .models.archs import arch_info, list_architectures, structure_of
+
+    for name, label in list_architectures():
+        info = arch_info(name)
+        base = structure_of(name)
+        shares = f" [weights of {base}]" if base != name else ""
+        print(f"{name}\t{label}{shares}\t{info.describe_preprocess()}\t{info.source or '-'}")
+    print("wrn<depth>_<widen>\tany Wide ResNet (depth 6n+4), detected from the weights\t"
+          f"{arch_info('wrn16_2').describe_preprocess()}\t{arch_info('wrn16_2').source}")
+    print("densenet<depth>[_k<growth>]\tany DenseNet-BC (growth 12 unless _k), detected from the weights\t"
+          f"{arch_info('densenet40').describe_preprocess()}\t{arch_info('densenet40').source}")
+    return 0
+
+
+def _id_test(id_name: str):
+    from .data import get_dataset
+
+    return get_dataset(id_name)
+
+
+def _print_checks(rows: list[dict[str, str]]) -> None:
+    for c in rows:
+        print(f"[{c['status']}] {c['name']}: {c['measured']} (expected {c['expected']})")
+        if c["change"]:
+            print(f"      -> {c['change']}")
+
+
+def cmd_check_setup(a: argparse.Namespace) -> int:
+    """Checks of the loaded model against its published setup; exit 0 also when some warn."""
+    from .models.setup_checks import check_setup_named
+
+    bundle = _load(a, _progress_bar() if not a.quiet else None)
+    rows = [c.to_dict() for c in check_setup_named(bundle, a.id, n_images=a.images)]
+    if a.json:
+        print(standard_json({"model": a.model, "arch": bundle.arch, "id_dataset": a.id,
+                             "preprocess": bundle.preprocess.to_dict(), "setup_checks": rows}))
+    else:
+        print(f"model {a.model}  arch {bundle.arch}  ID {a.id}")
+        _print_checks(rows)
     return 0
 
 
@@ -192,7 +244,7 @@ def cmd_extract(a: argparse.Namespace) -> int:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="'default' or a model file (.pt2, TorchScript, state_dict)")
-    p.add_argument("--arch", help="architecture for a state_dict file (see `models`)")
+    p.add_argument("--arch", help="architecture for a state_dict file (see `archs`; detected when left out)")
     p.add_argument("--input-size", dest="input_size", type=int, nargs="+", help="H [W] of the model's input")
     p.add_argument("--channels", type=int, choices=(1, 3))
     p.add_argument("--mean", type=float, nargs="+", help="normalisation mean: one value or one per channel")
@@ -225,7 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--paper", choices=("gradnorm", "rg"), help="print the seed paper's ImageNet numbers beside ours")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--compact", action="store_true", help="JSON on one line")
+    e.add_argument("--check-setup", dest="check_setup", action="store_true",
+                   help="also check the setup against the published one (adds setup_checks; see `check-setup`)")
     e.set_defaults(fn=cmd_evaluate)
+
+    sub.add_parser("archs", help="list the architectures a state_dict loads into, with their published "
+                   "preprocessing").set_defaults(fn=cmd_archs)
+    c = sub.add_parser("check-setup", help="does the loaded model's setup match the published one?")
+    _add_model_args(c)
+    c.add_argument("--id", required=True, help="ID dataset (its test split)")
+    c.add_argument("--images", type=int, default=300, help="ID images the normalisation check runs (default 300)")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(fn=cmd_check_setup)
 
     x = sub.add_parser("extract", help="write the Extraction arrays of one dataset to .npz")
     _add_model_args(x)
