@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .archs_cifar import build_family, is_family_name
 from .bundle import ModelError, Preprocess
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -59,8 +60,6 @@ def build_arch(arch: str, num_classes: int, in_channels: int = 3) -> nn.Module:
     base = ARCH_VARIANTS.get(arch, arch)
     if base in ARCHITECTURES:
         return ARCHITECTURES[base](num_classes=num_classes, in_channels=in_channels)
-    from .archs_cifar import build_family
-
     model = build_family(base, num_classes, in_channels)
     if model is not None:
         return model
@@ -70,8 +69,6 @@ def build_arch(arch: str, num_classes: int, in_channels: int = 3) -> nn.Module:
 
 def known_arch(arch: str) -> bool:
     """Whether :func:`build_arch` can build ``arch``."""
-    from .archs_cifar import is_family_name
-
     base = ARCH_VARIANTS.get(arch, arch)
     return base in ARCHITECTURES or is_family_name(base)
 
@@ -306,9 +303,11 @@ def arch_info(arch: str) -> ArchInfo:
     architectures CIFAR-like ones."""
     if arch in ARCH_INFO:
         return ARCH_INFO[arch]
-    from .archs_published import family_info
-
-    return family_info(arch) or ArchInfo(arch, (32, 32), CIFAR_MEAN, CIFAR_STD, 3)
+    for declare in FAMILY_INFO:
+        info = declare(arch)
+        if info is not None:
+            return info
+    return ArchInfo(arch, (32, 32), CIFAR_MEAN, CIFAR_STD, 3)
 
 
 def list_architectures() -> list[tuple[str, str]]:
@@ -317,8 +316,8 @@ def list_architectures() -> list[tuple[str, str]]:
     return [(n, arch_info(n).label) for n in [*ARCHITECTURES, *ARCH_VARIANTS]]
 
 
-# Published checkpoints whose weights share a registered structure but not its preprocessing:
-# name -> structure (filled by .archs_published).
+# Filled by .archs_published (imported by the package's __init__, so always registered):
+# published checkpoints whose weights share a registered structure but not its preprocessing
+# (name -> structure), and the declarations of family members not registered by name.
 ARCH_VARIANTS: dict[str, str] = {}
-
-from . import archs_published as _published  # noqa: E402,F401 - registers the published CIFAR networks
+FAMILY_INFO: list[Callable[[str], "ArchInfo | None"]] = []

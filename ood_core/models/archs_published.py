@@ -1,7 +1,7 @@
 """The published OOD checkpoints' architectures, as data: structure, preprocessing, source, accuracy.
 
-Registered into :mod:`.archs` when it is imported (docs/architecture.md, "Published
-architectures"). Each declaration says the input the authors fed (size, resize mode,
+Registered into :mod:`.archs` when it is imported, which the package's ``__init__`` does
+(docs/architecture.md, "Published architectures"). Each declaration says the input the authors fed (size, resize mode,
 normalisation or none) and, where a paper reports one, the ID accuracy the setup checks compare
 with (:mod:`.setup_checks`; approximate: the papers' numbers are for their own training runs).
 
@@ -12,7 +12,7 @@ structure's load notes name its variants (``--arch`` picks one).
 """
 from __future__ import annotations
 
-from .archs import (ARCH_INFO, ARCH_VARIANTS, ARCHITECTURES, CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN,
+from .archs import (ARCH_INFO, ARCH_VARIANTS, ARCHITECTURES, CIFAR_MEAN, CIFAR_STD, FAMILY_INFO, IMAGENET_MEAN,
                     IMAGENET_STD, STATE_KEY_ALIASES, ArchInfo)
 from .archs_cifar import DENSENET_NAME, WRN_NAME, DenseNetBC, LowDimResNet, WideResNet
 
@@ -59,6 +59,8 @@ def family_info(name: str) -> ArchInfo | None:
         return _densenet_info(int(m.group(1)), int(m.group(2) or 12))
     return None
 
+
+FAMILY_INFO.append(family_info)
 
 for _d, _w in ((40, 2), (28, 10)):
     ARCHITECTURES[f"wrn{_d}_{_w}"] = _wrn(_d, _w)
