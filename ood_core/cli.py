@@ -107,10 +107,11 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     out = wb.evaluate(bundle, id_name, ood, dets, params, progress, subsample=subsample, seed=seed)
     out["model"] = model
     if a.check_setup:  # only on request: the default JSON stays as it was
+        from .data import get_dataset
         from .models.setup_checks import check_setup_named
 
-        out["setup_checks"] = [c.to_dict() for c in check_setup_named(
-            bundle, id_name, wb.get_extraction(bundle, _id_test(id_name)))]
+        ext = wb.get_extraction(bundle, get_dataset(id_name))  # cached: the pass evaluate just ran
+        out["setup_checks"] = [c.to_dict() for c in check_setup_named(bundle, id_name, ext)]
     if a.paper:
         _add_paper(out, a.paper)
     if a.json:  # standard JSON: an undefined metric (no ID labels) is null, never NaN
@@ -142,31 +143,17 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 def cmd_archs(a: argparse.Namespace) -> int:
     """One line per architecture: name, label, published preprocessing, where it is published."""
-    from .models.archs import arch_info, list_architectures, structure_of
+    from .models.archs_published import archs_table
 
-    for name, label in list_architectures():
-        info = arch_info(name)
-        base = structure_of(name)
-        shares = f" [weights of {base}]" if base != name else ""
-        print(f"{name}\t{label}{shares}\t{info.describe_preprocess()}\t{info.source or '-'}")
-    print("wrn<depth>_<widen>\tany Wide ResNet (depth 6n+4), detected from the weights\t"
-          f"{arch_info('wrn16_2').describe_preprocess()}\t{arch_info('wrn16_2').source}")
-    print("densenet<depth>[_k<growth>]\tany DenseNet-BC (growth 12 unless _k), detected from the weights\t"
-          f"{arch_info('densenet40').describe_preprocess()}\t{arch_info('densenet40').source}")
+    print("\n".join(archs_table()))
     return 0
 
 
-def _id_test(id_name: str):
-    from .data import get_dataset
-
-    return get_dataset(id_name)
-
-
 def _print_checks(rows: list[dict[str, str]]) -> None:
-    for c in rows:
-        print(f"[{c['status']}] {c['name']}: {c['measured']} (expected {c['expected']})")
-        if c["change"]:
-            print(f"      -> {c['change']}")
+    from .models.setup_checks import format_checks
+
+    for line in format_checks(rows):
+        print(line)
 
 
 def cmd_check_setup(a: argparse.Namespace) -> int:

@@ -102,3 +102,21 @@ ARCH_INFO["learning_odin_wrn34_1"] = ArchInfo(
 def variants_of(structure: str) -> list[str]:
     """Published variants that load into ``structure``."""
     return [v for v, base in ARCH_VARIANTS.items() if base == structure]
+
+
+def archs_table() -> list[str]:
+    """``name<TAB>label<TAB>preprocessing<TAB>where published``, one line per architecture, then the
+    families (what ``python -m ood_core archs`` prints)."""
+    from .archs import arch_info, list_architectures, structure_of
+
+    out = []
+    for name, label in list_architectures():
+        info, base = arch_info(name), structure_of(name)
+        shares = f" [weights of {base}]" if base != name else ""
+        out.append(f"{name}\t{label}{shares}\t{info.describe_preprocess()}\t{info.source or '-'}")
+    for pattern, what, example in (("wrn<depth>_<widen>", "any Wide ResNet (depth 6n+4)", "wrn16_2"),
+                                   ("densenet<depth>[_k<growth>]", "any DenseNet-BC (growth 12 unless _k)",
+                                    "densenet40")):
+        info = arch_info(example)
+        out.append(f"{pattern}\t{what}, detected from the weights\t{info.describe_preprocess()}\t{info.source}")
+    return out

@@ -215,3 +215,13 @@ def check_setup_named(bundle: ModelBundle, id_name: str, extraction: Any | None 
     from ..data import get_dataset
 
     return check_setup(bundle, get_dataset(id_name), extraction, n_images)
+
+
+def format_checks(rows: list[dict[str, str]]) -> list[str]:
+    """``[ok] name: measured (expected …)`` lines, each warning followed by what to change."""
+    out = []
+    for c in rows:
+        out.append(f"[{c['status']}] {c['name']}: {c['measured']} (expected {c['expected']})")
+        if c["change"]:
+            out.append(f"      -> {c['change']}")
+    return out
