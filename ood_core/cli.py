@@ -106,6 +106,12 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     bundle = wb.load_model(model, progress, **_model_kwargs(a))
     out = wb.evaluate(bundle, id_name, ood, dets, params, progress, subsample=subsample, seed=seed)
     out["model"] = model
+    if a.check_setup:  # only on request: the default JSON stays as it was
+        from .data import get_dataset
+        from .models.setup_checks import check_setup_named
+
+        ext = wb.get_extraction(bundle, get_dataset(id_name))  # cached: the pass evaluate just ran
+        out["setup_checks"] = [c.to_dict() for c in check_setup_named(bundle, id_name, ext)]
     if a.paper:
         _add_paper(out, a.paper)
     if a.json:  # standard JSON: an undefined metric (no ID labels) is null, never NaN
@@ -129,6 +135,39 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             ref_txt = (f"{ref[0]:12.2f}{ref[1]:12.2f}" if ref else f"{'-':>12}{'-':>12}")
             print(f"{m['detector']:<16}{'mean':<14}{100 * m['auroc']:8.2f}{100 * m['fpr95']:8.2f}"
                   f"{'':9}{'':9}{ref_txt}")
+        _print_checks(out.get("setup_checks", []))
+    return 0
+
+
+# --- archs, check-setup ------------------------------------------------------------------
+
+def cmd_archs(a: argparse.Namespace) -> int:
+    """One line per architecture: name, label, published preprocessing, where it is published."""
+    from .models.archs_published import archs_table
+
+    print("\n".join(archs_table()))
+    return 0
+
+
+def _print_checks(rows: list[dict[str, str]]) -> None:
+    from .models.setup_checks import format_checks
+
+    for line in format_checks(rows):
+        print(line)
+
+
+def cmd_check_setup(a: argparse.Namespace) -> int:
+    """Checks of the loaded model against its published setup; exit 0 also when some warn."""
+    from .models.setup_checks import check_setup_named
+
+    bundle = _load(a, _progress_bar() if not a.quiet else None)
+    rows = [c.to_dict() for c in check_setup_named(bundle, a.id, n_images=a.images)]
+    if a.json:
+        print(standard_json({"model": a.model, "arch": bundle.arch, "id_dataset": a.id,
+                             "preprocess": bundle.preprocess.to_dict(), "setup_checks": rows}))
+    else:
+        print(f"model {a.model}  arch {bundle.arch}  ID {a.id}")
+        _print_checks(rows)
     return 0
 
 
@@ -236,7 +275,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "its ID set and all its OOD sets, with the near/far means")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--compact", action="store_true", help="JSON on one line")
+    e.add_argument("--check-setup", dest="check_setup", action="store_true",
+                   help="also check the setup against the published one (adds setup_checks; see `check-setup`)")
     e.set_defaults(fn=cmd_evaluate)
+
+    sub.add_parser("archs", help="list the architectures a state_dict loads into, with their published "
+                   "preprocessing").set_defaults(fn=cmd_archs)
+    c = sub.add_parser("check-setup", help="does the loaded model's setup match the published one?")
+    _add_model_args(c)
+    c.add_argument("--id", required=True, help="ID dataset (its test split)")
+    c.add_argument("--images", type=int, default=300, help="ID images the normalisation check runs (default 300)")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(fn=cmd_check_setup)
 
     x = sub.add_parser("extract", help="write the Extraction arrays of one dataset to .npz")
     _add_model_args(x)

@@ -337,6 +337,7 @@ def run_forward(bundle: ModelBundle, ds: Dataset, batch_size: int | None = None,
     device = device or default_device()
     if autocast not in AUTOCAST:
         raise ExtractError(f"autocast must be one of {', '.join(AUTOCAST)}; got {autocast!r}")
+    bundle.model.eval()  # a model left in training mode would score with each batch's BN statistics
     n = len(ds)
     d = _partial_dir(resume_key) if resume_key else None
     manifest = _read_manifest(d) if d is not None else None

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .archs_cifar import build_family, is_family_name
 from .bundle import ModelError, Preprocess
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,16 +55,40 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_arch(arch: str, num_classes: int, in_channels: int = 3) -> nn.Module:
-    """Instantiate a named architecture (the workbench's own or torchvision's)."""
-    if arch in ARCHITECTURES:
-        return ARCHITECTURES[arch](num_classes=num_classes, in_channels=in_channels)
-    raise ModelError(f"unknown architecture {arch!r}; available: {', '.join(sorted(ARCHITECTURES))}")
+    """Instantiate a named architecture: a registered one, a published variant (built as the
+    structure it shares) or a member of a family (``wrn<depth>_<widen>``, ``densenet<depth>``)."""
+    base = ARCH_VARIANTS.get(arch, arch)
+    if base in ARCHITECTURES:
+        return ARCHITECTURES[base](num_classes=num_classes, in_channels=in_channels)
+    model = build_family(base, num_classes, in_channels)
+    if model is not None:
+        return model
+    raise ModelError(f"unknown architecture {arch!r}; `python -m ood_core archs` lists them "
+                     f"(and the families wrn<depth>_<widen>, densenet<depth>)")
+
+
+def known_arch(arch: str) -> bool:
+    """Whether :func:`build_arch` can build ``arch``."""
+    base = ARCH_VARIANTS.get(arch, arch)
+    return base in ARCHITECTURES or is_family_name(base)
+
+
+def structure_of(arch: str) -> str:
+    """The registered structure a published variant loads into (itself for the others)."""
+    return ARCH_VARIANTS.get(arch, arch)
 
 
 
 @dataclass(frozen=True)
 class ArchInfo:
-    """What the pickers show and the preprocessing a fresh load starts from."""
+    """What the pickers show, the published preprocessing a fresh load starts from, and where the
+    architecture's checkpoints are published (docs/architecture.md, "Published architectures").
+
+    ``resize``: ``"stretch"`` or ``"crop"`` (shorter side to size / 0.875, centre crop: the ImageNet
+    evaluation of torchvision and OpenOOD). ``mean = 0, std = 1`` means raw ``[0, 1]`` pixels (the
+    authors apply no normalisation, or the model normalises inside: ``normalises_inside``).
+    ``accuracy``: ``(dataset key, top-1, citation)`` rows the setup checks compare with; approximate.
+    """
 
     label: str
     input_size: tuple[int, int]
@@ -72,13 +97,35 @@ class ArchInfo:
     channels: int = 3
     fixed_size: bool = False  # the model only accepts this input size (ViT)
     big: bool = False  # over ~40 M parameters: slow to build, save and test on a CPU
+    resize: str = "stretch"
+    source: str = ""
+    normalises_inside: bool = False
+    accuracy: tuple[tuple[str, float, str], ...] = ()
 
     def preprocess(self, channels: int | None = None) -> Preprocess:
         c = channels or self.channels
         mean, std = self.mean, self.std
         if c != len(mean):  # a 1-channel variant of an RGB model: average the statistics
             mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
-        return Preprocess(self.input_size, c, mean, std)
+        return Preprocess(self.input_size, c, mean, std, self.resize)
+
+    @property
+    def raw_pixels(self) -> bool:
+        """The published input is ``[0, 1]`` pixels without normalisation outside the model."""
+        return all(m == 0 for m in self.mean) and all(s == 1 for s in self.std)
+
+    def describe_preprocess(self) -> str:
+        """One phrase: size, resize mode, normalisation."""
+        h, w = self.input_size
+        size = f"{h}x{w} " + ("stretched" if self.resize == "stretch" else "centre crop of a resize to "
+                             f"{round(min(h, w) / 0.875)}")
+        if self.normalises_inside:
+            norm = "raw [0,1] pixels (the model normalises inside)"
+        elif self.raw_pixels:
+            norm = "raw [0,1] pixels (no normalisation)"
+        else:
+            norm = "mean " + "/".join(f"{v:.4g}" for v in self.mean) + " std " + "/".join(f"{v:.4g}" for v in self.std)
+        return f"{size}, {norm}"
 
 
 ARCH_INFO: dict[str, ArchInfo] = {
@@ -140,14 +187,27 @@ _TORCHVISION = {
     "vit_b_16": ("torchvision ViT-B/16 (224x224 only)", True),
 }
 
+_TORCHVISION["swin_t"] = ("torchvision Swin-T (224x224)", False)
+# torchvision's IMAGENET1K_V1 top-1 (its model cards); these are OpenOOD v1.5's ImageNet-1K models.
+_TV_ACC = {"resnet50": 76.13, "vit_b_16": 81.07, "swin_t": 81.47}
+_TV_SOURCE = "torchvision; OpenOOD v1.5 evaluates it on ImageNet-1K" 
+
 for _name, (_label, _big) in _TORCHVISION.items():
     ARCHITECTURES[_name] = _torchvision(_name)
-    ARCH_INFO[_name] = ArchInfo(_label, (224, 224), IMAGENET_MEAN, IMAGENET_STD, 3,
-                                fixed_size=_name.startswith("vit"), big=_big)
+    # torchvision's and OpenOOD's ImageNet evaluation: resize the shorter side to 256, centre crop 224
+    ARCH_INFO[_name] = ArchInfo(
+        _label, (224, 224), IMAGENET_MEAN, IMAGENET_STD, 3, fixed_size=_name.startswith(("vit", "swin")),
+        big=_big, resize="crop", source=_TV_SOURCE if _name in _TV_ACC else "torchvision",
+        accuracy=((("imagenet", _TV_ACC[_name], f"torchvision {_name} IMAGENET1K_V1 model card"),)
+                  if _name in _TV_ACC else ()))
 
 ARCHITECTURES["resnet18_cifar"] = resnet18_cifar
-ARCH_INFO["resnet18_cifar"] = ArchInfo("CIFAR-style ResNet-18 (3x3 stem, no max-pool, 32x32)", (32, 32),
-                                       CIFAR_MEAN, CIFAR_STD, 3)
+_OPENOOD_CIFAR_ACC = (("cifar10", 95.06, "Zhang et al. 2023, OpenOOD v1.5, ResNet-18 (mean of 3 runs)"),
+                      ("cifar100", 77.25, "Zhang et al. 2023, OpenOOD v1.5, ResNet-18 (mean of 3 runs)"))
+ARCH_INFO["resnet18_cifar"] = ArchInfo(
+    "CIFAR-style ResNet-18 (3x3 stem, no max-pool, 32x32)", (32, 32), CIFAR_MEAN, CIFAR_STD, 3,
+    source="GReg and OpenOOD v1.5 (ResNet18_32x32); kuangliu/pytorch-cifar key names load too",
+    accuracy=_OPENOOD_CIFAR_ACC)
 
 class StdConv2d(nn.Conv2d):
     """A convolution with Weight Standardization (Qiao et al. 2019), as BiT's ResNetV2 uses it:
@@ -228,7 +288,8 @@ for _name, _units, _label in (("bit_r50x1", (3, 4, 6, 3), "BiT ResNetV2-50x1"),
                               ("bit_r101x1", (3, 4, 23, 3), "BiT ResNetV2-101x1 (the GradNorm/RG ImageNet model)")):
     ARCHITECTURES[_name] = _bit(_units)
     # The GradNorm/RG reference evaluates at 480x480, stretched, with mean = std = 0.5.
-    ARCH_INFO[_name] = ArchInfo(_label, (480, 480), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 3, big=True)
+    ARCH_INFO[_name] = ArchInfo(_label, (480, 480), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 3, big=True,
+                                source="Kolesnikov et al. 2020 (BiT-S); GradNorm (Huang et al. 2021) and RG")
 
 # Other spellings of the same weights, tried when a state_dict's keys do not match:
 # (substring in the file's key, replacement in ours).
@@ -238,10 +299,25 @@ STATE_KEY_ALIASES: dict[str, list[tuple[str, str]]] = {
 
 
 def arch_info(arch: str) -> ArchInfo:
-    """Defaults for ``arch``; unknown (user-registered) architectures get CIFAR-like ones."""
-    return ARCH_INFO.get(arch, ArchInfo(arch, (32, 32), CIFAR_MEAN, CIFAR_STD, 3))
+    """Defaults for ``arch``; a family member gets its family's, unknown (user-registered)
+    architectures CIFAR-like ones."""
+    if arch in ARCH_INFO:
+        return ARCH_INFO[arch]
+    for declare in FAMILY_INFO:
+        info = declare(arch)
+        if info is not None:
+            return info
+    return ArchInfo(arch, (32, 32), CIFAR_MEAN, CIFAR_STD, 3)
 
 
 def list_architectures() -> list[tuple[str, str]]:
-    """``(name, label)`` of every architecture a state_dict can be loaded into."""
-    return [(n, arch_info(n).label) for n in ARCHITECTURES]
+    """``(name, label)`` of every architecture a state_dict can be loaded into (published
+    variants included; family members beyond the listed ones are built by name)."""
+    return [(n, arch_info(n).label) for n in [*ARCHITECTURES, *ARCH_VARIANTS]]
+
+
+# Filled by .archs_published (imported by the package's __init__, so always registered):
+# published checkpoints whose weights share a registered structure but not its preprocessing
+# (name -> structure), and the declarations of family members not registered by name.
+ARCH_VARIANTS: dict[str, str] = {}
+FAMILY_INFO: list[Callable[[str], "ArchInfo | None"]] = []

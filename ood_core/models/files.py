@@ -26,12 +26,14 @@ from torch import nn
 
 from .. import cache
 from .archs import arch_info
+from .archs_published import variants_of
 from .bundle import ModelBundle, ModelError, Split
 from .checkpoints import load_checkpoint
 from .formats import check_size, detect_model_format
 from .preprocess import check_classes, dry_run, first_size_that_runs, guess_preprocess, override, verify_split
 from .pt2 import Exported, load_pt2, module_of, pt2_linear_nodes, pt2_split
-from .state_dicts import match_architectures, read_state_dict, state_dict_into, strip_prefixes
+from .state_dicts import (closest_text, match_architectures, rank_architectures, read_state_dict, state_dict_into,
+                          strip_prefixes)
 from .torchscript import load_torchscript, script_linears, script_split
 
 log = logging.getLogger(__name__)
@@ -85,15 +87,19 @@ def _load_state_dict(path, sha, label, arch, input_size, mean, std, channels, he
     state = read_state_dict(path)
     notes = []
     if not arch:
-        ranked = match_architectures(state)
-        exact = [a for a, p in ranked if p == 0]
+        ranked = rank_architectures(state)
+        exact = [a for a, p, _ in ranked if p == 0]
         if not exact:
-            close = ", ".join(f"{a} ({p} differences)" for a, p in ranked[:3])
-            raise ModelError(f"{path.name} is a state_dict of no known architecture (closest: {close}); "
-                             "pick its architecture, or export the whole model as .pt2 / TorchScript")
+            raise ModelError(f"{path.name} is a state_dict of no known architecture (closest: {closest_text(ranked)}); "
+                             "pick its architecture (`python -m ood_core archs`), or export the whole model "
+                             "as .pt2 / TorchScript")
         arch = exact[0]
         notes.append(f"architecture detected from the weights: {arch}"
                      + (f" (also fits {', '.join(exact[1:])})" if len(exact) > 1 else ""))
+        variants = variants_of(arch)
+        if variants:
+            notes.append(f"the same weights layout is published as {', '.join(variants)} with other preprocessing: "
+                         f"pass --arch NAME to use its preprocessing (`python -m ood_core archs`)")
     model, n_cls, in_ch = state_dict_into(state, arch, path.name)
     if channels is not None and int(channels) != in_ch:
         raise ModelError(f"the weights' first layer takes {in_ch} channels, not {channels}; leave channels empty")

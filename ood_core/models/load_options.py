@@ -15,7 +15,7 @@ from ..knobs import Knob, KnobSet
 AUTO = "auto"
 
 LOAD_OPTIONS = KnobSet("model", (
-    Knob("arch", None, kind="text", label="Architecture", help="architecture for a state_dict file (see `models`)"),
+    Knob("arch", None, kind="text", label="Architecture", help="architecture for a state_dict file (`python -m ood_core archs` lists them; detected when left out)"),
     Knob("input_size", None, 1, 4096, kind="ints", label="Input size (H or H,W)", help="H [W] of the model's input"),
     Knob("channels", AUTO, kind="choice", choices=(AUTO, 1, 3), label="Channels",
          help="input channels (auto: from the model's first layer)"),

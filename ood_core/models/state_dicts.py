@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from ..errors import first_line
-from .archs import ARCHITECTURES, STATE_KEY_ALIASES, arch_info, build_arch
+from .archs import ARCHITECTURES, STATE_KEY_ALIASES, arch_info, build_arch, known_arch, structure_of
+from .archs_cifar import DENSENET_NAME, family_candidates
 from .bundle import ModelError, find_head
 from .formats import SAVE_HINT
 
@@ -53,16 +54,18 @@ def _weights_only_message(path: Path, exc: Exception) -> str:
 
 
 def _unwrap_state(obj: Any, name: str) -> dict[str, torch.Tensor]:
+    """The tensors of a state_dict, or of the wrapper entry holding most of them: GReg saves
+    ``{'epoch', 'arch', 'state_dict', 'cla_acc'}`` (``cla_acc`` may itself be a tensor), the
+    low-dimensional-gradient code ``{'epoch', 'model'}``, Learning ODIN ``{'net': ...}``."""
     if isinstance(obj, dict):
-        tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-        if tensors:
-            return tensors
+        found = [{k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}]
         for key in _STATE_DICT_WRAPPERS:
             inner = obj.get(key)
             if isinstance(inner, dict):
-                t = {k: v for k, v in inner.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-                if t:
-                    return t
+                found.append({k: v for k, v in inner.items() if isinstance(k, str) and isinstance(v, torch.Tensor)})
+        best = max(found, key=len)  # the top level wins ties: a plain state_dict stays as it is
+        if best:
+            return best
         keys = ", ".join(map(str, list(obj)[:6]))
         raise ModelError(f"{name} holds a dict without tensors (keys: {keys}); expected a state_dict "
                          f"(name -> tensor), possibly under one of: {', '.join(_STATE_DICT_WRAPPERS)}")
@@ -82,12 +85,14 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 _META: dict[str, tuple[dict[str, tuple[int, ...]], str | None, str | None]] = {}
+_DENSENET_ALIASES = [("linear.", "fc.")]
 _META_LOCK = threading.Lock()
 
 
 def _arch_meta(arch: str) -> tuple[dict[str, tuple[int, ...]], str | None, str | None]:
     """``(shapes, head weight key, stem conv key)`` of ``arch`` built with 1 class on the meta
     device: no memory and no initialisation cost, so every architecture can be compared."""
+    arch = structure_of(arch)
     with _META_LOCK:
         hit = _META.get(arch)
     if hit is None:
@@ -110,7 +115,9 @@ def _alias(state: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]
     """Rename keys spelled as in other code bases (``STATE_KEY_ALIASES``): a pattern starting
     with '.' is replaced anywhere, one without only as the key's prefix."""
     out = state
-    for old, new in STATE_KEY_ALIASES.get(arch, []):
+    base = structure_of(arch)
+    aliases = STATE_KEY_ALIASES.get(base) or (_DENSENET_ALIASES if DENSENET_NAME.match(base) else [])
+    for old, new in aliases:
         if old.startswith("."):
             out = {k.replace(old, new): v for k, v in out.items()}
         else:
@@ -145,14 +152,56 @@ def _mismatch(state: dict[str, torch.Tensor], arch: str) -> tuple[int, list[str]
     return len(missing) + len(unexpected) + len(clashes), missing, unexpected, clashes
 
 
-def match_architectures(state: dict[str, torch.Tensor], candidates: Iterable[str] | None = None) -> list[tuple[str, int]]:
-    """Architectures ranked by how well ``state``'s keys and shapes fit them: ``[(arch, problems)]``."""
+def similarity(state: dict[str, torch.Tensor], arch: str) -> float:
+    """Jaccard index of ``state``'s and ``arch``'s (key, shape) pairs: the share of the two sets
+    that agrees. The head's class count and the stem's input channels are free (the loader reads
+    them from the file), ``num_batches_tracked`` does not count."""
+    ref, head, conv = _arch_meta(arch)
+    free0 = {head, head[:-len("weight")] + "bias"} if head else set()
+
+    def pairs(shapes: dict[str, tuple[int, ...]]) -> set[tuple[str, tuple]]:
+        out = set()
+        for k, s in shapes.items():
+            if k.endswith("num_batches_tracked"):
+                continue
+            if k in free0 and s:
+                s = ("*", *s[1:])
+            elif k == conv and len(s) == 4:
+                s = (s[0], "*", *s[2:])
+            out.add((k, tuple(s)))
+        return out
+
+    a, b = pairs(ref), pairs({k: tuple(v.shape) for k, v in state.items()})
+    return len(a & b) / max(1, len(a | b))
+
+
+def candidate_architectures(state: dict[str, torch.Tensor]) -> list[str]:
+    """Every registered structure, then the family members the file's shapes name (``wrn16_2``)."""
+    extra = family_candidates({k: tuple(v.shape) for k, v in strip_prefixes(state).items()})
+    return list(dict.fromkeys([*ARCHITECTURES, *extra]))
+
+
+def rank_architectures(state: dict[str, torch.Tensor], candidates: Iterable[str] | None = None
+                       ) -> list[tuple[str, int, float]]:
+    """``[(arch, problems, similarity)]``: exact fits first, then by :func:`similarity` (best
+    first), each with the key spelling (as saved, or aliased) that fits it best."""
     state = strip_prefixes(state)
     out = []
-    for arch in candidates or ARCHITECTURES:
-        best = min(_mismatch(s, arch)[0] for s in (state, _alias(state, arch)))
-        out.append((arch, best))
-    return sorted(out, key=lambda t: t[1])
+    for arch in candidates or candidate_architectures(state):
+        best = min(((_mismatch(s, arch)[0], -similarity(s, arch)) for s in (state, _alias(state, arch))))
+        out.append((arch, best[0], -best[1]))
+    return sorted(out, key=lambda t: (t[1] > 0, -t[2], t[1]))
+
+
+def match_architectures(state: dict[str, torch.Tensor], candidates: Iterable[str] | None = None) -> list[tuple[str, int]]:
+    """Architectures ranked by how well ``state``'s keys and shapes fit them: ``[(arch, problems)]``,
+    exact fits first, the others by the share of (key, shape) pairs that match (:func:`similarity`)."""
+    return [(a, p) for a, p, _ in rank_architectures(state, candidates)]
+
+
+def closest_text(ranked: list[tuple[str, int, float]], n: int = 3) -> str:
+    """``"wrn16_2 (94% of keys and shapes match), ..."`` for a refusal."""
+    return ", ".join(f"{a} ({100 * sim:.0f}% of keys and shapes match)" for a, _, sim in ranked[:n])
 
 
 def state_dict_into(state: dict[str, torch.Tensor], arch: str, name: str = "state_dict") -> tuple[nn.Module, int, int]:
@@ -160,8 +209,9 @@ def state_dict_into(state: dict[str, torch.Tensor], arch: str, name: str = "stat
 
     Returns ``(model, num_classes, in_channels)``.
     """
-    if arch not in ARCHITECTURES:
-        raise ModelError(f"unknown architecture {arch!r}; available: {', '.join(sorted(ARCHITECTURES))}")
+    if not known_arch(arch):
+        raise ModelError(f"unknown architecture {arch!r}; `python -m ood_core archs` lists them "
+                         "(and the families wrn<depth>_<widen>, densenet<depth>)")
     state = strip_prefixes(state)
     n, missing, unexpected, clashes = _mismatch(state, arch)
     aliased = _alias(state, arch)
@@ -179,8 +229,11 @@ def state_dict_into(state: dict[str, torch.Tensor], arch: str, name: str = "stat
             k = clashes[0]
             parts.append(f"{len(clashes)} of another shape ({k}: file {tuple(state[k].shape)}, "
                          f"{arch} {_arch_meta(arch)[0][k]})")
-        best = [a for a, p in match_architectures(state) if p == 0]
-        hint = f"it fits {', '.join(best)}" if best else "pick the architecture it was saved from"
+        ranked = rank_architectures(state)
+        best = [a for a, p, _ in ranked if p == 0]
+        hint = (f"it fits {', '.join(best)}" if best else
+                f"closest: {closest_text([r for r in ranked if r[0] != arch] or ranked)}; "
+                "pick the architecture it was saved from (it is never loaded in part)")
         raise ModelError(f"{name} does not fit {arch}: {'; '.join(parts)} — {hint}")
     _, head, conv = _arch_meta(arch)
     num_classes = int(state[head].shape[0]) if head and head in state else 0
