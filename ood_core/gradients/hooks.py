@@ -62,7 +62,9 @@ def batched_loss(logits: torch.Tensor, loss: str, T: float) -> torch.Tensor:
 
 @dataclass
 class Plan:
-    """How a pass runs: parameter names and sizes, the engine, the chunk size, the device."""
+    """How a pass runs: parameter names and sizes, the engine, the chunk size, the device, and the
+    working-set budget the chunk was sized for (kept, so the pass does not re-read a budget that
+    moves with free memory)."""
 
     names: list[str]
     sizes: list[int]
@@ -70,6 +72,7 @@ class Plan:
     chunk: int
     device: str
     reason: str = ""
+    work: int = 0
 
     @property
     def P(self) -> int:
@@ -120,7 +123,7 @@ def plan(bundle: ModelBundle, param_set: str | Sequence[str], chunk: int | None 
     work = work_budget_bytes(device) if work_bytes is None else int(work_bytes)
     if use == "vmap":
         est = ps.plan_chunk(bundle, names, chunk, 0, work, device)
-        return Plan(names, sizes, "vmap", est.chunk, device, reason)
+        return Plan(names, sizes, "vmap", est.chunk, device, reason, work)
     # per sample: saved activations and their gradients (~4 copies), the largest block twice
     # (the bmm output and a low-precision copy) and the largest unfolded input
     per = 4 * _act_bytes(bundle) + 8 * max(sizes) + 4 * _max_unfold(bundle, names) + 4096
@@ -132,7 +135,7 @@ def plan(bundle: ModelBundle, param_set: str | Sequence[str], chunk: int | None 
     if chunk is not None and chunk > fit:
         raise MemoryBudgetError(f"a chunk of {chunk} needs ≈ {ps._mb(per * chunk)} of working memory against "  # noqa: SLF001
                                 f"{ps._mb(work)}; use a chunk of at most {fit}")
-    return Plan(names, sizes, "hooks", max(1, B), device)
+    return Plan(names, sizes, "hooks", max(1, B), device, work=work)
 
 
 def _max_unfold(bundle: ModelBundle, names: Sequence[str]) -> int:
@@ -241,7 +244,7 @@ def iter_chunks(bundle: ModelBundle, data: Dataset | np.ndarray | torch.Tensor, 
     try:
         if pl.engine == "vmap":
             it = ps.iter_grad_blocks(bundle, data, loss, pl.names, T, pl.chunk, pl.device,
-                                     budget_bytes=work_budget_bytes(pl.device) if pl.chunk else None)
+                                     budget_bytes=(pl.work or work_budget_bytes(pl.device)) if pl.chunk else None)
             for start, blks in it:
                 B = int(blks[0].shape[0])
                 yield start, B, (lambda blks=blks: iter(enumerate(b.to(dtype) for b in blks)))
