@@ -342,10 +342,6 @@ def file_lock(path: Path, timeout: float = 60.0) -> Iterator[None]:
         raise StorageError(f"{path} is locked by another process for over {timeout:.0f}s; try again") from None
 
 
-class DamagedStore(UserError):
-    """A small JSON store could not be parsed; it was kept aside under another name."""
-
-
 def _keep_aside(path: Path, why: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     aside = path.with_name(f"{path.name}.damaged-{stamp}")

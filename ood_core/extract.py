@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from . import distributed as D
 from .data import Dataset
 from .errors import UserError
 from .models import ModelBundle
+from .resources import env_var, memory_budget
 
 Progress = Callable[[float, str], None]
 EXTRACT_VERSION = 1
@@ -167,20 +167,8 @@ def extraction_key(bundle: ModelBundle, ds: Dataset, autocast: str = "off") -> s
 
 
 def forward_budget_bytes(device: str) -> int:
-    """Memory one forward batch may use: ``$OOD_EXTRACT_MEM_BUDGET_MB``, else half the available
-    RAM (CPU) or 80% of the free GPU memory."""
-    env = os.environ.get("OOD_EXTRACT_MEM_BUDGET_MB")
-    if env:
-        try:
-            return int(float(env) * 2**20)
-        except ValueError:
-            raise ExtractError(f"OOD_EXTRACT_MEM_BUDGET_MB must be a number of megabytes; got {env!r}") from None
-    if torch.device(device).type == "cuda" and torch.cuda.is_available():
-        return int(0.8 * torch.cuda.mem_get_info(torch.device(device))[0])
-    try:
-        return int(0.5 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):  # no sysconf: assume 4 GB free
-        return 2 << 30
+    """Memory one forward batch may use: the ``forward`` budget (docs/architecture.md, "Memory")."""
+    return memory_budget("forward", device)
 
 
 def forward_bytes_per_sample(bundle: ModelBundle) -> int:
@@ -219,7 +207,7 @@ def plan_batch(bundle: ModelBundle, batch_size: int, device: str) -> int:
         h, w = bundle.preprocess.input_size
         raise ExtractError(f"one {h}x{w} sample needs about {per / 2**20:.0f} MB in the forward pass, over the "
                            f"{budget / 2**20:.0f} MB budget; use a smaller input size "
-                           "(or raise OOD_EXTRACT_MEM_BUDGET_MB)")
+                           f"(or raise {env_var('forward')})")
     return int(max(1, min(batch_size, fit)))
 
 

@@ -1,7 +1,8 @@
 """One battery of shared expectations over EVERY registered detector (scikit-learn style).
 
 The registry is read at collection time, so a detector added later is checked without
-touching this file. Cached-array detectors run on small synthetic arrays (shape,
+touching this file. The checks are plain functions (``check_*``), so a test can run them on a
+detector registered at run time (tests/test_add_detector.py). Cached-array detectors run on small synthetic arrays (shape,
 finiteness, determinism) and on the embedded default (sign); model-time detectors
 (``needs_model``) run on the default model with a few dozen images.
 """
@@ -32,9 +33,14 @@ def _synthetic(n: int, seed: int, D: int = 12, C: int = 4) -> Extraction:
     return Extraction(h @ W.T + b, h, y, W.astype(np.float32), b.astype(np.float32), f"syn{seed}")
 
 
+def synthetic_arrays() -> tuple[Extraction, Extraction]:
+    """(train, test) arrays every cached-array check runs on."""
+    return _synthetic(300, 1), _synthetic(60, 2)
+
+
 @pytest.fixture(scope="module")
 def arrays():
-    return _synthetic(300, 1), _synthetic(60, 2)
+    return synthetic_arrays()
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +89,7 @@ def _bad_values(knob) -> list:
     return bad
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_declaration(name):
+def check_declaration(name: str) -> None:
     det = get_detector(name)
     assert det.name == name
     assert det.title, f"{name} has no title"
@@ -100,8 +105,7 @@ def test_declaration(name):
             det.knob(key).validate(v, name)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_every_knob_default_is_inside_its_range(name, arrays):
+def check_knob_defaults_in_range(name: str, arrays) -> None:
     dets = [get_detector(name)]
     if not dets[0].needs_model:
         dets.append(_fit(name, arrays[0]))  # ranges adapted to the data (knn's k, vim's d) too
@@ -113,8 +117,7 @@ def test_every_knob_default_is_inside_its_range(name, arrays):
                 assert (k.low is None or k.low <= v) and (k.high is None or v <= k.high), (name, k.name)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_out_of_range_knob_raises_naming_the_knob(name, arrays):
+def check_out_of_range_knob_raises(name: str, arrays) -> None:
     det = get_detector(name) if detector_classes()[name].needs_model else _fit(name, arrays[0])
     for k in det.knobs:
         for bad in _bad_values(k):
@@ -127,14 +130,48 @@ def test_out_of_range_knob_raises_naming_the_knob(name, arrays):
         det.resolve({"__no_such_knob__": 1})
 
 
-@pytest.mark.parametrize("name", CACHED)
-def test_shape_finite_deterministic_on_arrays(name, arrays):
+def check_shape_finite_deterministic(name: str, arrays) -> None:
     train, test = arrays
     s1 = _fit(name, train).score(test)
     s2 = _fit(name, train).score(test)
     assert s1.shape == (len(test),) and s1.dtype == np.float64
     assert np.isfinite(s1).all(), f"{name} gives non-finite scores"
     np.testing.assert_array_equal(s1, s2)
+
+
+def check_sign_on_the_default(name: str, default_bundle) -> None:
+    """Higher = more ID: MNIST digits above uniform noise images (AUROC > 0.5)."""
+    from ood_core import workbench as wb
+
+    det = wb.fitted_detector(name, default_bundle, "mnist")
+    ids = det.score(wb.get_extraction(default_bundle, "mnist"))
+    ood = det.score(wb.get_extraction(default_bundle, "uniform"))
+    assert ood_metrics(ids, ood)["auroc"] > 0.5, f"{name} scores noise above digits: wrong orientation?"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declaration(name):
+    check_declaration(name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_knob_default_is_inside_its_range(name, arrays):
+    check_knob_defaults_in_range(name, arrays)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_out_of_range_knob_raises_naming_the_knob(name, arrays):
+    check_out_of_range_knob_raises(name, arrays)
+
+
+@pytest.mark.parametrize("name", CACHED)
+def test_shape_finite_deterministic_on_arrays(name, arrays):
+    check_shape_finite_deterministic(name, arrays)
+
+
+@pytest.mark.parametrize("name", CACHED)
+def test_sign_id_above_noise_on_the_default(name, default_bundle):
+    check_sign_on_the_default(name, default_bundle)
 
 
 @pytest.mark.parametrize("name", MODEL_TIME)
@@ -144,17 +181,6 @@ def test_model_time_shape_finite_deterministic(name, default_bundle, tiny):
     assert s1.shape == (N_TINY,)
     assert np.isfinite(s1).all()
     np.testing.assert_allclose(s1, s2, rtol=1e-6, atol=1e-9)
-
-
-@pytest.mark.parametrize("name", CACHED)
-def test_sign_id_above_noise_on_the_default(name, default_bundle):
-    """Higher = more ID: MNIST digits above uniform noise images (AUROC > 0.5)."""
-    from ood_core import workbench as wb
-
-    det = wb.fitted_detector(name, default_bundle, "mnist")
-    ids = det.score(wb.get_extraction(default_bundle, "mnist"))
-    ood = det.score(wb.get_extraction(default_bundle, "uniform"))
-    assert ood_metrics(ids, ood)["auroc"] > 0.5, f"{name} scores noise above digits: wrong orientation?"
 
 
 @pytest.mark.parametrize("name", [n for n in MODEL_TIME if not n.startswith("lowdim_probe")])

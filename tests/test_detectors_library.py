@@ -11,8 +11,6 @@ from scipy.stats import spearmanr
 
 from ood_core.detectors import DetectorError, get_detector, logsumexp
 from ood_core.detectors.activation import ash, scale_features
-from ood_core.detectors.feature import rg_score
-from ood_core.detectors.gradnorm import gradnorm_closed_form
 from ood_core.extract import Extraction
 
 pood = pytest.importorskip("pytorch_ood.detector")
@@ -253,59 +251,6 @@ def test_dice_matches_pytorch_ood(train, test, p):
     ref = pood.DICE(None, w=t64(train.head_weight), b=t64(train.head_bias), p=p / 100.0)
     ref.fit_features(t64(train.features), torch.tensor(train.labels))
     np.testing.assert_allclose(det.score(test, p=p), -ref.predict_features(t64(test.features)).numpy(), rtol=1e-5)
-
-
-# --- RG decomposition -------------------------------------------------------------------------
-
-def test_rg_add_hand_formula(train, test):
-    det = fitted("rg_add", train)  # 400 training samples < 1,000: alpha uses all of them
-    for k_mode, q, k, c in [("absolute", 90, 1.0, 0.5), ("percentile", 80, 1.0, 1.2), ("absolute", 90, 0.0, 0.5)]:
-        kv = k if k_mode == "absolute" else np.percentile(train.features.astype(np.float64), q)
-        lse_tr = logsumexp(train.logits)
-        v_tr = np.minimum(train.features.astype(np.float64), kv).sum(1)
-        a_s = lse_tr.std() / v_tr.std() if v_tr.std() > 0 else 0.0
-        hand = logsumexp(test.logits) + c * a_s * np.minimum(test.features.astype(np.float64), kv).sum(1)
-        np.testing.assert_allclose(det.score(test, c=c, k_mode=k_mode, q=q, k=k), hand, rtol=1e-7)  # k clipped in float32
-
-
-def test_rg_add_alpha_uses_a_fixed_subsample_of_1000():
-    big = _data(1500, seed=6)
-    a = get_detector("rg_add").fit(big)
-    b = get_detector("rg_add").fit(big)
-    assert a.train_info["alpha samples"] == 1000
-    assert a.alpha_s(1.0) == b.alpha_s(1.0)
-
-
-def test_uv_reproduces_rg_gradnorm_and_autograd(train, test):
-    det = fitted("uv", train)
-    for T in (1.0, 3.0):
-        np.testing.assert_allclose(det.score(test, U="energy", V="clipped", k_mode="absolute", k=1.0, T=T),
-                                   rg_score(test.logits, test.features, 1.0, T), rtol=1e-12)
-        np.testing.assert_allclose(det.score(test, U="gradnorm", V="l1", T=T),
-                                   T * gradnorm_closed_form(test.logits, test.features, T), rtol=1e-12)
-    # autograd: ‖∂L/∂W‖₁ of L = −(1/C) Σ log softmax(W h + b) equals U(gradnorm)·V(l1) at T = 1
-    W = t64(test.head_weight).requires_grad_(True)
-    ref = []
-    for h in t64(test.features):
-        (g,) = torch.autograd.grad(-torch.log_softmax(W @ h + t64(test.head_bias), 0).mean(), W)
-        ref.append(g.abs().sum().item())
-    np.testing.assert_allclose(det.score(test, U="gradnorm", V="l1"), ref, rtol=1e-6)
-    np.testing.assert_allclose(det.score(test, U="one", V="one"), 1.0)
-    np.testing.assert_allclose(det.score(test, U="energy", V="one"), logsumexp(test.logits), rtol=1e-12)
-
-
-def test_uv_diagnostics_count_non_positive_energies(train, test):
-    from scipy.special import logsumexp as sp_lse
-
-    det = fitted("uv", train)
-    for T in (0.5, 4.0):
-        # LSE((f − c)/T) = LSE(f/T) − c/T: shift by T·median so samples lie on both sides of 0
-        c = T * np.median(sp_lse(test.logits.astype(np.float64) / T, axis=1))
-        shifted = Extraction(test.logits - c, test.features, test.labels, test.head_weight, test.head_bias)
-        want = int((sp_lse(shifted.logits.astype(np.float64) / T, axis=1) <= 0).sum())
-        assert 0 < want < len(shifted)  # the shift puts samples on both sides
-        assert det.diagnostics(shifted, T=T, U="energy") == {"samples with LSE(f/T) ≤ 0": want}
-    assert det.diagnostics(shifted, U="gradnorm") == {}
 
 
 # --- bad input ----------------------------------------------------------------------------------

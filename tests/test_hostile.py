@@ -196,9 +196,9 @@ def test_extraction_batch_fits_the_memory_budget(default_bundle, monkeypatch):
 
     big = ModelBundle(model=default_bundle.model, preprocess=Preprocess((1000, 1000), 1, (0.1,), (0.3,)),
                       name="big", arch="small_cnn")
-    monkeypatch.setenv("OOD_EXTRACT_MEM_BUDGET_MB", "2048")
+    monkeypatch.setenv("OOD_MEM_FORWARD_MB", "2048")
     assert 1 <= plan_batch(big, 256, "cpu") < 32  # not 256 samples of 1000x1000
-    monkeypatch.setenv("OOD_EXTRACT_MEM_BUDGET_MB", "20")
+    monkeypatch.setenv("OOD_MEM_FORWARD_MB", "20")
     ds = ImageDataset("two", np.zeros((2, 8, 8, 1), np.uint8), None)
     with pytest.raises(ExtractError, match=r"one 1000x1000 sample needs about \d+ MB .* over the 20 MB budget"):
         run_forward(big, ds, device="cpu")

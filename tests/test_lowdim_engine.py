@@ -156,8 +156,8 @@ def test_memory_refusal_before_any_work(tmp_cache, monkeypatch):
     with pytest.raises(G.MemoryBudgetError, match=r"needs ≈ .* available; lower r.*param_set='last_block'"):
         G.fit_subspace(b, tiny_images(40), {"r": 20}, budget_bytes=10_000)
     assert not calls
-    monkeypatch.setenv("OOD_GRAD_MEM_LIMIT_MB", "0.01")
-    with pytest.raises(G.MemoryBudgetError, match="OOD_GRAD_MEM_LIMIT_MB"):
+    monkeypatch.setenv("OOD_MEM_GRAD_FIT_MB", "0.01")
+    with pytest.raises(G.MemoryBudgetError, match="OOD_MEM_GRAD_FIT_MB"):
         G.fit_subspace(b, tiny_images(40), {"r": 20})
 
 

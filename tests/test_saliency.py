@@ -8,7 +8,7 @@ import torch
 
 from ood_core import saliency as sal
 from ood_core.data import get_dataset
-from ood_core.detectors.feature import rg_score
+from ood_core.detectors.gradnorm import rg_score
 from ood_core.detectors.gradnorm import gradnorm_closed_form
 from ood_core.models import Preprocess
 from ood_core.saliency import SaliencyError

@@ -23,7 +23,6 @@ reference (``github_main.py``, ``github_PCA.py``) gets the same numbers by ``vma
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -34,21 +33,18 @@ from torch import nn
 
 from ..data import Dataset
 from ..models import ModelBundle
+from ..resources import env_var
 from . import per_sample as ps
 from .settings import GradientError, MemoryBudgetError, Progress
 
 log = logging.getLogger(__name__)
 _SUPPORTED = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
-_WORK_MB = 2048  # the per-chunk working set (activations + the largest per-sample block) on CPU
 
 
-def work_budget_bytes() -> int:
-    """``$OOD_GRAD_WORK_MB`` (default 2048 MB): the working set one chunk may use, besides V and its kin."""
-    env = os.environ.get("OOD_GRAD_WORK_MB")
-    try:
-        return int(float(env) * 2**20) if env else _WORK_MB * 2**20
-    except ValueError:
-        raise GradientError(f"OOD_GRAD_WORK_MB must be a number of megabytes; got {env!r}") from None
+def work_budget_bytes(device: str | torch.device = "cpu") -> int:
+    """The working set one chunk may use, besides V and its kin: the ``grad_chunk`` budget
+    (docs/architecture.md, "Memory"; the same one :func:`per_sample.memory_budget_bytes` gives)."""
+    return ps.memory_budget_bytes(device)
 
 
 def batched_loss(logits: torch.Tensor, loss: str, T: float) -> torch.Tensor:
@@ -66,7 +62,9 @@ def batched_loss(logits: torch.Tensor, loss: str, T: float) -> torch.Tensor:
 
 @dataclass
 class Plan:
-    """How a pass runs: parameter names and sizes, the engine, the chunk size, the device."""
+    """How a pass runs: parameter names and sizes, the engine, the chunk size, the device, and the
+    working-set budget the chunk was sized for (kept, so the pass does not re-read a budget that
+    moves with free memory)."""
 
     names: list[str]
     sizes: list[int]
@@ -74,6 +72,7 @@ class Plan:
     chunk: int
     device: str
     reason: str = ""
+    work: int = 0
 
     @property
     def P(self) -> int:
@@ -121,22 +120,22 @@ def plan(bundle: ModelBundle, param_set: str | Sequence[str], chunk: int | None 
         use = "vmap" if reason else "hooks"
     else:
         use = "vmap"
-    work = work_budget_bytes() if work_bytes is None else int(work_bytes)
+    work = work_budget_bytes(device) if work_bytes is None else int(work_bytes)
     if use == "vmap":
         est = ps.plan_chunk(bundle, names, chunk, 0, work, device)
-        return Plan(names, sizes, "vmap", est.chunk, device, reason)
+        return Plan(names, sizes, "vmap", est.chunk, device, reason, work)
     # per sample: saved activations and their gradients (~4 copies), the largest block twice
     # (the bmm output and a low-precision copy) and the largest unfolded input
     per = 4 * _act_bytes(bundle) + 8 * max(sizes) + 4 * _max_unfold(bundle, names) + 4096
     fit = work // per
     if fit < 1:
         raise MemoryBudgetError(f"one sample's per-sample gradients need ≈ {ps._mb(per)} of working memory against "  # noqa: SLF001
-                                f"{ps._mb(work)}; raise OOD_GRAD_WORK_MB or choose a smaller parameter set")  # noqa: SLF001
+                                f"{ps._mb(work)}; raise {env_var('grad_chunk')} or choose a smaller parameter set")  # noqa: SLF001
     B = int(min(256, fit)) if chunk is None else int(chunk)
     if chunk is not None and chunk > fit:
         raise MemoryBudgetError(f"a chunk of {chunk} needs ≈ {ps._mb(per * chunk)} of working memory against "  # noqa: SLF001
                                 f"{ps._mb(work)}; use a chunk of at most {fit}")
-    return Plan(names, sizes, "hooks", max(1, B), device)
+    return Plan(names, sizes, "hooks", max(1, B), device, work=work)
 
 
 def _max_unfold(bundle: ModelBundle, names: Sequence[str]) -> int:
@@ -245,7 +244,7 @@ def iter_chunks(bundle: ModelBundle, data: Dataset | np.ndarray | torch.Tensor, 
     try:
         if pl.engine == "vmap":
             it = ps.iter_grad_blocks(bundle, data, loss, pl.names, T, pl.chunk, pl.device,
-                                     budget_bytes=work_budget_bytes() if pl.chunk else None)
+                                     budget_bytes=(pl.work or work_budget_bytes(pl.device)) if pl.chunk else None)
             for start, blks in it:
                 B = int(blks[0].shape[0])
                 yield start, B, (lambda blks=blks: iter(enumerate(b.to(dtype) for b in blks)))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -27,11 +26,11 @@ from torch import nn
 
 from ..data import Dataset
 from ..models import ModelBundle
+from ..resources import env_var, memory_budget
 from .settings import LOSSES, PARAM_SETS, GradientError, MemoryBudgetError, Progress
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_BUDGET_MB = 2048
 _MAX_CHUNK = 256
 _CHUNK_TARGET_BYTES = 128 * 2**20
 
@@ -123,18 +122,8 @@ def n_params(bundle: ModelBundle, param_set: str | Sequence[str]) -> int:
 # --- memory estimate -------------------------------------------------------------
 
 def memory_budget_bytes(device: str | torch.device = "cpu") -> int:
-    """``$OOD_GRAD_MEM_BUDGET_MB`` or 2048 MB (CPU) / 80% of free GPU memory (the per-chunk working set)."""
-    env = os.environ.get("OOD_GRAD_MEM_BUDGET_MB")
-    if env:
-        try:
-            return int(float(env) * 2**20)
-        except ValueError:
-            raise GradientError(f"OOD_GRAD_MEM_BUDGET_MB must be a number of megabytes; got {env!r}") from None
-    dev = torch.device(device)
-    if dev.type == "cuda" and torch.cuda.is_available():
-        free, _ = torch.cuda.mem_get_info(dev)
-        return int(0.8 * free)
-    return _DEFAULT_BUDGET_MB * 2**20
+    """The per-chunk working set: the ``grad_chunk`` budget (docs/architecture.md, "Memory")."""
+    return memory_budget("grad_chunk", device)
 
 
 @dataclass
@@ -226,7 +215,7 @@ def plan_chunk(bundle: ModelBundle, param_set: str | Sequence[str], chunk: int |
     if fit < 1:
         raise MemoryBudgetError(
             f"param_set {param_set!r} does not fit the memory budget even one sample at a time: {est.describe()}; "
-            "choose a smaller parameter set (last, last_block) or raise OOD_GRAD_MEM_BUDGET_MB")
+            f"choose a smaller parameter set (last, last_block) or raise {env_var('grad_chunk')}")
     if chunk is None:
         # Past ~128 MB of gradients per chunk, bigger chunks only add memory traffic (measured on
         # CPU: ResNet-18 'all' runs fastest at 1-2 samples a chunk, the default CNN at 64-256).

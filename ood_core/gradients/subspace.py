@@ -26,6 +26,7 @@ from .. import distributed as D
 from ..data import Dataset, get_dataset, train_name_for
 from ..jobs import Cancelled
 from ..models import ModelBundle
+from ..resources import env_var, memory_budget
 from . import engine, hooks, linalg
 from . import per_sample as ps
 from .settings import MAX_FIT, FitCancelled, GradientError, MemoryBudgetError, Progress, resolve_params
@@ -117,22 +118,8 @@ def _fast_bf16(device: str) -> bool:
 
 
 def available_bytes(device: str) -> int:
-    """``$OOD_GRAD_MEM_LIMIT_MB``, else free GPU memory, else 90% of the machine's available memory."""
-    env = os.environ.get("OOD_GRAD_MEM_LIMIT_MB")
-    if env:
-        try:
-            return int(float(env) * 2**20)
-        except ValueError:
-            raise GradientError(f"OOD_GRAD_MEM_LIMIT_MB must be a number of megabytes; got {env!r}") from None
-    if torch.device(device).type == "cuda" and torch.cuda.is_available():
-        return int(torch.cuda.mem_get_info(torch.device(device))[0])
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(0.9 * int(line.split()[1]) * 1024)
-    except OSError:
-        pass
-    return 8 * 2**30
+    """All a fit may hold: the ``grad_fit`` budget (docs/architecture.md, "Memory")."""
+    return memory_budget("grad_fit", device)
 
 
 def fit_memory(P: int, r: int, n: int, kind: str, dtype: torch.dtype, work: int, largest: int = 0) -> dict[str, int]:
@@ -154,7 +141,7 @@ def check_memory(P: int, r: int, n: int, kind: str, dtype: torch.dtype, work: in
             f"this fit needs ≈ {mb(est['total'])} ({P:,} parameters × {r + OVERSAMPLE if kind == 'pca' else r} columns: "
             f"{mb(est['subspace'])}; statistics {mb(est['stats'])}; working set {mb(est['work'])}) but "
             f"{mb(have)} is available; lower r, choose param_set='last_block' or 'last' instead of {param_set!r}, "
-            "use precision=bf16, or set OOD_GRAD_MEM_LIMIT_MB / OOD_GRAD_WORK_MB")
+            f"use precision=bf16, or set {env_var('grad_fit')} / {env_var('grad_chunk')}")
 
 
 # --- keys and the cache --------------------------------------------------------------------
@@ -309,7 +296,7 @@ def fit_subspace(bundle: ModelBundle, id_name: str | Dataset = "mnist", params: 
     if D.is_distributed() and D.any_true(hit is None):  # every rank joins the sharded fit ("Distributed passes")
         hit = None
     if hit is None:
-        work = hooks.work_budget_bytes()
+        work = hooks.work_budget_bytes(pl.device)
         check_memory(P, r, n, p["subspace"], dtype, work, device, budget_bytes, p["param_set"], max(pl.sizes))
         try:
             sub = _fit(bundle, train, p, pl, r, dtype, progress)
@@ -491,7 +478,7 @@ def estimate_cost(bundle: ModelBundle, id_name: str | Dataset, probe: Dataset, n
     fit_cached = cache.has(subspace_key(bundle, id_name, p))
     n_fit = len(train)
     fit_s = 0.0 if fit_cached else (n_fit * (q + 1) * (proj_per + acc_per) if pca else n_fit * (acc_per + proj_per))
-    work = hooks.work_budget_bytes()
+    work = hooks.work_budget_bytes(pl.device)
     fit_b = 0 if fit_cached else fit_memory(P, r, n_fit, p["subspace"], dtype, work, max(pl.sizes))["total"]
     score_b = P * r * torch.tensor([], dtype=dtype).element_size() + work
     return {"seconds": fit_s + n_images * proj_per, "fit_seconds": fit_s, "bytes": max(fit_b, score_b),

@@ -1,0 +1,75 @@
+"""One memory-budget rule (ood_core/resources.py; docs/architecture.md, "Memory"): the variable,
+the default fraction of free memory, bad values, and the deprecated names of earlier releases."""
+import warnings
+
+import pytest
+
+from ood_core import resources as R
+from ood_core.errors import UserError
+from ood_core.extract import forward_budget_bytes
+from ood_core.gradients import hooks, per_sample, subspace
+
+CALLERS = {"forward": forward_budget_bytes, "grad_chunk": per_sample.memory_budget_bytes,
+           "grad_fit": subspace.available_bytes}
+ALL_VARS = [R.env_var(k) for k in R.KINDS] + list(R.DEPRECATED)
+
+
+@pytest.fixture()
+def clean_env(monkeypatch):
+    """No budget variable set, 1000 MB free on every device, and the once-per-variable warnings reset."""
+    for v in ALL_VARS:
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(R, "free_bytes", lambda device="cpu": 1000 * 2**20)
+    monkeypatch.setattr(R, "_warned", set())
+    return monkeypatch
+
+
+@pytest.mark.parametrize("kind", list(R.KINDS))
+def test_default_is_the_kinds_fraction_of_free_memory(clean_env, kind):
+    want = int(R.KINDS[kind][0] * 1000 * 2**20)
+    assert R.memory_budget(kind) == want
+    assert CALLERS[kind]("cpu") == want
+    if kind == "grad_chunk":
+        assert hooks.work_budget_bytes("cpu") == want  # the hook engine's chunk budget is the same one
+
+
+@pytest.mark.parametrize("kind", list(R.KINDS))
+def test_variable_sets_the_budget_in_megabytes(clean_env, kind):
+    clean_env.setenv(f"OOD_MEM_{kind.upper()}_MB", "12.5")
+    assert CALLERS[kind]("cpu") == int(12.5 * 2**20)
+    clean_env.setenv(f"OOD_MEM_{kind.upper()}_MB", "  ")  # blank counts as unset
+    assert CALLERS[kind]("cpu") == int(R.KINDS[kind][0] * 1000 * 2**20)
+
+
+@pytest.mark.parametrize("bad", ["abc", "-5", "0", "inf", "nan", "1e400"])
+def test_bad_value_is_a_user_error_naming_the_variable(clean_env, bad):
+    clean_env.setenv("OOD_MEM_GRAD_FIT_MB", bad)
+    with pytest.raises(UserError, match=rf"^OOD_MEM_GRAD_FIT_MB must be a positive number of megabytes; got '{bad}'"):
+        subspace.available_bytes("cpu")
+
+
+def test_bad_deprecated_value_names_the_old_variable(clean_env):
+    clean_env.setenv("OOD_GRAD_WORK_MB", "lots")
+    with pytest.warns(FutureWarning), pytest.raises(UserError, match="OOD_GRAD_WORK_MB must be"):
+        hooks.work_budget_bytes("cpu")
+
+
+@pytest.mark.parametrize("old,kind", list(R.DEPRECATED.items()))
+def test_deprecated_names_still_work_with_one_warning(clean_env, old, kind):
+    clean_env.setenv(old, "7")
+    with pytest.warns(FutureWarning, match=rf"{old} is deprecated; set {R.env_var(kind)} instead"):
+        assert R.memory_budget(kind) == 7 * 2**20
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second read is silent
+        assert R.memory_budget(kind) == 7 * 2**20
+    clean_env.setenv(R.env_var(kind), "3")  # the new name wins
+    assert R.memory_budget(kind) == 3 * 2**20
+
+
+def test_unknown_kind_is_a_programming_error():
+    with pytest.raises(ValueError, match="unknown memory kind"):
+        R.memory_budget("gpu_stuff")
+
+
+def test_free_bytes_on_this_machine_is_positive():
+    assert R.free_bytes("cpu") > 0
