@@ -9,7 +9,10 @@ row was written), ``carried`` (from the workbench's earlier hand-typed table of 
 
 Tables: ``openood`` (OpenOOD v1.5's leaderboard: near/far AUROC and ID accuracy, mean ± std over
 its three checkpoints where it gives one), ``gradnorm`` and ``rg`` (the seeds' ImageNet tables,
-FPR95 and AUROC), ``learning_odin`` (CE vs GQ training on CIFAR-10). Percentages throughout.
+FPR95 and AUROC), ``learning_odin`` (CE vs GQ training on CIFAR-10), ``architectures`` (the ID
+accuracy published for a workbench architecture, ``benchmark`` = the setup checks' dataset key, ``arch``
+= the workbench's name; :func:`published_arch_accuracy`, which also reads torchvision's own declared
+ImageNet-1K accuracy for its architectures). Percentages throughout.
 
 Not to be confused with :class:`ood_core.knobs.Paper`, the citation a method shows.
 """
@@ -79,6 +82,39 @@ def published_accuracy(benchmark: str, arch: str | None = None) -> tuple[float, 
                 and (arch is None or r.arch == arch):
             return r.value, r.std, f"{r.citation}; {r.source}"
     return None
+
+
+def published_arch_accuracy(arch: str, dataset_key: str) -> tuple[float, float | None, str] | None:
+    """``(top-1 %, std or None, "citation; source")`` published for the workbench architecture ``arch``
+    trained on ``dataset_key`` (``cifar10``, ``cifar100``, ``imagenet200``, ``imagenet``), or None.
+
+    The ``architectures`` table first; for a torchvision architecture on ``imagenet``, the accuracy its
+    ``IMAGENET1K_V1`` weights declare (``meta["_metrics"]``: the library's data, not a number typed
+    here), with the weights' training recipe as source."""
+    for r in rows():
+        if r.table == "architectures" and r.arch == arch and r.benchmark == dataset_key:
+            return r.value, r.std, f"{r.citation}; {r.source}"
+    return _torchvision_accuracy(arch) if dataset_key == "imagenet" else None
+
+
+@functools.lru_cache(maxsize=None)
+def _torchvision_accuracy(arch: str) -> tuple[float, float | None, str] | None:
+    """ImageNet-1K top-1 torchvision's ``IMAGENET1K_V1`` weights of ``arch`` declare, or None (not a
+    torchvision model, or weights without that entry)."""
+    import torchvision
+    from torchvision.models import get_model_weights
+
+    try:
+        weights = get_model_weights(arch)
+    except (ValueError, KeyError):  # not a torchvision builder name
+        return None
+    v1 = getattr(weights, "IMAGENET1K_V1", None)
+    acc = (v1.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1") if v1 is not None else None)
+    if acc is None:
+        return None
+    source = v1.meta.get("recipe") or "https://pytorch.org/vision/stable/models.html"
+    return float(acc), None, f"torchvision {torchvision.__version__}, {weights.__name__}.IMAGENET1K_V1 (acc@1 its " \
+                             f"weights declare); {source}"
 
 
 def paper_set(name: str) -> str | None:

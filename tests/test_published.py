@@ -13,14 +13,15 @@ def test_every_number_has_a_citation_and_a_source():
     rows = P.rows()
     assert len(rows) > 300
     files = sorted(P.TABLES_DIR.glob("*.csv"))
-    assert {f.name for f in files} == {"openood_v15.csv", "seeds.csv"}
+    assert {f.name for f in files} == {"architectures.csv", "openood_v15.csv", "seeds.csv"}
     n_lines = sum(len(list(csv.DictReader(f.open(encoding="utf-8")))) for f in files)
     assert n_lines == len(rows)  # every row of every table is loaded
     known = set(detector_classes())
     for r in rows:
         assert r.citation.strip() and r.source.startswith("https://"), r
         assert r.checked in ("read", "carried", "quoted"), r
-        assert r.detector in known, r  # only detectors the workbench has
+        # only detectors the workbench has; an architecture's accuracy belongs to no detector
+        assert r.detector in known if r.table != "architectures" else r.detector == "", r
         assert 0 <= r.value <= 100 and (r.std is None or 0 <= r.std < 100), r
         assert r.metric in ("auroc", "fpr95", "accuracy"), r
     # The leaderboard rows are pinned to a commit of zjysteven/OpenOOD.
@@ -56,3 +57,52 @@ def test_seed_tables_keep_their_numbers():
     assert P.reference("rg", "rg", "svhn") is None
     lo = {(r.training, r.metric): r.value for r in P.rows() if r.table == "learning_odin"}
     assert lo[("GQ", "auroc")] == 93.55 and lo[("CrossEntropy", "auroc")] == 89.09
+
+
+def test_architecture_accuracies_are_cited_rows():
+    from ood_core.models.archs import arch_info, known_arch
+
+    arch_rows = [r for r in P.rows() if r.table == "architectures"]
+    assert len(arch_rows) >= 5
+    seen = set()
+    for r in arch_rows:
+        assert r.metric == "accuracy" and r.dataset == "id" and r.detector == "" and r.checked == "read", r
+        assert r.citation.strip() and r.source.startswith("https://github.com/") and "/blob/" in r.source, r
+        assert r.benchmark in ("cifar10", "cifar100", "imagenet", "imagenet200"), r  # setup_checks.dataset_key
+        assert known_arch(r.arch) and arch_info(r.arch) is not None, r  # a workbench architecture name
+        assert (r.arch, r.benchmark) not in seen, r  # one number per architecture and dataset
+        seen.add((r.arch, r.benchmark))
+        if "zjysteven/OpenOOD" in r.source:  # the same number, citation and source as the leaderboard row
+            lb = P.published_accuracy("openood-" + r.benchmark, r.source_name)
+            assert lb == (r.value, r.std, f"{r.citation}; {r.source}"), r
+
+
+def test_setup_check_expects_the_leaderboard_accuracy():
+    from ood_core.models.setup_checks import dataset_key
+
+    lb = P.published_accuracy("openood-cifar10", "ResNet18")
+    assert lb is not None and lb[:2] == (95.06, 0.30)
+    assert P.published_arch_accuracy("resnet18_cifar", dataset_key("CIFAR-10:test")) == lb
+    assert P.published_arch_accuracy("openood_resnet18_224x224", "imagenet200")[:2] == \
+        P.published_accuracy("openood-imagenet200", "ResNet18")[:2]
+    assert P.published_arch_accuracy("resnet18_cifar", "imagenet") is None  # no row, not a torchvision name
+    assert P.published_arch_accuracy("small_cnn", "mnist") is None
+
+
+def test_torchvision_accuracy_is_read_from_its_weights():
+    from torchvision.models import get_model_weights
+
+    from ood_core.models.archs import _TORCHVISION
+
+    for name in _TORCHVISION:
+        meta = get_model_weights(name).IMAGENET1K_V1.meta
+        got = P.published_arch_accuracy(name, "imagenet")
+        assert got is not None and got[0] == meta["_metrics"]["ImageNet-1K"]["acc@1"], name
+        assert "IMAGENET1K_V1" in got[2] and meta["recipe"] in got[2], name
+        assert P.published_arch_accuracy(name, "cifar10") is None
+    assert round(P.published_arch_accuracy("resnet50", "imagenet")[0], 2) == 76.13
+    # the lookup tries torchvision by name: no other workbench architecture may share a torchvision name
+    from ood_core.models.archs import list_architectures
+
+    others = [n for n, _ in list_architectures() if n not in _TORCHVISION]
+    assert others and all(P._torchvision_accuracy(n) is None for n in others)

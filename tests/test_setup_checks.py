@@ -108,7 +108,7 @@ def test_input_size_and_accuracy_against_the_published_ones():
     pp = Preprocess((64, 64), 3, arch_info("wrn40_2").mean, arch_info("wrn40_2").std)
     checks = _by_name(check_setup(ModelBundle(model, pp, arch="wrn40_2"), ds, n_images=40))
     assert checks["input_size"].status == "warn" and "--input-size 32" in checks["input_size"].change
-    acc = checks["accuracy"]  # random weights, two-class labels: far below the OE paper's ~94.8%
+    acc = checks["accuracy"]  # random weights, two-class labels: far below the OE release's 94.84%
     assert acc.status == "warn" and "94.8" in acc.expected and "approximate" in acc.expected
 
     class Fake:  # an ID extraction whose predictions are all right

@@ -87,7 +87,8 @@ class ArchInfo:
     ``resize``: ``"stretch"`` or ``"crop"`` (shorter side to size / 0.875, centre crop: the ImageNet
     evaluation of torchvision and OpenOOD). ``mean = 0, std = 1`` means raw ``[0, 1]`` pixels (the
     authors apply no normalisation, or the model normalises inside: ``normalises_inside``).
-    ``accuracy``: ``(dataset key, top-1, citation)`` rows the setup checks compare with; approximate.
+    The ID accuracy published for an architecture is data, not a field here:
+    :func:`ood_core.published.published_arch_accuracy` (docs/methods.md, "Published numbers").
     """
 
     label: str
@@ -100,7 +101,6 @@ class ArchInfo:
     resize: str = "stretch"
     source: str = ""
     normalises_inside: bool = False
-    accuracy: tuple[tuple[str, float, str], ...] = ()
 
     def preprocess(self, channels: int | None = None) -> Preprocess:
         c = channels or self.channels
@@ -188,26 +188,20 @@ _TORCHVISION = {
 }
 
 _TORCHVISION["swin_t"] = ("torchvision Swin-T (224x224)", False)
-# torchvision's IMAGENET1K_V1 top-1 (its model cards); these are OpenOOD v1.5's ImageNet-1K models.
-_TV_ACC = {"resnet50": 76.13, "vit_b_16": 81.07, "swin_t": 81.47}
-_TV_SOURCE = "torchvision; OpenOOD v1.5 evaluates it on ImageNet-1K" 
+_OPENOOD_IMAGENET1K = ("resnet50", "vit_b_16", "swin_t")  # OpenOOD v1.5's ImageNet-1K models
+_TV_SOURCE = "torchvision; OpenOOD v1.5 evaluates it on ImageNet-1K"
 
 for _name, (_label, _big) in _TORCHVISION.items():
     ARCHITECTURES[_name] = _torchvision(_name)
     # torchvision's and OpenOOD's ImageNet evaluation: resize the shorter side to 256, centre crop 224
     ARCH_INFO[_name] = ArchInfo(
         _label, (224, 224), IMAGENET_MEAN, IMAGENET_STD, 3, fixed_size=_name.startswith(("vit", "swin")),
-        big=_big, resize="crop", source=_TV_SOURCE if _name in _TV_ACC else "torchvision",
-        accuracy=((("imagenet", _TV_ACC[_name], f"torchvision {_name} IMAGENET1K_V1 model card"),)
-                  if _name in _TV_ACC else ()))
+        big=_big, resize="crop", source=_TV_SOURCE if _name in _OPENOOD_IMAGENET1K else "torchvision")
 
 ARCHITECTURES["resnet18_cifar"] = resnet18_cifar
-_OPENOOD_CIFAR_ACC = (("cifar10", 95.06, "Zhang et al. 2023, OpenOOD v1.5, ResNet-18 (mean of 3 runs)"),
-                      ("cifar100", 77.25, "Zhang et al. 2023, OpenOOD v1.5, ResNet-18 (mean of 3 runs)"))
 ARCH_INFO["resnet18_cifar"] = ArchInfo(
     "CIFAR-style ResNet-18 (3x3 stem, no max-pool, 32x32)", (32, 32), CIFAR_MEAN, CIFAR_STD, 3,
-    source="GReg and OpenOOD v1.5 (ResNet18_32x32); kuangliu/pytorch-cifar key names load too",
-    accuracy=_OPENOOD_CIFAR_ACC)
+    source="GReg and OpenOOD v1.5 (ResNet18_32x32); kuangliu/pytorch-cifar key names load too")
 
 class StdConv2d(nn.Conv2d):
     """A convolution with Weight Standardization (Qiao et al. 2019), as BiT's ResNetV2 uses it:

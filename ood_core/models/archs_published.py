@@ -1,9 +1,9 @@
-"""The published OOD checkpoints' architectures, as data: structure, preprocessing, source, accuracy.
+"""The published OOD checkpoints' architectures, as data: structure, preprocessing, source.
 
 Registered into :mod:`.archs` when it is imported, which the package's ``__init__`` does
 (docs/architecture.md, "Published architectures"). Each declaration says the input the authors fed (size, resize mode,
-normalisation or none) and, where a paper reports one, the ID accuracy the setup checks compare
-with (:mod:`.setup_checks`; approximate: the papers' numbers are for their own training runs).
+normalisation or none). The ID accuracy the setup checks compare with (:mod:`.setup_checks`) is
+data with its citation: ``published_tables/architectures.csv`` (docs/methods.md, "Published numbers").
 
 Published *variants* (``ARCH_VARIANTS``) share a registered structure's weights layout but not its
 preprocessing: Learning ODIN feeds raw ``ToTensor()`` pixels to a CIFAR ResNet-18 and to its
@@ -33,20 +33,13 @@ def _wrn(depth: int, widen: int):
 
 
 def _wrn_info(depth: int, widen: int) -> ArchInfo:
-    acc = ()
-    if (depth, widen) == (40, 2):
-        acc = (("cifar10", 94.8, "Hendrycks et al. 2019 (Outlier Exposure), WRN-40-2 baseline"),)
     return ArchInfo(f"Wide ResNet-{depth}-{widen} (CIFAR, pre-activation)", (32, 32), HENDRYCKS_MEAN,
-                    HENDRYCKS_STD, 3, big=depth * widen * widen > 1000, source=_WRN_SOURCE, accuracy=acc)
+                    HENDRYCKS_STD, 3, big=depth * widen * widen > 1000, source=_WRN_SOURCE)
 
 
 def _densenet_info(depth: int, growth: int) -> ArchInfo:
-    acc = ()
-    if (depth, growth) == (100, 12):
-        cite = "Huang et al. 2017 (DenseNet), DenseNet-BC L=100 k=12 with augmentation, Table 2"
-        acc = (("cifar10", 95.49, cite), ("cifar100", 77.73, cite))
     return ArchInfo(f"DenseNet-BC-{depth} (growth {growth}, CIFAR)", (32, 32), HENDRYCKS_MEAN, HENDRYCKS_STD, 3,
-                    source=_DENSE_SOURCE, accuracy=acc)
+                    source=_DENSE_SOURCE)
 
 
 def family_info(name: str) -> ArchInfo | None:
@@ -85,12 +78,10 @@ ARCH_VARIANTS.update({
 })
 ARCH_INFO["openood_resnet18_32x32"] = ArchInfo(
     "OpenOOD v1.5 ResNet18_32x32 (CIFAR)", (32, 32), CIFAR_MEAN, CIFAR_STD, 3,
-    source="OpenOOD v1.5 CIFAR-10/100 checkpoints (.ckpt); GReg",
-    accuracy=ARCH_INFO["resnet18_cifar"].accuracy)
+    source="OpenOOD v1.5 CIFAR-10/100 checkpoints (.ckpt); GReg")
 ARCH_INFO["openood_resnet18_224x224"] = ArchInfo(
     "OpenOOD v1.5 ResNet18_224x224 (ImageNet-200)", (224, 224), IMAGENET_MEAN, IMAGENET_STD, 3, resize="crop",
-    source="OpenOOD v1.5 ImageNet-200 checkpoints",
-    accuracy=(("imagenet200", 86.37, "Zhang et al. 2023, OpenOOD v1.5, ResNet-18 on ImageNet-200"),))
+    source="OpenOOD v1.5 ImageNet-200 checkpoints")
 ARCH_INFO["learning_odin_resnet18"] = ArchInfo(
     "Learning ODIN's CIFAR ResNet-18 (raw ToTensor() pixels)", (32, 32), *RAW, 3,
     source="Learning ODIN (ajevnisek/learning-odin), {'net': module.…}")

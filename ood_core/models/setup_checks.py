@@ -5,8 +5,9 @@
 :class:`SetupCheck` rows, each ``ok`` or ``warn`` with the measured value, the expected one and what
 to change (docs/architecture.md, "Published architectures"):
 
-- ``accuracy``: ID accuracy against the accuracy published for the architecture's checkpoints
-  (:attr:`~.archs.ArchInfo.accuracy`; approximate, so only a clear shortfall warns);
+- ``accuracy``: ID accuracy against the accuracy published for the architecture on that dataset
+  (:func:`ood_core.published.published_arch_accuracy`: a cited table row, or torchvision's declared
+  ImageNet-1K accuracy; other training runs, so only a clear shortfall warns);
 - ``normalisation``: accuracy under the preprocessing in use against the alternative (no
   normalisation when one is applied, the family's published one when none is) on a few hundred ID
   images, paired per image (McNemar): the alternative clearly better means the wrong one is in use;
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..published import published_arch_accuracy
 from .archs import ArchInfo, arch_info, known_arch
 from .bundle import ModelBundle, Preprocess
 from .preprocess import guess_preprocess
@@ -72,7 +74,7 @@ def check_setup(bundle: ModelBundle, dataset: Any, extraction: Any | None = None
     if (labels[idx] >= 0).sum() >= 20:
         norm, acc_sub = _normalisation(bundle, dataset, idx, info, batch_size)
         checks.append(norm)
-        checks.extend(_accuracy(bundle, dataset, info, extraction, acc_sub, len(idx), published_dataset))
+        checks.extend(_accuracy(bundle, dataset, extraction, acc_sub, len(idx), published_dataset))
     return checks
 
 
@@ -180,15 +182,13 @@ def _normalisation(bundle: ModelBundle, dataset: Any, idx: np.ndarray, info: Arc
     return SetupCheck("normalisation", "warn", got, want, change), acc
 
 
-def _accuracy(bundle: ModelBundle, dataset: Any, info: ArchInfo | None, extraction: Any | None, acc_sub: float,
-              n_sub: int, published_dataset: str | None) -> list[SetupCheck]:
-    if info is None or not info.accuracy:
-        return []
+def _accuracy(bundle: ModelBundle, dataset: Any, extraction: Any | None, acc_sub: float, n_sub: int,
+              published_dataset: str | None) -> list[SetupCheck]:
     key = dataset_key(published_dataset or getattr(dataset, "name", ""))
-    rows = [r for r in info.accuracy if r[0] == key]
-    if not rows:
+    found = published_arch_accuracy(bundle.arch, key) if bundle.arch and known_arch(bundle.arch) else None
+    if found is None:  # an archive, or no published accuracy known for this architecture on this dataset
         return []
-    _, want, cite = rows[0]
+    want, _, cite = found
     if extraction is not None and (np.asarray(extraction.labels) >= 0).any():
         lab = np.asarray(extraction.labels)
         ok = lab >= 0
