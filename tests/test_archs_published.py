@@ -383,4 +383,4 @@ def test_archs_command_lists_preprocessing_and_source(capsys):
     assert "raw [0,1] pixels" in rows["learning_odin_resnet18"][2]
     assert "centre crop" in rows["resnet50"][2] and "OpenOOD" in rows["resnet50"][3]
     help_text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["evaluate"].format_help().split())
-    assert "see `archs`" in help_text and "`models`" not in help_text
+    assert "python -m ood_core archs" in help_text and "`models`" not in help_text
