@@ -1,7 +1,7 @@
 """The app-facing front door: one function per user action the pages take, plain typed results.
 
 Pages (``pages/*.py``, ``home.py``, ``app.py``) and ``ui/`` import only this module,
-``ood_core.figures``, ``ood_core.errors`` and ``ood_core.knobs`` (``tests/test_import_graph.py``).
+``ood_core.figures``, ``ood_core.errors`` and ``ood_core.knobs`` (``tests/core/test_import_graph.py``).
 Everything here is thin: it validates what the user set, once, into value objects
 (``knobs.Resolved``, :data:`~ood_core.models.load_options.LOAD_OPTIONS`' values) and delegates to
 ``workbench``, ``compare``, ``tuning``, ``maps``, ``saliency``, ``export``, ``persist`` and

@@ -187,7 +187,7 @@ def bootstrap_draws(id_scores: np.ndarray, ood_scores: np.ndarray, n_boot: int =
     AUROC (ties count half) and the 5th-percentile threshold (numpy's linear
     interpolation) then cost O(n_boot·(n_id + n_ood)) instead of a sort per resample.
     Equal to ``roc_auc_score`` / ``np.percentile`` on the explicitly resampled arrays
-    (tests/test_compare_tuning.py and tests/test_metrics.py check both against a direct loop).
+    (tests/analysis/test_compare_tuning.py and tests/core/test_metrics.py check both against a direct loop).
     """
     a, b = _check(id_scores, ood_scores)
     unknown = set(metrics) - {"auroc", "fpr95"}

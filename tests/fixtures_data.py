@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 
@@ -153,3 +154,28 @@ def zip_folder(folder: Path, dest: Path) -> Path:
             if p.is_file():
                 z.write(p, p.relative_to(folder.parent))
     return dest
+
+
+def digits_tree(root: Path, n_train: int = 60, n_test: int = 40) -> Path:
+    from ood_core.data import get_dataset
+
+    """An ImageFolder tree of the embedded MNIST digits, ``train/`` and ``test/``, one folder per class."""
+    for split, n in (("train", n_train), ("test", n_test)):
+        ds = get_dataset(f"mnist:{split}" if split == "train" else "mnist")
+        for i in np.linspace(0, len(ds) - 1, n).astype(int):  # every class (the embedded splits are sorted)
+            d = root / split / str(int(ds.labels[i]))
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(ds.image(i)[..., 0]).save(d / f"{i:05d}.png")
+    return root
+
+
+def photo_folder(root: Path, n: int = 30, seed: int = 0) -> Path:
+    """JPEGs of varied sizes (around 40x36), as a photo folder would hold."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        h, w = int(rng.integers(30, 50)), int(rng.integers(26, 46))
+        base = rng.integers(0, 255, (4, 4, 3)).astype(np.uint8)
+        img = Image.fromarray(base).resize((w, h), Image.BICUBIC)
+        img.save(root / f"p{i:03d}.jpg", quality=90)
+    return root

@@ -2,7 +2,7 @@
 
 The session's shared keys live in :mod:`ui.state`. ``app.py`` draws the sidebar once per run
 (:func:`sidebar`); pages read the experiment with :func:`context`. No torch here: everything
-goes through ``ood_core.facade`` (``tests/test_import_graph.py``).
+goes through ``ood_core.facade`` (``tests/core/test_import_graph.py``).
 """
 from __future__ import annotations
 

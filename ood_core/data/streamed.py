@@ -84,7 +84,7 @@ def _decode(path: str, gray: bool) -> torch.Tensor:
 
     Colour JPEGs go through torchvision's libjpeg-turbo decoder: 0.7 ms against Pillow's 1.2 ms for
     a 400x350 photo here, the largest part of a loader worker's cost, with the same pixels (RGB, CMYK
-    and greyscale JPEGs, baseline and progressive: tests/test_streaming.py). Everything else, and
+    and greyscale JPEGs, baseline and progressive: tests/data/test_streamed.py). Everything else, and
     a JPEG torchvision refuses, goes through Pillow. Greyscale output always does: the two
     libraries turn colour into grey differently."""
     if not gray:

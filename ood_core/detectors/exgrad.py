@@ -12,7 +12,7 @@ labels drawn from the model's own prediction:
 A rank-one matrix's Frobenius (L2) norm factorises, ``‖(p − e_y) hᵀ‖_F = ‖p − e_y‖₂·‖h‖₂``,
 and ``‖p − e_y‖₂² = (1 − p_y)² + Σ_{i≠y} p_i²``; its entry-wise L1 norm factorises as
 ``‖p − e_y‖₁·‖h‖₁`` with ``‖p − e_y‖₁ = 2(1 − p_y)``, so ``Σ_y p_y ‖p − e_y‖₁ = 2(1 − ‖p‖²)``.
-No backward pass is needed; ``tests/test_detectors_family.py`` checks both against autograd.
+No backward pass is needed; the tests in ``tests/detectors/`` checks both against autograd.
 
 Orientation: a confident prediction (``p`` near one-hot) has a small expected gradient, so
 ExGrad's raw value is higher for OOD; our score is its negation, ``S = −E(x)``

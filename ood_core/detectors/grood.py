@@ -13,7 +13,7 @@ with its preset ``configs/postprocessors/grood.yaml``. Formula: ``docs/methods.m
 * Nearest-prototype scores ``s_j = −‖h − μ_j‖`` over the C + 1 prototypes and the loss
   ``CE(s, ŷ)`` with ``ŷ = argmax f``. Its gradient with respect to ``μ_o`` is, in closed form,
   ``∇ = q_o·(h − μ_o)/‖h − μ_o‖`` with ``q = softmax(s)`` (``ŷ`` is never the OOD prototype);
-  the reference takes it by autograd, and ``tests/test_detectors_family.py`` checks the two agree.
+  the reference takes it by autograd, and the tests in ``tests/detectors/`` checks the two agree.
 * The training gradients of correctly classified ID training samples form the index; the
   score is minus the squared Euclidean distance to the k-th nearest of them (k = 1), higher
   = more ID. The reference searches a faiss IVF index (approximate, ``nprobe = 4``); we search

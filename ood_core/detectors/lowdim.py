@@ -40,7 +40,7 @@ LOWDIM_PAPER = Paper("Low-Dimensional Gradient Helps Out-of-Distribution Detecti
 LOWDIM_FIT_VERSION = 2
 
 # Orientation of ‖G_low‖ (higher = more ID), checked on the embedded default by
-# tests/test_lowdim.py::test_norm_orientation_on_default: with kl_uniform an ID sample is
+# tests/detectors/test_lowdim.py::test_norm_orientation_on_default: with kl_uniform an ID sample is
 # confident, p is far from uniform and the gradient is large (as in GradNorm); with
 # ce_pred a confident prediction has a near-zero gradient, so the norm is negated. For
 # lse the same test fixes the sign (+: LSE's gradient grows with the logits' scale).
@@ -189,7 +189,7 @@ class _LowDim(ModelDetector):
 class LowDimNorm(_LowDim):
     """The workbench's own variant, not the paper's: ``S = +‖G_low‖_2`` for ``kl_uniform``/``lse``, ``−‖G_low‖_2`` for ``ce_pred``.
 
-    Orientation fixed on the embedded default (tests/test_lowdim.py): with GradNorm's
+    Orientation fixed on the embedded default (tests/detectors/test_lowdim.py): with GradNorm's
     loss ID samples have the larger projected gradient (AUROC > 0.5 with the + sign);
     with cross-entropy to the predicted label they have the smaller one.
     """

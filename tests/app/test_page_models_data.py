@@ -1,0 +1,259 @@
+"""The Models & Data page with AppTest: uploads, refusals as st.error lines, dataset registration,
+experiment JSON, and the end-to-end case: CIFAR-10 + SVHN folders and a CIFAR ResNet-18 state_dict
+reach a working Scores page through the UI alone."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import fixtures_data as fx
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGE_REL = "pages/7_Models_and_Data.py"
+
+
+Tiny = fx.TinyNet
+
+
+@pytest.fixture()
+def page(tmp_cache, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from ood_core import persist
+
+    monkeypatch.chdir(ROOT)
+    # Start from the app's main script so switch_page can reach the Scores page later;
+    # switching before the first run means app.py itself never runs (no default model needed).
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.switch_page(PAGE_REL)
+    yield at
+    for n in list(persist.saved_datasets()):
+        persist.unregister_local(n)
+    for key in list(persist.saved_uploads()):
+        persist.forget_upload(key)
+
+
+def errors(at) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def upload_model(at, name: str, data: bytes):
+    at.file_uploader(key="md_upload").set_value((name, data, "application/octet-stream"))
+    return at.run()
+
+
+def register_dataset(at, name: str, role: str, path):
+    at.text_input(key="ds_name").set_value(name)
+    at.selectbox(key="ds_role").set_value(role)
+    at.text_input(key="ds_path").set_value(str(path))
+    return at.button(key="ds_register").click().run()
+
+
+def test_torchscript_upload_flow(page, tmp_path):
+    torch.manual_seed(0)
+    p = tmp_path / "tiny.pt"
+    torch.jit.save(torch.jit.script(Tiny().eval()), p)
+    at = page.run()
+    assert not at.exception and not errors(at)
+    assert [t.value for t in at.title] == ["Models & data"]
+    upload_model(at, "tiny.pt", p.read_bytes())
+    assert any("TorchScript archive" in c.value for c in at.caption)
+    at.button(key="md_load").click().run()
+    assert not at.exception and not errors(at), errors(at)
+    assert at.session_state["model"].startswith("upload:tiny@")
+    assert any("Loaded tiny (TorchScript archive): 10 classes" in s.value for s in at.success)
+    assert any("the input of `fc`" in m.value for m in at.markdown)
+    assert len(at.image) >= 3  # raw sample, model input, dataset grid
+
+
+@pytest.mark.parametrize("case", ["pickled", "too_large", "junk", "wrong_arch", "dry_run", "bad_mean"])
+def test_model_refusals_are_one_line_errors(page, tmp_path, monkeypatch, case):
+    from ood_core.models import build_arch
+
+    if case == "too_large":
+        monkeypatch.setenv("OOD_MAX_MODEL_BYTES", "1000")
+    at = page.run()
+    if case == "pickled":
+        p = tmp_path / "whole.pt"
+        torch.save(Tiny(), p)
+        upload_model(at, "whole.pt", p.read_bytes())
+        want = "cannot read this file: refused whole.pt: it is a pickled Python object"
+    elif case == "too_large":
+        upload_model(at, "big.pt", b"\0" * 5000)
+        want = "upload refused: the upload big.pt is 4.9 KiB, over the 1000 B limit"
+    elif case == "junk":
+        upload_model(at, "notes.pt", b"just some text, not a model")
+        want = "this is not a model file the workbench reads"
+    elif case == "wrong_arch":
+        p = tmp_path / "r18.pt"
+        torch.save(build_arch("resnet18_cifar", 3, 3).state_dict(), p)
+        upload_model(at, "r18.pt", p.read_bytes())
+        assert at.selectbox(key="md_arch").value == "resnet18_cifar"  # the fitting one is preselected
+        at.selectbox(key="md_arch").set_value("resnet34")
+        at.button(key="md_load").click().run()
+        want = "model refused: r18.pt does not fit resnet34"
+    elif case == "dry_run":
+        class Fixed(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(3 * 8 * 8, 3)
+
+            def forward(self, x):
+                return self.fc(x.flatten(1))
+        p = tmp_path / "fixed.pt"
+        torch.jit.save(torch.jit.script(Fixed()), p)
+        upload_model(at, "fixed.pt", p.read_bytes())
+        at.text_input(key="md.model.input_size").set_value("16")
+        at.button(key="md_load").click().run()
+        want = "model refused: the model failed a dry run on a batch of shape (2, 3, 16, 16): RuntimeError"
+    else:
+        p = tmp_path / "tiny.pt"
+        torch.jit.save(torch.jit.script(Tiny()), p)
+        upload_model(at, "tiny.pt", p.read_bytes())
+        at.text_input(key="md.model.mean").set_value("0.5, abc")
+        at.button(key="md_load").click().run()
+        want = "model refused: model.mean must be numbers separated by commas"
+    assert not at.exception
+    errs = errors(at)
+    assert any(e.startswith(want) for e in errs), errs
+    assert all("\n" not in e and "Traceback" not in e for e in errs)
+    assert at.session_state["model"] == "default"
+
+
+def test_dataset_registration_and_refusals(page, tmp_path):
+    at = page.run()
+
+    register_dataset(at, "nowhere", "ood_test", tmp_path / "missing")
+    assert "dataset refused: no such file or folder" in errors(at)[0]
+    (tmp_path / "empty").mkdir()
+    register_dataset(at, "empty", "ood_test", tmp_path / "empty")
+    assert "dataset refused: could not recognise" in errors(at)[0]
+    np.savez(tmp_path / "chw.npz", x=np.zeros((4, 3, 8, 8), np.uint8))
+    register_dataset(at, "chw", "ood_test", tmp_path / "chw.npz")
+    assert "looks channels-first" in errors(at)[0]
+    tree = fx.image_tree(tmp_path / "tree", per=3, corrupt=1)
+    register_dataset(at, "mytree", "ood_test", tree)
+    assert not errors(at) and not at.exception
+    assert "mytree" in at.session_state["ood_datasets"]
+    assert any("1 files could not be read" in w.value for w in at.warning)
+    assert at.metric[0].value == "9"  # images in the preview
+    assert any("fingerprint" in c.value for c in at.caption)
+
+
+def test_an_upload_is_inspected_once_not_on_every_widget_change(page, tmp_path, monkeypatch):
+    from ood_core import persist
+    from ood_core.models import files
+
+    calls = {"save": 0, "inspect": 0}
+    save, inspect = persist.save_upload, files.inspect_model_file
+
+    def counted_save(*a, **k):
+        calls["save"] += 1
+        return save(*a, **k)
+
+    def counted_inspect(*a, **k):
+        calls["inspect"] += 1
+        return inspect(*a, **k)
+
+    monkeypatch.setattr(persist, "save_upload", counted_save)
+    monkeypatch.setattr(files, "inspect_model_file", counted_inspect)
+    torch.manual_seed(7)  # bytes no other test uploads, so the content-keyed cache starts cold
+    p = tmp_path / "once.pt"
+    torch.save(Tiny().state_dict(), p)
+    at = upload_model(page.run(), "once.pt", p.read_bytes())
+    assert not at.exception and not errors(at), errors(at)
+    assert any("state_dict (weights only)" in c.value for c in at.caption)
+    assert calls == {"save": 1, "inspect": 1}
+    at.text_input(key="md_name").set_value("renamed").run()  # unrelated widgets: no new inspection
+    at.checkbox(key="md_expect").check().run()
+    at.text_input(key="ds_name").set_value("whatever").run()
+    assert not at.exception and not errors(at), errors(at)
+    assert calls == {"save": 1, "inspect": 1}
+    assert any("state_dict (weights only)" in c.value for c in at.caption)
+
+
+def test_experiment_json_upload(page, tmp_path):
+    at = page.run()
+    up = at.file_uploader(key="exp_upload")
+    up.set_value(("e.json", b"{broken", "application/json"))
+    at.run()
+    assert any(e.startswith("experiment refused: not valid JSON") for e in errors(at))
+    bad = {"model": "default", "id_dataset": "nope", "ood_datasets": ["letters"], "detectors": ["energy"]}
+    at.file_uploader(key="exp_upload").set_value(("e.json", json.dumps(bad).encode(), "application/json"))
+    at.run()
+    assert any("dataset 'nope' is not registered" in e for e in errors(at))
+    good = {"model": "default", "id_dataset": "mnist", "ood_datasets": ["faces"], "detectors": ["msp"],
+            "params": {"msp": {"T": 2.0}}}
+    at.file_uploader(key="exp_upload").set_value(("e.json", json.dumps(good).encode(), "application/json"))
+    at.run()
+    assert not errors(at)
+    at.button(key="exp_apply").click().run()
+    assert at.session_state["ood_datasets"] == ["faces"] and at.session_state["detector_knobs"] == {"msp": {"T": 2.0}}
+    assert at.session_state["detector"] == "msp"
+
+
+def test_end_to_end_cifar10_svhn_resnet18_to_scores(page, tmp_path):
+    """The issue's 'done when': folders in the real formats and a state_dict, UI only, to Scores."""
+    from ood_core.models import build_arch
+
+    torch.manual_seed(0)
+    c10 = fx.cifar10_folder(tmp_path / "data" / "cifar10", n_train=24, n_test=12)  # holds cifar-10-batches-py
+    svhn = fx.svhn_folder(tmp_path / "data" / "svhn", n=12)  # holds test_32x32.mat
+    weights = tmp_path / "resnet18_cifar10.pth"
+    torch.save(build_arch("resnet18_cifar", 10, 3).eval().state_dict(), weights)
+
+    at = page.run()
+    upload_model(at, weights.name, weights.read_bytes())
+    assert at.selectbox(key="md_arch").value == "resnet18_cifar"
+    at.button(key="md_load").click().run()
+    assert not errors(at), errors(at)
+    for name, role, path in (("cifar10", "id_test", c10), ("svhn", "ood_test", svhn)):
+        register_dataset(at, name, role, path)
+        assert not errors(at), errors(at)
+    assert at.session_state["id_dataset"] == "cifar10" and at.session_state["ood_datasets"] == ["svhn"]
+    model = at.session_state["model"]
+    assert model.startswith("upload:resnet18_cifar10@")
+
+    at.switch_page("pages/1_Scores.py").run()
+    assert [t.value for t in at.title] == ["Scores"]
+    assert not at.exception, at.exception
+    assert not errors(at), errors(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert float(metrics["AUROC (mean)"]) >= 0 and metrics["ID accuracy"].endswith("%")
+    assert at.session_state["model"] == model and at.session_state["id_dataset"] == "cifar10"
+    # a detector that needs the ID training split (cifar10:train) and the features
+    at.selectbox(key="detector").set_value("knn").run()
+    assert not at.exception and not errors(at), errors(at)
+    assert 0 <= float({m.label: m.value for m in at.metric}["AUROC (mean)"]) <= 100
+    assert {"dl-hist-png", "dl-hist-html"} <= {b.key for b in at.get("download_button")}
+
+
+def test_reload_with_another_head_layer(page, tmp_path):
+    """The layer picker reloads the remembered upload (its saved path and options) with ``head=``."""
+    class TwoLinear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(3 * 8 * 8, 6)
+            self.fc2 = nn.Linear(6, 4)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+    torch.manual_seed(0)
+    p = tmp_path / "two.pt"
+    torch.jit.save(torch.jit.script(TwoLinear().eval()), p)
+    at = page.run()
+    upload_model(at, "two.pt", p.read_bytes())
+    at.text_input(key="md.model.input_size").set_value("8")
+    at.button(key="md_load").click().run()
+    assert not errors(at), errors(at)
+    pick = at.selectbox(key="md_pick_head")
+    assert list(pick.options) == ["fc1", "fc2"] and pick.value == "fc2"
+    pick.set_value("fc1")
+    at.button(key="md_reload_head").click().run()
+    assert any(e.startswith("layer refused: cannot use 'fc1' as the feature layer") for e in errors(at)), errors(at)
+    assert not at.exception

@@ -1,0 +1,26 @@
+"""Tiny models and image sets the gradient and detector tests share (fast enough for exact references)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ood_core.data import ImageDataset
+from ood_core.models import ModelBundle, Preprocess
+
+C = 4
+
+
+def tiny_bundle(seed: int = 0) -> ModelBundle:
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(3 * 4 * 4, 6), nn.ReLU(), nn.Linear(6, C),
+    )
+    return ModelBundle(model, Preprocess((8, 8), 1, (0.5,), (0.5,)), name="tiny", arch="tiny")
+
+
+def tiny_images(n: int, seed: int = 0) -> ImageDataset:
+    rng = np.random.default_rng(seed)
+    imgs = rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8)
+    return ImageDataset(f"tiny{seed}", imgs, rng.integers(0, C, n), role="id_train")

@@ -1,0 +1,230 @@
+"""The reference preset's G_low against an explicit computation: per-sample autograd, NFK, exact SVD (numpy)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fixtures_models import C, tiny_bundle, tiny_images
+from torch import nn
+
+from ood_core import cache
+from ood_core import gradients as G
+from ood_core.gradients import hooks
+from ood_core.jobs import Cancelled, Job
+from ood_core.models import ModelBundle, Preprocess
+
+
+def explicit_grads(bundle: ModelBundle, ds, loss: str = "lse") -> np.ndarray:
+    """loss.backward() one sample at a time, every parameter, y = log Σ exp(f) written out (float64)."""
+    x = bundle.preprocess(ds.images)
+    params = list(bundle.model.parameters())
+    rows = []
+    for i in range(len(x)):
+        bundle.model.zero_grad(set_to_none=True)
+        f = bundle.model(x[i:i + 1]).double()
+        y = torch.log(torch.exp(f).sum()) if loss == "lse" else -torch.log_softmax(f, 1).mean()
+        y.backward()
+        rows.append(torch.cat([p.grad.reshape(-1) for p in params]).double().clone())
+    bundle.model.zero_grad(set_to_none=True)
+    return torch.stack(rows).numpy()
+
+
+def explicit_nfk(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    zbar = g.mean(0)
+    L = ((g - zbar) ** 2).mean(0)
+    s = np.zeros_like(L)
+    s[L > 0] = 1 / np.sqrt(L[L > 0])
+    s[L == 0] = s[L > 0].max()
+    return zbar, s
+
+
+def principal_angles(U: np.ndarray, V: np.ndarray) -> np.ndarray:
+    qu, qv = np.linalg.qr(U)[0], np.linalg.qr(V)[0]
+    return np.arccos(np.clip(np.linalg.svd(qu.T @ qv, compute_uv=False), -1, 1))
+
+
+def test_reference_defaults_equal_methods_md():
+    assert G.REFERENCE == {"loss": "lse", "param_set": "all", "kernel": "nfk", "subspace": "pca", "r": 200, "T": 1.0,
+                           "power_iters": G.DEFAULT_POWER_ITERS, "precision": "auto"}
+    from ood_core.detectors import get_detector
+    assert get_detector("lowdim_knn").defaults()["k"] == 5
+    for name in ("lowdim_knn", "lowdim_maha", "lowdim_probe_energy", "lowdim_probe_feat_react"):
+        d = get_detector(name).defaults()
+        assert {k: d[k] for k in G.GRAD_KNOB_NAMES} == G.REFERENCE, name
+    p = get_detector("lowdim_probe_odin").defaults()
+    assert (p["epochs"], p["lr"], p["T_probe"], p["eps"]) == (10, 0.1, 100.0, 50.0)
+    assert get_detector("lowdim_probe_react").defaults()["p"] == 90.0
+
+
+def test_hook_engine_equals_per_sample_autograd():
+    torch.manual_seed(0)
+    # ResNet-style: Conv → BatchNorm (eval, non-trivial running stats) → in-place ReLU, a strided
+    # and a grouped conv, a module called twice: the hooks must see the pre-ReLU gradient
+    shared = nn.Conv2d(4, 4, 3, padding=1, groups=2)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+                          shared, nn.ReLU(inplace=True), shared, nn.Conv2d(4, 6, 3, stride=2), nn.BatchNorm2d(6),
+                          nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(6 * 3 * 3, 8), nn.BatchNorm1d(8),
+                          nn.ReLU(), nn.Linear(8, C))
+    for mod in model.modules():
+        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+    b = ModelBundle(model, Preprocess((8, 8), 3, (0.5,) * 3, (0.25,) * 3), name="resnetish", arch="resnetish")
+    ds = tiny_images(7)
+    ds.images = np.random.default_rng(0).integers(0, 256, (7, 8, 8, 3), dtype=np.uint8)
+    pl = hooks.plan(b, "all", chunk=3)
+    assert pl.engine == "hooks"
+    for loss in ("lse", "kl_uniform"):
+        got = np.concatenate([torch.cat([g for _, g in blocks()], 1).numpy()
+                              for _, _, blocks in hooks.iter_chunks(b, ds, pl, loss, 1.0)])
+        ref = explicit_grads(b, ds, loss)
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("q", [10])
+def test_preset_glow_equals_explicit_computation(tmp_cache, q):
+    b = tiny_bundle()
+    train, test = tiny_images(150, seed=1), tiny_images(25, seed=2)
+    r = 6
+    p = {"r": r, "power_iters": q}
+    g = explicit_grads(b, train)
+    zbar, s = explicit_nfk(g)
+    _, sig, vt = np.linalg.svd((g - zbar) * s, full_matrices=False)
+    assert sig[r - 1] / sig[r] > 1.02  # a gap: the top-r subspace is well defined
+    sub = G.fit_subspace(b, train, p)
+    assert principal_angles(vt[:r].T, sub.V.astype(np.float64)).max() < 1e-4
+    np.testing.assert_allclose(sub.sigma, sig[:r], rtol=1e-4)
+    # G_low of a test set: the explicit normalised gradients times the exact singular vectors, up to column signs
+    ref = ((explicit_grads(b, test) - zbar) * s) @ vt[:r].T
+    low = G.lowdim_for_dataset(b, test, train, p)
+    signs = np.sign((low * ref).sum(0))
+    np.testing.assert_allclose(low * signs, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+    # the fit set's G_low comes from the last pass, no extra pass
+    tr = G.lowdim_for_dataset(b, train, train, p)
+    ref_tr = ((g - zbar) * s) @ vt[:r].T
+    np.testing.assert_allclose(tr * signs, ref_tr, rtol=1e-3, atol=1e-3 * np.abs(ref_tr).max())
+
+
+def test_nfk_zero_variance_gets_the_largest_finite_scale():
+    from ood_core.gradients.engine import nfk_stats
+
+    g = np.array([[1.0, 2.0, 0.0, 5.0], [3.0, 2.0, 0.0, 5.0], [2.0, 2.0, 0.0, 7.0]])  # cols 1, 2 constant
+    st = nfk_stats([torch.tensor(g.sum(0))], [torch.tensor((g ** 2).sum(0))], 3)
+    zbar, s = explicit_nfk(g)
+    np.testing.assert_allclose(st.mean[0].numpy(), zbar, rtol=1e-6)
+    np.testing.assert_allclose(st.scale[0].numpy(), s, rtol=1e-6)
+    assert st.n_zero == 2 and np.isfinite(st.scale[0].numpy()).all()
+    # a genuine scale of exactly 1 is kept (the reference would overwrite it with the maximum)
+    g1 = np.array([[0.0, 0.0], [2.0, 0.0]])  # var 1 -> s = 1; constant column
+    st1 = nfk_stats([torch.tensor(g1.sum(0))], [torch.tensor((g1 ** 2).sum(0))], 2)
+    np.testing.assert_allclose(st1.scale[0].numpy(), [1.0, 1.0])
+
+
+def test_avg_subspace_is_unit_norm_class_means(tmp_cache):
+    b = tiny_bundle()
+    train = tiny_images(90, seed=3)
+    sub = G.fit_subspace(b, train, {"subspace": "avg", "r": 77})  # r is ignored: r = C
+    g = explicit_grads(b, train)
+    zbar, s = explicit_nfk(g)
+    means = np.stack([((g[train.labels == c] - zbar) * s).mean(0) for c in range(C)]).T
+    np.testing.assert_allclose(sub.V, means / np.linalg.norm(means, axis=0), rtol=1e-4, atol=3e-5)
+    assert sub.r == C and abs(float((sub.V[:, 0] * sub.V[:, 1]).sum())) > 1e-6  # not orthogonalised
+
+
+def test_bf16_precision_stays_close(tmp_cache):
+    b = tiny_bundle()
+    train, test = tiny_images(100, seed=4), tiny_images(20, seed=5)
+    a = G.lowdim_for_dataset(b, test, train, {"r": 4, "precision": "fp32"})
+    h = G.lowdim_for_dataset(b, test, train, {"r": 4, "precision": "bf16"})
+    signs = np.sign((a * h).sum(0))
+    assert np.abs(h * signs - a).max() < 0.05 * np.abs(a).max()
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+def test_r_larger_than_training_set_is_a_user_error(tmp_cache):
+    with pytest.raises(G.GradientError, match="r=31 is larger than the 30 training samples"):
+        G.fit_subspace(tiny_bundle(), tiny_images(30), {"r": 31})
+
+
+def test_memory_refusal_before_any_work(tmp_cache, monkeypatch):
+    b = tiny_bundle()
+    calls = []
+    monkeypatch.setattr(hooks, "iter_chunks", lambda *a, **k: calls.append(1) or iter(()))
+    with pytest.raises(G.MemoryBudgetError, match=r"needs ≈ .* available; lower r.*param_set='last_block'"):
+        G.fit_subspace(b, tiny_images(40), {"r": 20}, budget_bytes=10_000)
+    assert not calls
+    monkeypatch.setenv("OOD_MEM_GRAD_FIT_MB", "0.01")
+    with pytest.raises(G.MemoryBudgetError, match="OOD_MEM_GRAD_FIT_MB"):
+        G.fit_subspace(b, tiny_images(40), {"r": 20})
+
+
+def test_frozen_or_missing_parameters(tmp_cache):
+    b = tiny_bundle()
+    for prm in b.model.parameters():
+        prm.requires_grad_(False)
+    with pytest.raises(G.GradientError, match="no trainable parameters"):
+        G.fit_subspace(b, tiny_images(20), {"r": 3})
+    b = tiny_bundle()
+    with pytest.raises(G.GradientError, match="unknown parameter names"):
+        G.fit_subspace(b, tiny_images(20), {"r": 3, "param_set": ["nope.weight"]})
+    assert issubclass(G.GradientError, __import__("ood_core.errors", fromlist=["UserError"]).UserError)
+
+
+def test_cancel_mid_fit_leaves_no_cache_entry(tmp_cache):
+    b = tiny_bundle()
+    train = tiny_images(64, seed=7)
+    p = {"r": 3, "power_iters": 2}
+    seen = []
+
+    def progress(f, msg):
+        seen.append(msg)
+        if len(seen) == 3:  # in the middle of the second pass
+            raise Cancelled()
+
+    with pytest.raises(G.FitCancelled, match="cancelled; nothing was cached"):
+        G.fit_subspace(b, train, p, progress=progress)
+    assert not cache.has(G.subspace_key(b, train, p))
+    assert any("ETA" in m for m in seen)
+    # as a job: the state is 'cancelled', not 'failed'
+    job = Job(lambda ctx: G.fit_subspace(b, train, p, progress=lambda f, m: (_ for _ in ()).throw(Cancelled())))
+    job.start().wait(60)
+    assert job.state == "cancelled" and not cache.has(G.subspace_key(b, train, p))
+    G.fit_subspace(b, train, p)  # then a full fit is cached
+    assert cache.has(G.subspace_key(b, train, p))
+
+
+def test_unsupported_layers_fall_back_to_vmap(tmp_cache):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.GroupNorm(1, 2), nn.ReLU(), nn.Flatten(), nn.Linear(128, C))
+    b = ModelBundle(model, Preprocess((8, 8), 1, (0.5,), (0.5,)), name="gn", arch="gn")
+    pl = hooks.plan(b, "all")
+    assert pl.engine == "vmap" and "GroupNorm" in pl.reason
+    ds = tiny_images(9)
+    got = np.concatenate([torch.cat([g for _, g in blocks()], 1).numpy()
+                          for _, _, blocks in hooks.iter_chunks(b, ds, pl, "lse", 1.0)])
+    np.testing.assert_allclose(got, explicit_grads(b, ds), rtol=1e-4, atol=1e-6)
+
+
+def test_a_large_subspace_round_trips_through_its_side_file(tmp_cache, monkeypatch):
+    """V over the inline limit goes to a .npy beside the cache (plain writes, no memmap) and loads back
+    straight into S·V; a damaged file is refitted, not served."""
+    monkeypatch.setattr(G.subspace, "_INLINE_V_BYTES", 0)
+    b = tiny_bundle()
+    train, test = tiny_images(60, seed=7), tiny_images(12, seed=8)
+    p = {"r": 5, "precision": "fp32"}
+    sub = G.fit_subspace(b, train, p)
+    want_V, want_g = sub.V, G.project(b, test, sub, p)
+    path = G.subspace._side_path(sub.key)
+    assert path.exists() and np.load(path).shape == want_V.shape
+    np.testing.assert_array_equal(np.load(path), want_V)
+    G.subspace._subspaces.clear()
+    again = G.fit_subspace(b, train, p)
+    assert again.blocks is None and again.sv is not None  # loaded as S·V only
+    np.testing.assert_allclose(again.V, want_V, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(G.project(b, test, again, p), want_g, rtol=1e-5, atol=1e-6)
+    path.write_bytes(path.read_bytes()[:-8] + b"\0" * 8)  # damaged: the digest no longer matches
+    G.subspace._subspaces.clear()
+    refit = G.fit_subspace(b, train, p)
+    np.testing.assert_allclose(np.abs((refit.V * want_V).sum(0)), 1.0, atol=1e-4)
