@@ -28,7 +28,7 @@ run: setup
 	$(PY) -m streamlit run app.py --server.headless true --browser.gatherUsageStats false
 
 test: setup chromium
-	$(PY) -m pytest -q -m "not slow" --timeout 600
+	$(PY) -m pytest -q -m "not slow" --timeout 600 --durations=25
 
 test-all: setup chromium
 	$(PY) -m pytest -q --timeout 1800
