@@ -176,3 +176,29 @@ def test_greg_plus_paper_recipe_run_says_what_ran(default_bundle, tmp_path):
         (0, True, 32, "adam", 0.0)
     assert "· paper recipe" in meta["label"] and "lr=0.0001" in meta["label"] and "optimizer" not in meta["label"]
     assert re.search(r"· reference form", meta["label"])
+
+
+def test_fine_tune_a_state_dict_resumes_from_its_weights(default_bundle, tmp_path):
+    """--init a plain state_dict with its arch: the first step's loss is the loaded model's loss, and the
+    checkpoint written loads back with the same preprocessing."""
+    from ood_core.models import build_arch
+    from ood_core.models.checkpoints import load_checkpoint
+    from ood_core.models.files import load_model_file
+    from ood_core.training import Trainer
+
+    torch.manual_seed(5)
+    sd = tmp_path / "published.pt"
+    torch.save(build_arch("small_cnn", 10, 1).state_dict(), sd)
+    load = {"arch": "small_cnn", "mean": 0.3, "std": 0.7}
+    cfg = TrainConfig("ce", init=str(sd), epochs=1, seed=0, n_train=32, n_eval=50, load=load,
+                      params={"batch_size": 16, "augment": False})
+    tr = Trainer(cfg, out_dir=tmp_path)
+    ref = load_model_file(sd, **load)
+    idx = torch.arange(16)
+    with torch.no_grad():
+        ref.model.train(tr.model.training)
+        want = float(torch.nn.functional.cross_entropy(ref.logits(tr.x_train[idx]), tr.y_train[idx]))
+    assert tr.step(idx)["total"] == pytest.approx(want, rel=1e-5)
+    res = tr.run()
+    back = load_checkpoint(res.path)
+    assert back.preprocess.to_dict() == ref.preprocess.to_dict() and tuple(back.preprocess.mean) == (0.3,)

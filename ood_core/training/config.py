@@ -39,12 +39,16 @@ class TrainConfig:
     n_train: int = 0  # 0: the whole ID training split; else a seeded random subset
     n_eval: int = 0  # 0: all of ID test and aux_val for the per-epoch metrics
     arch: str = "small_cnn"  # only for init='scratch'
+    # Load options (ood_core.models.load_options: arch, mean, std, input_size, channels, head) for an init
+    # that is a model file other than a workbench checkpoint, e.g. a published state_dict with its arch.
+    load: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self) -> "TrainConfig":
         """A copy with method knobs and epochs filled in and validated."""
         m = get_method(self.method)
         if self.init != "scratch" and self.init != "default" and not Path(self.init).exists():
-            raise TrainingError(f"no checkpoint at {self.init!r}; --init takes 'default', 'scratch' or a checkpoint path")
+            raise TrainingError(f"no model file at {self.init!r}; --init takes 'default', 'scratch' or a model file "
+                                "(a workbench checkpoint, or a state_dict with --arch)")
         params = m.resolve(self.params, self.init)
         epochs = self.epochs
         if epochs is None:  # the paper recipe's epochs, else the workbench's short budget for the init

@@ -93,8 +93,7 @@ def _load_init(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, Pre
     if cfg.init == "default":
         bundle = load_default()  # trains the default on first use
     elif not path.with_suffix(".json").exists():
-        raise TrainingError(f"{path.name} is not a workbench checkpoint (no {path.with_suffix('.json').name} sidecar); "
-                            "fine-tuning needs a .pt written by the workbench, or use --init default|scratch")
+        return _load_model_file(path, cfg)
     else:
         try:
             bundle = load_checkpoint(path)
@@ -114,6 +113,25 @@ def make_optimizer(params: list[torch.nn.Parameter], knobs: dict[str, Any]) -> t
     if nesterov and float(knobs["momentum"]) <= 0:
         raise TrainingError("nesterov=True needs momentum > 0; set momentum (e.g. 0.9) or nesterov=False")
     return torch.optim.SGD(params, lr=lr, momentum=float(knobs["momentum"]), weight_decay=wd, nesterov=nesterov)
+
+
+def _load_model_file(path: Path, cfg: TrainConfig) -> tuple[torch.nn.Module, Preprocess, dict[str, Any], str]:
+    """A model file that is not a workbench checkpoint (a state_dict with ``load['arch']``), loaded as the
+    workbench loads it, with its own preprocessing; archives (TorchScript, .pt2) are refused."""
+    from ..models.files import load_model_file
+    from ..models.formats import detect_model_format
+
+    fmt = detect_model_format(path)
+    if fmt not in ("state_dict", "checkpoint"):
+        raise TrainingError(f"{path.name} is a {fmt} archive, which the workbench scores but cannot fine-tune; "
+                            "give its state_dict (torch.save(model.state_dict())) with --arch")
+    try:
+        bundle = load_model_file(path, **dict(cfg.load))
+    except (ModelError, TypeError) as exc:
+        raise TrainingError(f"could not load {path.name} for fine-tuning: {exc}") from None
+    meta = {"arch": bundle.arch, "num_classes": int(bundle.num_classes), "in_channels": bundle.preprocess.channels,
+            "preprocess": bundle.preprocess.to_dict(), "class_names": None}
+    return copy.deepcopy(bundle.model), bundle.preprocess, meta, bundle.fingerprint
 
 
 def _schedule(knobs: dict[str, Any], total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
