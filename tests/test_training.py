@@ -124,7 +124,7 @@ def test_saved_experiments_keep_their_form(tmp_path):
                                                                           "lam": 1.0}}).resolved()
     assert gq.params["form"] == "per_sample" and METHODS["gq"].form(gq.params) == "earlier"
     now = TrainConfig("greg").to_dict()
-    assert now["version"] == 2 and TrainConfig.from_dict(now).resolved().params["penalty"] == "reference"
+    assert now["version"] == 3 and TrainConfig.from_dict(now).resolved().params["penalty"] == "reference"
 
 
 def test_training_runs_channels_last_and_checkpoints_load_into_plain_models(runs, default_bundle):
