@@ -313,13 +313,16 @@ def _add_train_parser(sub: Any) -> None:
 
     t = sub.add_parser("train", help=f"train or fine-tune with {', '.join(METHODS)}")
     t.add_argument("--method", choices=list(METHODS), help="training method")
-    t.add_argument("--init", default="default", help="'default' (fine-tune the embedded model), 'scratch', or a "
-                   "workbench checkpoint path")
+    t.add_argument("--init", default="default", help="'default' (fine-tune the embedded model), 'scratch', a "
+                   "workbench checkpoint path, or a state_dict file with --arch")
     t.add_argument("--epochs", type=int, default=None,
                    help=f"epochs (default {DEFAULT_EPOCHS['finetune']} fine-tuning, {DEFAULT_EPOCHS['scratch']} from "
                         "scratch; 1 is a quick run)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--param", action="append", help="method.knob=value (repeatable), e.g. greg.lr=0.01")
+    t.add_argument("--recipe", choices=("default", "paper"), default=None,
+                   help="paper: the authors' optimiser, schedule, epochs and batch sizes (docs/methods.md, Paper recipes)")
+    t.add_argument("--arch", default=None, help="architecture of a state_dict given to --init, or of --init scratch")
     t.add_argument("--id", default="mnist", help="ID dataset (its :train split trains)")
     t.add_argument("--aux", default="aux", help="auxiliary outlier dataset (any registered dataset)")
     t.add_argument("--n-train", dest="n_train", type=int, default=0, help="train on a random subset (0 = all)")
@@ -358,8 +361,12 @@ def cmd_train(a: argparse.Namespace) -> int:
             if not a.method:
                 raise TrainingError(f"train needs --method (one of {', '.join(METHODS)}) or --config FILE.json")
             get_method(a.method)
+            params = _train_params(a.method, a.param or [])
+            if a.recipe:
+                params.setdefault("recipe", a.recipe)
+            extra = {"arch": a.arch, "load": {"arch": a.arch}} if a.arch else {}
             cfg = TrainConfig(a.method, init=a.init, epochs=a.epochs, seed=a.seed, id_dataset=a.id, aux=a.aux,
-                              params=_train_params(a.method, a.param or []), n_train=a.n_train, n_eval=a.n_eval)
+                              params=params, n_train=a.n_train, n_eval=a.n_eval, **extra)
         trainer = Trainer(cfg, progress=None if a.quiet else _progress_bar(), sync_bn=a.sync_bn)
         try:
             res = trainer.run()

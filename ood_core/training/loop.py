@@ -93,8 +93,7 @@ def _load_init(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, Pre
     if cfg.init == "default":
         bundle = load_default()  # trains the default on first use
     elif not path.with_suffix(".json").exists():
-        raise TrainingError(f"{path.name} is not a workbench checkpoint (no {path.with_suffix('.json').name} sidecar); "
-                            "fine-tuning needs a .pt written by the workbench, or use --init default|scratch")
+        return _load_model_file(path, cfg)
     else:
         try:
             bundle = load_checkpoint(path)
@@ -104,8 +103,45 @@ def _load_init(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, Pre
     return copy.deepcopy(bundle.model), bundle.preprocess, meta, bundle.fingerprint
 
 
+def make_optimizer(params: list[torch.nn.Parameter], knobs: dict[str, Any]) -> torch.optim.Optimizer:
+    """The run's optimiser from its knobs: ``adam`` (train_sea.py's GReg+: ``torch.optim.Adam``, weight
+    decay as Adam's L2 term) or ``sgd`` with momentum, Nesterov and weight decay."""
+    lr, wd = float(knobs["lr"]), float(knobs["weight_decay"])
+    if knobs.get("optimizer", "sgd") == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    nesterov = bool(knobs.get("nesterov", False))
+    if nesterov and float(knobs["momentum"]) <= 0:
+        raise TrainingError("nesterov=True needs momentum > 0; set momentum (e.g. 0.9) or nesterov=False")
+    return torch.optim.SGD(params, lr=lr, momentum=float(knobs["momentum"]), weight_decay=wd, nesterov=nesterov)
+
+
+def _load_model_file(path: Path, cfg: TrainConfig) -> tuple[torch.nn.Module, Preprocess, dict[str, Any], str]:
+    """A model file that is not a workbench checkpoint (a state_dict with ``load['arch']``), loaded as the
+    workbench loads it, with its own preprocessing; archives (TorchScript, .pt2) are refused."""
+    from ..models.files import load_model_file
+    from ..models.formats import detect_model_format
+
+    fmt = detect_model_format(path)
+    if fmt not in ("state_dict", "checkpoint"):
+        raise TrainingError(f"{path.name} is a {fmt} archive, which the workbench scores but cannot fine-tune; "
+                            "give its state_dict (torch.save(model.state_dict())) with --arch")
+    try:
+        bundle = load_model_file(path, **dict(cfg.load))
+    except (ModelError, TypeError) as exc:
+        raise TrainingError(f"could not load {path.name} for fine-tuning: {exc}") from None
+    meta = {"arch": bundle.arch, "num_classes": int(bundle.num_classes), "in_channels": bundle.preprocess.channels,
+            "preprocess": bundle.preprocess.to_dict(), "class_names": None}
+    return copy.deepcopy(bundle.model), bundle.preprocess, meta, bundle.fingerprint
+
+
 def _schedule(knobs: dict[str, Any], total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
     lr, lr_min = float(knobs["lr"]), float(knobs["lr_min"])
+    epochs = max(1, total_steps // max(1, steps_per_epoch))
+    if knobs["schedule"] == "multistep":  # train_sea.py's default: ×0.1 at 50%, 75%, 90% of the epochs
+        stones = [int(epochs * f) * steps_per_epoch for f in (0.5, 0.75, 0.9)]
+        return lambda s: 0.1 ** sum(s >= m for m in stones)
+    if knobs["schedule"] == "cosine_epoch":  # CosineAnnealingLR(T_max=epochs, eta_min=lr_min), stepped per epoch
+        return lambda s: (lr_min + (lr - lr_min) * 0.5 * (1 + math.cos(math.pi * (s // steps_per_epoch) / epochs))) / lr
     if knobs["schedule"] == "step":
         drop_at = math.ceil(total_steps * 5 / 6) if total_steps > 1 else total_steps
         drop_at = max(steps_per_epoch, (drop_at // steps_per_epoch) * steps_per_epoch)
@@ -199,6 +235,7 @@ class Trainer:
         self.x_aux = aux_ds.rows(pp) if aux_ds is not None else None
         self.method.prepare(self)
         self.form = self.method.form(k)
+        self.recipe = k.get("recipe", "default")
         self.title = f"{self.method.name} ({self.form} form)" if self.form else self.method.name
         # What the penalty's forward ran as: the model's mode (train, as in train_sea.py) and whether
         # batch norm couples the rows.
@@ -209,8 +246,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * int(cfg.epochs)
         self._setup_ddp(b)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.SGD(self.params, lr=float(k["lr"]), momentum=float(k["momentum"]),
-                                   weight_decay=float(k["weight_decay"]))
+        self.opt = make_optimizer(self.params, k)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, _schedule(k, self.total_steps, self.steps_per_epoch))
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -351,9 +387,13 @@ class Trainer:
         init = {"default": "fine-tuned default", "scratch": "from scratch"}.get(self.cfg.init,
                                                                               f"fine-tuned {Path(self.cfg.init).stem}")
         done = f"{self.cfg.epochs} ep" if complete else f"{self.epochs_done}/{self.cfg.epochs} ep, stopped"
-        defaults = self.method.defaults(self.cfg.init, self.k.get("preset"))
-        extra = ", ".join(f"{n}={v}" for n, v in self.k.items() if v != defaults.get(n) and n != "preset")
+        defaults = self.method.defaults(self.cfg.init, self.k.get("preset"), self.k.get("recipe", "default"))
+        extra = ", ".join(f"{n}={v}" for n, v in self.k.items()
+                          if v != defaults.get(n) and n not in ("preset", "recipe"))
+        preset = self.k.get("preset")
         form = f" · {self.form} form" if self.form else ""
+        form += f" ({preset} preset)" if self.form and preset and preset != self.form else ""
+        form += f" · {self.recipe} recipe" if self.recipe != "default" else ""
         bn = " · penalty on batch-norm batch statistics" if self.penalty_mode and not self.sample_independent else ""
         return f"{self.method.name} · {init} · {done} · seed {self.cfg.seed}{form}{bn}" + (f" · {extra}" if extra else "")
 
@@ -363,7 +403,8 @@ class Trainer:
             "in_channels": int(self.base_meta.get("in_channels", 1)), "preprocess": self.base_meta["preprocess"],
             "class_names": self.base_meta.get("class_names"), "method": self.method.name,
             "label": self.label(complete), "training": self.cfg.to_dict(), "seed": self.cfg.seed,
-            "form": self.form, "penalty_mode": self.penalty_mode,
+            "form": self.form, "preset": self.k.get("preset"), "recipe": self.recipe,
+            "optimizer": type(self.opt).__name__, "penalty_mode": self.penalty_mode,
             "init_fingerprint": self.init_fp, "epochs_done": self.epochs_done, "complete": complete,
             "trained_on": train_name_for(self.cfg.id_dataset), "aux": self.cfg.aux if self.method.uses_aux else None,
             "id_test_accuracy": last.get("accuracy"), "val_auroc": last.get("auroc"),
@@ -385,9 +426,9 @@ class Trainer:
         history: dict[str, list] = {"steps": [], "epochs": []}
         self.rep.set(method=cfg.method, config=cfg.to_dict(), steps_per_epoch=self.steps_per_epoch,
                      total_steps=self.total_steps, terms=list(self.method.terms), checkpoint=None,
-                     form=self.form, penalty_mode=self.penalty_mode)
+                     form=self.form, recipe=self.recipe, penalty_mode=self.penalty_mode)
         self.rep.log(kind="setup", method=cfg.method, form=self.form, preset=self.k.get("preset"),
-                     penalty_mode=self.penalty_mode)
+                     recipe=self.recipe, optimizer=type(self.opt).__name__, penalty_mode=self.penalty_mode)
         first = self.evaluate()
         row0 = {"kind": "epoch", "epoch": 0, **first}
         history["epochs"].append(row0)

@@ -3,7 +3,8 @@
 Per iteration a candidate pool of auxiliary samples is scored by the current model (eval
 mode, no grad: :func:`pool_features_energies`), sorted by energy ``E = -LSE(f)`` ascending,
 and its ``drop`` lowest-energy (most ID-looking) candidates are left out. The kept ranks'
-L2-normalised features are clustered with k-means (scikit-learn, k = B). Two selections:
+L2-normalised features are clustered with k-means (scikit-learn, k = B; GReg+ passes
+min(max_clusters, B), ``train_sea.py``'s min(64, B)). Two selections:
 
 - ``reference`` (:func:`select_reference`, the authors' code): from each cluster its lowest-energy
   member (with ``two_way``, also its highest-energy one), filled up to B (2B with ``two_way``)
@@ -69,27 +70,33 @@ def select_by_energy(features: np.ndarray, energies: np.ndarray, k: int, seed: i
 
 
 def select_reference(features: np.ndarray, energies: np.ndarray, b: int, drop: int = 16, two_way: bool = False,
-                     seed: int = 0) -> np.ndarray:
+                     seed: int = 0, clusters: int | None = None) -> np.ndarray:
     """``reference``: pool indices of the one selected batch, B of them (2B with ``two_way``).
 
-    Clusters (k = B) the candidates left after dropping the ``drop`` lowest energies; from each
-    cluster its lowest-energy member, with ``two_way`` also its highest-energy one (a singleton
-    gives one); then fills up to the batch size with distinct kept candidates drawn at random
+    Clusters the candidates left after dropping the ``drop`` lowest energies into ``k = clusters``
+    groups (default B; ``train_sea.py`` uses min(64, B)); from each of the first min(k, B) clusters its
+    ``s`` lowest-energy members, ``s = ⌊B/k⌋`` (1 when k > B), with ``two_way`` also its ``s``
+    highest-energy ones (distinct; a cluster of at most ``s`` members gives all of them); then fills
+    up to the batch size with distinct kept candidates drawn at random
     (``numpy.random.default_rng(seed)``). Per-cluster picks come first, in cluster order.
     """
     size = b * (2 if two_way else 1)
-    energies, kept, labels = _clusters(features, energies, b, drop, seed, N_INIT, need=size)
+    k = b if clusters is None else int(clusters)
+    energies, kept, labels = _clusters(features, energies, k, drop, seed, N_INIT, need=size)
+    per = 1 if k > b else b // k
     picked: list[int] = []
-    for c in range(b):
+    for c in range(min(k, b)):
         members = np.flatnonzero(labels == c)
-        if members.size == 0:
+        if members.size <= per:
+            picked.extend(int(m) for m in members)
             continue
-        lo, hi = members[np.argmin(energies[members])], members[np.argmax(energies[members])]
-        picked.extend([int(lo), int(hi)] if two_way and hi != lo else [int(lo)])
+        order = members[np.argsort(energies[members], kind="stable")]
+        take = list(order[:per]) + ([m for m in order[-per:] if m not in order[:per]] if two_way else [])
+        picked.extend(int(m) for m in take)
     if len(picked) < size:
         rest = np.setdiff1d(kept, picked)
         picked.extend(np.random.default_rng(seed).choice(rest, size - len(picked), replace=False).tolist())
-    return np.asarray(picked, np.int64)
+    return np.asarray(picked[:size], np.int64)
 
 
 @torch.no_grad()

@@ -97,8 +97,8 @@ def test_preset_defaults_are_the_documented_ones():
     plus = METHODS["greg_plus"].resolve()
     assert {k: plus[k] for k in ("penalty", "selection", "pool_factor", "drop_lowest", "two_way", "lam_s",
                                  "lam_grad")} == \
-        {"penalty": "reference", "selection": "reference", "pool_factor": 6.0, "drop_lowest": 16, "two_way": False,
-         "lam_s": 0.1, "lam_grad": 1.0}
+        {"penalty": "reference", "selection": "reference", "pool_factor": 6.0, "drop_lowest": 0, "two_way": True,
+         "lam_s": 0.1, "lam_grad": 1.0}  # the published commands' selection (test_recipes.py: code_defaults)
     assert int(plus["pool_factor"] * 64) == 384 and sampling.N_INIT == 3
     gq = METHODS["gq"].resolve()
     assert {k: gq[k] for k in ("form", "operand", "lam")} == {"form": "batch", "operand": "logits", "lam": 1e-6}
@@ -123,7 +123,7 @@ def test_saved_experiments_keep_their_form(tmp_path):
                                                                           "lam": 1.0}}).resolved()
     assert gq.params["form"] == "per_sample" and METHODS["gq"].form(gq.params) == "earlier"
     now = TrainConfig("greg").to_dict()
-    assert now["version"] == 2 and TrainConfig.from_dict(now).resolved().params["penalty"] == "reference"
+    assert now["version"] == 3 and TrainConfig.from_dict(now).resolved().params["penalty"] == "reference"
 
 
 def test_training_runs_channels_last_and_checkpoints_load_into_plain_models(runs, default_bundle):
@@ -405,6 +405,6 @@ def test_batchnorm_model_penalty_follows_train_mode_and_equals_the_jacobian(monk
     assert "rows coupled" in res.meta["penalty_mode"] and "batch-norm" in res.meta["label"]
     setup = [{k: v for k, v in r.items() if k != "t"} for r in job.rows if r.get("kind") == "setup"]
     assert setup == [{"kind": "setup", "method": "greg", "form": "reference", "preset": "reference",
-                      "penalty_mode": tr.penalty_mode}]
+                      "recipe": "default", "optimizer": "SGD", "penalty_mode": tr.penalty_mode}]
     res.path.unlink()
     res.path.with_suffix(".json").unlink()

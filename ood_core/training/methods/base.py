@@ -24,6 +24,9 @@ import torch
 from ...errors import UserError
 from ...knobs import Knob, Paper, find
 from ...knobs import resolve as resolve_knobs
+from ..recipes import RECIPES, recipe_knobs
+
+SCHEDULES = ("cosine", "cosine_epoch", "step", "multistep")
 
 
 class TrainingError(UserError):
@@ -35,19 +38,29 @@ class TrainingDiverged(TrainingError):
 
 
 COMMON_KNOBS: tuple[Knob, ...] = (
-    Knob("lr", 0.01, 1e-5, 10.0, "log", help="initial learning rate (SGD). The GReg paper's fine-tuning recipe says 1, which gave "
+    Knob("recipe", "default", kind="choice", choices=RECIPES,
+         help="default: the workbench's short budgets; paper: the authors' published optimiser, learning rate, schedule, "
+              "weight decay, epochs, batch sizes and method settings (docs/methods.md, \"Paper recipes\"). A knob set "
+              "explicitly wins over its recipe"),
+    Knob("optimizer", "sgd", kind="choice", choices=("sgd", "adam"),
+         help="sgd: SGD with momentum (and optional Nesterov) and weight decay; adam: torch.optim.Adam (GReg+'s "
+              "train_sea.py), weight decay as Adam's L2 term"),
+    Knob("lr", 0.01, 1e-5, 10.0, "log", help="initial learning rate. The GReg paper's fine-tuning recipe says 1, which gave "
          "NaN in the reproduction; 0.01 is the default"),
     Knob("lr_min", 1e-4, 1e-7, 1.0, "log", help="final learning rate of the cosine schedule"),
-    Knob("schedule", "cosine", kind="choice", choices=("cosine", "step"),
-         help="cosine from lr to lr_min per step, or step: lr for 5/6 of the epochs then lr/10 (GReg+ from scratch)"),
+    Knob("schedule", "cosine", kind="choice", choices=SCHEDULES,
+         help="cosine from lr to lr_min per step; cosine_epoch: the same per epoch (CosineAnnealingLR); step: lr for "
+              "5/6 of the epochs then lr/10 (GReg+); multistep: ×0.1 at 50%, 75% and 90% of the epochs (train_sea.py)"),
     Knob("momentum", 0.9, 0.0, 0.99, help="SGD momentum"),
-    Knob("weight_decay", 1e-4, 0.0, 0.01, help="SGD weight decay (L2 penalty)"),
+    Knob("nesterov", False, kind="bool", help="SGD with Nesterov momentum (energy_ood, GReg on CIFAR)"),
+    Knob("weight_decay", 1e-4, 0.0, 0.01, help="weight decay (L2 penalty)"),
     Knob("batch_size", 64, 8, 512, kind="int", help="B: ID samples per step (paired with B auxiliary outliers)"),
     Knob("augment", True, kind="bool", help="random shifts of up to 2 pixels on ID and auxiliary images"),
 )
 
-PRESET_HELP = ("reference: the authors' code (the default); earlier: our first reading of the paper. A knob set "
-               "explicitly wins over its preset")
+PRESET_HELP = ("reference: the authors' loss with their published commands' settings (the default); code_defaults "
+               "(GReg+): the same loss with train_sea.py's argparse selection defaults; earlier: our first reading of the "
+               "paper. A knob set explicitly wins over its preset")
 
 class TrainerView(Protocol):
     """What a method's hooks may use of :class:`ood_core.training.Trainer` (declared here, not imported:
@@ -134,8 +147,9 @@ class TrainingMethod:
     def knob(self, name: str) -> Knob:
         return find(self.all_knobs, name, self.name)
 
-    def defaults(self, init: str = "default", preset: str | None = None) -> dict[str, Any]:
-        """Every knob's default for this init under ``preset`` (None: the first preset)."""
+    def defaults(self, init: str = "default", preset: str | None = None, recipe: str = "default") -> dict[str, Any]:
+        """Every knob's default for this init under ``preset`` (None: the first preset) and ``recipe``
+        (``paper``: :data:`ood_core.training.recipes.PAPER_RECIPES` over the preset)."""
         out = {k.name: k.default for k in self.all_knobs}
         out.update(self.overrides)
         if init == "scratch":
@@ -144,6 +158,8 @@ class TrainingMethod:
             preset = preset or next(iter(self.presets))
             out.update(self.presets[preset])
             out["preset"] = preset
+        out.update(recipe_knobs(self.name, recipe))
+        out["recipe"] = recipe
         return out
 
     def resolve(self, params: Mapping[str, Any] | None = None, init: str = "default") -> dict[str, Any]:
@@ -152,7 +168,8 @@ class TrainingMethod:
         refused combinations raise :class:`TrainingError`."""
         params = {k: self.aliases.get(k, {}).get(v, v) if _hashable(v) else v for k, v in (params or {}).items()}
         given = resolve_knobs(self.all_knobs, params, self.name)
-        out = self.defaults(init, given["preset"] if "preset" in params else None)
+        out = self.defaults(init, given["preset"] if "preset" in params else None,
+                            given["recipe"] if "recipe" in params else "default")
         out.update({key: given[key] for key in params})
         for when, why in self.conflicts:
             if all(out.get(k) == v for k, v in when.items()):

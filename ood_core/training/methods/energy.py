@@ -40,7 +40,9 @@ _MARGIN_LR = {"lr": 0.001}
 @register
 class EnergyOE(TrainingMethod):
     name, title, terms = "energy_oe", "Energy-bounded learning", ("total", "ce", "ls")
-    knobs = (_LAM_S, _M_IN, _M_OUT)
+    knobs = (_LAM_S, _M_IN, _M_OUT,
+             Knob("aux_factor", 1.0, 0.25, 8.0,
+                  help="auxiliary outliers per step = ⌊aux_factor·B⌋ (energy_ood: --oe_batch_size 256 at B = 128, 2)"))
     paper = Paper("Energy-based Out-of-distribution Detection", "Liu, Wang, Owens, Li", "NeurIPS", 2020,
                   "https://github.com/wetliu/energy_ood")
     overrides = _MARGIN_LR
@@ -48,7 +50,7 @@ class EnergyOE(TrainingMethod):
 
     def loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> StepLoss:
         k, b = trainer.k, len(x)
-        logits = trainer.logits(x, trainer.aux_batch(b))
+        logits = trainer.logits(x, trainer.aux_batch(max(1, int(math.floor(float(k["aux_factor"]) * b)))))
         ce = L.ce_loss(logits[:b], y)
         e = L.free_energy(logits)
         ls = L.energy_margin_loss(e[:b], e[b:], k["m_in"], k["m_out"])
@@ -101,18 +103,29 @@ class GRegPlus(GReg):
              Knob("pool_factor", 6.0, 1.0, 32.0,
                   help="candidate pool = ⌊pool_factor·B⌋ auxiliary samples per step (reference: 300,000 / 50,000 = 6, "
                        "384 at B = 64)"),
-             Knob("drop_lowest", 16, 0, 4096, kind="int",
-                  help="the lowest-energy (most ID-looking) candidates left out of the pool (reference: 16)"),
-             Knob("two_way", False, kind="bool",
-                  help="selection=reference: also each cluster's highest-energy member; the batch fills to 2B"),
+             Knob("drop_lowest", 0, 0, 4096, kind="int",
+                  help="the lowest-energy (most ID-looking) candidates left out of the pool (the published commands' "
+                       "--spt 0; train_sea.py's argparse default, preset code_defaults: 16)"),
+             Knob("two_way", True, kind="bool",
+                  help="selection=reference: also each cluster's highest-energy member; the batch fills to 2B "
+                       "(the published commands: --sampleTwoWay)"),
+             Knob("max_clusters", 64, 1, 4096, kind="int",
+                  help="k-means clusters k = min(max_clusters, B) (train_sea.py: min(--num_cluster, B), --num_cluster "
+                       "64); with k < B each cluster gives ⌊B/k⌋ lowest (and highest) members"),
              _LAM_S, _LAM_GRAD, _M_IN, _M_OUT, _NORM)
     # The GReg+ paper's from-scratch lr 0.1 explodes within 7 steps on the embedded small CNN (no batch
     # norm; L_S starts near 500): keep the step schedule's shape at the margin methods' lr.
     scratch_defaults = {"schedule": "step"}
+    # reference: the authors' loss with the selection of every published GReg+ command (README.md,
+    # Scripts/cifar10ScriptGregPlus.sh, Scripts/normFeat.sh: --spt 0 --sampleTwoWay, the kept range above
+    # the pool); code_defaults: the same loss with train_sea.py's argparse defaults (--spt 16, one way).
     presets = {"reference": {"penalty": "reference", "selection": "reference", "pool_factor": 6.0,
-                             "drop_lowest": 16, "two_way": False, "lam_s": 0.1, "lam_grad": 1.0},
+                             "drop_lowest": 0, "two_way": True, "max_clusters": 64, "lam_s": 0.1, "lam_grad": 1.0},
+               "code_defaults": {"penalty": "reference", "selection": "reference", "pool_factor": 6.0,
+                                 "drop_lowest": 16, "two_way": False, "max_clusters": 64, "lam_s": 0.1,
+                                 "lam_grad": 1.0},
                "earlier": {"penalty": "per_sample", "selection": "split", "pool_factor": 8.0,
-                           "drop_lowest": 0, "two_way": False, "lam_s": 0.1, "lam_grad": 1.0}}
+                           "drop_lowest": 0, "two_way": False, "max_clusters": 4096, "lam_s": 0.1, "lam_grad": 1.0}}
     form_knobs = ("penalty", "selection")
     conflicts = (({"selection": "split", "two_way": True},
                   "two_way applies to selection=reference (split already takes each cluster's lowest and "
@@ -148,7 +161,8 @@ class GRegPlus(GReg):
         feats, ens = pool_features_energies(trainer.bundle.forward, trainer.model, pool)
         seed = trainer.cfg.seed * 1_000_003 + trainer.step_no
         if k["selection"] == "reference":
-            x = pool[torch.as_tensor(select_reference(feats, ens, b, int(k["drop_lowest"]), bool(k["two_way"]), seed))]
+            x = pool[torch.as_tensor(select_reference(feats, ens, b, int(k["drop_lowest"]), bool(k["two_way"]), seed,
+                                                      clusters=min(int(k["max_clusters"]), b)))]
             return x, x
         sel = select_by_energy(feats, ens, b, seed=seed, drop=int(k["drop_lowest"]))
         return pool[torch.as_tensor(sel.low)], pool[torch.as_tensor(sel.high)]

@@ -6,13 +6,23 @@ Presets: ``reference`` follows the authors' ``learning_odin_trainer.py`` (reposi
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from ...knobs import Knob, Paper
 from .. import losses as L
 from .base import StepLoss, TrainerView, TrainingError, TrainingMethod, register
+
+
+def pixel_space(fwd: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mean: Sequence[float],
+                std: Sequence[float]) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """(the model as a function of the [0, 1] pixels, the pixels of the normalised batch ``x``): input
+    gradients taken through it are with respect to the pixels, ``∂/∂p = (∂/∂x) / std`` per channel."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(shape)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(shape)
+    return (lambda p: fwd((p - m) / s)), x * s + m
 
 
 @register
@@ -26,6 +36,10 @@ class GradientQuotient(TrainingMethod):
              help="o: the logits (the authors' grad-over-grad runs) or the softmax (the paper's formula)"),
         Knob("lam", 1e-6, 1e-8, 10.0, "log",
              help="λ, weight of the Gradient Quotient (the authors' CIFAR runs: 1e-6; their parser default: 1)"),
+        Knob("pixel_space", False, kind="bool",
+             help="differentiate with respect to the [0, 1] pixels before normalisation (the authors' network takes "
+                  "un-normalised pixels; recipe=paper); off: with respect to the model's normalised input. The two "
+                  "agree for one channel and differ with per-channel std"),
     )
     paper = Paper("Learning ODIN", "Jevnisek, Avidan", "BMVC", 2022, "https://github.com/ajevnisek/learning-odin")
     # Fine-tuning the embedded default at lr 0.01 diverged in 1 of 3 seeds (CE up to 648, ID
@@ -53,6 +67,8 @@ class GradientQuotient(TrainingMethod):
     def loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> StepLoss:
         k = trainer.k
         fwd = trainer.forward if self.runs_ddp_forward(k) else trainer.bundle.logits
+        if k.get("pixel_space"):
+            fwd, x = pixel_space(fwd, x, trainer.bundle.preprocess.mean, trainer.bundle.preprocess.std)
         try:
             gq, logits = L.gradient_quotient(fwd, x, y, k["operand"], k["form"])
         except L.LossError as exc:
