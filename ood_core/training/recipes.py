@@ -6,7 +6,7 @@ Nesterov, epochs, the ID batch and the auxiliary batch, and method settings (GRe
 clusters, GQ's pixel-space input). Where the authors' code and their published commands disagree
 the published commands win. Each value's source (file and line, or the quoted statement where the
 file's line could not be read) is in docs/methods.md, "Paper recipes", whose table
-``tests/test_recipes.py`` compares with :data:`PAPER_RECIPES`.
+``tests/training/test_recipes.py`` compares with :data:`PAPER_RECIPES`.
 
 Knob values only: a key here is a knob of the method (``COMMON_KNOBS`` or its own), except
 ``epochs``, which fills ``TrainConfig.epochs`` when that is not given.

@@ -18,7 +18,7 @@ from ood_core.training.methods.gq import pixel_space
 from ood_core.training.recipes import PAPER_RECIPES
 from ood_core.training.sampling import select_reference
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "methods.md"
 
 
 def _doc_table() -> dict[str, dict[str, str]]:
