@@ -67,3 +67,11 @@ def exact(ext: Extraction) -> Extraction:
     e.logits = lg  # keep float64: the closed form and autograd then see the same numbers
     return e
 
+
+def linear_head(ext: Extraction, dtype=torch.float32) -> torch.nn.Linear:
+    """The arrays' head as a torch Linear (for the references that run a module)."""
+    lin = torch.nn.Linear(D, C).to(dtype)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor(ext.head_weight, dtype=dtype))
+        lin.bias.copy_(torch.tensor(ext.head_bias, dtype=dtype))
+    return lin

@@ -5,24 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from detector_arrays import RTOL, C, D, exact, fitted, head_grads, pood, synthetic, t64  # noqa: F401
+from detector_arrays import RTOL, C, D, exact, fitted, head_grads, linear_head, pood, synthetic, t64  # noqa: F401
 
 from ood_core.detectors import get_detector
-from ood_core.extract import Extraction
-
-
-def _linear(ext: Extraction, dtype=torch.float32) -> torch.nn.Linear:
-    lin = torch.nn.Linear(D, C).to(dtype)
-    with torch.no_grad():
-        lin.weight.copy_(torch.tensor(ext.head_weight, dtype=dtype))
-        lin.bias.copy_(torch.tensor(ext.head_bias, dtype=dtype))
-    return lin
-
 
 
 def test_fdbd_matches_pytorch_ood_and_openood_normalizer(train, test):
     det = get_detector("fdbd").fit(train)
-    ref = pood.fDBD(None, _linear(train)).fit_features(torch.tensor(train.features))
+    ref = pood.fDBD(None, linear_head(train)).fit_features(torch.tensor(train.features))
     want = -ref.predict_features(torch.tensor(test.features)).double().numpy()  # pytorch-ood works in float32
     np.testing.assert_allclose(det.score(test), want, rtol=RTOL)
     # OpenOOD's other normaliser, ‖h‖ instead of ‖h − μ‖, written out
@@ -38,7 +28,7 @@ def test_fdbd_matches_pytorch_ood_and_openood_normalizer(train, test):
 @pytest.mark.parametrize("alpha", [0.0, 1e-4, 0.1])
 def test_nci_matches_pytorch_ood(train, test, alpha):
     det = get_detector("nci").fit(train)
-    ref = pood.NCI(None, _linear(train), alpha=alpha).fit_features(torch.tensor(train.features))
+    ref = pood.NCI(None, linear_head(train), alpha=alpha).fit_features(torch.tensor(train.features))
     want = -ref.predict_features(torch.tensor(test.features)).double().numpy()
     np.testing.assert_allclose(det.score(test, alpha=alpha), want, rtol=RTOL, atol=1e-6)
 

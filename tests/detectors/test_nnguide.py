@@ -5,25 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from detector_arrays import RTOL, C, D, exact, fitted, head_grads, pood, synthetic, t64  # noqa: F401
+from detector_arrays import RTOL, C, D, exact, fitted, head_grads, linear_head, pood, synthetic, t64  # noqa: F401
 
 from ood_core.detectors import get_detector
-from ood_core.extract import Extraction
-
-
-def _linear(ext: Extraction, dtype=torch.float32) -> torch.nn.Linear:
-    lin = torch.nn.Linear(D, C).to(dtype)
-    with torch.no_grad():
-        lin.weight.copy_(torch.tensor(ext.head_weight, dtype=dtype))
-        lin.bias.copy_(torch.tensor(ext.head_bias, dtype=dtype))
-    return lin
-
 
 
 @pytest.mark.parametrize("k", [1, 10, 50])
 def test_nnguide_matches_pytorch_ood(train, test, k):
     det = get_detector("nnguide").fit(train)
-    ref = pood.NNGuide(None, _linear(train), k=k)  # pytorch-ood casts the bank to float32
+    ref = pood.NNGuide(None, linear_head(train), k=k)  # pytorch-ood casts the bank to float32
     ref.fit_features(torch.tensor(train.features), torch.tensor(train.labels))
     want = -ref.predict_features(torch.tensor(test.features)).double().numpy()
     # pytorch-ood recomputes the logits from the head; ours are the cached logits (equal in float32)

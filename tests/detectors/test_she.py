@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from detector_arrays import RTOL, C, D, exact, fitted, head_grads, pood, synthetic, t64  # noqa: F401
+from detector_arrays import RTOL, C, D, exact, fitted, head_grads, linear_head, pood, synthetic, t64  # noqa: F401
 
 from ood_core.detectors import get_detector
 from ood_core.extract import Extraction
 
 
-def _linear(ext: Extraction, dtype=torch.float32) -> torch.nn.Linear:
-    lin = torch.nn.Linear(D, C).to(dtype)
-    with torch.no_grad():
-        lin.weight.copy_(torch.tensor(ext.head_weight, dtype=dtype))
-        lin.bias.copy_(torch.tensor(ext.head_bias, dtype=dtype))
-    return lin
-
-
-
 def test_she_matches_pytorch_ood_and_openood_metrics(train, test, float64_default):
     det = get_detector("she").fit(train)
-    ref = pood.SHE(None, _linear(train, torch.float64)).fit_features(t64(train.features), torch.tensor(train.labels))
+    ref = pood.SHE(None, linear_head(train, torch.float64)).fit_features(t64(train.features), torch.tensor(train.labels))
     want = -ref.predict_features(t64(test.features)).detach().numpy()
     np.testing.assert_allclose(det.score(test), want, rtol=RTOL)
     S = ref.patterns.detach().numpy()[test.logits.argmax(1)]

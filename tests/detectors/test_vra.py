@@ -5,25 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from detector_arrays import RTOL, C, D, exact, fitted, head_grads, pood, synthetic, t64  # noqa: F401
+from detector_arrays import RTOL, C, D, exact, fitted, head_grads, linear_head, pood, synthetic, t64  # noqa: F401
 
 from ood_core.detectors import get_detector
-from ood_core.extract import Extraction
-
-
-def _linear(ext: Extraction, dtype=torch.float32) -> torch.nn.Linear:
-    lin = torch.nn.Linear(D, C).to(dtype)
-    with torch.no_grad():
-        lin.weight.copy_(torch.tensor(ext.head_weight, dtype=dtype))
-        lin.bias.copy_(torch.tensor(ext.head_bias, dtype=dtype))
-    return lin
-
 
 
 @pytest.mark.parametrize("low,high", [(1.0, 99.0), (10.0, 90.0)])
 def test_vra_matches_pytorch_ood_per_unit_and_hand_formulas(train, test, low, high, float64_default):
     det = get_detector("vra").fit(train)
-    lin = _linear(train, torch.float64)
+    lin = linear_head(train, torch.float64)
     ref = pood.VRA(backbone=None, head=lambda x: lin(x.flatten(1)), lower_percentile=low / 100,
                    upper_percentile=high / 100)
     ref.fit_feature_maps(t64(train.features)[:, :, None, None], torch.tensor(train.labels))
