@@ -34,6 +34,16 @@ def restore_saved(cache_root: str):
 
 restore_saved(facade.cache_root())
 
+
+@st.cache_resource(show_spinner=False)
+def load_plugins() -> list[str]:
+    """OOD_PLUGINS and installed entry points, once per process (docs/architecture.md, "Plugins")."""
+    return facade.load_plugins()
+
+
+for _line in load_plugins():
+    st.sidebar.warning(_line, icon=":material/extension_off:")
+
 # The sidebar each page declares (its PAGE.sidebar); Models & data ("none") sets the experiment
 # itself, so it gets a summary drawn after the page has run.
 HERE = Path(__file__).resolve().parent  # the pages are discovered next to this file

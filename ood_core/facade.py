@@ -200,10 +200,33 @@ class DetectorInfo:
     family: str
     needs_model: bool
     has_knobs: bool
+    plugin: str | None = None  # the plugin's source ("my_detector.py", "mypkg 1.0 (entry point)"); None: built-in
 
 
 def detectors() -> list[DetectorInfo]:
-    return [DetectorInfo(n, c.title or n, c.family, c.needs_model, bool(c.knobs)) for n, c in detector_classes().items()]
+    return [DetectorInfo(n, c.title or n, c.family, c.needs_model, bool(c.knobs), plugin_source(n))
+            for n, c in detector_classes().items()]
+
+
+# --- plugins (docs/architecture.md, "Plugins") --------------------------------------------------
+PLUGIN_TRUST = ("Plugins are trusted code you chose to run (OOD_PLUGINS, installed entry points); "
+                "the app never runs an uploaded file.")
+
+
+def load_plugins() -> list[str]:
+    """Installed entry points and ``OOD_PLUGINS``, loaded once per process at start-up; returns one
+    line per plugin refused (the rest of the workbench works)."""
+    from . import plugins as _plugins
+
+    return [i.line for i in _plugins.load_startup() if not i.ok]
+
+
+def plugin_source(name: str) -> str | None:
+    """Where a plugin detector came from, for its badge; None for a built-in."""
+    from . import plugins as _plugins
+
+    info = _plugins.source_of(name)
+    return info.source if info else None
 
 
 def detector(name: str):

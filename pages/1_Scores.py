@@ -95,6 +95,9 @@ def detector_and_results(ctx: common.Context) -> None:
         c4.metric("AUPR-In (mean)", f"{100 * mean_row['aupr_in']:.2f}")
     with knob_box:
         st.caption(det.describe())
+        if (src := fc.plugin_source(det.name)):
+            st.badge(f"plugin · {src}", icon=":material/extension:", color="violet")
+            st.caption(fc.PLUGIN_TRUST)
         if det.help:
             st.caption(det.help)
         if det.needs_training:

@@ -27,11 +27,11 @@ LAYERS: list[set[str]] = [
     {"extract"},
     {"gradients"},
     {"detectors"},
-    {"training"},
+    {"training", "api", "plugins"},
     {"figures"},
     {"persist"},
     {"workbench"},
-    {"compare", "tuning", "maps", "saliency", "export", "benchmarks"},
+    {"compare", "tuning", "maps", "saliency", "export", "benchmarks", "conformance"},
     {"facade"},
     {"cli", "__main__"},
 ]
