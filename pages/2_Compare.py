@@ -46,6 +46,7 @@ def compare_body(ctx: common.Context) -> None:
         metric = st.radio("Metric", list(cmp.METRICS), format_func=lambda m: LABELS[m], horizontal=True, key="compare.metric")
     with c2:
         chosen = st.multiselect("Detectors", list(classes), default=cached_names, key="compare.detectors",
+                                format_func=lambda n: f"{n} · plugin ({classes[n].plugin})" if classes[n].plugin else n,
                                 help="model-time detectors (e.g. odin) need a job; their rows appear once it has run")
     with c3:
         n_boot = int(st.number_input("Resamples", 0, 5000, 1000, 100, key="compare.n_boot",

@@ -36,7 +36,9 @@ def tuning_body(ctx: common.Context) -> None:
 
     left, right = st.columns([1, 2])
     with left:
-        det_name = st.selectbox("Detector", names, key="tuning.detector")
+        plugin = {d.name: d.plugin for d in fc.detectors() if d.plugin}
+        det_name = st.selectbox("Detector", names, key="tuning.detector",
+                                format_func=lambda n: f"{n} · plugin ({plugin[n]})" if n in plugin else n)
         det = fc.detector(det_name)
         with common.guard("detectors"):
             reason = fc.availability(ctx.bundle, ctx.id_name)[det_name]
