@@ -202,3 +202,54 @@ def test_fine_tune_a_state_dict_resumes_from_its_weights(default_bundle, tmp_pat
     res = tr.run()
     back = load_checkpoint(res.path)
     assert back.preprocess.to_dict() == ref.preprocess.to_dict() and tuple(back.preprocess.mean) == (0.3,)
+
+
+def test_greg_plus_pool_on_a_streamed_aux_decodes_only_the_pool(default_bundle, tmp_path, monkeypatch):
+    """GReg+ on an auxiliary folder streamed from disk: each step decodes only its candidate pool (never the
+    whole set), and the picks equal those on the same pixels held in memory, same seed."""
+    from PIL import Image
+
+    from ood_core.data import ImageDataset, streamed
+    from ood_core.data.registry import DatasetSpec, add_source, get_dataset, register, unregister
+    from ood_core.training import Trainer
+    from ood_core.training.methods import energy
+
+    imgs = np.random.default_rng(0).integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    folder = tmp_path / "aux_png"
+    folder.mkdir()
+    for i, a in enumerate(imgs):
+        Image.fromarray(a).save(folder / f"img_{i:03d}.png")
+    mem = ImageDataset("t_aux_mem", imgs, np.full(40, -1), role="aux")
+    try:
+        add_source(folder, "t_aux_stream", "aux", labelled=False)
+        register(DatasetSpec("t_aux_mem", "", "aux", lambda split: mem, embedded=False), replace=True)
+        assert isinstance(get_dataset("t_aux_stream"), streamed.StreamedDataset)
+        decoded: list[str] = []
+        real = streamed._decode
+        monkeypatch.setattr(streamed, "_decode", lambda path, gray: decoded.append(path) or real(path, gray))
+        picks: list[np.ndarray] = []
+        real_sel = energy.select_reference
+        monkeypatch.setattr(energy, "select_reference", lambda *a, **kw: picks.append(real_sel(*a, **kw)) or picks[-1])
+        params = {"batch_size": 8, "pool_factor": 3.0, "lr": 1e-4}  # pool 24 of 40, 16 picked (two-way)
+
+        def trainer(aux: str) -> Trainer:
+            return Trainer(TrainConfig("greg_plus", init="default", epochs=1, seed=3, n_train=16, n_eval=20,
+                                       aux=aux, params=params), out_dir=tmp_path)
+
+        tr_s, tr_m = trainer("t_aux_stream"), trainer("t_aux_mem")
+        assert decoded == []  # setting up reads no auxiliary pixels
+        method = METHODS["greg_plus"]
+        for _ in range(2):  # two iterations: fresh pools from the same seeded draws
+            n0 = len(decoded)
+            xs, _ = method.select_aux(tr_s, 8)
+            assert len(decoded) - n0 == 24 and len(set(decoded[n0:])) == 24  # the pool, not the 40
+            xm, _ = method.select_aux(tr_m, 8)
+            assert len(decoded) - n0 == 24  # the in-memory set decodes nothing
+            assert np.array_equal(picks[-2], picks[-1]) and len(picks[-1]) == 16
+            assert torch.equal(xs, xm)
+        n0 = len(decoded)
+        row = tr_s.step(torch.arange(8))  # a whole update decodes one pool as well
+        assert len(decoded) - n0 == 24 and math.isfinite(row["total"])
+    finally:
+        unregister("t_aux_stream")
+        unregister("t_aux_mem")
