@@ -253,3 +253,47 @@ def test_greg_plus_pool_on_a_streamed_aux_decodes_only_the_pool(default_bundle, 
     finally:
         unregister("t_aux_stream")
         unregister("t_aux_mem")
+
+
+class _BNNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("twice", [False, True])
+def test_bn_double_update_moves_running_statistics_twice(twice):
+    """bn_double_update: batch norm's running mean moves twice per GReg step (the authors' re-forward),
+    else once; closed form for one batch from zeros: (1 - 0.9^n)·batch mean. Loss and gradients agree."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    x, aux = torch.randn(6, 1, 8, 8), torch.randn(6, 1, 8, 8)
+    y = torch.randint(0, 5, (6,))
+    out = {}
+    for flag in (False, twice):
+        torch.manual_seed(1)
+        net = _BNNet().double().train()
+        k = METHODS["greg"].resolve({"bn_double_update": flag, "m_in": -1.0, "m_out": -3.0})
+        view = SimpleNamespace(k=k, logits=lambda *p: net(torch.cat(p)), aux_batch=lambda n: aux.double(),
+                               sample_independent=False, world=1)
+        loss = METHODS["greg"].loss(view, x.double(), y)
+        assert float(loss["grad"].detach()) > 0 and 0 < loss["frac_aux"]  # the penalty ran on detected rows
+        grads = torch.autograd.grad(loss["total"], list(net.parameters()))
+        out[flag] = (net, float(loss["total"]), grads)
+    net, total, grads = out[twice]
+    with torch.no_grad():
+        batch_mean = _conv_batch_mean(net, torch.cat([x, aux]).double())
+    n = 2 if twice else 1
+    assert int(net.bn.num_batches_tracked) == n
+    torch.testing.assert_close(net.bn.running_mean, (1 - 0.9 ** n) * batch_mean, rtol=1e-10, atol=1e-12)
+    assert total == pytest.approx(out[False][1], rel=1e-12)
+    for g, g0 in zip(grads, out[False][2]):
+        torch.testing.assert_close(g, g0, rtol=1e-9, atol=1e-12)
+
+
+def _conv_batch_mean(net: _BNNet, x: torch.Tensor) -> torch.Tensor:
+    return net.conv(x).mean((0, 2, 3))
