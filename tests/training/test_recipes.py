@@ -297,3 +297,13 @@ def test_bn_double_update_moves_running_statistics_twice(twice):
 
 def _conv_batch_mean(net: _BNNet, x: torch.Tensor) -> torch.Tensor:
     return net.conv(x).mean((0, 2, 3))
+
+
+def test_train_config_load_defaults_to_no_options(tmp_path):
+    """``load`` is a field ({} by default), and a sidecar written while a method shadowed it reruns."""
+    import json
+
+    assert TrainConfig("ce").load == {} and TrainConfig("ce").to_dict()["load"] == {}
+    side = {**TrainConfig("ce").to_dict(), "load": "<bound method TrainConfig.load of <class '...'>>"}
+    (tmp_path / "c.json").write_text(json.dumps({"training": side}))
+    assert TrainConfig.from_file(tmp_path / "c.json").load == {}
