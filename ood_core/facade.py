@@ -460,11 +460,36 @@ def job(job_id: str | None):
     return JOBS.get(job_id) if job_id else None
 
 
+# Formats training can start from (ModelBundle.info["format"]); archives are scored, never fine-tuned.
+_FINE_TUNABLE = ("state_dict", "workbench checkpoint")
+
+
 def trainable_models() -> list[tuple[str, str]]:
-    """``(spec, label)`` of checkpoints training can start from (not uploads: they have no training sidecar)."""
-    return [(m["spec"], m["label"]) for m in _wb.list_models()
-            if m["spec"] != "default" and not m["spec"].startswith("upload:")
-            and Path(m["spec"]).with_suffix(".json").exists()]
+    """``(spec, label)`` of models training can start from besides the default: workbench checkpoints
+    and the state_dicts and checkpoints uploaded or loaded on Models & data (with their load options)."""
+    uploads = _persist.saved_uploads()
+    out = []
+    for m in _wb.list_models():
+        spec = m["spec"]
+        if spec == "default":
+            continue
+        if spec.startswith("upload:"):
+            if spec in uploads and m["meta"].get("format") in _FINE_TUNABLE:
+                out.append((spec, m["label"]))
+        elif Path(spec).with_suffix(".json").exists():
+            out.append((spec, m["label"]))
+    return out
+
+
+def training_init(spec: str) -> dict[str, Any]:
+    """``TrainConfig``'s ``init`` and ``load`` for a model a picker names: an upload trains from its file
+    with the options it was loaded with (its own preprocessing), so the checkpoint loads back the same way."""
+    if not spec.startswith("upload:"):
+        return {"init": spec, "load": {}}
+    entry = _persist.saved_uploads().get(spec)
+    if not entry:
+        raise UserError(f"uploaded model {spec!r} is not remembered; upload it again on the Models & data page")
+    return {"init": entry["path"], "load": {k: v for k, v in dict(entry.get("options") or {}).items() if k != "name"}}
 
 
 # =============================================================================== experiments and export

@@ -70,11 +70,13 @@ with left:
     launch = st.button("Start training", type="primary", key="train.start")
 
 if launch:
-    cfg = TrainConfig(method_name, init=init, epochs=epochs, seed=seed, id_dataset=state.id_dataset(),
-                      aux=aux, params=params, n_train=n_train, n_eval=n_eval)
-    job_id = common.attempt("training refused", fc.start_training, cfg)
-    if job_id:
-        state.put("train_job_id", job_id)
+    start = common.attempt("training refused", fc.training_init, init)  # an upload: its file and load options
+    if start is not None:
+        cfg = TrainConfig(method_name, epochs=epochs, seed=seed, id_dataset=state.id_dataset(), aux=aux,
+                          params=params, n_train=n_train, n_eval=n_eval, **start)
+        job_id = common.attempt("training refused", fc.start_training, cfg)
+        if job_id:
+            state.put("train_job_id", job_id)
 
 
 def _curves(snap: dict, key: str) -> None:

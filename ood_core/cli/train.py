@@ -58,7 +58,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     try:
         if a.config:
-            cfg = TrainConfig.load(a.config)
+            cfg = TrainConfig.from_file(a.config)
             if a.method and a.method != cfg.method:
                 raise TrainingError(f"--method {a.method} contradicts the config's method {cfg.method}")
         else:

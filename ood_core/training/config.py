@@ -79,6 +79,9 @@ class TrainConfig:
         unknown = set(d) - known
         if unknown:
             raise TrainingError(f"unknown training config keys: {', '.join(sorted(unknown))}")
+        if not isinstance(d.get("load", {}), dict):
+            # Sidecars written while a method shadowed the field hold its repr here: no load options.
+            d["load"] = {}
         if "method" not in d:
             raise TrainingError("a training config needs a 'method'")
         if version < 2 and d["method"] in METHODS and METHODS[d["method"]].presets:
@@ -93,7 +96,9 @@ class TrainConfig:
         return cls(**d)
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        """A config (or a checkpoint's sidecar) from a JSON file. Not named ``load``: a method of that
+        name became the ``load`` field's default (a dataclass reads the class attribute)."""
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError) as exc:

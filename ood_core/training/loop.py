@@ -241,7 +241,8 @@ class Trainer:
         # batch norm couples the rows.
         self.penalty_mode = None if not self.method.penalises_input_gradient else (
             "train mode, no batch norm (rows independent)" if self.sample_independent
-            else "train mode, batch norm on batch statistics (rows coupled)")
+            else "train mode, batch norm on batch statistics (rows coupled)" +
+            ("; running statistics updated twice per step" if k.get("bn_double_update") else ""))
         self.steps_per_epoch = len(self.x_train) // b  # drop_last: every step sees B ID samples
         self.total_steps = self.steps_per_epoch * int(cfg.epochs)
         self._setup_ddp(b)

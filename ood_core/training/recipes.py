@@ -23,11 +23,11 @@ PAPER_RECIPES: Mapping[str, Mapping[str, Any]] = {
                   "momentum": 0.9, "nesterov": True, "epochs": 10, "batch_size": 128, "aux_factor": 2.0},
     # o4lc/Greg-OOD train_sea.py with --noCluster on CIFAR (no published CIFAR GReg command): Nesterov SGD.
     "greg": {"optimizer": "sgd", "lr": 0.1, "schedule": "multistep", "weight_decay": 1e-4, "momentum": 0.9,
-             "nesterov": True, "epochs": 100, "batch_size": 64},
+             "nesterov": True, "epochs": 100, "batch_size": 64, "bn_double_update": True},
     # o4lc/Greg-OOD Scripts/cifar10ScriptGregPlus.sh (the published CIFAR-10 command) + train_sea.py: Adam.
     "greg_plus": {"optimizer": "adam", "lr": 0.1, "schedule": "step", "weight_decay": 0.0, "nesterov": False,
                   "epochs": 60, "batch_size": 32, "pool_factor": 6.0, "max_clusters": 32, "drop_lowest": 0,
-                  "two_way": True},
+                  "two_way": True, "bn_double_update": True},
     # ajevnisek/learning-odin train_all_networks.sh + parse_cmd_args.py + classical_trainer.py.
     "gq": {"optimizer": "sgd", "lr": 0.1, "lr_min": 1e-7, "schedule": "cosine_epoch", "weight_decay": 5e-4,
            "momentum": 0.9, "nesterov": False, "epochs": 200, "batch_size": 64, "pixel_space": True},

@@ -65,3 +65,52 @@ def test_train_page_rejects_bad_settings_with_one_line(default_bundle):
     assert not at.exception, at.exception
     assert any("fewer than batch_size" in e.value for e in at.error)
     assert "train_job_id" not in at.session_state
+
+
+def test_train_page_fine_tunes_an_uploaded_state_dict(default_bundle, tmp_path):
+    """Start from a state_dict registered as an upload (with its own preprocessing): the job loads that file
+    with those options, and the checkpoint it writes loads back with the same preprocessing."""
+    import json
+
+    import torch
+
+    from ood_core import facade as fc
+    from ood_core import persist
+    from ood_core.jobs import JOBS
+    from ood_core.models.checkpoints import load_checkpoint
+
+    sd = tmp_path / "mine.pt"
+    torch.save(default_bundle.model.state_dict(), sd)
+    key, up = fc.load_model_file(sd, {"arch": "small_cnn", "mean": 0.25, "std": 0.5}, name="mine_sd")
+    path = None
+    try:
+        assert (key, "mine_sd (uploaded)") in fc.trainable_models()
+        at = AppTest.from_file(str(ROOT / "pages" / "6_Train.py"), default_timeout=120).run()
+        assert not at.exception, at.exception
+        assert "fine-tune mine_sd (uploaded)" in at.selectbox(key="train.init").options
+        at.selectbox(key="train.method").set_value("ce").run()
+        at.selectbox(key="train.init").set_value(key).run()
+        assert not at.exception, at.exception
+        at.number_input(key="train.epochs.finetune").set_value(1)
+        at.number_input(key="train.n_train").set_value(32)
+        at.number_input(key="train.n_eval").set_value(50)
+        at.slider(key="train.finetune.ce.batch_size").set_value(16)
+        at.button(key="train.start").click().run()
+        assert not at.exception, at.exception
+        assert not at.error, [e.value for e in at.error]
+        job = JOBS.get(at.session_state["train_job_id"])
+        job.wait(120)
+        assert job.state == "done", job.error
+        path = job.result.path
+        meta = json.loads(Path(path).with_suffix(".json").read_text())
+        assert meta["training"]["init"] == str(sd.resolve())
+        assert meta["training"]["load"]["mean"] == [0.25] and meta["training"]["load"]["arch"] == "small_cnn"
+        assert meta["init_fingerprint"] == up.fingerprint  # it started from the uploaded weights
+        assert "fine-tuned mine" in meta["label"]
+        back = load_checkpoint(path)
+        assert back.preprocess.to_dict() == up.preprocess.to_dict() and tuple(back.preprocess.mean) == (0.25,)
+    finally:
+        persist.forget_upload(key)
+        if path is not None:
+            for p in (Path(path), Path(path).with_suffix(".json")):
+                p.unlink(missing_ok=True)

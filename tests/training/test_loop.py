@@ -221,7 +221,7 @@ def test_bad_input_messages(default_bundle):
         TrainConfig("greg", params={"lr": 100}).resolved()
     with pytest.raises(KnobError, match="has no knob"):
         TrainConfig("ce", params={"lam": 1}).resolved()
-    with pytest.raises(TrainingError, match="no checkpoint at"):
+    with pytest.raises(TrainingError, match="no model file at"):
         TrainConfig("ce", init="/no/such.pt").resolved()
     with pytest.raises(TrainingError, match="epochs"):
         TrainConfig("ce", epochs=0).resolved()
@@ -267,7 +267,7 @@ def test_cli_train_prints_path_last_and_model_path_evaluates(capsys, out, defaul
     (["train", "--method", "ce", "--param", "greg.lr=0.1"], "--param names method 'greg'"),
     (["train", "--method", "ce", "--param", "ce.lr=100"], "ce.lr must be in"),
     (["train", "--method", "ce", "--epochs", "0"], "epochs must be"),
-    (["train", "--method", "ce", "--init", "/no/such.pt"], "no checkpoint at"),
+    (["train", "--method", "ce", "--init", "/no/such.pt"], "no model file at"),
     (["train"], "train needs --method"),
     (["train", "--method", "magic"], "invalid choice"),
 ])
@@ -286,11 +286,13 @@ def test_fine_tune_a_trained_checkpoint(runs, out):
     assert res.meta["training"]["init"] == str(parent.resolve())
     from ood_core.models.checkpoints import load_checkpoint
     assert res.meta["init_fingerprint"] == load_checkpoint(parent).fingerprint
-    # A file without a sidecar cannot be fine-tuned (its architecture is unknown).
+    # A file without a sidecar loads as the workbench loads any model file (its architecture detected),
+    # from the same weights.
+    from ood_core.models.files import load_model_file
     bare = out / "bare.pt"
     bare.write_bytes(parent.read_bytes())
-    with pytest.raises(TrainingError, match="not a workbench checkpoint"):
-        Trainer(TrainConfig("ce", init=str(bare), epochs=1, **SMALL))
+    tr = Trainer(TrainConfig("ce", init=str(bare), epochs=1, **SMALL))
+    assert tr.base_meta["arch"] == "small_cnn" and tr.init_fp == load_model_file(bare).fingerprint
 
 
 def test_evaluate_against_sklearn(default_bundle):

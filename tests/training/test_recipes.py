@@ -202,3 +202,108 @@ def test_fine_tune_a_state_dict_resumes_from_its_weights(default_bundle, tmp_pat
     res = tr.run()
     back = load_checkpoint(res.path)
     assert back.preprocess.to_dict() == ref.preprocess.to_dict() and tuple(back.preprocess.mean) == (0.3,)
+
+
+def test_greg_plus_pool_on_a_streamed_aux_decodes_only_the_pool(default_bundle, tmp_path, monkeypatch):
+    """GReg+ on an auxiliary folder streamed from disk: each step decodes only its candidate pool (never the
+    whole set), and the picks equal those on the same pixels held in memory, same seed."""
+    from PIL import Image
+
+    from ood_core.data import ImageDataset, streamed
+    from ood_core.data.registry import DatasetSpec, add_source, get_dataset, register, unregister
+    from ood_core.training import Trainer
+    from ood_core.training.methods import energy
+
+    imgs = np.random.default_rng(0).integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    folder = tmp_path / "aux_png"
+    folder.mkdir()
+    for i, a in enumerate(imgs):
+        Image.fromarray(a).save(folder / f"img_{i:03d}.png")
+    mem = ImageDataset("t_aux_mem", imgs, np.full(40, -1), role="aux")
+    try:
+        add_source(folder, "t_aux_stream", "aux", labelled=False)
+        register(DatasetSpec("t_aux_mem", "", "aux", lambda split: mem, embedded=False), replace=True)
+        assert isinstance(get_dataset("t_aux_stream"), streamed.StreamedDataset)
+        decoded: list[str] = []
+        real = streamed._decode
+        monkeypatch.setattr(streamed, "_decode", lambda path, gray: decoded.append(path) or real(path, gray))
+        picks: list[np.ndarray] = []
+        real_sel = energy.select_reference
+        monkeypatch.setattr(energy, "select_reference", lambda *a, **kw: picks.append(real_sel(*a, **kw)) or picks[-1])
+        params = {"batch_size": 8, "pool_factor": 3.0, "lr": 1e-4}  # pool 24 of 40, 16 picked (two-way)
+
+        def trainer(aux: str) -> Trainer:
+            return Trainer(TrainConfig("greg_plus", init="default", epochs=1, seed=3, n_train=16, n_eval=20,
+                                       aux=aux, params=params), out_dir=tmp_path)
+
+        tr_s, tr_m = trainer("t_aux_stream"), trainer("t_aux_mem")
+        assert decoded == []  # setting up reads no auxiliary pixels
+        method = METHODS["greg_plus"]
+        for _ in range(2):  # two iterations: fresh pools from the same seeded draws
+            n0 = len(decoded)
+            xs, _ = method.select_aux(tr_s, 8)
+            assert len(decoded) - n0 == 24 and len(set(decoded[n0:])) == 24  # the pool, not the 40
+            xm, _ = method.select_aux(tr_m, 8)
+            assert len(decoded) - n0 == 24  # the in-memory set decodes nothing
+            assert np.array_equal(picks[-2], picks[-1]) and len(picks[-1]) == 16
+            assert torch.equal(xs, xm)
+        n0 = len(decoded)
+        row = tr_s.step(torch.arange(8))  # a whole update decodes one pool as well
+        assert len(decoded) - n0 == 24 and math.isfinite(row["total"])
+    finally:
+        unregister("t_aux_stream")
+        unregister("t_aux_mem")
+
+
+class _BNNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("twice", [False, True])
+def test_bn_double_update_moves_running_statistics_twice(twice):
+    """bn_double_update: batch norm's running mean moves twice per GReg step (the authors' re-forward),
+    else once; closed form for one batch from zeros: (1 - 0.9^n)·batch mean. Loss and gradients agree."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    x, aux = torch.randn(6, 1, 8, 8), torch.randn(6, 1, 8, 8)
+    y = torch.randint(0, 5, (6,))
+    out = {}
+    for flag in (False, twice):
+        torch.manual_seed(1)
+        net = _BNNet().double().train()
+        k = METHODS["greg"].resolve({"bn_double_update": flag, "m_in": -1.0, "m_out": -3.0})
+        view = SimpleNamespace(k=k, logits=lambda *p: net(torch.cat(p)), aux_batch=lambda n: aux.double(),
+                               sample_independent=False, world=1)
+        loss = METHODS["greg"].loss(view, x.double(), y)
+        assert float(loss["grad"].detach()) > 0 and 0 < loss["frac_aux"]  # the penalty ran on detected rows
+        grads = torch.autograd.grad(loss["total"], list(net.parameters()))
+        out[flag] = (net, float(loss["total"]), grads)
+    net, total, grads = out[twice]
+    with torch.no_grad():
+        batch_mean = _conv_batch_mean(net, torch.cat([x, aux]).double())
+    n = 2 if twice else 1
+    assert int(net.bn.num_batches_tracked) == n
+    torch.testing.assert_close(net.bn.running_mean, (1 - 0.9 ** n) * batch_mean, rtol=1e-10, atol=1e-12)
+    assert total == pytest.approx(out[False][1], rel=1e-12)
+    for g, g0 in zip(grads, out[False][2]):
+        torch.testing.assert_close(g, g0, rtol=1e-9, atol=1e-12)
+
+
+def _conv_batch_mean(net: _BNNet, x: torch.Tensor) -> torch.Tensor:
+    return net.conv(x).mean((0, 2, 3))
+
+
+def test_train_config_load_defaults_to_no_options(tmp_path):
+    """``load`` is a field ({} by default), and a sidecar written while a method shadowed it reruns."""
+    import json
+
+    assert TrainConfig("ce").load == {} and TrainConfig("ce").to_dict()["load"] == {}
+    side = {**TrainConfig("ce").to_dict(), "load": "<bound method TrainConfig.load of <class '...'>>"}
+    (tmp_path / "c.json").write_text(json.dumps({"training": side}))
+    assert TrainConfig.from_file(tmp_path / "c.json").load == {}

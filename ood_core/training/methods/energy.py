@@ -29,6 +29,11 @@ _PENALTY = Knob("penalty", "reference", kind="choice", choices=L.PENALTY_FORMS,
                      "mean_aux[1{E ≥ m_out}·‖∇E‖] (our earlier reading)")
 _NORM = Knob("norm", "l2", kind="choice", choices=L.NORMS,
              help="norm of each row's input gradient in L_∇S (train_sea.py: L2)")
+_BN_TWICE = Knob("bn_double_update", False, kind="bool",
+                  help="models with batch norm: the penalty re-runs the forward in train mode, so the running "
+                       "statistics move twice per step (train_sea.py's Jacobian re-forward; the paper recipe). "
+                       "False: the penalty differentiates the step's one forward and they move once. The loss and "
+                       "its gradients are the same either way")
 _GREG_PAPER = Paper("Gradient-Regularized Out-of-Distribution Detection", "Sharifi, Entesari, Safaei, Patel, Fazlyab",
                     "ECCV", 2024, "https://github.com/o4lc/Greg-OOD")
 # With the CIFAR-10 margins the embedded default's first L_S is ~130 (its ID energies sit near -15):
@@ -60,7 +65,7 @@ class EnergyOE(TrainingMethod):
 @register
 class GReg(TrainingMethod):
     name, title, terms = "greg", "GReg", ("total", "ce", "ls", "grad")
-    knobs = (_PENALTY, _LAM_S, _LAM_GRAD, _M_IN, _M_OUT, _NORM)
+    knobs = (_PENALTY, _LAM_S, _LAM_GRAD, _M_IN, _M_OUT, _NORM, _BN_TWICE)
     paper = _GREG_PAPER
     overrides = _MARGIN_LR
     presets = {"reference": {"penalty": "reference", "lam_s": 0.1, "lam_grad": 1.0},
@@ -86,8 +91,11 @@ class GReg(TrainingMethod):
         ce = L.ce_loss(logits[:b], y)
         e_low = e[b:] if x_low is x_high else L.free_energy(trainer.logits(x_low))
         ls = L.energy_margin_loss(e[:b], e_low, k["m_in"], k["m_out"])
+        # bn_double_update: no graph, so the penalty re-forwards the whole batch in train mode and batch
+        # norm's running statistics move a second time, as in the authors' runs (values are unchanged).
+        twice = bool(k.get("bn_double_update")) and not trainer.sample_independent
         grad, stats = L.gradient_penalty(trainer.logits, xx, e, is_aux, k["m_in"], k["m_out"], k["norm"],
-                                         graph=graph, form=k["penalty"],
+                                         graph=None if twice else graph, form=k["penalty"],
                                          rows_independent=trainer.sample_independent, shards=trainer.world)
         return {"total": ce + k["lam_s"] * ls + k["lam_grad"] * grad, "ce": ce, "ls": ls, "grad": grad, **stats}
 
@@ -112,7 +120,7 @@ class GRegPlus(GReg):
              Knob("max_clusters", 64, 1, 4096, kind="int",
                   help="k-means clusters k = min(max_clusters, B) (train_sea.py: min(--num_cluster, B), --num_cluster "
                        "64); with k < B each cluster gives ⌊B/k⌋ lowest (and highest) members"),
-             _LAM_S, _LAM_GRAD, _M_IN, _M_OUT, _NORM)
+             _LAM_S, _LAM_GRAD, _M_IN, _M_OUT, _NORM, _BN_TWICE)
     # The GReg+ paper's from-scratch lr 0.1 explodes within 7 steps on the embedded small CNN (no batch
     # norm; L_S starts near 500): keep the step schedule's shape at the margin methods' lr.
     scratch_defaults = {"schedule": "step"}
