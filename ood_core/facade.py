@@ -248,10 +248,11 @@ def availability(bundle: Any, id_name: str) -> dict[str, str | None]:
     ds = get_dataset(id_name)
     key = (bundle.fingerprint, bundle.head_name, ds.fingerprint)
     with _avail_lock:
-        hit = _avail.get(key)
-    if hit is None:
+        hit = dict(_avail.get(key, {}))
+    missing = [n for n in detector_names() if n not in hit]  # a plugin loaded since is checked too
+    if missing:
         ext = _wb.get_extraction(bundle, ds)
-        hit = {n: get_detector(n).unavailable_reason(ext) for n in detector_names()}
+        hit.update({n: get_detector(n).unavailable_reason(ext) for n in missing})
         with _avail_lock:
             _avail[key] = hit
     return hit

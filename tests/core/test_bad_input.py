@@ -178,7 +178,7 @@ def test_changed_or_deleted_folder_is_not_served_stale(tmp_cache, tmp_path, forg
 
 # 5 --- model options are applied or refused, never ignored --------------------------------
 
-@pytest.mark.parametrize("opts", [["--input-size", "0"], ["--mean", "0.5"], ["--arch", "resnet18"],
+@pytest.mark.parametrize("opts", [["--input-size", "32"], ["--mean", "0.5"], ["--arch", "resnet18"],
                                   ["--head", "fc"], ["--channels", "3"], ["--std", "2"]])
 def test_default_model_refuses_file_options(capsys, opts, tmp_path):
     code, _, err = run_cli(capsys, "extract", "--model", "default", *opts, "--dataset", "gaussian",

@@ -40,7 +40,7 @@ class TrainingDiverged(TrainingError):
 COMMON_KNOBS: tuple[Knob, ...] = (
     Knob("recipe", "default", kind="choice", choices=RECIPES,
          help="default: the workbench's short budgets; paper: the authors' published optimiser, learning rate, schedule, "
-              "weight decay, epochs, batch sizes and method settings (docs/methods.md, \"Paper recipes\"). A knob set "
+              "weight decay, epochs, batch sizes and method settings (the \"Paper recipes\" table of the methods guide). A knob set "
               "explicitly wins over its recipe"),
     Knob("optimizer", "sgd", kind="choice", choices=("sgd", "adam"),
          help="sgd: SGD with momentum (and optional Nesterov) and weight decay; adam: torch.optim.Adam (GReg+'s "
