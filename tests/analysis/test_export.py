@@ -39,6 +39,23 @@ def test_static_figures(fig):
     assert pdf[:5] == b"%PDF-"
 
 
+@needs_chromium
+def test_the_render_server_stops_when_idle_and_starts_again(fig, monkeypatch):
+    """kaleido's long-lived Chromium keeps part of a core busy while idle: it is stopped after
+    SERVER_IDLE_S without a render, and the next export starts it again."""
+    import time
+
+    monkeypatch.setattr(ex, "SERVER_IDLE_S", 0.5)
+    assert ex.figure_bytes(fig, "png")[:8] == b"\x89PNG\r\n\x1a\n"
+    assert ex._server["state"] == "on"  # noqa: SLF001
+    deadline = time.time() + 20
+    while ex._server["state"] == "on" and time.time() < deadline:  # noqa: SLF001
+        time.sleep(0.1)
+    assert ex._server["state"] == "off"  # noqa: SLF001
+    assert ex.figure_bytes(fig, "svg").lstrip().startswith(b"<svg")
+    assert ex._server["state"] == "on"  # noqa: SLF001
+
+
 def test_static_export_without_browser_is_a_clear_error(fig, monkeypatch):
     monkeypatch.setenv("BROWSER_PATH", "/nonexistent/chromium")
     ok, why = ex.static_export_status()
