@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import shutil
@@ -98,7 +99,7 @@ _idle_timer: dict[str, threading.Timer | None] = {"t": None}
 
 
 def _stop_idle_server() -> None:
-    """Stop kaleido's sync server (the idle timer's action; also at interpreter exit)."""
+    """Stop kaleido's sync server: the idle timer's action (a render after it starts the server again)."""
     import kaleido
 
     with _render_lock:
@@ -108,6 +109,14 @@ def _stop_idle_server() -> None:
             except Exception:  # noqa: BLE001 - a browser already gone is stopped enough
                 pass
             _server["state"] = "off"
+
+
+def _at_exit() -> None:
+    """Cancel the idle timer and stop the server under the render lock, before kaleido's own exit hook
+    (atexit runs last-registered first): a timer firing during that hook made both close one server."""
+    if _idle_timer["t"] is not None:
+        _idle_timer["t"].cancel()
+    _stop_idle_server()
 
 
 def _arm_idle_stop() -> None:
@@ -153,6 +162,7 @@ def _render(fig_dict: dict, opts: dict, timeout: float) -> bytes:
             try:
                 kaleido.start_sync_server(silence_warnings=True, **kopts)
                 _server["state"] = "on"
+                atexit.register(_at_exit)  # after kaleido's hook, so it runs first; once per start
             except Exception:  # noqa: BLE001
                 _server["state"] = "broken"
         if _server["state"] == "on":

@@ -8,9 +8,23 @@ from streamlit.testing.v1 import AppTest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_train_page_launches_a_job_and_offers_the_checkpoint(default_bundle):
+def _start_short_job(at: AppTest, method: str):
+    """Set a one-epoch job on 32 images (batch 16) for ``method``'s knobs, start it, and return the job."""
     from ood_core.jobs import JOBS
 
+    at.number_input(key="train.epochs.finetune").set_value(1)
+    at.number_input(key="train.n_train").set_value(32)
+    at.number_input(key="train.n_eval").set_value(50)
+    at.slider(key=f"train.finetune.{method}.batch_size").set_value(16)
+    at.button(key="train.start").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    job = JOBS.get(at.session_state["train_job_id"])
+    assert job is not None
+    return job
+
+
+def test_train_page_launches_a_job_and_offers_the_checkpoint(default_bundle):
     at = AppTest.from_file(str(ROOT / "pages" / "6_Train.py"), default_timeout=120).run()
     assert not at.exception, at.exception
     assert any("Choose a method" in i.value for i in at.info)
@@ -23,15 +37,7 @@ def test_train_page_launches_a_job_and_offers_the_checkpoint(default_bundle):
     at.selectbox(key="train.greg.preset").set_value("earlier").run()  # the form knobs follow the preset
     assert at.selectbox(key="train.finetune.earlier.greg.penalty").value == "per_sample"
     at.selectbox(key="train.greg.preset").set_value("reference").run()
-    at.number_input(key="train.epochs.finetune").set_value(1)
-    at.number_input(key="train.n_train").set_value(32)
-    at.number_input(key="train.n_eval").set_value(50)
-    at.slider(key="train.finetune.reference.greg.batch_size").set_value(16)
-    at.button(key="train.start").click().run()
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
-    job = JOBS.get(at.session_state["train_job_id"])
-    assert job is not None
+    job = _start_short_job(at, "reference.greg")
     path = None
     try:
         # The live view (the job needs seconds to prepare its data, so it is still running here):
@@ -76,7 +82,6 @@ def test_train_page_fine_tunes_an_uploaded_state_dict(default_bundle, tmp_path):
 
     from ood_core import facade as fc
     from ood_core import persist
-    from ood_core.jobs import JOBS
     from ood_core.models.checkpoints import load_checkpoint
 
     sd = tmp_path / "mine.pt"
@@ -91,14 +96,7 @@ def test_train_page_fine_tunes_an_uploaded_state_dict(default_bundle, tmp_path):
         at.selectbox(key="train.method").set_value("ce").run()
         at.selectbox(key="train.init").set_value(key).run()
         assert not at.exception, at.exception
-        at.number_input(key="train.epochs.finetune").set_value(1)
-        at.number_input(key="train.n_train").set_value(32)
-        at.number_input(key="train.n_eval").set_value(50)
-        at.slider(key="train.finetune.ce.batch_size").set_value(16)
-        at.button(key="train.start").click().run()
-        assert not at.exception, at.exception
-        assert not at.error, [e.value for e in at.error]
-        job = JOBS.get(at.session_state["train_job_id"])
+        job = _start_short_job(at, "ce")
         job.wait(120)
         assert job.state == "done", job.error
         path = job.result.path
