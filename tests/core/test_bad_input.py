@@ -25,6 +25,8 @@ from ood_core import cache, cli, persist
 from ood_core.data import DataError, get_dataset
 from ood_core.data import registry as data_registry
 
+pytestmark = pytest.mark.hostile
+
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     """``python -m ood_core ARGV`` in-process; an exception escaping main() would be a traceback."""
