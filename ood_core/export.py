@@ -256,13 +256,8 @@ def experiment_json(exp: Experiment) -> bytes:
 
 def experiment_from_bytes(data: bytes | str) -> Experiment:
     """Parse an uploaded experiment JSON (size-checked, UTF-8) into an :class:`Experiment`."""
-    if isinstance(data, bytes):
-        if len(data) > MAX_EXPERIMENT_BYTES:
-            raise ExperimentError(f"the experiment file is {len(data)} bytes; an experiment JSON is a few KB")
-        try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ExperimentError("the experiment file is not UTF-8 text; upload the JSON the app saved") from None
+    if isinstance(data, bytes) and len(data) > MAX_EXPERIMENT_BYTES:
+        raise ExperimentError(f"the experiment file is {len(data)} bytes; an experiment JSON is a few KB")
     return Experiment.from_json(data)
 
 

@@ -23,7 +23,7 @@ import torch
 from . import cache
 from . import distributed as D
 from .data import Dataset
-from .errors import UserError
+from .errors import UserError, first_line
 from .models import ModelBundle
 from .resources import env_var, memory_budget
 
@@ -171,6 +171,20 @@ def forward_budget_bytes(device: str) -> int:
     return memory_budget("forward", device)
 
 
+def model_forward(bundle: ModelBundle, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``bundle.forward(x)``; a model that raises on a real batch (one that passed the load-time dry
+    run) fails with one line naming the model and the batch shape, not a traceback from its code.
+    Running out of memory keeps its own type (the callers size batches and say what to change)."""
+    try:
+        return bundle.forward(x)
+    except (MemoryError, torch.OutOfMemoryError, UserError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's model code: any error is its own
+        line = first_line(exc, 200)
+        line = line if type(exc).__name__ in line else f"{type(exc).__name__}: {line}"
+        raise ExtractError(f"the model {bundle.name!r} failed on a batch of shape {tuple(x.shape)}: {line}") from None
+
+
 def forward_bytes_per_sample(bundle: ModelBundle) -> int:
     """Peak bytes of one sample in an inference forward (an estimate, measured on one sample).
 
@@ -241,12 +255,12 @@ def tuned_batch_size(bundle: ModelBundle, device: str, cap: int = 512, budget_s:
         with torch.inference_mode():
             while b <= limit:
                 x = bundle.dummy_input(b).to(device)
-                bundle.forward(x)  # warm-up: allocator and kernels at this shape
+                model_forward(bundle, x)  # warm-up: allocator and kernels at this shape
                 _sync(device)
                 dt = float("inf")
                 for _ in range(2):  # the better of two: one timing on a shared machine picked 16 or 32 at random
                     t0 = time.perf_counter()
-                    bundle.forward(x)
+                    model_forward(bundle, x)
                     _sync(device)
                     dt = min(dt, time.perf_counter() - t0)
                 t_total += 3 * dt
@@ -361,9 +375,9 @@ def run_forward(bundle: ModelBundle, ds: Dataset, batch_size: int | None = None,
                     if "autocast_check" not in extra:
                         extra["autocast_check"] = _autocast_check(bundle, x, dev_type, amp, autocast)
                     with torch.autocast(dev_type, dtype=amp):
-                        lo, h = bundle.forward(x)
+                        lo, h = model_forward(bundle, x)
                 else:
-                    lo, h = bundle.forward(x)
+                    lo, h = model_forward(bundle, x)
                 logits.append(lo.float().cpu().numpy())
                 if h is not None:
                     feats.append(h.float().cpu().numpy())
@@ -421,9 +435,9 @@ def _read_manifest(d: Path) -> dict | None:
 
 def _autocast_check(bundle: ModelBundle, x: torch.Tensor, dev_type: str, amp: torch.dtype, name: str) -> dict:
     """The first batch in fp32 and in ``amp``: the largest logit difference and the top-1 agreement."""
-    ref, _ = bundle.forward(x)
+    ref, _ = model_forward(bundle, x)
     with torch.autocast(dev_type, dtype=amp):
-        got, _ = bundle.forward(x)
+        got, _ = model_forward(bundle, x)
     diff = (got.float() - ref.float()).abs()
     scale = ref.float().abs().max().clamp_min(1e-12)
     return {"dtype": name, "rows": int(len(x)), "max_abs_logit_diff": float(diff.max()),

@@ -517,6 +517,11 @@ def check_experiment(exp: Experiment) -> list[str]:
     return problems
 
 
+def model_differences(exp: Experiment, bundle: Any) -> str:
+    """One line on how the loaded model differs from the one ``exp`` recorded; "" when it does not."""
+    return _wb.model_differences(exp, bundle)
+
+
 experiment_json = _export.experiment_json
 MIME, STATIC_FORMATS = _export.MIME, _export.STATIC_FORMATS
 static_export_status, figure_bytes, figure_html = (_export.static_export_status, _export.figure_bytes,

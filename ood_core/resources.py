@@ -64,14 +64,37 @@ def free_bytes(device: Any = "cpu") -> int:
         return _FALLBACK_BYTES
 
 
+class EnvValueError(UserError):
+    """An environment variable of the workbench holds a value it cannot use; the message names it."""
+
+
+def env_number(var: str, default: float | None, what: str = "a positive number", *, integer: bool = False,
+               minimum: float = 0.0, allow_min: bool = False) -> float | None:
+    """The one parser of the workbench's numeric environment variables (docs/architecture.md, "Errors").
+
+    Unset or blank: ``default``. Otherwise a finite number above ``minimum`` (or equal to it with
+    ``allow_min``), whole with ``integer``; anything else (``abc``, ``-1``, ``inf``, ``nan``)
+    raises :class:`EnvValueError` naming the variable, never a silent fall back to the default.
+    """
+    raw = os.environ.get(var, "")
+    if not raw.strip():
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        v = math.nan
+    ok = math.isfinite(v) and (v >= minimum if allow_min else v > minimum) and (not integer or v == int(v))
+    if not ok:
+        raise EnvValueError(f"{var} must be {what}; got {raw.strip()[:40]!r} (fix or unset it)")
+    return int(v) if integer else v
+
+
 def _megabytes(var: str, raw: str) -> int:
     try:
-        mb = float(raw)
-    except ValueError:
-        mb = math.nan
-    if not (math.isfinite(mb) and mb > 0):
-        raise MemoryBudgetValueError(f"{var} must be a positive number of megabytes; got {raw!r} (fix or unset it)")
-    return int(mb * 2**20)
+        mb = env_number(var, None, "a positive number of megabytes")
+    except EnvValueError as exc:
+        raise MemoryBudgetValueError(str(exc)) from None
+    return int(float(mb or 0) * 2**20)
 
 
 def _set_value(kind: str) -> tuple[str, str] | None:

@@ -287,6 +287,10 @@ def evaluate(model: str | ModelBundle = "default", id_name: str = "mnist", ood: 
         raise WorkbenchError("name at least one OOD dataset")
     if not detectors:
         raise WorkbenchError("name at least one detector")
+    for what, names in (("the OOD sets", ood), ("the detectors", detectors)):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # each would give a duplicate row
+            raise WorkbenchError(f"{what} name {', '.join(map(repr, twice))} twice; give each once")
     for d in params:
         if d not in detectors:
             raise WorkbenchError(f"--param names detector {d!r}, which is not among --detectors")
@@ -318,6 +322,13 @@ def evaluate(model: str | ModelBundle = "default", id_name: str = "mnist", ood: 
         "seed": int(seed),
         "results": results,
     }
+
+
+def model_differences(exp: Any, bundle: ModelBundle) -> str:
+    """One line on how ``bundle`` differs from the model ``exp`` (an :class:`~ood_core.experiment.Experiment`)
+    recorded (fingerprint, load options); "" when nothing recorded differs."""
+    return exp.model_differences(bundle.fingerprint, {"arch": bundle.arch, "head": bundle.head_name,
+                                                      **bundle.preprocess.to_dict()})
 
 
 def list_models() -> list[dict[str, Any]]:

@@ -191,7 +191,13 @@ def take_over_from_pages_folder() -> None:
 def context(mode: str = "pickers") -> Context:
     """:func:`frame`, then the experiment the sidebar set, with its model loaded."""
     frame(mode)
-    return Context(state.model(), get_bundle(), state.id_dataset(), state.ood_datasets())
+    bundle = get_bundle()
+    expect = state.pop("experiment_expect", None)
+    if expect:
+        differs = fc.model_differences(fc.Experiment.from_dict(expect), bundle)
+        if differs:  # the run goes on with this model, but not without a word
+            st.warning(text(differs))
+    return Context(state.model(), bundle, state.id_dataset(), state.ood_datasets())
 
 
 def current_experiment(detectors: list[str] | None = None) -> "fc.Experiment":
@@ -219,7 +225,12 @@ def apply_pending() -> None:
     d = state.pop("experiment_to_apply", None)
     if not d:
         return
-    exp = fc.Experiment.from_dict(d)
+    try:
+        exp = fc.Experiment.from_dict(d)
+    except UserError as exc:  # parked by this app, so checked already; a session from older code may differ
+        st.warning(f"the experiment was not applied: {text(first_line(exc))}")
+        return
+    state.put("experiment_expect", exp.to_dict())  # the model it recorded, compared once the model is loaded
     state.put("model", exp.model)
     state.put("id_dataset", exp.id_dataset)
     state.put("ood_datasets", list(exp.ood_datasets))

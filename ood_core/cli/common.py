@@ -60,18 +60,40 @@ def _load(a: argparse.Namespace, progress):
 
 
 def _subsample_args(items: list[str]) -> dict[str, float]:
-    """``["id_train=12811", "ood_test=0.5"]`` -> ``{"id_train": 12811.0, "ood_test": 0.5}``."""
+    """``["id_train=12811", "ood_test=0.5"]`` -> ``{"id_train": 12811, "ood_test": 0.5}``: a whole number
+    is a count, a number in (0, 1) a fraction (``experiment.sample_size`` refuses the rest)."""
+    from ..experiment import sample_size
+
     out: dict[str, float] = {}
     for item in items:
         role, eq, val = item.partition("=")
-        try:
-            out[role.strip()] = float(val)
-        except ValueError:
-            raise CLIError(f"--subsample must look like ROLE=COUNT or ROLE=FRACTION (e.g. id_train=12811); "
-                           f"got {item!r}") from None
-        if not eq:
-            raise CLIError(f"--subsample must look like ROLE=COUNT; got {item!r}")
+        if not eq or not role.strip():
+            raise CLIError(f"--subsample must look like ROLE=COUNT or ROLE=FRACTION (e.g. id_train=12811); got {item!r}")
+        out[role.strip()] = sample_size(val, f"--subsample {role.strip()}")
     return out
+
+
+def _names_arg(s: str, flag: str) -> list[str]:
+    """A comma-separated list of names, each given once (a repeat would give duplicate rows)."""
+    from ..experiment import check_unique
+
+    names = _split_csv(s)
+    check_unique(names, flag)
+    return names
+
+
+def _seed_arg(s: str) -> int:
+    """``--seed``: a whole number in [0, 2**63 - 1] (argparse type)."""
+    from ..experiment import check_seed
+
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 2**63-1; got {s[:40]!r}") from None
+    try:
+        return check_seed(v)
+    except UserError:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 2**63-1; got {s[:40]}") from None
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

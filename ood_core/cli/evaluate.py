@@ -12,6 +12,8 @@ from .common import (
     _add_model_args,
     _model_kwargs,
     _progress_bar,
+    _names_arg,
+    _seed_arg,
     _split_csv,
     _subsample_args,
 )
@@ -31,11 +33,15 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     else:
         if not a.id or not a.ood or not a.detectors:
             raise CLIError("evaluate needs --id, --ood and --detectors (or --experiment FILE.json)")
-        model, id_name, ood, dets = a.model, a.id, _split_csv(a.ood), _split_csv(a.detectors)
+        model, id_name, ood, dets = a.model, a.id, _names_arg(a.ood, "--ood"), _names_arg(a.detectors, "--detectors")
         params = wb.parse_params(a.param or [])
     subsample, seed = (exp.subsample, exp.seed) if a.experiment else ({}, a.seed)
     subsample = {**subsample, **_subsample_args(a.subsample or [])}
     bundle = wb.load_model(model, progress, **_model_kwargs(a))
+    if a.experiment:
+        differs = wb.model_differences(exp, bundle)
+        if differs:  # one line; the run goes on with the model given
+            print(f"warning: {differs}", file=sys.stderr)
     out = wb.evaluate(bundle, id_name, ood, dets, params, progress, subsample=subsample, seed=seed)
     out["model"] = model
     if a.check_setup:  # only on request: the default JSON stays as it was
@@ -107,12 +113,12 @@ def _evaluate_benchmark(a: argparse.Namespace) -> int:
             raise CLIError("--paper openood compares OpenOOD's near/far means: add --benchmark (e.g. openood-cifar10)")
         if not a.id or not a.ood:
             raise CLIError("evaluate needs --id and --ood (or --benchmark NAME)")
-        id_name, ood = a.id, _split_csv(a.ood)
+        id_name, ood = a.id, _names_arg(a.ood, "--ood")
     progress = _progress_bar() if not a.quiet else None
     specs = _split_csv(a.model)
     kw = _model_kwargs(a)
     bundles = [wb.load_model(m, progress, **kw) for m in specs]
-    out = B.evaluate(bundles, id_name, ood, _split_csv(a.detectors), wb.parse_params(a.param or []), progress,
+    out = B.evaluate(bundles, id_name, ood, _names_arg(a.detectors, "--detectors"), wb.parse_params(a.param or []), progress,
                      subsample=_subsample_args(a.subsample or []), seed=a.seed, groups=groups)
     if len(specs) == 1:
         out["model"] = specs[0]
@@ -214,9 +220,11 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--param", action="append", help="detector.knob=value (repeatable)")
     e.add_argument("--experiment", help="an experiment JSON saved by the app or `evaluate --save`")
     e.add_argument("--subsample", action="append", metavar="ROLE=N",
-                   help="use a fixed random subset for a role: id_train (the statistics), id_test or ood_test; "
-                        "a count or a fraction (repeatable), e.g. id_train=12811")
-    e.add_argument("--seed", type=int, default=0, help="seed of the subsets (default 0)")
+                   help="use a fixed random subset for a role: id_train (the statistics), id_test or ood_test "
+                        "(repeatable), e.g. id_train=12811. A whole number is a count of samples (1 is one "
+                        "sample), a number strictly between 0 and 1 a fraction (0.1 is 10%%); 0 and 1.0 are "
+                        "refused: leave the role out to use every sample")
+    e.add_argument("--seed", type=_seed_arg, default=0, help="seed of the subsets, 0 to 2**63-1 (default 0)")
     e.add_argument("--paper", choices=("gradnorm", "rg", "openood"),
                    help="print published numbers beside ours: the seed papers' ImageNet tables (gradnorm, rg) or "
                         "OpenOOD v1.5's leaderboard (openood, with --benchmark)")

@@ -9,6 +9,7 @@ from ..errors import first_line
 from .common import (
     _fail,
     _progress_bar,
+    _seed_arg,
 )
 
 
@@ -22,7 +23,7 @@ def _add_train_parser(sub: Any) -> None:
     t.add_argument("--epochs", type=int, default=None,
                    help=f"epochs (default {DEFAULT_EPOCHS['finetune']} fine-tuning, {DEFAULT_EPOCHS['scratch']} from "
                         "scratch; 1 is a quick run)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_seed_arg, default=0, help="0 to 2**63-1 (default 0)")
     t.add_argument("--param", action="append", help="method.knob=value (repeatable), e.g. greg.lr=0.01")
     t.add_argument("--recipe", choices=("default", "paper"), default=None,
                    help="paper: the authors' optimiser, schedule, epochs and batch sizes (docs/methods.md, Paper recipes)")

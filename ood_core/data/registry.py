@@ -15,6 +15,7 @@ writes the registry file.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import threading
 import contextlib
@@ -167,9 +168,11 @@ def set_sample(name: str, n: float | None, seed: int = 0) -> None:
         _SAMPLES.pop((base, sp), None)
         return
     n = float(n)
-    if n < 0 or (n >= 1 and n != int(n)):
+    if not math.isfinite(n) or n < 0 or (n >= 1 and n != int(n)):
         raise DataError(f"a subsample is a whole number of samples or a fraction in (0, 1); got {n:g}")
-    _SAMPLES[(base, sp)] = (n, int(seed))
+    if isinstance(seed, bool) or int(seed) < 0:
+        raise DataError(f"a subsample's seed is a whole number from 0; got {seed}")
+    _SAMPLES[(base, sp)] = (int(n) if n >= 1 else n, int(seed))  # a count stays whole in a saved experiment
 
 
 def sample_setting(name: str) -> tuple[float, int] | None:

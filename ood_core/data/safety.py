@@ -13,23 +13,30 @@ import io
 import os
 import pickle
 import re
+import shutil
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import cache
+from ..errors import first_line
+from ..resources import env_number
 from .base import DataError
 
 
 def max_dataset_bytes() -> int:
     """Memory budget for one in-memory dataset (an array format: CIFAR, SVHN, MNIST, ``.npz``) and one unpacked
-    zip: ``$OOD_MAX_DATASET_BYTES`` or 4 GiB. Folders and image lists stream from disk and have no such cap."""
-    try:
-        return int(os.environ.get("OOD_MAX_DATASET_BYTES", 4 << 30))
-    except ValueError:
-        return 4 << 30
+    zip: ``$OOD_MAX_DATASET_BYTES`` or 4 GiB. Folders and image lists stream from disk and have no such cap.
+    A value that is not a positive number of bytes is refused naming the variable (:func:`env_number`)."""
+    return int(env_number("OOD_MAX_DATASET_BYTES", 4 << 30, "a positive number of bytes", integer=True))
+
+
+# What zipfile can unpack: stored, deflate, bzip2, lzma (anything else raises NotImplementedError mid-unpack).
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+MAX_ZIP_DEPTH = 64  # folders inside an upload; 1,500 nested ones broke path handling with a RecursionError
 
 
 # --- a pickle reader that can only build numpy arrays -------------------------------
@@ -108,19 +115,25 @@ def unpack_zip(src: Path | bytes, dest: Path | None = None, max_bytes: int | Non
                 raise DataError(f"refused: the zip member {i.filename!r} is a symbolic link")
             if i.compress_size and i.file_size / i.compress_size > 1000 and i.file_size > 1 << 20:
                 raise DataError(f"refused: {i.filename!r} expands {i.file_size // i.compress_size}x (a zip bomb?)")
+            if i.flag_bits & 0x1:
+                raise DataError(f"refused: the zip member {i.filename!r} is encrypted; upload an unencrypted zip")
+            if i.compress_type not in _ZIP_METHODS:
+                raise DataError(f"refused: the zip member {i.filename!r} uses compression method {i.compress_type}; "
+                                "zip it again with the standard deflate method")
+            if name.count("/") > MAX_ZIP_DEPTH:
+                raise DataError(f"refused: the zip member {i.filename[:60]!r}… lies {name.count('/')} folders deep "
+                                f"(at most {MAX_ZIP_DEPTH})")
         done = dest / ".complete"
         if not done.exists():
+            fresh = not dest.exists()
             dest.mkdir(parents=True, exist_ok=True)
-            for i in infos:
-                name = i.filename.replace("\\", "/")
-                if "__MACOSX" in name.split("/") or Path(name).name.startswith("._"):
-                    continue
-                target = (dest / name).resolve()
-                if not str(target).startswith(str(dest.resolve()) + os.sep):
-                    raise DataError(f"refused: the zip member {i.filename!r} points outside the archive")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with z.open(i) as fsrc, open(target, "wb") as fdst:
-                    fdst.write(fsrc.read(i.file_size + 1)[: i.file_size])
+            try:
+                _extract_members(z, infos, dest)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+                # A damaged member (bad CRC, a size smaller than its data, a cut stream): nothing half-unpacked stays.
+                if fresh:
+                    shutil.rmtree(dest, ignore_errors=True)
+                raise DataError(f"the zip archive is damaged: {first_line(exc)}; zip the folder again") from None
             done.write_text("ok")
     # one top-level folder: that is the dataset's root
     entries = [p for p in dest.iterdir() if p.name not in (".complete", "__MACOSX")]
@@ -131,6 +144,22 @@ def unpack_zip(src: Path | bytes, dest: Path | None = None, max_bytes: int | Non
     if not entries:
         raise DataError("the zip archive is empty")
     return dest
+
+
+def _extract_members(z: zipfile.ZipFile, infos: list[zipfile.ZipInfo], dest: Path) -> None:
+    """Write each member under ``dest``; reading to the end checks its CRC and declared size."""
+    for i in infos:
+        name = i.filename.replace("\\", "/")
+        if "__MACOSX" in name.split("/") or Path(name).name.startswith("._"):
+            continue
+        target = (dest / name).resolve()
+        if not str(target).startswith(str(dest.resolve()) + os.sep):
+            raise DataError(f"refused: the zip member {i.filename!r} points outside the archive")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with z.open(i) as fsrc, open(target, "wb") as fdst:
+            fdst.write(fsrc.read(i.file_size + 1)[: i.file_size])
+            if fsrc.read(1):  # more data than the header declares (zipfile stops at the declared size)
+                raise zipfile.BadZipFile(f"{i.filename!r} holds more than the {i.file_size} bytes it declares")
 
 
 def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:

@@ -47,12 +47,11 @@ def default_workers(device: str | None = None) -> int:
     by two threads before each forward (bench/streaming.py). On a GPU the forward runs elsewhere,
     decoding is the bottleneck, and worker processes overlap it with the GPU.
     """
-    env = os.environ.get("OOD_NUM_WORKERS", "").strip()
-    if env:
-        try:
-            return max(0, int(env))
-        except ValueError:
-            raise DataError(f"OOD_NUM_WORKERS must be a whole number; got {env!r}") from None
+    from ..resources import env_number
+
+    env = env_number("OOD_NUM_WORKERS", None, "a whole number from 0", integer=True, allow_min=True)
+    if env is not None:
+        return int(env)
     if device is not None and torch.device(device).type == "cuda":
         return max(1, min(MAX_WORKERS, _cores()))
     return 0

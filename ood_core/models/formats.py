@@ -21,10 +21,9 @@ SAVE_HINT = ("save the weights with torch.save(model.state_dict(), 'model.pt') a
 
 def max_model_bytes() -> int:
     """The upload/file size limit: ``$OOD_MAX_MODEL_BYTES`` or 1 GiB."""
-    try:
-        return int(os.environ.get("OOD_MAX_MODEL_BYTES", DEFAULT_MAX_BYTES))
-    except ValueError:
-        return DEFAULT_MAX_BYTES
+    from ..resources import env_number
+
+    return int(env_number("OOD_MAX_MODEL_BYTES", DEFAULT_MAX_BYTES, "a positive number of bytes", integer=True))
 
 
 def human_bytes(n: float) -> str:

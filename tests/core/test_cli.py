@@ -102,3 +102,167 @@ def test_experiment_json_round_trip(tmp_path, default_bundle):
     bad.write_text('{"model": "default", "colour": "red"}')
     r = cli("evaluate", "--experiment", str(bad), "--json", check=False)
     assert r.returncode == 2 and "unknown experiment fields: colour" in r.stderr
+
+
+# --- issue 27, item 7: hostile inputs that escaped the one-line boundary ------------------------
+
+def _zip_variants(tmp_path: Path) -> dict[str, Path]:
+    """A valid zip of three PNGs, and copies damaged one way each (bytes patched in the headers)."""
+    import io
+    import struct
+    import zipfile
+
+    from PIL import Image
+
+    def png() -> bytes:
+        b = io.BytesIO()
+        Image.new("L", (8, 8), 7).save(b, "PNG")
+        return b.getvalue()
+
+    good = tmp_path / "good.zip"
+    with zipfile.ZipFile(good, "w") as z:
+        for i in range(3):
+            z.writestr(f"d/{i}.png", png())
+    raw = good.read_bytes()
+
+    def patched(name: str, local: int, central: int, value: bytes, xor: bool = False) -> Path:
+        b = bytearray(raw)
+        for sig, off in ((b"PK\x03\x04", local), (b"PK\x01\x02", central)):
+            j = 0
+            while (j := b.find(sig, j)) >= 0:
+                if xor:
+                    b[j + off] |= value[0]
+                else:
+                    b[j + off:j + off + len(value)] = value
+                j += 4
+        p = tmp_path / name
+        p.write_bytes(bytes(b))
+        return p
+
+    crc = bytearray(raw)
+    crc[crc.find(b"\x89PNG") + 20] ^= 0xFF  # a flipped byte inside the first image
+    (tmp_path / "crc.zip").write_bytes(bytes(crc))
+    nested = tmp_path / "nested.zip"
+    with zipfile.ZipFile(nested, "w") as z:
+        z.writestr("/".join(["a"] * 1500) + "/x.png", png())
+    return {"crc": tmp_path / "crc.zip", "encrypted": patched("enc.zip", 6, 8, b"\x01", xor=True),
+            "method": patched("method.zip", 8, 10, b"\x63\x00"), "nested": nested,
+            "undersized": patched("under.zip", 22, 24, struct.pack("<I", 10))}
+
+
+_EXP = {"model": "default", "id_dataset": "mnist", "ood_datasets": ["gaussian"], "detectors": ["msp"]}
+_RUN = ["evaluate", "--id", "mnist", "--ood", "gaussian", "--detectors", "msp", "--quiet"]
+
+
+def _experiment(tmp_path: Path, text: str | bytes) -> list[str]:
+    p = tmp_path / "exp.json"
+    (p.write_bytes if isinstance(text, bytes) else p.write_text)(text)
+    return ["evaluate", "--experiment", str(p), "--quiet"]
+
+
+HOSTILE_CLI = {
+    # experiment JSON
+    "nested 100k deep": (lambda t: _experiment(t, "[" * 100_000 + "]" * 100_000), "nested too deeply"),
+    "nested in a field": (lambda t: _experiment(t, '{"notes": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+                          "nested too deeply"),
+    "not UTF-8": (lambda t: _experiment(t, b'{"model": "\xff\xfe"}'), "not UTF-8"),
+    **{f"seed {s[:8]}": (lambda t, s=s: _experiment(t, json.dumps(_EXP)[:-1] + f', "seed": {s}}}'), why)
+       for s, why in (('"abc"', "seed must be a whole number"), ("Infinity", "Infinity is not a JSON number"),
+                      ("NaN", "NaN is not a JSON number"), ("-1", "seed must be a whole number"),
+                      ("9" * 5000, "not valid JSON"), ("1.5", "seed must be a whole number"))},
+    "id_dataset null": (lambda t: _experiment(t, json.dumps({**_EXP, "id_dataset": None})), "id_dataset must be"),
+    "id_dataset list": (lambda t: _experiment(t, json.dumps({**_EXP, "id_dataset": ["mnist"]})), "id_dataset must be"),
+    "ood_datasets [1]": (lambda t: _experiment(t, json.dumps({**_EXP, "ood_datasets": [1]})), "ood_datasets must be"),
+    "ood_datasets null": (lambda t: _experiment(t, json.dumps({**_EXP, "ood_datasets": None})), "ood_datasets must be"),
+    "subsample 0 in JSON": (lambda t: _experiment(t, json.dumps({**_EXP, "subsample": {"id_test": 0}})), "no samples"),
+    # arguments
+    "--subsample nan": (lambda t: [*_RUN, "--subsample", "ood_test=nan"], "count or a fraction"),
+    "--subsample inf": (lambda t: [*_RUN, "--subsample", "ood_test=inf"], "count or a fraction"),
+    "--subsample 0": (lambda t: [*_RUN, "--subsample", "id_test=0"], "would use no samples"),
+    "--subsample 1.0": (lambda t: [*_RUN, "--subsample", "id_test=1.0"], "ambiguous"),
+    "--subsample 2.5": (lambda t: [*_RUN, "--subsample", "id_test=2.5"], "must be whole"),
+    "--seed -1": (lambda t: [*_RUN, "--seed", "-1"], "--seed: must be a whole number"),
+    "--ood g,g": (lambda t: ["evaluate", "--id", "mnist", "--ood", "gaussian,gaussian", "--detectors", "msp"],
+                  "--ood names 'gaussian' twice"),
+    "--detectors msp,msp": (lambda t: ["evaluate", "--id", "mnist", "--ood", "gaussian", "--detectors", "msp,msp"],
+                            "--detectors names 'msp' twice"),
+    # zips
+    **{f"zip {k}": (lambda t, k=k: ["register", "--path", str(_zip_variants(t)[k]), "--name", f"z{k}"], why)
+       for k, why in (("crc", "damaged: Bad CRC"), ("encrypted", "is encrypted"), ("method", "compression method 99"),
+                      ("nested", "1500 folders deep"), ("undersized", "damaged"))},
+}
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("case", list(HOSTILE_CLI))
+def test_hostile_input_is_one_line_exit_2(case, tmp_cache, tmp_path, capsys):
+    """Each case escaped ``cli.main`` with a traceback (exit 1) before issue 27."""
+    from ood_core.cli import main
+    from ood_core.data import registry as data_registry
+
+    make, msg = HOSTILE_CLI[case]
+    argv = make(tmp_path)
+    try:
+        code = main(argv)
+    finally:
+        for n in [n for n in data_registry._REGISTRY if n.startswith("z")]:
+            data_registry.unregister(n)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip() and not ln.startswith(("WARNING", "INFO"))]
+    assert code == 2 and "Traceback" not in err and len(lines) == 1, err
+    assert msg in lines[0], lines[0]
+    if case.startswith("zip"):
+        assert not any((tmp_cache / "uploads" / "datasets").glob("*/d/*.png")), "a damaged zip left files behind"
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("var", ["OOD_MAX_DATASET_BYTES", "OOD_MAX_MODEL_BYTES", "OOD_MEM_FORWARD_MB"])
+@pytest.mark.parametrize("value", ["inf", "abc", "-1"])
+def test_bad_environment_number_is_one_line_naming_it(var, value, tmp_path, capsys, monkeypatch):
+    """``OOD_MAX_*_BYTES=abc`` was ignored silently and ``=-1`` printed "-0 MiB"; each now refuses."""
+    from ood_core.cli import main
+
+    monkeypatch.setenv(var, value)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.zeros((4, 8, 8), np.uint8))
+    model = tmp_path / "m.pt"
+    import torch
+    torch.save({"w": torch.zeros(1)}, model)
+    argv = {"OOD_MAX_DATASET_BYTES": ["register", "--path", str(data), "--name", "zenv"],
+            "OOD_MAX_MODEL_BYTES": ["evaluate", "--model", str(model), *_RUN[1:]],
+            "OOD_MEM_FORWARD_MB": ["check-setup"]}[var]
+    from ood_core import resources
+    if var == "OOD_MEM_FORWARD_MB":  # read where a pass sizes its batches
+        with pytest.raises(resources.MemoryBudgetValueError, match=var):
+            resources.memory_budget("forward")
+        return
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and var in lines[0] and "Traceback" not in err, err
+
+
+@pytest.mark.hostile
+def test_model_that_raises_on_the_real_batch(tmp_path, capsys):
+    """A model passing the load-time dry run but raising on the first real batch: one line naming it."""
+    import torch
+    from torch import nn
+
+    class Picky(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(1, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] > 2:
+                raise RuntimeError("boom on the real batch")
+            return self.lin(x.flatten(1).mean(1, keepdim=True))
+
+    p = tmp_path / "picky.pt"
+    torch.jit.save(torch.jit.script(Picky()), str(p))
+    from ood_core.cli import main
+    assert main(["evaluate", "--model", str(p), *_RUN[1:]]) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip() and not ln.startswith("WARNING")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "the model 'picky' failed on a batch" in lines[0] and "boom on the real batch" in lines[0]
