@@ -26,16 +26,16 @@ st.markdown(
 st.subheader("Current experiment")
 b = ctx.bundle
 c1, c2, c3 = st.columns(3)
-c1.metric("Model", b.name)
-c1.caption(f"{b.arch}, {b.num_classes} classes, input {b.preprocess.channels}×{b.preprocess.input_size[0]}×"
+c1.metric("Model", common.text(b.name))
+c1.caption(f"{common.text(b.arch)}, {b.num_classes} classes, input {b.preprocess.channels}×{b.preprocess.input_size[0]}×"
            f"{b.preprocess.input_size[1]}, fingerprint `{b.fingerprint[:12]}`")
 if not b.has_features:
-    c1.warning(b.feature_reason)
+    c1.warning(common.text(b.feature_reason))
 id_ext = common.extraction(b, ctx.id_name)
-c2.metric("ID dataset", ctx.id_name)
-c2.caption(f"{fc.dataset_spec(ctx.id_name).description}. Test accuracy {100 * id_ext.accuracy:.2f}%.")
+c2.metric("ID dataset", common.text(ctx.id_name))
+c2.caption(f"{common.text(fc.dataset_spec(ctx.id_name).description)}. Test accuracy {100 * id_ext.accuracy:.2f}%.")
 c3.metric("OOD datasets", len(ctx.ood))
-c3.caption(", ".join(ctx.ood) or "none chosen")
+c3.caption(common.text(", ".join(ctx.ood)) or "none chosen")
 
 st.subheader("What to do next")
 cols = st.columns(2)

@@ -73,7 +73,7 @@ def detector_and_results(ctx: common.Context) -> None:
                     job_key = f"scores:{view_key}"
                     if job_key not in state.get("job_ids", {}):
                         seconds, line = common.model_time_cost(ctx.bundle, det_name, ctx.id_name, sets, knobs)
-                        st.caption(f"Needs the model: {line}")
+                        st.caption(f"Needs the model: {common.text(line)}")
                         # a few seconds start at once; anything longer waits for a click
                         if seconds > LONG_JOB_S and not st.button(f"Run {det_name} as a job", key="scores.run_mt"):
                             return
@@ -112,7 +112,7 @@ def detector_and_results(ctx: common.Context) -> None:
         diag = det.diagnostics(id_ext, **knobs)
         for k, v in diag.items():
             if v:
-                st.warning(f"{k} in the ID test set: {v}. The score's order reverses for them.")
+                st.warning(common.text(f"{k} in the ID test set: {v}. The score's order reverses for them."))
         show = table.rename(columns={"ood_dataset": "OOD set", "n_ood": "n", "auroc": "AUROC %", "fpr95": "FPR95 %",
                                      "aupr_in": "AUPR-In %", "aupr_out": "AUPR-Out %"})
         for c in ["AUROC %", "FPR95 %", "AUPR-In %", "AUPR-Out %"]:
@@ -169,9 +169,9 @@ def threshold_panel(ctx: common.Context, det_name: str, view: fc.ScoresView) -> 
     m1, m2, m3, m4, m5 = st.columns(5)
     m1.metric("threshold", f"{thr:.4g}")
     m2.metric("TPR (ID kept)", f"{100 * stats.tpr:.1f}%")
-    m3.metric(f"FPR ({focus} called ID)", f"{100 * stats.fpr:.1f}%")
+    m3.metric(f"FPR ({common.text(focus)} called ID)", f"{100 * stats.fpr:.1f}%")
     m4.metric("ID called OOD", f"{stats.id_below} / {stats.id_above + stats.id_below}")
-    m5.metric(f"{focus} called ID", f"{stats.ood_above} / {stats.ood_above + stats.ood_below}")
+    m5.metric(f"{common.text(focus)} called ID", f"{stats.ood_above} / {stats.ood_above + stats.ood_below}")
 
     g1, g2 = st.columns(2)
     with g1:
@@ -194,9 +194,10 @@ def threshold_panel(ctx: common.Context, det_name: str, view: fc.ScoresView) -> 
             figure_downloads(prf, f"pr_{det_name}", key="pr")
 
     with st.expander("Mistakes at this threshold: OOD samples called ID, ID samples called OOD"):
-        kind = st.radio("Show", [f"{focus} called ID (highest scores)", "ID called OOD (lowest scores)"],
-                        horizontal=True, key="miss_kind")
-        ds_name = focus if kind.startswith(focus) else ctx.id_name
+        kind = st.radio("Show", ["ood", "id"], horizontal=True, key="miss_kind",
+                        format_func=lambda k: f"{common.text(focus)} called ID (highest scores)" if k == "ood"
+                        else "ID called OOD (lowest scores)")
+        ds_name = focus if kind == "ood" else ctx.id_name
         s, idx = scores[ds_name], view.extremes[ds_name]
         idx = idx[s[idx] >= thr] if ds_name == focus else idx[s[idx] < thr]
         if len(idx) == 0:

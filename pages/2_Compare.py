@@ -117,7 +117,7 @@ def compare_body(ctx: common.Context) -> None:
     if not bad.empty:
         st.markdown("**Not shown**")
         for _, r in bad.iterrows():
-            st.markdown(f":gray[**{r['detector']}**: {r['status']}. {r['reason']}]")
+            st.markdown(f":gray[**{common.text(r['detector'])}**: {common.text(r['status'])}. {common.text(r['reason'])}]")
 
     if not ok.empty:
         fig = compare_chart(df, metric)

@@ -43,7 +43,7 @@ def tuning_body(ctx: common.Context) -> None:
         with common.guard("detectors"):
             reason = fc.availability(ctx.bundle, ctx.id_name)[det_name]
         if reason:
-            st.warning(reason)
+            st.warning(common.text(reason))
             return
         st.caption(det.describe())
         declared = fc.default_grid(det)
@@ -92,8 +92,9 @@ def tuning_body(ctx: common.Context) -> None:
         df, best = result["df"], result["best"]
         m = df.attrs.get("metric", metric)
         for note in df.attrs.get("notes", []):
-            st.caption(f"Note: {note}")
-        st.caption(f"ID validation: {df.attrs.get('id_validation', '')}; OOD validation: {', '.join(df.attrs.get('val_ood', []))}")
+            st.caption(f"Note: {common.text(note)}")
+        st.caption(common.text(f"ID validation: {df.attrs.get('id_validation', '')}; "
+                               f"OOD validation: {', '.join(df.attrs.get('val_ood', []))}"))
         knobs_swept = [k for k in df.attrs.get("knobs", []) if k in df.columns]
         x = st.selectbox("x-axis", knobs_swept, key="tuning.x") if len(knobs_swept) > 1 else knobs_swept[0]
         others = [k for k in knobs_swept if k != x]

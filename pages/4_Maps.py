@@ -145,7 +145,7 @@ def maps_body(ctx: common.Context) -> None:
             try:
                 pts = _points(res)
             except ValueError as exc:
-                st.error(str(exc))
+                st.error(common.text(exc))
                 return
             ring = np.flatnonzero(selected_mask(res.frame, selected))
             scatter_map(pts, key, ring, on_select=_take(res.frame))

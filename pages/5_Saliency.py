@@ -102,7 +102,7 @@ a, b = st.columns(2)
 for col, im, inf, who, n in ((a, img, info, f"{ds_name} #{index}", 0),
                              (b, twin_img, twin_info, f"{ctx.id_name} #{twin} (ID, same prediction)", 1)):
     with col:
-        st.markdown(f"**{who}**")
+        st.markdown(f"**{common.text(who)}**")
         st.caption(_describe(inf))
         st.plotly_chart(image_figure(im, height=200), width="content", key=f"sal_img_{n}")
         fig = attribution_figure(im, attrs, n, targets, methods, opacity, scales, fc.SALIENCY_TARGET_LABELS,

@@ -125,18 +125,18 @@ def _finished(job) -> None:
     if job.state == "done":
         res = job.result
         ep = res.meta["history"]["epochs"][-1]
-        st.success(f"{res.meta['label']}: ID accuracy {100 * ep['accuracy']:.2f}%, Energy AUROC vs "
-                   f"{res.meta['training']['aux_val']} {100 * ep['auroc']:.2f}% ({snap['elapsed']:.0f}s)")
+        st.success(common.text(f"{res.meta['label']}: ID accuracy {100 * ep['accuracy']:.2f}%, Energy AUROC vs "
+                               f"{res.meta['training']['aux_val']} {100 * ep['auroc']:.2f}% ({snap['elapsed']:.0f}s)"))
         _form_line(res.meta)
         if res.meta.get("recommended_detector") not in (None, "energy"):
             st.caption(f"{res.meta['method']} is meant to be scored with {res.meta['recommended_detector']}.")
     elif job.state == "cancelled":
-        st.warning("Stopped. " + (f"The checkpoint of the last finished epoch is kept: {info.get('label')}"
+        st.warning("Stopped. " + (f"The checkpoint of the last finished epoch is kept: {common.text(info.get('label'))}"
                                   if path else "No epoch had finished, so no checkpoint was written."))
     elif job.state == "failed":
-        st.error(job.error.split(": ", 1)[-1] if job.error else "training failed")
+        st.error(common.text(job.error.split(": ", 1)[-1]) if job.error else "training failed")
         if path:
-            st.caption(f"The last good checkpoint is kept: {info.get('label')}")
+            st.caption(f"The last good checkpoint is kept: {common.text(info.get('label'))}")
     if path and Path(path).exists():
         st.code(path, language=None)
         current = state.model() == path
@@ -158,7 +158,7 @@ with right:
 
 hist = (ctx.bundle.info or {}).get("history") if ctx.bundle is not None else None
 if hist:
-    with st.expander(f"Training history of the selected model: {ctx.bundle.info.get('label', ctx.model)}"):
+    with st.expander(f"Training history of the selected model: {common.text(ctx.bundle.info.get('label', ctx.model))}"):
         _curves({"rows": hist.get("steps", []) + hist.get("epochs", []),
                  "info": {"config": ctx.bundle.info.get("training", {})}}, "train.history")
         st.json(ctx.bundle.info.get("training", {}), expanded=False)

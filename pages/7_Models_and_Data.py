@@ -12,7 +12,7 @@ from ood_core.facade import FORMATS, LOAD_OPTIONS, arch_info, human_bytes, max_m
 from ood_core.figures.previews import preview_input, sample_grid, summary
 from ui import common, state
 from ui.pages import Page
-from ui.common import attempt
+from ui.common import attempt, text
 from ui.export import per_sample_downloads
 
 PAGE = Page(title="Models & data", icon=":material/upload_file:", order=70, url_path="Models_and_Data",
@@ -77,7 +77,7 @@ with tab_model:
         if typed.strip():
             p = Path(typed.strip()).expanduser()
             if not p.is_file():
-                st.error(f"no file at {p}")
+                st.error(f"no file at {text(p)}")
             else:
                 path = p
 
@@ -91,7 +91,7 @@ with tab_model:
         fmt_label = {"pt2": "torch.export archive", "torchscript": "TorchScript archive",
                      "state_dict": "state_dict (weights only)", "checkpoint": "workbench checkpoint",
                      "unknown": "unrecognised"}[facts.format]
-        st.caption(f"{path.name}: {fmt_label}, {human_bytes(facts.bytes)}")
+        st.caption(f"{text(path.name)}: {fmt_label}, {human_bytes(facts.bytes)}")
         arch = None
         if facts.format == "unknown":
             st.error("this is not a model file the workbench reads: expected a .pt2 (torch.export), a TorchScript "
@@ -132,22 +132,22 @@ with tab_model:
     loaded = state.get("loaded_model")
     if loaded and loaded in {m["spec"] for m in fc.list_models()}:
         bundle = fc.load_model(loaded)
-        st.success(f"Loaded {bundle.name} ({bundle.info.get('format', bundle.arch)}): {bundle.num_classes} classes; "
-                   f"now the current model (`{loaded}`).")
+        st.success(f"Loaded {text(bundle.name)} ({text(bundle.info.get('format', bundle.arch))}): "
+                   f"{bundle.num_classes} classes; now the current model ({text(loaded)}).")
         pp = bundle.preprocess
         c1, c2 = st.columns([2, 3])
         with c1:
-            st.markdown(f"**Architecture** {bundle.arch}  \n**Input** {pp.channels}×{pp.input_size[0]}×{pp.input_size[1]}"
+            st.markdown(f"**Architecture** {text(bundle.arch)}  \n**Input** {pp.channels}×{pp.input_size[0]}×{pp.input_size[1]}"
                         f"  \n**Mean** {', '.join(f'{v:.4g}' for v in pp.mean)}  \n**Std** "
                         f"{', '.join(f'{v:.4g}' for v in pp.std)}  \n**Fingerprint** `{bundle.fingerprint[:16]}`")
-            st.caption(f"Preprocessing: {bundle.info.get('preprocess_source', 'from the checkpoint')}")
+            st.caption(f"Preprocessing: {text(bundle.info.get('preprocess_source', 'from the checkpoint'))}")
             for note in bundle.info.get("notes", []):
-                st.info(note)
+                st.info(text(note))
             if bundle.has_features:
-                st.markdown(f"**Feature layer**: the input of `{bundle.info.get('head_layer', bundle.head_name)}` "
+                st.markdown(f"**Feature layer**: the input of {text(bundle.info.get('head_layer', bundle.head_name))} "
                             f"({bundle.head.weight.shape[1]} features → {bundle.num_classes} logits)")
             else:
-                st.warning(bundle.feature_reason)
+                st.warning(text(bundle.feature_reason))
             layers = bundle.info.get("linear_layers") or []
             if len(layers) > 1 or (layers and not bundle.has_features):
                 pick = st.selectbox("Use another final linear layer", layers, key="md_pick_head",
@@ -218,14 +218,14 @@ with tab_data:
             if spec.role == "id_test":
                 state.put("id_dataset", spec.name)
                 state.put("ood_datasets", [n for n in state.ood_datasets() if not fc.dataset_spec(n).embedded])
-                st.success(f"registered {spec.name} ({', '.join(spec.splits)}); it is now the ID dataset. "
+                st.success(f"registered {text(spec.name)} ({', '.join(spec.splits)}); it is now the ID dataset. "
                            "The built-in MNIST-style OOD sets were deselected: register OOD sets for this domain.")
             elif spec.role in ("ood_test", "ood_val"):
                 if spec.name not in state.ood_datasets():
                     state.put("ood_datasets", [*state.ood_datasets(), spec.name])
-                st.success(f"registered {spec.name} as {ROLE_LABELS[spec.role]}; added to the OOD selection.")
+                st.success(f"registered {text(spec.name)} as {ROLE_LABELS[spec.role]}; added to the OOD selection.")
             else:
-                st.success(f"registered {spec.name} ({spec.role.replace('_', ' ')}, splits: {', '.join(spec.splits)}).")
+                st.success(f"registered {text(spec.name)} ({spec.role.replace('_', ' ')}, splits: {', '.join(spec.splits)}).")
 
     st.subheader("Datasets")
     saved = fc.saved_dataset_names()
@@ -249,17 +249,17 @@ with tab_data:
         m2.metric("shape (H×W×C)", info["shape"])
         m3.metric("labelled", f"{info['labelled']:,}", f"{info['classes']} classes", delta_color="off")
         m4.metric("unreadable, skipped", info["skipped"])
-        st.caption(f"fingerprint `{info['fingerprint']}` · {pds.description}")
+        st.caption(f"fingerprint `{info['fingerprint']}` · {text(pds.description)}")
         if info["skipped"]:
             st.warning(f"{info['skipped']} files could not be read and were skipped: "
-                       f"{', '.join(pds.meta.get('skipped_files', [])[:5])}")
-        st.image(sample_grid(pds, 32, 8), caption=f"32 random samples of {pds.name}",
+                       f"{text(', '.join(pds.meta.get('skipped_files', [])[:5]))}")
+        st.image(sample_grid(pds, 32, 8), caption=f"32 random samples of {text(pds.name)}",
                  width=min(900, 8 * (pds.shape[1] + 2) * max(1, 64 // max(pds.shape[1], 1))))
         if info["class_counts"]:
             with st.expander("Counts per class"):
                 st.dataframe(pd.DataFrame({"class": list(info["class_counts"]), "count": list(info["class_counts"].values())}),
                              hide_index=True, key="ds_counts")
-        if pv in saved and st.button(f"Forget {pv}", key="ds_forget", help="the files are not touched"):
+        if pv in saved and st.button(f"Forget {text(pv)}", key="ds_forget", help="the files are not touched"):
             attempt("remove", fc.forget_dataset, pv)
             state.put("ood_datasets", [n for n in state.ood_datasets() if n != pv])
             if state.id_dataset() == pv:
@@ -281,13 +281,13 @@ with tab_exp:
         if got is not None:
             problems = fc.check_experiment(got)
             for p in problems:
-                st.error(p)
+                st.error(text(p))
             if not problems and st.button("Apply this experiment", key="exp_apply", type="primary"):
                 state.put("experiment_applied_message", f"applied: model {got.model}, ID {got.id_dataset}, OOD "
                                                    f"{', '.join(got.ood_datasets)}, detectors {', '.join(got.detectors)}")
                 common.apply_experiment(got)  # parks it and reruns; the next run applies it before any widget
     if state.get("experiment_applied_message"):
-        st.success(state.pop("experiment_applied_message"))
+        st.success(text(state.pop("experiment_applied_message")))
 
     st.subheader("Per-sample scores")
     st.caption("One row per ID-test and OOD sample: dataset, index, label, prediction, max softmax and each "

@@ -7,6 +7,7 @@ goes through ``ood_core.facade`` (``tests/core/test_import_graph.py``).
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -22,6 +23,24 @@ from . import state
 from .pages import ROOT, discover
 
 PICKERS = ("model", "id_dataset", "ood_datasets")
+# The characters that start Markdown or HTML in one line of text: links and images ([ ] !), raw HTML
+# and autolinks (< > &), emphasis and code (* _ `), strikethrough (~), LaTeX ($), headings (#), and
+# the backslash itself. Parentheses, colons and quotes stay as they are: without "[" there is no
+# link, and messages read as before.
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>!#~$&])")
+
+
+def text(value: object) -> str:
+    """``value`` (a dataset, class, file or model name, a path, a message quoting one) as literal text
+    inside a Streamlit Markdown string: ``st.markdown``, ``st.caption``, ``st.info``/``error``/…,
+    widget labels and ``st.metric`` labels all render Markdown, so ``![t](http://host/x.png)`` in a
+    dataset name would make every viewer's browser fetch that URL (docs/architecture.md, "The app").
+    A backslash before a punctuation character is CommonMark's literal; a leading ``-``, ``+`` or
+    ``1.`` would start a list, so it is escaped too; newlines become spaces (one line stays one)."""
+    out = _MARKDOWN.sub(r"\\\1", " ".join(str(value).splitlines()))
+    return re.sub(r"^(\s*\d*)([-+.)])(?=\s|$)", r"\1\\\2", out, count=1)
+
+
 @contextlib.contextmanager
 def guard(what: str = "", stop: bool = True) -> Iterator[None]:
     """The one error guard: bad input (``UserError``), a file the machine cannot read (``OSError``) or
@@ -39,7 +58,7 @@ def guard(what: str = "", stop: bool = True) -> Iterator[None]:
             line = first_line(exc)
         else:
             line = exc.strerror or first_line(exc)
-        st.error(f"{what + ': ' if what else ''}{line}")
+        st.error(text(f"{what + ': ' if what else ''}{line}"))
         if stop:
             st.stop()
 
@@ -68,7 +87,7 @@ def get_bundle(spec: str | None = None):
 
 def extraction(bundle, name: str):
     """Cached Extraction, with a spinner when the forward pass has to run."""
-    with guard(f"extracting {name}"), st.spinner(f"Forward pass on {name}…"):
+    with guard(f"extracting {name}"), st.spinner(f"Forward pass on {text(name)}…"):
         return fc.extraction(bundle, name)
 
 
@@ -128,8 +147,8 @@ def sidebar_summary() -> None:
     """The experiment as text in the sidebar, for a page without pickers (drawn after the page ran)."""
     with st.sidebar:
         st.subheader("Current experiment")
-        st.caption(f"Model: `{state.model()}`")
-        st.caption(f"ID: `{state.id_dataset()}` · OOD: {', '.join(state.ood_datasets()) or 'none'}")
+        st.caption(f"Model: {text(state.model())}")
+        st.caption(f"ID: {text(state.id_dataset())} · OOD: {text(', '.join(state.ood_datasets()) or 'none')}")
 
 
 def frame(mode: str = "pickers") -> None:
@@ -240,7 +259,7 @@ def apply_pending() -> None:
     try:  # the experiment's subsets by role, so its numbers come back (issue 14)
         fc.apply_subsample(exp.subsample, exp.id_dataset, exp.ood_datasets, exp.seed)
     except UserError as exc:
-        st.warning(f"the experiment's subsample was not applied: {first_line(exc)}")
+        st.warning(f"the experiment's subsample was not applied: {text(first_line(exc))}")
 
 
 def knob_widgets(owner, page: str, values: dict[str, Any] | None = None, container=None,
@@ -350,14 +369,14 @@ def run_as_job(key: str, fn, title: str, wait_s: float = 0.0, supersedes: str | 
     if job.active:
         snap = job.snapshot()
         eta = f", about {snap['eta']:.0f}s left" if snap["eta"] else ""
-        st.progress(snap["fraction"], f"{title}: {snap['message'] or 'starting'}{eta}")
+        st.progress(snap["fraction"], text(f"{title}: {snap['message'] or 'starting'}{eta}"))
         if st.button("Cancel", key=f"cancel-{key}"):
             job.cancel()
         time.sleep(0.5)
         st.rerun()
     if job.state == "failed":
         jobs.pop(key, None)
-        st.error(f"{title} failed: {job.error}")
+        st.error(text(f"{title} failed: {job.error}"))
         st.stop()
     if job.state == "cancelled":
         jobs.pop(key, None)

@@ -48,6 +48,8 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     # --- applying an experiment JSON ---
     Key("experiment_to_apply", "dict", "an experiment parked until the next run applies it, before any widget exists",
         "ui.common.apply_experiment (Home, Models & data)"),
+    Key("experiment_expect", "dict", "the applied experiment, kept until the model is loaded and compared with "
+        "the one it recorded (fingerprint, load options): a warning when they differ", "ui.common.context"),
     Key("experiment_applied_message", "str", "the confirmation Models & data shows once, after the rerun that applied it",
         "Models & data"),
     Key("experiment_upload_applied", "str", "file id of the experiment upload Home has applied (not re-applied on reruns)",

@@ -6,6 +6,8 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from . import plain
+
 LABELS = {"auroc": "AUROC", "fpr95": "FPR@95TPR", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out"}
 
 
@@ -24,11 +26,11 @@ def compare_chart(df: pd.DataFrame, metric: str = "auroc", title: str | None = N
                                     arrayminus=(part[metric] - part[f"{metric}_lo"]).tolist(), thickness=1, width=3))
         is_mean = s == "mean"
         fig.add_trace(go.Scatter(
-            x=part.index.tolist(), y=part[metric].tolist(), mode="markers", name=s,
+            x=part.index.tolist(), y=part[metric].tolist(), mode="markers", name=plain(s),
             marker=dict(symbol="diamond" if is_mean else "circle", size=11 if is_mean else 8,
                         color="black" if is_mean else None),
             customdata=part[[f"{metric}_lo", f"{metric}_hi"]].to_numpy() if has_ci else None,
-            hovertemplate=("%{x} on " + s + ": %{y:.4f}" + (" [%{customdata[0]:.4f}, %{customdata[1]:.4f}]"
+            hovertemplate=("%{x} on " + plain(s) + ": %{y:.4f}" + (" [%{customdata[0]:.4f}, %{customdata[1]:.4f}]"
                                                                if has_ci else "") + "<extra></extra>"),
             **err,
         ))

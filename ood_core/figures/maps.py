@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from . import plain
 from .scores import ID_COLOR, color_for
 
 CLASS_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -40,7 +41,7 @@ def _hover(df: pd.DataFrame, dataset: str) -> tuple[np.ndarray, str]:
     label, prediction, scores and the image of a point are looked up when it is selected
     (the page's gallery), not shipped with all 100,000 points.
     """
-    return df["index"].to_numpy(np.int32), f"<b>{dataset}</b> #%{{customdata}}<extra></extra>"
+    return df["index"].to_numpy(np.int32), f"<b>{plain(dataset)}</b> #%{{customdata}}<extra></extra>"
 
 
 def _groups(df: pd.DataFrame, color: str, id_name: str) -> list[tuple[str, Any, np.ndarray]]:
@@ -96,7 +97,7 @@ def _trace_styles(df: pd.DataFrame, color: str, id_name: str, size: int) -> list
         st: dict[str, Any] = {"dataset": name, "rows": rows, "legendgroup": None, "showlegend": True}
         if color == "dataset":
             c = ID_COLOR if is_id else color_for(j - 1 if has_id else j)
-            st.update(name=f"{name}{' (ID)' if is_id else ''} ({rows.size:,})",
+            st.update(name=f"{plain(name)}{' (ID)' if is_id else ''} ({rows.size:,})",
                       marker=dict(color=c, size=size, opacity=0.7))
         elif color == "pred":
             label = f"pred {k} · {'ID' if is_id else 'OOD'}"
@@ -105,7 +106,7 @@ def _trace_styles(df: pd.DataFrame, color: str, id_name: str, size: int) -> list
                                   symbol="circle" if is_id else "x", opacity=0.75))
             legend_seen.add(label)
         else:
-            st.update(name=name, showlegend=False, marker=dict(size=size, opacity=0.8))
+            st.update(name=plain(name), showlegend=False, marker=dict(size=size, opacity=0.8))
         out.append(st)
     return out
 
@@ -315,8 +316,8 @@ def separability_figure(tables: dict[str, pd.DataFrame]) -> go.Figure:
     i = 0
     for name, t in tables.items():
         for col, where in (("auroc_2d", "2-D map"), ("auroc_full", "full space")):
-            fig.add_trace(go.Bar(x=t["ood"], y=100 * t[col], name=f"{name}, {where}", marker_color=colors[i % 6],
-                                 hovertemplate="%{x}: AUROC %{y:.2f}<extra>" + f"{name}, {where}</extra>"))
+            fig.add_trace(go.Bar(x=[plain(o) for o in t["ood"]], y=100 * t[col], name=f"{plain(name)}, {where}", marker_color=colors[i % 6],
+                                 hovertemplate="%{x}: AUROC %{y:.2f}<extra>" + f"{plain(name)}, {where}</extra>"))
             i += 1
     fig.update_layout(barmode="group", height=340, title="How separable is ID from OOD? (kNN AUROC, cross-validated)",
                       yaxis=dict(title="AUROC %", range=[50, 100.5]), margin=dict(l=40, r=10, t=50, b=40))

@@ -14,6 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from .. import metrics
+from . import plain
 
 ID_COLOR = "#1f77b4"
 PALETTE = ["#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
@@ -41,7 +42,8 @@ def histogram_base(sets: metrics.ScoreSets, bins: int = 60, title: str = "", log
         hi = lo + 1.0
     edges = np.linspace(lo, hi, bins + 1)
     centers = (edges[:-1] + edges[1:]) / 2
-    series = [(f"{sets.id_name} (ID)", sets.id, ID_COLOR)] + [(k, v, color_for(i)) for i, (k, v) in enumerate(sets.ood.items())]
+    series = [(f"{plain(sets.id_name)} (ID)", sets.id, ID_COLOR)] + [(plain(k), v, color_for(i))
+                                                                   for i, (k, v) in enumerate(sets.ood.items())]
     data = []
     for name, s, c in series:
         counts = metrics.histogram_counts(s, edges)
@@ -94,7 +96,7 @@ def roc_base(sets: metrics.ScoreSets, table=None, max_points: int = CURVE_POINTS
     for i, name in enumerate(sets.ood):
         fpr, tpr = metrics.roc_points(sets.id, sets.ood[name], max_points)
         auc = _metric(table, name, "auroc", sets)
-        data.append(dict(type="scatter", x=fpr, y=tpr, mode="lines", name=f"{name} (AUROC {100 * auc:.1f})",
+        data.append(dict(type="scatter", x=fpr, y=tpr, mode="lines", name=f"{plain(name)} (AUROC {100 * auc:.1f})",
                          line=dict(color=color_for(i)), hovertemplate="FPR %{x:.3f}<br>TPR %{y:.3f}"))
     data.append(dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"),
                      showlegend=False, hoverinfo="skip"))
@@ -118,7 +120,7 @@ def with_roc_markers(base: go.Figure | dict, sets: metrics.ScoreSets, threshold:
         st = sets.at_threshold(name, threshold)
         marks.append(dict(type="scatter", x=[st.fpr], y=[st.tpr], mode="markers", showlegend=False,
                           marker=dict(color=color_for(i), size=10, symbol="x"),
-                          hovertemplate=f"{name} at threshold<br>FPR %{{x:.3f}}<br>TPR %{{y:.3f}}<extra></extra>"))
+                          hovertemplate=f"{plain(name)} at threshold<br>FPR %{{x:.3f}}<br>TPR %{{y:.3f}}<extra></extra>"))
     return {"data": [*d["data"], *marks], "layout": d["layout"]}
 
 
@@ -128,7 +130,7 @@ def pr_base(sets: metrics.ScoreSets, table=None, max_points: int = CURVE_POINTS)
     for i, name in enumerate(sets.ood):
         r, p = metrics.pr_points(sets.id, sets.ood[name], max_points)
         ap = _metric(table, name, "aupr_in", sets)
-        data.append(dict(type="scatter", x=r, y=p, mode="lines", name=f"{name} (AUPR-In {100 * ap:.1f})",
+        data.append(dict(type="scatter", x=r, y=p, mode="lines", name=f"{plain(name)} (AUPR-In {100 * ap:.1f})",
                          line=dict(color=color_for(i), shape="vh")))  # ascending recall: AP's steps
     layout = dict(title=dict(text="Precision-recall (ID positive)"), height=420, margin=_MARGIN, legend=_LEGEND,
                   xaxis=dict(range=[0, 1], title=dict(text="recall (ID)")),

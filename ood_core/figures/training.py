@@ -12,6 +12,8 @@ from typing import Any, Iterable, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from . import plain
+
 TERM_LABELS = {
     "total": "total loss", "ce": "cross-entropy L_CE", "oe": "outlier exposure (CE to uniform)",
     "ls": "energy margins L_S", "grad": "gradient penalty L_∇S", "gq": "Gradient Quotient L_GQ",
@@ -68,7 +70,7 @@ def epoch_metrics(rows: Sequence[dict[str, Any]], val_name: str = "aux_val",
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=x, y=[r.get("accuracy") for r in eps], mode="lines+markers", name="ID accuracy"))
     fig.add_trace(go.Scatter(x=x, y=[r.get("auroc") for r in eps], mode="lines+markers",
-                             name=f"Energy AUROC vs {val_name}"))
+                             name=f"Energy AUROC vs {plain(val_name)}"))
     if any("fpr95" in r for r in eps):
         fig.add_trace(go.Scatter(x=x, y=[r.get("fpr95") for r in eps], mode="lines+markers", name="FPR@95TPR",
                                  line=dict(dash="dot")))

@@ -181,3 +181,32 @@ def test_gradient_map_uses_lowdim_gradients(default_bundle):
     np.testing.assert_array_equal(res.full[rows.index], G[rows["index"]])
     assert res.dims == G.shape[1]
     assert maps.gradients_ready(default_bundle, "mnist", ["letters"])
+
+
+@pytest.mark.hostile
+def test_user_names_are_plain_text_in_plotly():
+    """Issue 27, item 2: plotly reads <b>, <a href>, <br> in legends, hovers and ticks; a dataset
+    named ``<b>x</b>`` rendered bold in the Maps legend. Every figure now escapes user names."""
+    import numpy as np
+    import pandas as pd
+
+    from ood_core import metrics
+    from ood_core.figures.maps import map_figure, separability_figure
+    from ood_core.figures.scores import histogram_base, pr_base, roc_base
+
+    evil, link = "<b>x</b>", '<a href="http://127.0.0.1:9/">y</a>'
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"x": rng.normal(size=6), "y": rng.normal(size=6), "dataset": [evil] * 3 + [link] * 3,
+                       "index": np.arange(6), "label": 0, "pred": 0})
+    sets = metrics.ScoreSets.from_arrays(rng.normal(size=20), {link: rng.normal(size=20)}, id_name=evil)
+    seps = {"features": pd.DataFrame({"ood": [link], "auroc_2d": [0.9], "auroc_full": [0.95]})}
+    figs = [map_figure(df, id_name=evil).to_dict(), histogram_base(sets), roc_base(sets), pr_base(sets),
+            separability_figure(seps).to_dict()]
+    texts = []
+    for f in figs:
+        for tr in f["data"]:
+            texts += [str(tr.get("name", "")), str(tr.get("hovertemplate", ""))]
+            texts += [str(v) for v in (tr.get("x") if tr.get("type") == "bar" and isinstance(tr.get("x"), list) else [])]
+    joined = "\n".join(texts)
+    assert "&lt;b&gt;x&lt;/b&gt;" in joined and "&lt;a href" in joined
+    assert evil not in joined and "<a href" not in joined

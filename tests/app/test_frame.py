@@ -64,7 +64,7 @@ def test_sidebar_modes():
     assert not at.exception, at.exception
     assert _pickers(at) == (0, 0, 0)
     assert [s.value for s in at.sidebar.subheader] == ["Current experiment"]
-    assert any(c.value == "Model: `default`" for c in at.sidebar.caption)
+    assert any(c.value == "Model: default" for c in at.sidebar.caption)  # user text as text (ui.common.text)
 
 
 def test_a_page_is_one_file_that_declares_itself(tmp_path):

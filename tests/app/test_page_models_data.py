@@ -38,7 +38,10 @@ def page(tmp_cache, monkeypatch):
 
 
 def errors(at) -> list[str]:
-    return [e.value for e in at.error]
+    """The error lines as the user reads them (Markdown's backslash escapes of user text removed)."""
+    import re
+
+    return [re.sub(r"\\(.)", r"\1", e.value) for e in at.error]
 
 
 def upload_model(at, name: str, data: bytes):
@@ -66,7 +69,7 @@ def test_torchscript_upload_flow(page, tmp_path):
     assert not at.exception and not errors(at), errors(at)
     assert at.session_state["model"].startswith("upload:tiny@")
     assert any("Loaded tiny (TorchScript archive): 10 classes" in s.value for s in at.success)
-    assert any("the input of `fc`" in m.value for m in at.markdown)
+    assert any("the input of fc " in m.value for m in at.markdown)
     assert len(at.image) >= 3  # raw sample, model input, dataset grid
 
 
@@ -257,3 +260,118 @@ def test_reload_with_another_head_layer(page, tmp_path):
     at.button(key="md_reload_head").click().run()
     assert any(e.startswith("layer refused: cannot use 'fc1' as the feature layer") for e in errors(at)), errors(at)
     assert not at.exception
+
+
+# --- issue 27: user text stays text (item 2); hostile uploads are one clear line (item 8) ---------
+
+URL_IMG = "![t](http://127.0.0.1:9/x.png)"
+
+
+def markdown_bodies(at) -> list[str]:
+    """Every string this run handed to Streamlit's Markdown renderer: texts, captions, alerts, labels."""
+    out = []
+    for kind in ("markdown", "caption", "error", "warning", "success", "info"):
+        out += [e.value for e in getattr(at, kind)]
+    out += [b.label for b in at.button] + [m.label for m in at.metric] + [str(m.value) for m in at.metric]
+    return out
+
+
+def assert_literal(bodies: list[str], *names: str) -> None:
+    """No Markdown image, link or HTML tag survives in the bodies (CommonMark backslash escapes aside),
+    and each name appears, unescaped, as the literal text the user wrote."""
+    import re
+
+    for body in bodies:
+        bare = re.sub(r"\\.", "", body)  # what is left once every escaped character is taken out
+        assert "![" not in bare and "](" not in bare and "<b>" not in bare and "<a" not in bare, body
+    shown = [re.sub(r"\\(.)", r"\1", b) for b in bodies]
+    for n in names:
+        assert any(n in s for s in shown), (n, bodies)
+
+
+@pytest.mark.hostile
+def test_user_text_renders_as_text_not_markdown(page, tmp_path):
+    """A model path, dataset names and an experiment's fields shaped as a Markdown image or HTML made
+    every viewer's browser fetch the URL (or render the tag); each is now shown literally."""
+    at = page.run()
+    exp = {"model": URL_IMG, "id_dataset": "mnist", "ood_datasets": ["<b>x</b>"], "detectors": ["msp"]}
+    at.file_uploader(key="exp_upload").set_value(("e.json", json.dumps(exp).encode(), "application/json"))
+    at.run()
+    assert not at.exception
+    assert len(errors(at)) == 2, errors(at)
+    assert_literal(markdown_bodies(at), URL_IMG, "<b>x</b>")
+
+    at.radio(key="md_src").set_value("Path on this machine").run()
+    at.text_input(key="md_path").set_value(f"/nowhere/{URL_IMG}").run()  # a typed folder path
+    assert any("no file at" in e for e in errors(at)), errors(at)
+    assert_literal(markdown_bodies(at), "![t](http:", "x.png)")  # the path's "//" is normalised to "/"
+
+    folder = fx.flat_images(tmp_path / "imgs", n=4)
+    name = "![t](x.png) <b>y"  # a dataset name may hold neither ':' nor '/', so the URL is relative here
+    register_dataset(at, name, "ood_test", folder)
+    assert not at.exception
+    assert any("registered" in s.value for s in at.success), errors(at)
+    assert_literal(markdown_bodies(at), f"registered {name} as", f"Forget {name}")
+
+
+def _patched_zip(good: bytes, local: int, central: int, value: int) -> bytes:
+    b = bytearray(good)
+    for sig, off in ((b"PK\x03\x04", local), (b"PK\x01\x02", central)):
+        j = 0
+        while (j := b.find(sig, j)) >= 0:
+            b[j + off] |= value
+            j += 4
+    return bytes(b)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("case, msg", [("bad CRC", "the zip archive is damaged: Bad CRC-32"),
+                                       ("encrypted", "is encrypted")])
+def test_damaged_zip_upload_is_one_error(page, tmp_path, case, msg):
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for i in range(3):
+            png = io.BytesIO()
+            Image.new("L", (8, 8), 9 * i).save(png, "PNG")
+            z.writestr(f"d/{i}.png", png.getvalue())
+    data = buf.getvalue()
+    if case == "bad CRC":
+        b = bytearray(data)
+        b[b.find(b"\x89PNG") + 20] ^= 0xFF
+        data = bytes(b)
+    else:
+        data = _patched_zip(data, 6, 8, 1)
+    at = page.run()
+    at.radio(key="ds_src").set_value("Upload (.zip or .npz)").run()
+    at.text_input(key="ds_name").set_value("zipped")
+    at.file_uploader(key="ds_upload").set_value(("d.zip", data, "application/zip"))
+    at.button(key="ds_register").click().run()
+    assert not at.exception, at.exception
+    assert any(e.startswith("dataset refused: ") and msg in e for e in errors(at)), errors(at)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("field, value, msg", [
+    ("seed", "abc", "seed must be a whole number"),
+    ("id_dataset", ["mnist"], "id_dataset must be a non-empty string"),
+    ("ood_datasets", [1, 2], "ood_datasets must be a list of names"),
+    ("params", {"msp": {"T": "abc"}}, "msp.T must be a number"),
+    ("notes", "deep", "nested too deeply"),
+])
+def test_hostile_experiment_upload_is_one_error(page, field, value, msg):
+    """Each raised a traceback on Home or here (T: "abc" only once applied: a knob widget got text)."""
+    exp = {"model": "default", "id_dataset": "mnist", "ood_datasets": ["faces"], "detectors": ["msp"], field: value}
+    data = json.dumps(exp).encode()
+    if value == "deep":
+        data = data.replace(b'"deep"', b"[" * 100_000 + b"]" * 100_000)
+    at = page.run()
+    at.file_uploader(key="exp_upload").set_value(("e.json", data, "application/json"))
+    at.run()
+    assert not at.exception, at.exception
+    assert any(msg in e for e in errors(at)), errors(at)
+    assert not any(b.key == "exp_apply" for b in at.button)

@@ -1,6 +1,7 @@
 """AppTest: the landing page and the Scores page, as a user drives them."""
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,3 +114,88 @@ def test_a_long_model_time_job_says_its_cost_and_waits_for_a_click(default_bundl
     assert [b.label for b in at.button if b.key == "scores.run_mt"] == ["Run odin as a job"]
     det = wb.fitted_detector("odin", default_bundle, "mnist")
     assert not wb.is_cached(default_bundle, det, "faces", {"T": 12.5, "eps": 0.0003})  # nothing ran
+
+
+# --- issue 27, items 8 and 13: hostile experiment uploads on Home; a model raising on a real batch --
+
+def _upload_experiment(at: AppTest, exp: dict | bytes) -> AppTest:
+    import json
+
+    data = exp if isinstance(exp, bytes) else json.dumps(exp).encode()
+    at.file_uploader(key="exp_upload").set_value(("e.json", data, "application/json"))
+    return at.run()
+
+
+def _read(bodies) -> list[str]:
+    import re
+
+    return [re.sub(r"\\(.)", r"\1", b.value) for b in bodies]
+
+
+_GOOD = {"model": "default", "id_dataset": "mnist", "ood_datasets": ["faces"], "detectors": ["msp"]}
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("change, msg", [
+    ({"params": {"msp": {"T": "abc"}}}, "msp.T must be a number"),
+    ({"seed": "abc"}, "seed must be a whole number"),
+    ({"id_dataset": ["mnist"]}, "id_dataset must be a non-empty string"),
+    ({"ood_datasets": [1, 2]}, "ood_datasets must be a list of names"),
+    (None, "nested too deeply"),
+])
+def test_home_refuses_a_hostile_experiment_in_one_line(default_bundle, change, msg):
+    at = _page("app.py").run()
+    exp = json_deep() if change is None else {**_GOOD, **change}
+    _upload_experiment(at, exp)
+    assert not at.exception, at.exception
+    assert any(msg in e for e in _read(at.error)), _read(at.error)
+    assert at.session_state["ood_datasets"] != ["faces"]  # nothing was applied
+
+
+def json_deep() -> bytes:
+    return b'{"notes": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+@pytest.mark.hostile
+def test_an_experiment_recording_another_model_warns_once(default_bundle):
+    at = _page("app.py").run()
+    _upload_experiment(at, {**_GOOD, "model_fingerprint": "deadbeef", "preprocess": {"mean": [0.1]}})
+    assert not at.exception and not at.error, _read(at.error)
+    assert at.session_state["ood_datasets"] == ["faces"]
+    warned = [w for w in _read(at.warning) if "the model differs from the experiment's" in w]
+    assert len(warned) == 1 and "fingerprint deadbeef" in warned[0] and "mean [0.1]" in warned[0], _read(at.warning)
+    at.run()
+    assert not [w for w in _read(at.warning) if "differs" in w]  # said once
+
+
+@pytest.mark.hostile
+def test_a_model_raising_on_the_real_batch_is_one_error(tmp_cache, tmp_path):
+    """It passed the load-time dry run, then raised inside the forward pass: a traceback on Home and Scores."""
+    import torch
+    from torch import nn
+
+    from ood_core import persist
+
+    class Picky(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(1, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] > 2:
+                raise RuntimeError("boom on the real batch")
+            return self.lin(x.flatten(1).mean(1, keepdim=True))
+
+    p = tmp_path / "picky.pt"
+    torch.jit.save(torch.jit.script(Picky()), str(p))
+    key, _ = persist.register_upload(p)
+    try:
+        for page in ("app.py", "pages/1_Scores.py"):
+            at = _page(page)
+            at.session_state["model"] = key
+            at.run()
+            assert not at.exception, (page, at.exception)
+            assert any("the model 'picky' failed on a batch" in e and "boom on the real batch" in e
+                       for e in _read(at.error)), (page, _read(at.error))
+    finally:
+        persist.forget_upload(key)

@@ -101,3 +101,67 @@ def test_an_upload_is_restored_only_by_restore_saved(tmp_cache, tmp_path):
         wb.load_model(key)
     assert wb.restore_saved().models == [key]
     assert wb.load_model(key).info["spec"] == key
+
+
+# --- issue 27, item 13: the experiment's recorded model, the subsample rule, duplicate names -------
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.hostile
+def test_experiment_model_differences_are_one_line():
+    from ood_core.experiment import Experiment
+
+    exp = Experiment(model_fingerprint="abc123", preprocess={"mean": [0.5], "input_size": [28]})
+    same = {"mean": (0.5,), "input_size": (28, 28), "std": (0.5,)}
+    assert exp.model_differences("abc123ffff", same) == ""  # a prefix is enough; one value per side is the same
+    line = exp.model_differences("fff000", {**same, "mean": (0.1,)})
+    assert line == ("the model differs from the experiment's: fingerprint abc123 in the experiment, fff000 loaded; "
+                    "mean [0.5] in the experiment, (0.1,) loaded")
+    assert Experiment().model_differences("anything", same) == ""  # nothing recorded, nothing to say
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("value, expect", [(1, 1), (12811, 12811), (12811.0, 12811), ("500", 500), (0.25, 0.25),
+                                           ("0.5", 0.5)])
+def test_subsample_counts_and_fractions(value, expect):
+    from ood_core.experiment import sample_size
+
+    got = sample_size(value, "id_test")
+    assert got == expect and type(got) is type(expect)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("value, msg", [(0, "no samples"), ("0", "no samples"), (1.0, "ambiguous"), ("1.0", "ambiguous"),
+                                        (-3, "count or a fraction"), (2.5, "must be whole"), ("nan", "count or a fraction"),
+                                        (float("inf"), "count or a fraction"), (True, "count or a fraction"),
+                                        ("9" * 5000, "count")])
+def test_subsample_refusals(value, msg):
+    from ood_core.experiment import ExperimentError, sample_size
+
+    with pytest.raises(ExperimentError, match=msg):
+        sample_size(value, "id_test")
+
+
+@pytest.mark.hostile
+def test_duplicate_names_are_refused_everywhere(default_bundle):
+    from ood_core import workbench as wb
+    from ood_core.experiment import Experiment, ExperimentError
+
+    with pytest.raises(ExperimentError, match="ood_datasets names 'faces' twice"):
+        Experiment.from_dict({"ood_datasets": ["faces", "faces"]})
+    with pytest.raises(wb.WorkbenchError, match="the detectors name 'msp' twice"):
+        wb.evaluate(default_bundle, "mnist", ["faces"], ["msp", "msp"])
+
+
+@pytest.mark.hostile
+def test_a_subsample_count_is_saved_whole():
+    """``set_sample`` kept 12811 as 12811.0, so an experiment saved with a count of 1 read back as 1.0."""
+    from ood_core import workbench as wb
+
+    wb.apply_subsample({"id_test": 1}, "mnist", ["faces"], 3)
+    try:
+        sub, seed = wb.subsample_of("mnist", ["faces"])
+        assert sub == {"id_test": 1} and type(sub["id_test"]) is int and seed == 3
+    finally:
+        wb.apply_subsample({}, "mnist", ["faces"])

@@ -1,6 +1,7 @@
 """One memory-budget rule (ood_core/resources.py; docs/architecture.md, "Memory"): the variable,
 the default fraction of free memory, bad values, and the deprecated names of earlier releases."""
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,73 @@ def test_unknown_kind_is_a_programming_error():
 
 def test_free_bytes_on_this_machine_is_positive():
     assert R.free_bytes("cpu") > 0
+
+
+# --- issue 27, item 11: one parser for every numeric environment variable --------------------------
+
+NUMERIC_VARS = {  # variable -> what reads it
+    "OOD_MAX_DATASET_BYTES": lambda: __import__("ood_core.data.safety", fromlist=["x"]).max_dataset_bytes(),
+    "OOD_MAX_MODEL_BYTES": lambda: __import__("ood_core.models.formats", fromlist=["x"]).max_model_bytes(),
+    "OOD_NUM_WORKERS": lambda: __import__("ood_core.data.streamed", fromlist=["x"]).default_workers("cpu"),
+    **{v: (lambda v=v: R.memory_budget(R.DEPRECATED.get(v) or v[len("OOD_MEM_"):-len("_MB")].lower()))
+       for v in ALL_VARS},
+}
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("var", list(NUMERIC_VARS))
+@pytest.mark.parametrize("bad", ["abc", "-1", "inf", "nan", "1e400"])
+def test_every_numeric_variable_refuses_a_bad_value_naming_it(clean_env, monkeypatch, var, bad):
+    """``OOD_MAX_DATASET_BYTES=abc`` was ignored silently and ``-1`` printed "-0 MiB"; ``inf`` in the
+    byte and worker variables escaped as OverflowError. Each now refuses with one line naming it."""
+    monkeypatch.setenv(var, bad)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        with pytest.raises(UserError, match=var):
+            NUMERIC_VARS[var]()
+
+
+@pytest.mark.hostile
+def test_blank_means_unset_and_whole_numbers_are_required(monkeypatch):
+    monkeypatch.setenv("OOD_X", "  ")
+    assert R.env_number("OOD_X", 7) == 7
+    monkeypatch.setenv("OOD_X", "2.5")
+    with pytest.raises(R.EnvValueError, match="OOD_X must be a whole"):
+        R.env_number("OOD_X", 7, "a whole number", integer=True)
+    monkeypatch.setenv("OOD_X", "0")
+    assert R.env_number("OOD_X", 7, integer=True, allow_min=True) == 0
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("bad", ["inf", "abc", "0", str(10**9)])
+def test_dist_timeout_is_refused_naming_the_variable(monkeypatch, bad):
+    """``OOD_DIST_TIMEOUT_S=inf`` overflowed a timedelta under torchrun with a message naming nothing."""
+    import torch
+
+    from ood_core import distributed as D
+
+    monkeypatch.setattr(D, "launched", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda *a, **k: pytest.fail("not refused"))
+    monkeypatch.setenv("OOD_DIST_TIMEOUT_S", bad)
+    with pytest.raises(UserError, match="OOD_DIST_TIMEOUT_S must be a positive number of seconds"):
+        D.init()
+
+
+@pytest.mark.hostile
+def test_cache_dir_blank_is_unset_and_a_file_is_refused(tmp_path, monkeypatch):
+    """``OOD_CACHE_DIR=`` put the cache in the current folder; a file there gave a bare "File exists"."""
+    from ood_core import cache
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OOD_CACHE_DIR", "")
+    try:
+        assert cache.cache_dir() == Path(cache._DEFAULT_DIR)
+        f = tmp_path / "afile"
+        f.write_text("x")
+        for given, why in ((f, "is a file"), (f / "sub", "lies under")):
+            monkeypatch.setenv("OOD_CACHE_DIR", str(given))
+            with pytest.raises(UserError, match=f"OOD_CACHE_DIR={given} {why}"):
+                cache.cache_dir()
+    finally:
+        cache.reset()
