@@ -266,7 +266,7 @@ def _gallery(feat, selected: list[tuple[str, int]]) -> None:
         for j, (ds_name, i) in enumerate(shown):
             row = look.get((ds_name, i))
             img = thumbnail(fc.dataset(ds_name).image(i))  # one file decoded for a streamed set
-            cap = f"{ds_name} #{i}"
+            cap = f"{common.text(ds_name)} #{i}"
             if row is not None:
                 cap += f" · label {int(row['label'])} · pred {int(row['pred'])}" + (
                     f" · {SCORE_LABELS[rank_by]} {row[rank_by]:.3g}" if rank_by in row else "")
