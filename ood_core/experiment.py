@@ -77,8 +77,8 @@ class Experiment:
             try:
                 text = text.decode("utf-8")
             except UnicodeDecodeError:
-                raise ExperimentError("the experiment file is not UTF-8 text; use the JSON the app or "
-                                      "`evaluate --save` wrote") from None
+                raise ExperimentError("the experiment file is not UTF-8 text; use the JSON the app saved "
+                                      "(Models & data, Experiment JSON)") from None
         try:
             d = json.loads(text, parse_constant=_no_constant)
         except RecursionError:

@@ -7,7 +7,6 @@ checkpoint and a plain ``state_dict`` apart without loading anything (docs/archi
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 

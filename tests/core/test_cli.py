@@ -195,11 +195,16 @@ HOSTILE_CLI = {
 
 @pytest.mark.hostile
 @pytest.mark.parametrize("case", list(HOSTILE_CLI))
-def test_hostile_input_is_one_line_exit_2(case, tmp_cache, tmp_path, capsys):
-    """Each case escaped ``cli.main`` with a traceback (exit 1) before issue 27."""
+def test_hostile_input_is_one_line_exit_2(case, tmp_path, capsys, monkeypatch):
+    """Each case escaped ``cli.main`` with a traceback (exit 1), or ran silently, before issue 27."""
+    from ood_core import cache
     from ood_core.cli import main
     from ood_core.data import registry as data_registry
 
+    tmp_cache = tmp_path / "cache"
+    if case.startswith("zip"):  # uploads unpack under a private cache; the others use the shared one (its model)
+        monkeypatch.setenv("OOD_CACHE_DIR", str(tmp_cache))
+        cache.reset()
     make, msg = HOSTILE_CLI[case]
     argv = make(tmp_path)
     try:
@@ -207,6 +212,9 @@ def test_hostile_input_is_one_line_exit_2(case, tmp_cache, tmp_path, capsys):
     finally:
         for n in [n for n in data_registry._REGISTRY if n.startswith("z")]:
             data_registry.unregister(n)
+        if case.startswith("zip"):
+            monkeypatch.undo()
+            cache.reset()
     err = capsys.readouterr().err
     lines = [ln for ln in err.strip().splitlines() if ln.strip() and not ln.startswith(("WARNING", "INFO"))]
     assert code == 2 and "Traceback" not in err and len(lines) == 1, err
