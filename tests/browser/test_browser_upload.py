@@ -52,6 +52,22 @@ def test_upload_torchscript_in_browser(browser_page, app_server, tmp_path):
         err.wait_for()
         assert err.is_visible()
         assert not page.get_by_text("Traceback").count()
+
+        # issue 27, item 2: text from a user's file shaped as a Markdown image is shown, never fetched
+        import json
+
+        fetched: list[str] = []
+        page.on("request", lambda r: fetched.append(r.url) if "127.0.0.1:9" in r.url else None)
+        exp = tmp_path / "hostile.json"
+        exp.write_text(json.dumps({"model": "![t](http://127.0.0.1:9/x.png)", "id_dataset": "mnist",
+                                   "ood_datasets": ["faces"], "detectors": ["msp"]}))
+        by_key(page, "exp_upload").locator('input[type="file"]').set_input_files(str(exp))
+        wait_idle(page)
+        # in the Experiment tab: drawn (and, before the fix, fetched) though not the tab on view
+        page.get_by_text("is not available here: check the path").wait_for(state="attached")
+        page.wait_for_timeout(500)
+        assert not fetched, fetched
+        assert page.get_by_text("model '![t](http://127.0.0.1:9/x.png)' is not available here").count() == 1
     finally:
         for key in list(persist.saved_uploads()):  # the shared test cache keeps no upload of ours
             if key.startswith("upload:browser_tiny@"):
