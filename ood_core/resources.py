@@ -22,6 +22,8 @@ KINDS: dict[str, tuple[float, str]] = {
     "grad_chunk": (0.1, "one chunk of per-sample gradients (activations and per-sample blocks), "
                         "or a whole (N, P) gradient matrix"),
     "grad_fit": (0.9, "everything a gradient-subspace fit holds: V's columns, statistics, one chunk"),
+    "grad_hold": (0.25, "the fit set's whole per-sample gradient matrix, kept between the passes of a "
+                        "randomized SVD so they are not recomputed (skipped when it does not fit)"),
 }
 # the variables of earlier releases, read for one more release with a one-line warning
 DEPRECATED: dict[str, str] = {

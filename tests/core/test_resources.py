@@ -7,10 +7,10 @@ import pytest
 from ood_core import resources as R
 from ood_core.errors import UserError
 from ood_core.extract import forward_budget_bytes
-from ood_core.gradients import hooks, per_sample, subspace
+from ood_core.gradients import engine, hooks, per_sample, subspace
 
 CALLERS = {"forward": forward_budget_bytes, "grad_chunk": per_sample.memory_budget_bytes,
-           "grad_fit": subspace.available_bytes}
+           "grad_fit": subspace.available_bytes, "grad_hold": engine.hold_budget_bytes}
 ALL_VARS = [R.env_var(k) for k in R.KINDS] + list(R.DEPRECATED)
 
 
