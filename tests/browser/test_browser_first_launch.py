@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from browser_support import ARTIFACTS, _skip_reason, browser, serve_app  # noqa: F401
+from browser_support import ARTIFACTS, _skip_reason, serve_app
 
 pytestmark = pytest.mark.browser
 GUARD_SECONDS = 90
