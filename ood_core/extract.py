@@ -22,6 +22,7 @@ import torch
 
 from . import cache
 from . import distributed as D
+from .concurrency import call_hooks
 from .data import Dataset
 from .errors import UserError
 from .models import ModelBundle
@@ -186,13 +187,8 @@ def forward_bytes_per_sample(bundle: ModelBundle) -> int:
             peak[0] = max(peak[0], out.numel())
 
     mods = [m for m in bundle.model.modules() if not list(m.children()) and not isinstance(m, torch.jit.ScriptModule)]
-    handles = [m.register_forward_hook(hook) for m in mods]
-    try:
-        with torch.inference_mode():
-            bundle.model(x.to(bundle.device))
-    finally:
-        for h in handles:
-            h.remove()
+    with call_hooks(mods, hook), torch.inference_mode():  # call-scoped: another thread may run the model
+        bundle.model(x.to(bundle.device))
     largest = peak[0] or 16 * x.numel()
     return 4 * (2 * x.numel() + 3 * largest)
 
