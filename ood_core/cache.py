@@ -127,6 +127,9 @@ class _ReadOnlyStore:
             return (Path(self.directory) / filename).read_bytes()
         return bytes(value) if value is not None else default
 
+    def __contains__(self, key: str) -> bool:
+        return self._sql("SELECT 1 FROM Cache WHERE key = ?", (key,)).fetchone() is not None
+
     def set(self, key: str, value: Any) -> None:
         raise OSError(errno.EROFS, "read-only cache")
 
@@ -278,14 +281,25 @@ def put_arrays(key: str, arrays: Mapping[str, np.ndarray]) -> bool:
         return False
 
 
-def cached_arrays(key: str, compute: Callable[[], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def cached_arrays(key: str, compute: Callable[[], Mapping[str, np.ndarray]],
+                  waiting: Callable[[], None] | None = None) -> dict[str, np.ndarray]:
     """Return the cached arrays for ``key`` or compute, store and return them.
 
-    Under torchrun every rank computes when any rank misses (the computation may hold
-    collectives all ranks must join); only rank 0 stores."""
+    One computation per key at a time across threads and processes (:func:`key_lock`): a second
+    caller waits (calling ``waiting`` about twice a second; it may raise to stop waiting) and
+    then reuses the first one's entry. Under torchrun every rank computes when any rank misses
+    (the computation may hold collectives all ranks must join, so no lock); only rank 0 stores."""
     hit = get_arrays(key)
-    if distributed.is_distributed() and distributed.any_true(hit is None):
-        hit = None
+    if distributed.is_distributed():
+        if distributed.any_true(hit is None):
+            hit = None
+    elif hit is None:
+        with key_lock(key, waiting):
+            hit = get_arrays(key)  # the pass we waited for has stored it
+            if hit is None:
+                arrays = {k: np.asarray(v) for k, v in compute().items()}
+                put_arrays(key, arrays)
+                return arrays
     if hit is not None:
         return hit
     arrays = {k: np.asarray(v) for k, v in compute().items()}
@@ -295,6 +309,69 @@ def cached_arrays(key: str, compute: Callable[[], Mapping[str, np.ndarray]]) -> 
 
 def has(key: str) -> bool:
     return get_arrays(key) is not None
+
+
+def contains(key: str) -> bool:
+    """Whether an entry for ``key`` is stored (not read nor checked: cheap)."""
+    try:
+        return key in _store()
+    except Exception:  # noqa: BLE001 - an unreadable index holds nothing we can use
+        return False
+
+
+# --- one computation per key (docs/architecture.md, "Concurrency and cancellation") ------
+
+_held = threading.local()
+
+
+def _lock_path(key: str) -> Path:
+    return subdir("locks") / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.lock"
+
+
+@contextlib.contextmanager
+def key_lock(key: str, waiting: Callable[[], None] | None = None, blocking: bool = True,
+             poll_s: float = 0.5) -> Iterator[bool]:
+    """Hold the cross-process lock of ``key`` (``cache/locks/<hash>.lock``); yields whether it is held.
+
+    filelock takes ``flock`` on the lock file: exclusive between processes and between threads
+    (each call opens its own descriptor), and released by the OS when its holder dies, so a killed
+    pass never blocks the next one, which then resumes its chunks. The wait polls, calling
+    ``waiting`` between polls (a job's progress callback raises there when cancelled).
+    ``blocking=False`` yields False at once when another holder has it. Re-entering a key this
+    thread already holds is a no-op. A cache that cannot be written holds no lock (yields True:
+    there is nothing to protect on disk).
+    """
+    held: set[str] = _held.__dict__.setdefault("keys", set())
+    if key in held:
+        yield True
+        return
+    try:
+        lock = filelock.FileLock(str(_lock_path(key)))
+        got = lock.acquire(timeout=0 if not blocking else poll_s) and True
+    except filelock.Timeout:
+        got = False
+    except (OSError, StorageError) as exc:
+        if isinstance(exc, OSError) and not storage_failure(exc):
+            raise
+        yield True
+        return
+    while not got and blocking:
+        if waiting is not None:
+            waiting()
+        try:
+            lock.acquire(timeout=poll_s)
+            got = True
+        except filelock.Timeout:
+            pass
+    if not got:
+        yield False
+        return
+    held.add(key)
+    try:
+        yield True
+    finally:
+        held.discard(key)
+        lock.release()
 
 
 def value_path(key: str) -> Path | None:
