@@ -147,6 +147,10 @@ def _read_only(d: str, exc: BaseException) -> _ReadOnlyStore:
     return _ReadOnlyStore(d)
 
 
+def _open(d: str) -> diskcache.Cache:
+    return diskcache.Cache(d, size_limit=2**34, disk_min_file_size=1024)
+
+
 def _store() -> diskcache.Cache | _ReadOnlyStore:
     d = str(cache_dir() / "arrays")
     with _lock:
@@ -155,7 +159,12 @@ def _store() -> diskcache.Cache | _ReadOnlyStore:
             # A missing folder (deleted while the app runs) is recreated, not an error.
             try:
                 _ensure_dir(Path(d))
-                c = diskcache.Cache(d, size_limit=2**34, disk_min_file_size=1024)
+                try:
+                    c = _open(d)
+                except sqlite3.DatabaseError as exc:
+                    if not _damaged(exc):
+                        raise
+                    c = _rebuild_index(d, exc)
             except StorageError as exc:
                 c = _read_only(d, exc)
             except (OSError, sqlite3.OperationalError) as exc:
@@ -164,6 +173,72 @@ def _store() -> diskcache.Cache | _ReadOnlyStore:
                 c = _read_only(d, exc)
             _caches[d] = c
         return c
+
+
+def _damaged(exc: BaseException) -> bool:
+    """Whether ``exc`` says the SQLite index itself is damaged (not locked, not a full disk)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return "malformed" in str(exc).lower()
+    return isinstance(exc, sqlite3.DatabaseError)
+
+
+def _rebuild_index(d: str, why: BaseException) -> diskcache.Cache:
+    """Set a damaged ``cache.db`` aside (``cache.db.damaged-TIMESTAMP``) and index the value files again.
+
+    docs/architecture.md, "Cache keys": every value file starts with its payload's checksum and
+    its key, so a new index can be built from the files alone; a file that fails its checksum
+    or predates the key header is left where it is (its entry is recomputed when next asked for).
+    One warning says what happened. Two processes finding the damage at once rebuild once (a lock).
+    """
+    db = Path(d) / "cache.db"
+    with file_lock(db):
+        try:  # another process may have rebuilt it while this one waited for the lock
+            return _open(d)
+        except sqlite3.DatabaseError as exc:
+            if not _damaged(exc):
+                raise
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = db.with_name(f"cache.db.damaged-{stamp}")
+        n = 1
+        while aside.exists():
+            aside, n = db.with_name(f"cache.db.damaged-{stamp}-{n}"), n + 1
+        os.replace(db, aside)
+        for suffix in ("-wal", "-shm"):  # the journal of the old file must not be replayed into the new one
+            side = db.with_name("cache.db" + suffix)
+            if side.exists():
+                os.replace(side, aside.with_name(aside.name + suffix))
+        c = _open(d)
+        kept = skipped = 0
+        for f in sorted(Path(d).rglob("*.val")):
+            try:
+                blob = f.read_bytes()
+                key = _blob_key(blob)
+                _unpack(blob)  # checksum
+            except Exception:  # noqa: BLE001 - damaged or unreadable: recomputed when asked for
+                key = None
+            if key is None:
+                skipped += 1
+                continue
+            c.set(key, blob)  # a new value file; the old one is then a duplicate
+            f.unlink(missing_ok=True)
+            kept += 1
+    log.warning("the cache index %s was damaged (%s); kept it as %s and rebuilt the index from the cached "
+                "arrays: %d entries recovered%s", db, first_line(why), aside.name, kept,
+                f", {skipped} files without a readable key left for recomputation" if skipped else "")
+    return c
+
+
+def _recover(store: Any, exc: BaseException) -> diskcache.Cache | _ReadOnlyStore | None:
+    """After a damaged-index error on an open handle: a rebuilt store, or None when ``exc`` is another error."""
+    if not _damaged(exc) or isinstance(store, _ReadOnlyStore):
+        return None
+    d = store.directory
+    with _lock:
+        if _caches.get(d) is store:
+            with contextlib.suppress(Exception):
+                store.close()
+            del _caches[d]
+    return _store()
 
 
 def reset() -> None:
@@ -217,17 +292,31 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _pack(arrays: Mapping[str, np.ndarray]) -> bytes:
+def _pack(arrays: Mapping[str, np.ndarray], key: str = "") -> bytes:
+    """``SHA256 KEY\n`` then the npz payload: the key in the header lets a damaged index be rebuilt
+    from the value files alone (:func:`_rebuild_index`)."""
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     payload = buf.getvalue()
-    return hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+    head = hashlib.sha256(payload).hexdigest() + (f" {key}" if key else "")
+    return head.encode() + b"\n" + payload
+
+
+_HEAD_MAX = 64 + 1 + 512  # digest, space, key
+
+
+def _blob_key(blob: bytes) -> str | None:
+    """The key stored in an entry's header (None for entries written before keys were)."""
+    head = blob[:_HEAD_MAX].split(b"\n", 1)[0]
+    parts = head.split(b" ", 1)
+    return parts[1].decode("utf-8", "replace") if len(parts) == 2 and parts[1] else None
 
 
 def _unpack(blob: bytes) -> dict[str, np.ndarray]:
-    if not isinstance(blob, (bytes, bytearray)) or b"\n" not in blob[:80]:
+    if not isinstance(blob, (bytes, bytearray)) or b"\n" not in blob[:_HEAD_MAX]:
         raise CacheCorrupt("entry has no checksum header")
-    digest, payload = blob.split(b"\n", 1)
+    head, payload = blob.split(b"\n", 1)
+    digest = head.split(b" ", 1)[0]
     if hashlib.sha256(payload).hexdigest().encode() != digest:
         raise CacheCorrupt("checksum mismatch (truncated or half-written entry)")
     with np.load(io.BytesIO(payload), allow_pickle=False) as z:
@@ -239,6 +328,11 @@ def get_arrays(key: str) -> dict[str, np.ndarray] | None:
     store = _store()
     try:
         blob = store.get(key, default=None)
+    except sqlite3.DatabaseError as exc:  # the index was damaged while this process had it open
+        again = _recover(store, exc)
+        if again is None:
+            raise
+        blob = again.get(key, default=None)
     except Exception as exc:  # diskcache raises on a vanished value file
         log.warning("cache entry %s unreadable (%s); dropping it", key, exc)
         _drop(store, key)
@@ -270,7 +364,14 @@ def put_arrays(key: str, arrays: Mapping[str, np.ndarray]) -> bool:
         return False
     store = _store()
     try:
-        store.set(key, _pack(arrays))
+        try:
+            store.set(key, _pack(arrays, key))
+        except sqlite3.DatabaseError as exc:  # the index was damaged while this process had it open
+            again = _recover(store, exc)
+            if again is None:
+                raise
+            store = again
+            store.set(key, _pack(arrays, key))
         return True
     except (OSError, sqlite3.OperationalError) as exc:
         if not storage_failure(exc):
