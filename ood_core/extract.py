@@ -26,6 +26,7 @@ from . import distributed as D
 from .concurrency import call_hooks
 from .data import Dataset
 from .errors import UserError
+from .jobs import checkpoint
 from .models import ModelBundle
 from .resources import env_var, memory_budget
 
@@ -353,6 +354,7 @@ def run_forward(bundle: ModelBundle, ds: Dataset, batch_size: int | None = None,
             ds.failed.clear()  # type: ignore[attr-defined]
         with torch.inference_mode():
             for x in ds.batches(bundle.preprocess, batch_size, rows if pos else None, workers, device):
+                checkpoint()  # a cancelled job or Ctrl-C stops here, between batches (chunks so far are kept)
                 x = x.to(device, non_blocking=True)
                 if amp is not None:
                     if "autocast_check" not in extra:
@@ -448,6 +450,7 @@ def extract(bundle: ModelBundle, ds: Dataset, batch_size: int | None = None, dev
                 shutil.rmtree(_partial_dir(_rank_key(key)), ignore_errors=True)
     elif hit is None:
         def waiting() -> None:
+            checkpoint()
             if progress:  # a cancelled job's callback raises here: the wait stops
                 progress(0.0, f"waiting for another forward pass on {ds.name} (same model and data) to finish")
 

@@ -308,6 +308,26 @@ def model_time_cost(bundle, detector: str, id_name: str, datasets: Iterable[str]
     return seconds, f"{detector}: {line}"
 
 
+def session_probe():
+    """Whether this browser session is still connected, as a callable for a job (None outside a server).
+
+    docs/architecture.md, "Concurrency and cancellation": a job whose session has gone (the tab was
+    closed) cancels itself at its next batch instead of running on for nobody. Streamlit's runtime
+    knows its connected sessions; AppTest and bare script runs have no runtime, so no probe.
+    """
+    try:
+        from streamlit import runtime
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+        ctx = get_script_run_ctx()
+        if ctx is None or not runtime.exists():
+            return None
+        rt, sid = runtime.get_instance(), ctx.session_id
+    except Exception:  # noqa: BLE001 - another Streamlit version: jobs simply are not watched
+        return None
+    return lambda: rt.is_active_session(sid)
+
+
 def run_as_job(key: str, fn, title: str, wait_s: float = 0.0, supersedes: str | None = None, forget: bool = False):
     """Run ``fn(ctx)`` as a background job keyed by ``key``; show progress and a Cancel button.
 
@@ -332,7 +352,7 @@ def run_as_job(key: str, fn, title: str, wait_s: float = 0.0, supersedes: str | 
                 stale.cancel()
     job = JOBS.get(jobs.get(key))
     if job is None:
-        job = JOBS.submit(fn, title)
+        job = JOBS.submit(fn, title, owner_alive=session_probe())
         jobs[key] = job.id
         if wait_s > 0:
             job.wait(wait_s)

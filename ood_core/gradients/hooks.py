@@ -33,6 +33,7 @@ from torch import nn
 
 from ..concurrency import call_hooks
 from ..data import Dataset
+from ..jobs import checkpoint
 from ..models import ModelBundle
 from ..resources import env_var
 from . import per_sample as ps
@@ -256,6 +257,7 @@ def iter_chunks(bundle: ModelBundle, data: Dataset | np.ndarray | torch.Tensor, 
         head_only = ps._head_only(bundle, pl.names)  # noqa: SLF001
         start = 0
         for x in batches(pl.chunk):
+            checkpoint()  # a cancelled job or Ctrl-C stops between chunks
             x = x.to(pl.device)
             B = int(x.shape[0])
             acts, taps = _forward_backward(bundle, x, mods, loss, T, head_only)

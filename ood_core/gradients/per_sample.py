@@ -26,6 +26,7 @@ from torch import nn
 
 from ..concurrency import call_hooks, model_lock, private_module
 from ..data import Dataset
+from ..jobs import checkpoint
 from ..models import ModelBundle
 from ..resources import env_var, memory_budget
 from .settings import LOSSES, PARAM_SETS, GradientError, MemoryBudgetError, Progress
@@ -310,6 +311,7 @@ def iter_grad_blocks(bundle: ModelBundle, data: Dataset | np.ndarray | torch.Ten
         per_sample = vmap(grad(one), in_dims=(None, 0))
         start = 0
         for x in batches(B):
+            checkpoint()  # a cancelled job or Ctrl-C stops between chunks
             x = x.to(device)
             if head_only:
                 with torch.no_grad():

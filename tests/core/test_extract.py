@@ -82,15 +82,10 @@ from torch import nn
 from pathlib import Path
 torch.set_num_threads(1)
 from ood_core import extract as ex
-from fixtures_models import tiny_bundle, tiny_images
+from fixtures_models import slow_tiny_bundle, tiny_images
 delay, go, out = float(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 ex.CHUNK_ROWS = 8
-b = tiny_bundle()
-real = b.model[0].forward
-def slow(x):
-    time.sleep(delay)
-    return real(x)
-b.model[0].forward = slow  # not part of the fingerprint: both processes share the key
+b = slow_tiny_bundle(delay)  # the delay is no part of the fingerprint: both processes share the key
 ds = tiny_images(48)
 print("ready", flush=True)
 while not go.exists():
@@ -155,21 +150,20 @@ def test_two_threads_one_cold_pass(tmp_cache, monkeypatch):
     import threading
     import time
 
-    from fixtures_models import tiny_bundle, tiny_images
+    from fixtures_models import slow_tiny_bundle, tiny_images
 
     monkeypatch.setattr(ex, "CHUNK_ROWS", 8)
-    b = tiny_bundle()
-    real = b.model[0].forward
     delays = {"first": 0.1, "second": 0.3}
     calls = {"first": 0, "second": 0}
 
-    def slow(x):
+    def delay():
         name = threading.current_thread().name
+        if name not in delays:  # building the bundle probes the model once
+            return 0.0
         calls[name] += 1
-        time.sleep(delays[name])
-        return real(x)
+        return delays[name]
 
-    b.model[0].forward = slow  # the first layer: the bundle runs body and head, not model.forward
+    b = slow_tiny_bundle(delay)
     ds = tiny_images(48)
     out, err = {}, {}
 
