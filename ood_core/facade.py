@@ -234,8 +234,9 @@ def detector(name: str):
     return get_detector(name)
 
 
-def extraction(bundle: Any, name: str):
-    return _wb.get_extraction(bundle, name)
+def extraction(bundle: Any, name: str, progress: Progress | None = None):
+    """The cached extraction of ``name``; a pass that has to run reports to ``progress`` per batch."""
+    return _wb.get_extraction(bundle, name, progress=progress)
 
 
 _avail_lock = threading.Lock()

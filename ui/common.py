@@ -67,9 +67,28 @@ def get_bundle(spec: str | None = None):
 
 
 def extraction(bundle, name: str):
-    """Cached Extraction, with a spinner when the forward pass has to run."""
+    """Cached Extraction; a forward pass that has to run shows a progress bar and a Stop button.
+
+    docs/architecture.md, "Concurrency and cancellation": each batch updates the bar, and every
+    Streamlit call is a point where the script runner stops a run whose session closed or reruns
+    one the user changed; Stop is such a rerun, after which the pass is not started again until
+    the next interaction (its finished chunks are kept and resumed).
+    """
+    key = f"stop-extract:{bundle.fingerprint}:{name}"
+    if st.session_state.get(key):
+        st.warning(f"The forward pass on {name} was stopped; change a setting or rerun the page to resume it.")
+        st.stop()
+    shown: dict = {}
+
+    def progress(frac: float, msg: str) -> None:
+        if not shown:  # drawn only when a pass runs: a cached extraction draws nothing
+            box = st.container()
+            shown["bar"] = box.progress(0.0, msg)
+            box.button("Stop", key=key, help="stop this forward pass")
+        shown["bar"].progress(min(1.0, max(0.0, frac)), msg)
+
     with guard(f"extracting {name}"), st.spinner(f"Forward pass on {name}…"):
-        return fc.extraction(bundle, name)
+        return fc.extraction(bundle, name, progress)
 
 
 statistics_note = fc.statistics_note
