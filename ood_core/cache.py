@@ -114,9 +114,12 @@ class _ReadOnlyStore:
         self._con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False) if db.exists() else None
 
     def _sql(self, query: str, args: tuple) -> Any:
-        if self._con is None:
-            return sqlite3.connect(":memory:").execute("SELECT NULL WHERE 0")
-        return self._con.execute(query, args)
+        if self._con is not None:
+            try:
+                return self._con.execute(query, args)
+            except sqlite3.DatabaseError:  # a damaged index it may not rebuild: it serves nothing
+                pass
+        return sqlite3.connect(":memory:").execute("SELECT NULL WHERE 0")
 
     def get(self, key: str, default: Any = None) -> Any:
         row = self._sql("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1", (key,)).fetchone()
