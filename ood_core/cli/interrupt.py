@@ -29,7 +29,15 @@ _installed = False
 
 
 def say_interrupted() -> None:
-    """Print the interrupted line once, whoever gets there first (the main thread or the watcher)."""
+    """Print the interrupted line (the main thread's path: every interrupt it handles says so)."""
+    global _done
+    with _said:
+        _done = True
+    _fail("\n" + LINE)
+
+
+def _say_unless_said() -> None:
+    """The watcher's line, unless the main thread has already said it and is only slow to exit."""
     global _done
     with _said:
         if _done:
@@ -68,7 +76,7 @@ def _watch(r: int) -> None:
         ready, _, _ = select.select([r], [], [], left)
         if ready and SIGINT_BYTE in os.read(r, 64):
             break
-    say_interrupted()
+    _say_unless_said()
     sys.stderr.flush()
     os._exit(130)
 
