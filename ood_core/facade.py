@@ -462,6 +462,16 @@ def job(job_id: str | None):
     return JOBS.get(job_id) if job_id else None
 
 
+def cancel_job(job_id: str | None) -> bool:
+    """Ask a running job to stop at its next batch (docs/architecture.md, "Concurrency and cancellation");
+    False when there is no such running job."""
+    j = JOBS.get(job_id) if job_id else None
+    if j is None or not j.active:
+        return False
+    j.cancel()
+    return True
+
+
 # Formats training can start from (ModelBundle.info["format"]); archives are scored, never fine-tuned.
 _FINE_TUNABLE = ("state_dict", "workbench checkpoint")
 

@@ -367,8 +367,8 @@ def run_as_job(key: str, fn, title: str, wait_s: float = 0.0, supersedes: str | 
     if supersedes is not None:
         for other in [k for k in jobs if k != key and k.startswith(supersedes)]:
             stale = JOBS.get(jobs.pop(other))
-            if stale is not None and stale.active:
-                stale.cancel()
+            if stale is not None:
+                fc.cancel_job(stale.id)
     job = JOBS.get(jobs.get(key))
     if job is None:
         job = JOBS.submit(fn, title, owner_alive=session_probe())
@@ -380,7 +380,7 @@ def run_as_job(key: str, fn, title: str, wait_s: float = 0.0, supersedes: str | 
         eta = f", about {snap['eta']:.0f}s left" if snap["eta"] else ""
         st.progress(snap["fraction"], f"{title}: {snap['message'] or 'starting'}{eta}")
         if st.button("Cancel", key=f"cancel-{key}"):
-            job.cancel()
+            fc.cancel_job(job.id)
         time.sleep(0.5)
         st.rerun()
     if job.state == "failed":
