@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -205,3 +207,26 @@ def test_a_dead_pass_leaves_no_lock(tmp_cache):
     assert b.wait(60) == 0, b.stderr.read()
     assert np.load(tmp_cache.parent / "b.npy").shape == (48, 4)
     assert _chunks(tmp_cache) == []
+
+
+@pytest.mark.hostile
+def test_orphan_chunks_are_swept(tmp_cache):
+    """Chunks left by a pass that lost the race (entry stored, folder still there) are removed: the
+    folder of the key asked for on its next hit, any other stored key's folder after the next pass."""
+    from fixtures_models import tiny_bundle, tiny_images
+
+    b = tiny_bundle()
+    ds, other = tiny_images(16, seed=1), tiny_images(16, seed=2)
+    ex.extract(b, ds, batch_size=8, device="cpu")
+    key = ex.extraction_key(b, ds)
+    orphan = ex._partial_dir(key)  # noqa: SLF001
+    orphan.mkdir(parents=True)
+    (orphan / "c000000000008.npz").write_bytes(b"left behind")
+    ex.extract(b, ds, batch_size=8, device="cpu")  # a hit
+    assert not orphan.exists()
+    orphan.mkdir(parents=True)  # an orphan with a manifest naming its (stored) key
+    (orphan / "manifest.json").write_text(json.dumps({"batch_size": 8, "chunk": 8, "n": 16, "key": key}))
+    (orphan / "c000000000008.npz").write_bytes(b"left behind")
+    ex.extract(b, other, batch_size=8, device="cpu")  # another dataset's pass sweeps it
+    assert not orphan.exists()
+    assert not any((tmp_cache / "partial").iterdir())
