@@ -223,3 +223,49 @@ def test_cli_ctrl_c_during_a_long_forward_exits_within_seconds(tmp_path):
     assert took < 8.0
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert lines == ["interrupted; nothing was written for the unfinished step"], err
+
+
+@pytest.mark.hostile
+def test_run_as_job_cancels_when_the_browser_session_closes(monkeypatch):
+    """ui.common.run_as_job watches the Streamlit session that started the job: once the runtime
+    no longer knows the session (the tab was closed), the job stops at its next check."""
+    import types
+
+    import streamlit.runtime as rt
+    import streamlit.runtime.scriptrunner as sr
+
+    from ood_core import jobs
+    from ui import common
+
+    monkeypatch.setattr(jobs, "OWNER_GRACE_S", 0.2)
+    connected = {"s1"}
+    monkeypatch.setattr(rt, "exists", lambda: True)
+    monkeypatch.setattr(rt, "get_instance", lambda: types.SimpleNamespace(is_active_session=lambda s: s in connected))
+    monkeypatch.setattr(sr, "get_script_run_ctx", lambda *a, **k: types.SimpleNamespace(session_id="s1"))
+    session: dict = {}
+    monkeypatch.setattr(common.state, "setdefault", lambda name, value: session.setdefault(name, value))
+    monkeypatch.setattr(common.st, "progress", lambda *a, **k: None)
+    monkeypatch.setattr(common.st, "button", lambda *a, **k: False)
+
+    class Rerun(Exception):
+        pass
+
+    def rerun():
+        raise Rerun()
+
+    monkeypatch.setattr(common.st, "rerun", rerun)
+
+    def work(ctx):
+        while True:
+            time.sleep(0.02)
+            jobs.checkpoint()
+
+    with pytest.raises(Rerun):  # the job runs on; the page would poll it
+        common.run_as_job("odin:x", work, "odin")
+    job = JOBS.get(session["job_ids"]["odin:x"])
+    time.sleep(0.5)
+    assert job.active  # the session is there: it keeps running
+    connected.clear()  # the tab closed
+    job.wait(5)
+    assert job.state == "cancelled"
+    assert "session" in job.snapshot()["message"]
