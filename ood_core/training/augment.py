@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 AUGMENTATIONS = ("none", "shift", "crop_flip")
 DESCRIPTIONS = {
@@ -43,7 +42,8 @@ def crop_flip_at(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torc
     back to H×W at offset ``(dy[i], dx[i])`` and mirrored left-right where ``flip[i]``."""
     n, c, h, w = x.shape
     f = x.new_zeros(1, c, 1, 1) if fill is None else torch.as_tensor(fill, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    padded = F.pad(x - f, (pad,) * 4) + f  # constant padding with a per-channel value
+    padded = f.expand(n, c, h + 2 * pad, w + 2 * pad).clone()  # constant padding with a per-channel value
+    padded[:, :, pad:pad + h, pad:pad + w] = x
     dev = x.device
     rows = dy.to(dev).view(n, 1) + torch.arange(h, device=dev).view(1, h)
     cols = dx.to(dev).view(n, 1) + torch.arange(w, device=dev).view(1, w)

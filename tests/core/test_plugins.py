@@ -136,3 +136,40 @@ def test_app_shows_a_plugin_on_scores_and_compare(default_bundle, loaded):
     assert not at.exception, at.exception
     shown = " ".join(str(df.value.to_dict()) for df in at.dataframe)
     assert "energy_norm" in shown
+
+
+def test_app_reads_ood_plugins_at_start_up(default_bundle, loaded, tmp_path, monkeypatch):
+    """OOD_PLUGINS names a plugin file: the app loads it at start-up (nothing imported it before), and the
+    detector shows on Scores with its knob as a slider and its "plugin" badge naming the file, and has its
+    row on Compare."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    f = tmp_path / "env_plugin.py"
+    f.write_text(PLUGIN.format(cls="EnvMax", name="env_scaled_max"))
+    assert "env_scaled_max" not in detector_classes()
+    monkeypatch.setenv(plugins.ENV, f"{tmp_path / 'absent_plugin.py'},{f}")  # a missing entry is one line
+    st.cache_resource.clear()  # the app loads plugins once per process (st.cache_resource): start afresh
+    try:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+        at.switch_page("pages/1_Scores.py")
+        at.session_state["detector"] = "env_scaled_max"
+        at.run()
+        loaded.extend(i for i in plugins.plugins() if i.spec in (str(f), str(tmp_path / "absent_plugin.py")))
+        assert not at.exception, at.exception
+        assert plugins.source_of("env_scaled_max").spec == str(f)  # loaded by the app's start-up, from the env
+        slider = next(s for s in at.slider if s.label == "a")  # its knob, as a slider at its default
+        assert slider.value == 1.0 and (slider.min, slider.max) == (0.5, 2.0)
+        assert any("plugin · env_plugin.py" in m.value for m in at.markdown), [m.value for m in at.markdown]
+        assert any("absent_plugin.py" in w.value for w in at.sidebar.warning)  # the refused one: one line
+        assert at.selectbox(key="detector").value == "env_scaled_max"
+
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+        at.switch_page("pages/2_Compare.py")
+        at.session_state["cmp_detectors"] = ["energy", "env_scaled_max"]
+        at.run()
+        assert not at.exception, at.exception
+        shown = " ".join(str(df.value.to_dict()) for df in at.dataframe)
+        assert "env_scaled_max" in shown  # its row beside Energy
+    finally:
+        st.cache_resource.clear()
