@@ -207,7 +207,7 @@ def test_maps_colour_by_a_plugin_detector(default_bundle, tmp_path):
         _ok(at)
         label = "score: Half max logit · plugin (map_plugin.py)"
         assert label in at.selectbox(key="maps_color").options
-        assert "score: Energy" in at.selectbox(key="maps_color").options  # the built-ins stay
+        assert "score: Energy score" in at.selectbox(key="maps_color").options  # the built-ins stay
         at.selectbox(key="maps_color").set_value("half_maxlogit_map").run()
         _ok(at)
         res = {r.space: r for r in at.session_state["maps_results"].values()}
