@@ -41,7 +41,8 @@ def crop_flip_at(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torc
     """Row ``i`` of ``x`` (N, C, H, W) padded by ``pad`` with ``fill`` (per channel; default 0), cropped
     back to H×W at offset ``(dy[i], dx[i])`` and mirrored left-right where ``flip[i]``."""
     n, c, h, w = x.shape
-    f = x.new_zeros(1, c, 1, 1) if fill is None else torch.as_tensor(fill, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    f = (x.new_zeros(1, c, 1, 1) if fill is None
+         else torch.as_tensor(fill, dtype=x.dtype, device=x.device).view(1, -1, 1, 1))
     padded = f.expand(n, c, h + 2 * pad, w + 2 * pad).clone()  # constant padding with a per-channel value
     padded[:, :, pad:pad + h, pad:pad + w] = x
     dev = x.device
