@@ -408,6 +408,23 @@ def compute_map(bundle: Any, id_name: str, ood: Sequence[str], space: str, metho
                              dict(grad_params) if grad_params is not None else None, progress=progress, **knobs)
 
 
+def map_score_choices(bundle: Any, id_name: str) -> dict[str, str]:
+    """``{detector: label}`` of every score a map can be coloured (and its gallery ranked) by: the
+    detectors that can score this model, built-in and plugin (labelled with the plugin's source),
+    the scores every map carries (``maps.SCORE_COLUMNS``) first."""
+    avail = availability(bundle, id_name)
+    infos = {d.name: d for d in detectors() if avail.get(d.name) is None}
+    order = [n for n in _maps.SCORE_COLUMNS if n in infos] + [n for n in infos if n not in _maps.SCORE_COLUMNS]
+    return {n: infos[n].title + (f" · plugin ({infos[n].plugin})" if infos[n].plugin else "") for n in order}
+
+
+@action
+def add_map_score(res: Any, bundle: Any, id_name: str, detector: str, progress: Progress | None = None) -> None:
+    """Add one detector's scores to a map's points (``maps.add_score``), for colouring by a score the map
+    was not computed with (a plugin's, or any other available detector's)."""
+    _maps.add_score(res, bundle, id_name, detector, progress=progress)
+
+
 @action
 def gradients_ready(bundle: Any, id_name: str, ood: Sequence[str], grad_params: Mapping[str, Any]) -> bool:
     return _maps.gradients_ready(bundle, id_name, list(ood), grad_params)
@@ -457,6 +474,14 @@ def start_training(cfg: TrainConfig) -> str:
     return JOBS.submit(job_fn(cfg), f"train {cfg.method}").id
 
 
+def default_epochs(method: str, init: str, recipe: str = "default") -> int:
+    """The epochs a run gets when none are given: the paper recipe's, else the workbench's short budget."""
+    from .training.recipes import paper_recipe
+
+    epochs = paper_recipe(method).get("epochs") if recipe == "paper" else None
+    return int(epochs or DEFAULT_EPOCHS["scratch" if init == "scratch" else "finetune"])
+
+
 def job(job_id: str | None):
     """A background job by id (None when gone)."""
     return JOBS.get(job_id) if job_id else None
@@ -498,10 +523,7 @@ def training_init(spec: str) -> dict[str, Any]:
     with the options it was loaded with (its own preprocessing), so the checkpoint loads back the same way."""
     if not spec.startswith("upload:"):
         return {"init": spec, "load": {}}
-    entry = _persist.saved_uploads().get(spec)
-    if not entry:
-        raise UserError(f"uploaded model {spec!r} is not remembered; upload it again on the Models & data page")
-    return {"init": entry["path"], "load": {k: v for k, v in dict(entry.get("options") or {}).items() if k != "name"}}
+    return _persist.upload_init(spec)
 
 
 # =============================================================================== experiments and export
