@@ -46,6 +46,8 @@ def cmd_extract(a: argparse.Namespace) -> int:
     if failed:
         print(f"{len(failed)} files could not be decoded and were scored as blank images "
               f"(sample ids {', '.join(map(str, failed[:5]))}{'…' if len(failed) > 5 else ''})", file=sys.stderr)
+        for note in ext.extra.get("blank_files", [])[:5]:
+            print(f"  blank: {note}", file=sys.stderr)
     print(str(path))
     return 0
 
