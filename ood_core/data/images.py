@@ -446,7 +446,7 @@ def _check_entries(base: Path, lst: ImageList, list_name: str) -> tuple[np.ndarr
         if why is None:
             ok[c] = True
             continue
-        if why == "missing" and c in lst.unlabelled_spaced:  # most likely "path label" with a bad label
+        if c in lst.unlabelled_spaced and not os.path.lexists(os.path.join(base, rel)):  # "path label", bad label
             raise DataError(f"{list_name}, line {int(lst.lines[c])}: the label "
                             f"{lst.unlabelled_spaced[c][:20]!r} is not an integer (lines are 'path [label]')")
         problems[c] = f"{rel} ({why})"
