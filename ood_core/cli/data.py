@@ -91,6 +91,10 @@ def cmd_register(a: argparse.Namespace) -> int:
         extra += ", streamed from disk" if info["streamed"] else ""
         print(f"{ds.name}\t{spec.role if s == 'test' else 'id_train'}\t{info['images']} images {info['shape']}, "
               f"{info['classes']} classes, fingerprint {info['fingerprint']}{extra}")
+        names = ds.meta.get("skipped_files") or []
+        if info["skipped"] and names:  # which files, and why where the reader knows
+            more = "…" if info["skipped"] > 3 else ""
+            print(f"  skipped: {', '.join(names[:3])}{more}", file=sys.stderr)
     return 0
 
 

@@ -379,7 +379,8 @@ def test_hostile_image_lists_give_one_line_on_the_cli(reg, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert code == 2 and "\n" not in err and err.startswith("error: ") and msg in err, (name, err)
     assert cli.main(["register", "--path", str(root / "oneloop.txt"), "--name", "hl"]) == 0
-    assert "1 images" in capsys.readouterr().out
+    got = capsys.readouterr()
+    assert "1 images" in got.out and "skipped: loop.png (unreadable: Too many levels" in got.err
     ds = get_dataset("hl")
     assert ds.meta["skipped_files"] == ["loop.png (unreadable: Too many levels of symbolic links)"]
 
