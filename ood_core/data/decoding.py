@@ -5,7 +5,7 @@ whose pixels cannot be mapped) and by every decode (:func:`pixels`):
 
 - EXIF orientation is applied (the picture as a viewer shows it);
 - 8-bit modes (``1``, ``L``, ``P``, ``RGB``, ``CMYK``, ``YCbCr``, ``HSV``) convert with Pillow, as before;
-  CIELAB goes through littleCMS to sRGB;
+  other modes (CIELAB, Pillow's raw bit layouts) are refused: Pillow has no colour-correct conversion;
 - 16-bit greyscale (``I;16``, ``I;16B`` …) is scaled by its full range: ``v * 255 / 65535``, rounded,
   so a 16-bit file and its 8-bit copy give the same pixels;
 - 32-bit integer (``I``) and float (``F``) images carry no declared range: values in 0–255 are
@@ -73,7 +73,7 @@ def check(im: Any, name: str) -> None:
     only for the modes whose mapping depends on the values (``I``, ``F``); cheap otherwise."""
     if im.mode in ("I", "F"):
         _wide_to_uint8(im, name)
-    elif im.mode not in PLAIN + ALPHA + SIXTEEN + ("LAB",):
+    elif im.mode not in PLAIN + ALPHA + SIXTEEN:
         raise UnmappableImage(f"{name}: images of mode {im.mode} are not mapped to pixels "
                               "(save it as 8- or 16-bit greyscale, RGB or RGBA)")
 
@@ -93,8 +93,6 @@ def pixels(im: Any, gray: bool, name: str) -> np.ndarray:
         arr = one if gray else np.repeat(one[..., None], 3, axis=2)
     elif mode in ALPHA or mode == "P":
         arr = _over_black(im, gray)
-    elif mode == "LAB":
-        arr = np.asarray(_lab_to_rgb(im).convert(want))
     else:
         check(im, name)  # raises with the reason
         arr = np.asarray(im.convert(want))
@@ -141,10 +139,3 @@ def _over_black(im: Any, gray: bool) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.fromarray(rgb, "RGB").convert("L"))
-
-
-def _lab_to_rgb(im: Any) -> Any:
-    from PIL import ImageCms
-
-    t = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
-    return ImageCms.applyTransform(im, t)

@@ -355,15 +355,17 @@ def parsed_list(path: Path) -> ImageList:
         real = os.path.realpath(path)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path.name} is not a readable text file list ({_oserror(exc)})") from None
-    key = hashlib.sha256(f"{LIST_CACHE_VERSION}\0{real}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}".encode())
-    cfile = cache.subdir("datasets", "lists") / f"{key.hexdigest()[:24]}.npz"
-    got = _load_parsed(cfile)
+    # one entry per list (named by its path), holding the stamp it was parsed at: an edited list
+    # replaces its entry instead of leaving the old parse behind
+    cfile = cache.subdir("datasets", "lists") / f"{hashlib.sha256(real.encode()).hexdigest()[:24]}.npz"
+    stamp = np.asarray([LIST_CACHE_VERSION, st.st_size, st.st_mtime_ns, st.st_ino], np.int64)
+    got = _load_parsed(cfile, stamp)
     if got is not None:
         return got
     lst = _parse_list(path)
     buf = io.BytesIO()
     amb = sorted(lst.unlabelled_spaced.items())
-    np.savez(buf, paths=np.asarray(lst.paths, dtype=np.str_), codes=lst.codes, labels=lst.labels, lines=lst.lines,
+    np.savez(buf, stamp=stamp, paths=np.asarray(lst.paths, dtype=np.str_), codes=lst.codes, labels=lst.labels, lines=lst.lines,
              amb_idx=np.asarray([a for a, _ in amb], np.int64), amb_tok=np.asarray([t for _, t in amb], dtype=np.str_))
     try:
         cache.atomic_write_bytes(cfile, buf.getvalue())
@@ -372,9 +374,11 @@ def parsed_list(path: Path) -> ImageList:
     return lst
 
 
-def _load_parsed(cfile: Path) -> ImageList | None:
+def _load_parsed(cfile: Path, stamp: np.ndarray) -> ImageList | None:
     try:
         with np.load(cfile, allow_pickle=False) as z:
+            if not np.array_equal(z["stamp"], stamp):
+                return None
             paths = z["paths"].tolist()
             return ImageList(paths, z["codes"], z["labels"], z["lines"],
                              dict(zip(z["amb_idx"].tolist(), z["amb_tok"].tolist())))
@@ -459,8 +463,6 @@ def _entry_problem(base: Path, inside: str, rel: str, dirs: dict[str, bool], sta
     norm = os.path.normpath(rel)
     if norm == os.pardir or norm.startswith(os.pardir + os.sep):
         return "outside the list's folder"
-    if os.path.splitext(norm)[1].lower() not in IMAGE_EXTS or os.path.basename(norm).startswith("."):
-        return "not an image file"
     d = os.path.dirname(norm)
     if d not in dirs:
         real = os.path.realpath(os.path.join(base, d))
@@ -470,6 +472,8 @@ def _entry_problem(base: Path, inside: str, rel: str, dirs: dict[str, bool], sta
     p = os.path.join(base, norm)
     try:
         st = os.lstat(p)
+        if os.path.splitext(norm)[1].lower() not in IMAGE_EXTS or os.path.basename(norm).startswith("."):
+            return "not an image file"
         if stat.S_ISLNK(st.st_mode):  # a link counts when its target is a file inside the folder
             real = os.path.realpath(p)
             if not real.startswith(inside.rstrip(os.sep) + os.sep):

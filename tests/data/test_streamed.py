@@ -352,7 +352,7 @@ def _cut_jpeg_folder(root: Path, n: int = 8, cut: int = 5) -> Path:
 
 
 @pytest.mark.hostile
-def test_a_cut_colour_jpeg_becomes_a_named_blank_also_on_resume(tmp_path, monkeypatch, default_bundle):
+def test_a_cut_colour_jpeg_becomes_a_named_blank_also_on_resume(tmp_path, monkeypatch, default_bundle, tmp_cache):
     """Issue 27, item 5: the blank stand-in had the model's 1 channel, the images 3: every pass
     crashed in torch.stack, and a resumed pass at the same file."""
     ds = R.load_local(_cut_jpeg_folder(tmp_path / "photos"), name="cut")
@@ -362,7 +362,7 @@ def test_a_cut_colour_jpeg_becomes_a_named_blank_also_on_resume(tmp_path, monkey
     assert whole.extra["blank_files"][0].startswith("p5.jpg: cannot be read (OSError")
     # a pass interrupted after its first chunk, then resumed: the cut file is in the resumed part
     monkeypatch.setattr(ex, "CHUNK_ROWS", 4)
-    key = "cut-resume-test"
+    key = ex.extraction_key(default_bundle, ds)
 
     def stop(frac, msg):
         if frac >= 0.5:
