@@ -388,6 +388,8 @@ def run_forward(bundle: ModelBundle, ds: Dataset, batch_size: int | None = None,
                            f"(first: sample {int(ds.sample_ids[bad.argmax()])}); check its weights and preprocessing")
     if len(failed):
         extra["decode_failed"] = [int(ds.sample_ids[i]) for i in failed]
+        if hasattr(ds, "blank_notes"):  # which files became blanks, and why (the first 20)
+            extra["blank_files"] = ds.blank_notes(failed)  # type: ignore[attr-defined]
     return Extraction(lg, ft, ds.labels, w, b, ds.name, ds.sample_ids, bundle.fingerprint, ds.fingerprint, extra=extra)
 
 
