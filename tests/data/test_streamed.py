@@ -105,6 +105,11 @@ def test_extraction_resumes_after_sigkill_bit_identical(tmp_path, monkeypatch, d
 
 
 def test_a_changed_file_changes_the_fingerprint_and_evaluate_recomputes(tmp_path, monkeypatch, default_bundle):
+    from ood_core.data import registry
+
+    # On a busy machine signing 12 files can pass STAMP_CHEAP_S, and the signature would then be reused
+    # for a while (by design, for big folders): this test is about a folder signed on every use.
+    monkeypatch.setattr(registry, "STAMP_CHEAP_S", float("inf"))
     folder = photo_folder(tmp_path / "live", n=12, seed=1)
     persist.register_local(folder, "live_stream", "ood_test", persist=False)
     try:
