@@ -70,9 +70,10 @@ def load_model(spec: str = "default", progress: Progress | None = None):
 
 
 def default_model_missing() -> bool:
-    """Whether the embedded default still has to be trained (the first launch)."""
-    from .models.checkpoints import default_model_path
-    return not default_model_path().exists()
+    """Whether the embedded default still has to be trained: no cached copy and no usable shipped one
+    (docs/architecture.md, "First launch")."""
+    from .models.checkpoints import default_needs_training
+    return default_needs_training()
 
 
 def restore_saved():

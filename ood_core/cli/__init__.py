@@ -47,7 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     and exit 2 (130 for Ctrl-C); any other exception is a bug and keeps its traceback.
     """
     from .. import distributed as D
+    from ..resources import configure_threads
 
+    configure_threads()  # before torch loads OpenMP (docs/architecture.md, "Threads")
     if D.launched():  # torchrun: docs/architecture.md, "Distributed passes"
         return _main_distributed(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -68,6 +68,7 @@ def test_bundle_split_leaves_the_model_intact(default_bundle):
 
 def test_damaged_default_checkpoint_is_retrained(tmp_cache, monkeypatch):
     from ood_core.models import checkpoints as ck
+    monkeypatch.setattr(ck, "SHIPPED_DEFAULT", tmp_cache / "no-shipped-copy.pt")  # else the shipped copy replaces it
     path = ck.default_model_path()
     path.write_bytes(b"not a checkpoint")
     path.with_suffix(".json").write_text('{"arch": "small_cnn", "num_classes": 10, "preprocess": {}}')

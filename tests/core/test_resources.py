@@ -1,5 +1,6 @@
 """One memory-budget rule (ood_core/resources.py; docs/architecture.md, "Memory"): the variable,
 the default fraction of free memory, bad values, and the deprecated names of earlier releases."""
+import os
 import warnings
 
 import pytest
@@ -73,3 +74,13 @@ def test_unknown_kind_is_a_programming_error():
 
 def test_free_bytes_on_this_machine_is_positive():
     assert R.free_bytes("cpu") > 0
+
+
+def test_thread_policy_fills_in_only_what_the_user_left_unset():
+    env = {"OMP_NUM_THREADS": "7"}
+    done = R.configure_threads(env)
+    assert done == {"OMP_WAIT_POLICY": "passive"} and env["OMP_NUM_THREADS"] == "7"
+    env = {"OMP_WAIT_POLICY": " "}
+    R.configure_threads(env)
+    assert env == {"OMP_WAIT_POLICY": "passive", "OMP_NUM_THREADS": str(R.available_cpus())}
+    assert 1 <= R.available_cpus() <= (os.cpu_count() or 1)
