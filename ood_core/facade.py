@@ -12,7 +12,14 @@ they are part of the action's result, and writing them again here would only dup
 """
 from __future__ import annotations
 
-import functools
+from .resources import configure_threads
+
+# The app's first import of the backend: set the thread policy before anything below imports torch
+# (OpenMP threads that sleep rather than spin, as many as the CPUs we may use; a value the user set
+# is kept; docs/architecture.md, "Threads").
+configure_threads()
+
+import functools  # everything from here on comes after the thread policy
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
