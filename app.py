@@ -19,14 +19,8 @@ import streamlit as st
 # 1 ms hands the GIL over sooner (docs/architecture.md, "The app").
 sys.setswitchinterval(0.001)
 
-from ood_core.resources import configure_threads
-
-# Before anything imports torch: OpenMP threads that sleep rather than spin, as many as the CPUs we
-# may use (docs/architecture.md, "Threads"); a value the user set is kept.
-configure_threads()
-
-from ood_core import facade  # noqa: E402 - after the thread policy
-from ui import common  # noqa: E402
+from ood_core import facade
+from ui import common
 
 st.set_page_config(page_title="Gradient-OOD workbench", layout="wide")
 
