@@ -98,13 +98,15 @@ def get_benchmark(name: str) -> Benchmark:
 
 def _first_entry(path: Path) -> tuple[int, str | None]:
     """How many entries a list has, and its first path (cheap: the images are not opened)."""
+    from .data.images import parse_entry
+
     n, first = 0, None
-    with path.open(encoding="utf-8", errors="replace") as f:
+    with path.open(encoding="utf-8-sig", errors="replace") as f:  # -sig: a BOM is not part of the first path
         for line in f:
-            line = line.split("#", 1)[0].strip()
-            if line:
+            entry = parse_entry(line)
+            if entry:
                 n += 1
-                first = first or line.replace(",", " ").split()[0]
+                first = first or entry[0]
     return n, first
 
 

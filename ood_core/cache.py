@@ -125,9 +125,12 @@ class _ReadOnlyStore:
         self._con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False) if db.exists() else None
 
     def _sql(self, query: str, args: tuple) -> Any:
-        if self._con is None:
-            return sqlite3.connect(":memory:").execute("SELECT NULL WHERE 0")
-        return self._con.execute(query, args)
+        if self._con is not None:
+            try:
+                return self._con.execute(query, args)
+            except sqlite3.DatabaseError:  # a damaged index it may not rebuild: it serves nothing
+                pass
+        return sqlite3.connect(":memory:").execute("SELECT NULL WHERE 0")
 
     def get(self, key: str, default: Any = None) -> Any:
         row = self._sql("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1", (key,)).fetchone()
@@ -137,6 +140,9 @@ class _ReadOnlyStore:
         if mode == diskcache.core.MODE_BINARY and filename:
             return (Path(self.directory) / filename).read_bytes()
         return bytes(value) if value is not None else default
+
+    def __contains__(self, key: str) -> bool:
+        return self._sql("SELECT 1 FROM Cache WHERE key = ?", (key,)).fetchone() is not None
 
     def set(self, key: str, value: Any) -> None:
         raise OSError(errno.EROFS, "read-only cache")
@@ -155,6 +161,10 @@ def _read_only(d: str, exc: BaseException) -> _ReadOnlyStore:
     return _ReadOnlyStore(d)
 
 
+def _open(d: str) -> diskcache.Cache:
+    return diskcache.Cache(d, size_limit=2**34, disk_min_file_size=1024)
+
+
 def _store() -> diskcache.Cache | _ReadOnlyStore:
     d = str(cache_dir() / "arrays")
     with _lock:
@@ -163,7 +173,12 @@ def _store() -> diskcache.Cache | _ReadOnlyStore:
             # A missing folder (deleted while the app runs) is recreated, not an error.
             try:
                 _ensure_dir(Path(d))
-                c = diskcache.Cache(d, size_limit=2**34, disk_min_file_size=1024)
+                try:
+                    c = _open(d)
+                except sqlite3.DatabaseError as exc:
+                    if not _damaged(exc):
+                        raise
+                    c = _rebuild_index(d, exc)
             except StorageError as exc:
                 c = _read_only(d, exc)
             except (OSError, sqlite3.OperationalError) as exc:
@@ -172,6 +187,72 @@ def _store() -> diskcache.Cache | _ReadOnlyStore:
                 c = _read_only(d, exc)
             _caches[d] = c
         return c
+
+
+def _damaged(exc: BaseException) -> bool:
+    """Whether ``exc`` says the SQLite index itself is damaged (not locked, not a full disk)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return "malformed" in str(exc).lower()
+    return isinstance(exc, sqlite3.DatabaseError)
+
+
+def _rebuild_index(d: str, why: BaseException) -> diskcache.Cache:
+    """Set a damaged ``cache.db`` aside (``cache.db.damaged-TIMESTAMP``) and index the value files again.
+
+    docs/architecture.md, "Cache keys": every value file starts with its payload's checksum and
+    its key, so a new index can be built from the files alone; a file that fails its checksum
+    or predates the key header is left where it is (its entry is recomputed when next asked for).
+    One warning says what happened. Two processes finding the damage at once rebuild once (a lock).
+    """
+    db = Path(d) / "cache.db"
+    with file_lock(db):
+        try:  # another process may have rebuilt it while this one waited for the lock
+            return _open(d)
+        except sqlite3.DatabaseError as exc:
+            if not _damaged(exc):
+                raise
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = db.with_name(f"cache.db.damaged-{stamp}")
+        n = 1
+        while aside.exists():
+            aside, n = db.with_name(f"cache.db.damaged-{stamp}-{n}"), n + 1
+        os.replace(db, aside)
+        for suffix in ("-wal", "-shm"):  # the journal of the old file must not be replayed into the new one
+            side = db.with_name("cache.db" + suffix)
+            if side.exists():
+                os.replace(side, aside.with_name(aside.name + suffix))
+        c = _open(d)
+        kept = skipped = 0
+        for f in sorted(Path(d).rglob("*.val")):
+            try:
+                blob = f.read_bytes()
+                key = _blob_key(blob)
+                _unpack(blob)  # checksum
+            except Exception:  # noqa: BLE001 - damaged or unreadable: recomputed when asked for
+                key = None
+            if key is None:
+                skipped += 1
+                continue
+            c.set(key, blob)  # a new value file; the old one is then a duplicate
+            f.unlink(missing_ok=True)
+            kept += 1
+    log.warning("the cache index %s was damaged (%s); kept it as %s and rebuilt the index from the cached "
+                "arrays: %d entries recovered%s", db, first_line(why), aside.name, kept,
+                f", {skipped} files without a readable key left for recomputation" if skipped else "")
+    return c
+
+
+def _recover(store: Any, exc: BaseException) -> diskcache.Cache | _ReadOnlyStore | None:
+    """After a damaged-index error on an open handle: a rebuilt store, or None when ``exc`` is another error."""
+    if not _damaged(exc) or isinstance(store, _ReadOnlyStore):
+        return None
+    d = store.directory
+    with _lock:
+        if _caches.get(d) is store:
+            with contextlib.suppress(Exception):
+                store.close()
+            del _caches[d]
+    return _store()
 
 
 def reset() -> None:
@@ -225,17 +306,31 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _pack(arrays: Mapping[str, np.ndarray]) -> bytes:
+def _pack(arrays: Mapping[str, np.ndarray], key: str = "") -> bytes:
+    """``SHA256 KEY\n`` then the npz payload: the key in the header lets a damaged index be rebuilt
+    from the value files alone (:func:`_rebuild_index`)."""
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     payload = buf.getvalue()
-    return hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+    head = hashlib.sha256(payload).hexdigest() + (f" {key}" if key else "")
+    return head.encode() + b"\n" + payload
+
+
+_HEAD_MAX = 64 + 1 + 512  # digest, space, key
+
+
+def _blob_key(blob: bytes) -> str | None:
+    """The key stored in an entry's header (None for entries written before keys were)."""
+    head = blob[:_HEAD_MAX].split(b"\n", 1)[0]
+    parts = head.split(b" ", 1)
+    return parts[1].decode("utf-8", "replace") if len(parts) == 2 and parts[1] else None
 
 
 def _unpack(blob: bytes) -> dict[str, np.ndarray]:
-    if not isinstance(blob, (bytes, bytearray)) or b"\n" not in blob[:80]:
+    if not isinstance(blob, (bytes, bytearray)) or b"\n" not in blob[:_HEAD_MAX]:
         raise CacheCorrupt("entry has no checksum header")
-    digest, payload = blob.split(b"\n", 1)
+    head, payload = blob.split(b"\n", 1)
+    digest = head.split(b" ", 1)[0]
     if hashlib.sha256(payload).hexdigest().encode() != digest:
         raise CacheCorrupt("checksum mismatch (truncated or half-written entry)")
     with np.load(io.BytesIO(payload), allow_pickle=False) as z:
@@ -247,6 +342,11 @@ def get_arrays(key: str) -> dict[str, np.ndarray] | None:
     store = _store()
     try:
         blob = store.get(key, default=None)
+    except sqlite3.DatabaseError as exc:  # the index was damaged while this process had it open
+        again = _recover(store, exc)
+        if again is None:
+            raise
+        blob = again.get(key, default=None)
     except Exception as exc:  # diskcache raises on a vanished value file
         log.warning("cache entry %s unreadable (%s); dropping it", key, exc)
         _drop(store, key)
@@ -278,7 +378,14 @@ def put_arrays(key: str, arrays: Mapping[str, np.ndarray]) -> bool:
         return False
     store = _store()
     try:
-        store.set(key, _pack(arrays))
+        try:
+            store.set(key, _pack(arrays, key))
+        except sqlite3.DatabaseError as exc:  # the index was damaged while this process had it open
+            again = _recover(store, exc)
+            if again is None:
+                raise
+            store = again
+            store.set(key, _pack(arrays, key))
         return True
     except (OSError, sqlite3.OperationalError) as exc:
         if not storage_failure(exc):
@@ -289,14 +396,25 @@ def put_arrays(key: str, arrays: Mapping[str, np.ndarray]) -> bool:
         return False
 
 
-def cached_arrays(key: str, compute: Callable[[], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def cached_arrays(key: str, compute: Callable[[], Mapping[str, np.ndarray]],
+                  waiting: Callable[[], None] | None = None) -> dict[str, np.ndarray]:
     """Return the cached arrays for ``key`` or compute, store and return them.
 
-    Under torchrun every rank computes when any rank misses (the computation may hold
-    collectives all ranks must join); only rank 0 stores."""
+    One computation per key at a time across threads and processes (:func:`key_lock`): a second
+    caller waits (calling ``waiting`` about twice a second; it may raise to stop waiting) and
+    then reuses the first one's entry. Under torchrun every rank computes when any rank misses
+    (the computation may hold collectives all ranks must join, so no lock); only rank 0 stores."""
     hit = get_arrays(key)
-    if distributed.is_distributed() and distributed.any_true(hit is None):
-        hit = None
+    if distributed.is_distributed():
+        if distributed.any_true(hit is None):
+            hit = None
+    elif hit is None:
+        with key_lock(key, waiting):
+            hit = get_arrays(key)  # the pass we waited for has stored it
+            if hit is None:
+                arrays = {k: np.asarray(v) for k, v in compute().items()}
+                put_arrays(key, arrays)
+                return arrays
     if hit is not None:
         return hit
     arrays = {k: np.asarray(v) for k, v in compute().items()}
@@ -306,6 +424,69 @@ def cached_arrays(key: str, compute: Callable[[], Mapping[str, np.ndarray]]) -> 
 
 def has(key: str) -> bool:
     return get_arrays(key) is not None
+
+
+def contains(key: str) -> bool:
+    """Whether an entry for ``key`` is stored (not read nor checked: cheap)."""
+    try:
+        return key in _store()
+    except Exception:  # noqa: BLE001 - an unreadable index holds nothing we can use
+        return False
+
+
+# --- one computation per key (docs/architecture.md, "Concurrency and cancellation") ------
+
+_held = threading.local()
+
+
+def _lock_path(key: str) -> Path:
+    return subdir("locks") / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.lock"
+
+
+@contextlib.contextmanager
+def key_lock(key: str, waiting: Callable[[], None] | None = None, blocking: bool = True,
+             poll_s: float = 0.5) -> Iterator[bool]:
+    """Hold the cross-process lock of ``key`` (``cache/locks/<hash>.lock``); yields whether it is held.
+
+    filelock takes ``flock`` on the lock file: exclusive between processes and between threads
+    (each call opens its own descriptor), and released by the OS when its holder dies, so a killed
+    pass never blocks the next one, which then resumes its chunks. The wait polls, calling
+    ``waiting`` between polls (a job's progress callback raises there when cancelled).
+    ``blocking=False`` yields False at once when another holder has it. Re-entering a key this
+    thread already holds is a no-op. A cache that cannot be written holds no lock (yields True:
+    there is nothing to protect on disk).
+    """
+    held: set[str] = _held.__dict__.setdefault("keys", set())
+    if key in held:
+        yield True
+        return
+    try:
+        lock = filelock.FileLock(str(_lock_path(key)))
+        got = lock.acquire(timeout=0 if not blocking else poll_s) and True
+    except filelock.Timeout:
+        got = False
+    except (OSError, StorageError) as exc:
+        if isinstance(exc, OSError) and not storage_failure(exc):
+            raise
+        yield True
+        return
+    while not got and blocking:
+        if waiting is not None:
+            waiting()
+        try:
+            lock.acquire(timeout=poll_s)
+            got = True
+        except filelock.Timeout:
+            pass
+    if not got:
+        yield False
+        return
+    held.add(key)
+    try:
+        yield True
+    finally:
+        held.discard(key)
+        lock.release()
 
 
 def value_path(key: str) -> Path | None:

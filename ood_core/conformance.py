@@ -442,7 +442,7 @@ def _trainer(name: str, params: dict[str, Any] | None = None) -> Any:
     from .training import TrainConfig
     from .training.loop import Trainer
     return Trainer(TrainConfig(name, init="default", epochs=1, seed=0, n_train=32, n_eval=16,
-                               params={"batch_size": METHOD_BATCH, "augment": False, **(params or {})}))
+                               params={"batch_size": METHOD_BATCH, "augment": "none", **(params or {})}))
 
 
 def _loss(trainer: Any, seed: int = 0) -> dict[str, Any]:
@@ -504,7 +504,7 @@ def check_method_knobs(name: str, ctx: Context) -> None:
                 _terms_ok(m, _loss(tr), f"knob edge {k.name}={v!r}")
             except UserError:
                 continue
-    tr.k = m.resolve({"batch_size": METHOD_BATCH, "augment": False})
+    tr.k = m.resolve({"batch_size": METHOD_BATCH, "augment": "none"})
 
 
 def check_method_loss(name: str, ctx: Context) -> None:

@@ -8,6 +8,7 @@ batches, so the same bits). The batch size itself is measured on the machine onc
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -22,8 +23,10 @@ import torch
 
 from . import cache
 from . import distributed as D
+from .concurrency import call_hooks
 from .data import Dataset
 from .errors import UserError, first_line
+from .jobs import checkpoint
 from .models import ModelBundle
 from .resources import env_var, memory_budget
 
@@ -200,13 +203,8 @@ def forward_bytes_per_sample(bundle: ModelBundle) -> int:
             peak[0] = max(peak[0], out.numel())
 
     mods = [m for m in bundle.model.modules() if not list(m.children()) and not isinstance(m, torch.jit.ScriptModule)]
-    handles = [m.register_forward_hook(hook) for m in mods]
-    try:
-        with torch.inference_mode():
-            bundle.model(x.to(bundle.device))
-    finally:
-        for h in handles:
-            h.remove()
+    with call_hooks(mods, hook), torch.inference_mode():  # call-scoped: another thread may run the model
+        bundle.model(x.to(bundle.device))
     largest = peak[0] or 16 * x.numel()
     return 4 * (2 * x.numel() + 3 * largest)
 
@@ -355,7 +353,7 @@ def run_forward(bundle: ModelBundle, ds: Dataset, batch_size: int | None = None,
     if d is not None and not manifest:
         d.mkdir(parents=True, exist_ok=True)
         cache.atomic_write_bytes(d / "manifest.json",
-                                 json.dumps({"batch_size": batch_size, "chunk": chunk, "n": n}).encode())
+                                 json.dumps({"batch_size": batch_size, "chunk": chunk, "n": n, "key": resume_key}).encode())
     model_dev = bundle.device
     bundle.to(device)
     extra: dict = {"batch_size": batch_size, "resumed_at": pos} if pos else {"batch_size": batch_size}
@@ -370,6 +368,7 @@ def run_forward(bundle: ModelBundle, ds: Dataset, batch_size: int | None = None,
             ds.failed.clear()  # type: ignore[attr-defined]
         with torch.inference_mode():
             for x in ds.batches(bundle.preprocess, batch_size, rows if pos else None, workers, device):
+                checkpoint()  # a cancelled job or Ctrl-C stops here, between batches (chunks so far are kept)
                 x = x.to(device, non_blocking=True)
                 if amp is not None:
                     if "autocast_check" not in extra:
@@ -403,6 +402,8 @@ def run_forward(bundle: ModelBundle, ds: Dataset, batch_size: int | None = None,
                            f"(first: sample {int(ds.sample_ids[bad.argmax()])}); check its weights and preprocessing")
     if len(failed):
         extra["decode_failed"] = [int(ds.sample_ids[i]) for i in failed]
+        if hasattr(ds, "blank_notes"):  # which files became blanks, and why (the first 20)
+            extra["blank_files"] = ds.blank_notes(failed)  # type: ignore[attr-defined]
     return Extraction(lg, ft, ds.labels, w, b, ds.name, ds.sample_ids, bundle.fingerprint, ds.fingerprint, extra=extra)
 
 
@@ -448,7 +449,11 @@ def _autocast_check(bundle: ModelBundle, x: torch.Tensor, dev_type: str, amp: to
 def extract(bundle: ModelBundle, ds: Dataset, batch_size: int | None = None, device: str | None = None,
             progress: Progress | None = None, autocast: str = "off", workers: int | None = None) -> Extraction:
     """Cached :func:`run_forward`: a second call with the same inputs does no forward pass; a call
-    after a killed one resumes it."""
+    after a killed one resumes it.
+
+    docs/architecture.md, "Concurrency and cancellation": one pass per key at a time across
+    threads and processes; a second caller waits for the first and reuses its entry (or, when
+    the first died, takes over its chunks)."""
     key = extraction_key(bundle, ds, autocast)
     hit = cache.get_arrays(key)
     if D.is_distributed():  # docs/architecture.md, "Distributed passes": the same key, rank 0 writes
@@ -457,15 +462,46 @@ def extract(bundle: ModelBundle, ds: Dataset, batch_size: int | None = None, dev
             hit = {k: np.asarray(v) for k, v in ext0.arrays().items()}
             cache.put_arrays(key, hit)  # a no-op on the other ranks
             D.barrier()  # the entry is in: every rank drops its own chunks
-            shutil.rmtree(_partial_dir(_rank_key(key)), ignore_errors=True)
+            with cache.key_lock(_rank_key(key)):  # not under another job's pass over the same shard
+                shutil.rmtree(_partial_dir(_rank_key(key)), ignore_errors=True)
     elif hit is None:
-        ext0 = run_forward(bundle, ds, batch_size, device, progress, autocast, resume_key=key, workers=workers)
-        hit = {k: np.asarray(v) for k, v in ext0.arrays().items()}
-        cache.put_arrays(key, hit)
-        shutil.rmtree(_partial_dir(key), ignore_errors=True)  # only once the whole entry is in
+        def waiting() -> None:
+            checkpoint()
+            if progress:  # a cancelled job's callback raises here: the wait stops
+                progress(0.0, f"waiting for another forward pass on {ds.name} (same model and data) to finish")
+
+        with cache.key_lock(key, waiting):
+            hit = cache.get_arrays(key)  # the pass we waited for stored it
+            if hit is None:
+                ext0 = run_forward(bundle, ds, batch_size, device, progress, autocast, resume_key=key, workers=workers)
+                hit = {k: np.asarray(v) for k, v in ext0.arrays().items()}
+                cache.put_arrays(key, hit)
+            shutil.rmtree(_partial_dir(key), ignore_errors=True)  # only once the whole entry is in
+        sweep_partials()
+    elif _partial_dir(key).exists():  # left by a pass that raced an older version of this code
+        with cache.key_lock(key, blocking=False) as mine:
+            if mine:
+                shutil.rmtree(_partial_dir(key), ignore_errors=True)
     ext = Extraction.from_arrays(hit)
     ext.dataset = ds.name  # the same images may be registered under another name
     return ext
+
+
+def sweep_partials() -> int:
+    """Remove ``cache/partial/`` folders no pass needs: their entry is stored and no pass holds their
+    key. A folder of a pass that died before its entry was stored is kept: the next pass resumes it."""
+    root = cache.cache_dir() / "partial"
+    removed = 0
+    for d in sorted(root.iterdir()) if root.is_dir() else ():
+        m = _read_manifest(d) or {}
+        key = m.get("key")
+        if not isinstance(key, str) or not cache.contains(key):
+            continue
+        with cache.key_lock(key, blocking=False) as mine:
+            if mine:
+                shutil.rmtree(d, ignore_errors=True)
+                removed += 1
+    return removed
 
 
 def run_forward_sharded(bundle: ModelBundle, ds: Dataset, batch_size: int | None = None, device: str | None = None,
@@ -494,8 +530,12 @@ def run_forward_sharded(bundle: ModelBundle, ds: Dataset, batch_size: int | None
     if progress is not None and D.is_writer():
         def prog(f: float, _msg: str) -> None:
             progress(f, f"forward pass on {ds.name}: {min(n, round(f * n))}/{n} ({w} ranks)")
-    local = run_forward(bundle, ds.subset(idx), batch_size, device, prog, autocast, workers=workers,
-                        resume_key=_rank_key(resume_key) if resume_key else None)
+    rk = _rank_key(resume_key) if resume_key else None
+    # this shard's chunks are another job's too when two jobs share the cache: one at a time (held
+    # over this rank's own pass only, never across a collective, so jobs cannot deadlock)
+    with cache.key_lock(rk) if rk else contextlib.nullcontext():
+        local = run_forward(bundle, ds.subset(idx), batch_size, device, prog, autocast, workers=workers,
+                            resume_key=rk)
     lg = D.gather_rows(local.logits)
     ft = D.gather_rows(local.features)
     failed = [i for part in D.gather_objects(local.extra.get("decode_failed", [])) for i in part]

@@ -12,7 +12,14 @@ they are part of the action's result, and writing them again here would only dup
 """
 from __future__ import annotations
 
-import functools
+from .resources import configure_threads
+
+# The app's first import of the backend: set the thread policy before anything below imports torch
+# (OpenMP threads that sleep rather than spin, as many as the CPUs we may use; a value the user set
+# is kept; docs/architecture.md, "Threads").
+configure_threads()
+
+import functools  # everything from here on comes after the thread policy
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,9 +77,10 @@ def load_model(spec: str = "default", progress: Progress | None = None):
 
 
 def default_model_missing() -> bool:
-    """Whether the embedded default still has to be trained (the first launch)."""
-    from .models.checkpoints import default_model_path
-    return not default_model_path().exists()
+    """Whether the embedded default still has to be trained: no cached copy and no usable shipped one
+    (docs/architecture.md, "First launch")."""
+    from .models.checkpoints import default_needs_training
+    return default_needs_training()
 
 
 def restore_saved():
@@ -234,8 +242,9 @@ def detector(name: str):
     return get_detector(name)
 
 
-def extraction(bundle: Any, name: str):
-    return _wb.get_extraction(bundle, name)
+def extraction(bundle: Any, name: str, progress: Progress | None = None):
+    """The cached extraction of ``name``; a pass that has to run reports to ``progress`` per batch."""
+    return _wb.get_extraction(bundle, name, progress=progress)
 
 
 _avail_lock = threading.Lock()
@@ -407,6 +416,23 @@ def compute_map(bundle: Any, id_name: str, ood: Sequence[str], space: str, metho
                              dict(grad_params) if grad_params is not None else None, progress=progress, **knobs)
 
 
+def map_score_choices(bundle: Any, id_name: str) -> dict[str, str]:
+    """``{detector: label}`` of every score a map can be coloured (and its gallery ranked) by: the
+    detectors that can score this model, built-in and plugin (labelled with the plugin's source),
+    the scores every map carries (``maps.SCORE_COLUMNS``) first."""
+    avail = availability(bundle, id_name)
+    infos = {d.name: d for d in detectors() if avail.get(d.name) is None}
+    order = [n for n in _maps.SCORE_COLUMNS if n in infos] + [n for n in infos if n not in _maps.SCORE_COLUMNS]
+    return {n: infos[n].title + (f" · plugin ({infos[n].plugin})" if infos[n].plugin else "") for n in order}
+
+
+@action
+def add_map_score(res: Any, bundle: Any, id_name: str, detector: str, progress: Progress | None = None) -> None:
+    """Add one detector's scores to a map's points (``maps.add_score``), for colouring by a score the map
+    was not computed with (a plugin's, or any other available detector's)."""
+    _maps.add_score(res, bundle, id_name, detector, progress=progress)
+
+
 @action
 def gradients_ready(bundle: Any, id_name: str, ood: Sequence[str], grad_params: Mapping[str, Any]) -> bool:
     return _maps.gradients_ready(bundle, id_name, list(ood), grad_params)
@@ -456,9 +482,27 @@ def start_training(cfg: TrainConfig) -> str:
     return JOBS.submit(job_fn(cfg), f"train {cfg.method}").id
 
 
+def default_epochs(method: str, init: str, recipe: str = "default") -> int:
+    """The epochs a run gets when none are given: the paper recipe's, else the workbench's short budget."""
+    from .training.recipes import paper_recipe
+
+    epochs = paper_recipe(method).get("epochs") if recipe == "paper" else None
+    return int(epochs or DEFAULT_EPOCHS["scratch" if init == "scratch" else "finetune"])
+
+
 def job(job_id: str | None):
     """A background job by id (None when gone)."""
     return JOBS.get(job_id) if job_id else None
+
+
+def cancel_job(job_id: str | None) -> bool:
+    """Ask a running job to stop at its next batch (docs/architecture.md, "Concurrency and cancellation");
+    False when there is no such running job."""
+    j = JOBS.get(job_id) if job_id else None
+    if j is None or not j.active:
+        return False
+    j.cancel()
+    return True
 
 
 # Formats training can start from (ModelBundle.info["format"]); archives are scored, never fine-tuned.
@@ -487,10 +531,7 @@ def training_init(spec: str) -> dict[str, Any]:
     with the options it was loaded with (its own preprocessing), so the checkpoint loads back the same way."""
     if not spec.startswith("upload:"):
         return {"init": spec, "load": {}}
-    entry = _persist.saved_uploads().get(spec)
-    if not entry:
-        raise UserError(f"uploaded model {spec!r} is not remembered; upload it again on the Models & data page")
-    return {"init": entry["path"], "load": {k: v for k, v in dict(entry.get("options") or {}).items() if k != "name"}}
+    return _persist.upload_init(spec)
 
 
 # =============================================================================== experiments and export

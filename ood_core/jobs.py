@@ -5,6 +5,11 @@ A :class:`Job` runs a function in a daemon thread. The function receives a
 metrics (``ctx.log(step=..., loss=...)``) and check for cancellation
 (``ctx.check_cancel()`` raises :class:`Cancelled`). The Streamlit pages poll
 ``job.snapshot()``; the CLI calls the same work directly with a progress callback.
+
+docs/architecture.md, "Concurrency and cancellation": long model work also calls
+:func:`checkpoint` between batches, which raises :class:`Cancelled` when the job running on this
+thread was cancelled, when the session that started it has gone (its ``owner_alive`` probe says
+so for ``OWNER_GRACE_S``), or when the process was interrupted (:func:`cancel_process`, the CLI's Ctrl-C).
 """
 from __future__ import annotations
 
@@ -18,6 +23,26 @@ from typing import Any, Callable
 
 class Cancelled(Exception):
     """Raised inside a job when the user asked it to stop."""
+
+
+# A session that stops answering for this long is gone (a reload or a short network drop is not).
+OWNER_GRACE_S = 10.0
+_process_cancel = threading.Event()
+_current = threading.local()
+
+
+def cancel_process() -> None:
+    """Cancel all work of this process at its next :func:`checkpoint` (the CLI's Ctrl-C)."""
+    _process_cancel.set()
+
+
+def checkpoint() -> None:
+    """Raise :class:`Cancelled` when the work on this thread should stop; cheap, call it between batches."""
+    if _process_cancel.is_set():
+        raise Cancelled()
+    job = getattr(_current, "job", None)
+    if job is not None and job.should_stop():
+        raise Cancelled()
 
 
 @dataclass
@@ -38,7 +63,7 @@ class JobContext:
             self.job.info.update(info)
 
     def check_cancel(self) -> None:
-        if self.job._cancel.is_set():  # noqa: SLF001
+        if self.job.should_stop() or _process_cancel.is_set():
             raise Cancelled()
 
     @property
@@ -63,11 +88,41 @@ class Job:
     finished: float = 0.0
     rows: list[dict] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    # Whether the session that started the job is still there (None: no owner to watch, e.g. the CLI).
+    owner_alive: Callable[[], bool] | None = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
+        self._owner_gone_at: float | None = None
+        self._owner_checked = 0.0
+        self.cancel_reason = ""
+
+    def should_stop(self) -> bool:
+        """Whether the job was cancelled or its owner has been gone for ``OWNER_GRACE_S`` (then it cancels)."""
+        if self._cancel.is_set():
+            return True
+        if self.owner_alive is None:
+            return False
+        now = time.monotonic()
+        if now - self._owner_checked < 0.25:  # the probe asks the server: not on every batch of a fast loop
+            return False
+        self._owner_checked = now
+        try:
+            alive = bool(self.owner_alive())
+        except Exception:  # noqa: BLE001 - a probe that fails cannot tell: keep working
+            alive = True
+        if alive:
+            self._owner_gone_at = None
+            return False
+        if self._owner_gone_at is None:
+            self._owner_gone_at = now
+        if now - self._owner_gone_at >= OWNER_GRACE_S:
+            self.cancel_reason = "its browser session has gone"
+            self._cancel.set()
+            return True
+        return False
 
     def _progress(self, frac: float, message: str) -> None:
         with self._lock:
@@ -83,6 +138,7 @@ class Job:
         return self
 
     def _run(self) -> None:
+        _current.job = self  # checkpoint() in the work below finds this job
         try:
             self.result = self.fn(JobContext(self))
             with self._lock:
@@ -90,13 +146,14 @@ class Job:
         except Cancelled:
             with self._lock:
                 self.state = "cancelled"
-                self.message = "stopped by the user"
+                self.message = f"stopped: {self.cancel_reason}" if self.cancel_reason else "stopped by the user"
         except Exception as exc:  # noqa: BLE001 - shown to the user as one line
             with self._lock:
                 self.state = "failed"
                 self.error = _one_line(exc)
                 self.error_detail = traceback.format_exc()
         finally:
+            _current.job = None
             self.finished = time.time()
 
     def cancel(self) -> None:
@@ -140,8 +197,11 @@ class JobRegistry:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
 
-    def submit(self, fn: Callable[[JobContext], Any], title: str) -> Job:
-        job = Job(fn, title)
+    def submit(self, fn: Callable[[JobContext], Any], title: str,
+               owner_alive: Callable[[], bool] | None = None) -> Job:
+        """Start ``fn`` as a job; ``owner_alive`` tells whether the session that asked is still there
+        (the job cancels itself once it has been gone for ``OWNER_GRACE_S``)."""
+        job = Job(fn, title, owner_alive=owner_alive)
         with self._lock:
             self._jobs[job.id] = job
         return job.start()

@@ -367,6 +367,29 @@ def compute_map(bundle: Any, id_name: str = "mnist", ood_names: Sequence[str] = 
                      {"grad_params": dict(grad_params or {}), "n_points": int(len(X_all))})
 
 
+def add_score(res: MapResult, bundle: Any, id_name: str, detector: str, progress: Progress | None = None) -> None:
+    """Add ``detector``'s scores (its default knobs; higher = more ID) to ``res.frame`` as a column named
+    after it, each point's score looked up by its dataset and index. Any registered detector serves,
+    built-in or plugin (``compute_map`` adds only :data:`SCORE_COLUMNS`); a model-time detector runs
+    over each whole set once and is disk-cached, like everywhere else."""
+    from . import workbench as wb
+
+    if detector in res.frame.columns:
+        return
+    ds = res.frame["dataset"].astype(str).to_numpy()
+    index = res.frame["index"].to_numpy()
+    col = np.full(len(res.frame), np.nan)
+    names = list(dict.fromkeys(ds.tolist()))
+    say = progress or (lambda f, m: None)
+    for i, name in enumerate(names):
+        rows = np.flatnonzero(ds == name)
+        s = wb.score(bundle, detector, name, id_name,
+                     progress=lambda f, m, i=i: say((i + f) / len(names), m))
+        col[rows] = np.asarray(s, np.float64)[index[rows]]
+    res.frame[detector] = col
+    res.views.pop(detector, None)
+
+
 def gradients_ready(bundle: Any, id_name: str, ood_names: Sequence[str], grad_params: dict[str, Any] | None = None) -> bool:
     """Whether every set's low-dimensional gradients are already on disk (so no job is needed)."""
     from .data import get_dataset

@@ -214,6 +214,18 @@ def saved_uploads() -> dict[str, dict]:
     return UPLOADS.read()
 
 
+def upload_init(spec: str) -> dict[str, Any]:
+    """``TrainConfig``'s ``init`` and ``load`` for a remembered upload ``upload:NAME@HASH``: training starts
+    from its file with the options it was loaded with (its own preprocessing), so the checkpoint written
+    loads back the same way. The Train page and ``train --init upload:…`` both come here."""
+    entry = saved_uploads().get(spec)
+    if not entry:
+        known = ", ".join(sorted(saved_uploads())) or "none"
+        raise UserError(f"uploaded model {spec!r} is not remembered (remembered: {known}); upload it on the "
+                        "Models & data page, or give its file with --init PATH --arch NAME")
+    return {"init": entry["path"], "load": {k: v for k, v in dict(entry.get("options") or {}).items() if k != "name"}}
+
+
 def upload_key(bundle: ModelBundle) -> str:
     return f"upload:{bundle.name}@{bundle.fingerprint[:8]}"
 

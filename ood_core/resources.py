@@ -1,4 +1,4 @@
-"""Memory budgets: how many bytes one kind of work may use on a device.
+"""Memory budgets (how many bytes one kind of work may use on a device) and the thread policy.
 
 docs/architecture.md, "Memory": one rule for every pass that sizes its batches or refuses
 before it starts. ``$OOD_MEM_<KIND>_MB`` (e.g. ``OOD_MEM_FORWARD_MB``) sets a kind's budget in
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ KINDS: dict[str, tuple[float, str]] = {
     "grad_chunk": (0.1, "one chunk of per-sample gradients (activations and per-sample blocks), "
                         "or a whole (N, P) gradient matrix"),
     "grad_fit": (0.9, "everything a gradient-subspace fit holds: V's columns, statistics, one chunk"),
+    "grad_hold": (0.25, "the fit set's whole per-sample gradient matrix, kept between the passes of a "
+                        "randomized SVD so they are not recomputed (skipped when it does not fit)"),
 }
 # the variables of earlier releases, read for one more release with a one-line warning
 DEPRECATED: dict[str, str] = {
@@ -121,3 +124,40 @@ def memory_budget(kind: str, device: Any = "cpu") -> int:
     if given is not None:
         return _megabytes(*given)
     return int(KINDS[kind][0] * free_bytes(device))
+
+
+# ------------------------------------------------------------------------------------ threads
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (``taskset``, a batch scheduler's binding),
+    bounded by a cgroup v2 CPU quota (a container's ``--cpus``)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        n = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def configure_threads(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """OpenMP's thread policy for torch, set where the user has not set it (docs/architecture.md, "Threads").
+
+    ``OMP_WAIT_POLICY=passive``: torch's OpenMP threads sleep at the end of a parallel region instead of
+    spinning. With another process on the cores a spinning thread burns the time slice its partner
+    needs: one fixed piece of training took 4-5x the CPU seconds with the default policy and one
+    busy process beside it, against the same with ``passive`` (measured in docs/architecture.md).
+    ``OMP_NUM_THREADS``: the CPUs this process may actually use (:func:`available_cpus`), not the
+    machine's. OpenMP reads both once, when torch loads it, so call this before ``import torch``;
+    afterwards it changes nothing. Returns what it set.
+    """
+    env = os.environ if environ is None else environ
+    if environ is None and "torch" in sys.modules:
+        return {}
+    wanted = {"OMP_WAIT_POLICY": "passive", "OMP_NUM_THREADS": str(available_cpus())}
+    done = {k: v for k, v in wanted.items() if not env.get(k, "").strip()}
+    env.update(done)
+    return done

@@ -5,8 +5,8 @@ import numpy as np
 import streamlit as st
 
 from ood_core import facade as fc
-from ood_core.figures.maps import (SCORE_LABELS, keys_of_rows, map_figure, map_points, selected_mask, separability_figure,
-                                   separability_frame)
+from ood_core.figures.maps import (color_options, keys_of_rows, map_figure, map_points, selected_mask,
+                                   separability_figure, separability_frame)
 from ood_core.figures.previews import thumbnail
 from ui import common, state
 from ui.pages import Page
@@ -38,9 +38,15 @@ def maps_body(ctx: common.Context) -> None:
         with c1:
             method = st.radio("Method", list(fc.MAP_METHODS), format_func=lambda m: fc.MAP_METHOD_LABELS[m], horizontal=True,
                               key="maps_method", index=list(fc.MAP_METHODS).index("umap"))
-            color = st.selectbox("Colour by", ["dataset", "pred", *SCORE_LABELS],
+            # Every detector that can score this model, built-in or plugin: a score the maps were not
+            # computed with is added to their points on demand (below).
+            score_labels = fc.map_score_choices(ctx.bundle, ctx.id_name)
+            colours = ["dataset", "pred", *score_labels]
+            if state.widget("maps_color", "dataset") not in colours:  # a plugin gone since, another model
+                state.set_widget("maps_color", "dataset")
+            color = st.selectbox("Colour by", colours,
                                  format_func=lambda c: {"dataset": "dataset", "pred": "predicted class"}.get(
-                                     c, f"score: {SCORE_LABELS.get(c, c)}"), key="maps_color")
+                                     c, f"score: {score_labels.get(c, c)}"), key="maps_color")
         with c2:
             # Up to 50,000 per set, so a map can hold 100,000 points (WebGL draws them); the default
             # keeps a fresh UMAP of the default sets within the ~20 s bar on 2 cores (bench/maps.py).
@@ -117,6 +123,16 @@ def maps_body(ctx: common.Context) -> None:
             grad = _compute("gradients")
 
 
+    # --- a score the maps do not carry yet (a plugin's, or any other detector's) --------------------------
+    if color in score_labels and not all(color in r.frame.columns for r in (feat, grad)):
+        def _scores_job(jc, _b=ctx.bundle, _id=ctx.id_name, _rs=(feat, grad), _d=color):
+            for i, r in enumerate(_rs):
+                fc.add_map_score(r, _b, _id, _d, progress=lambda f, m, i=i: jc.progress((i + f) / len(_rs), m))
+
+        with common.guard(f"{score_labels[color]} scores"):
+            common.run_as_job(f"mapscore:{_key('features')}:{color}", _scores_job,
+                              f"{score_labels[color]} scores of the maps' points", wait_s=3.0, forget=True)
+
     # --- selection state (shared by both maps) ---------------------------------------------------------
     # A lasso or box selection on either map arrives through the map component's callback, which
     # stores its samples before this rerun starts; the rings in both maps and the gallery follow
@@ -161,7 +177,7 @@ def maps_body(ctx: common.Context) -> None:
         box_g = st.container()
     below = st.container()
     with below:
-        _below(feat, grad, selected)
+        _below(feat, grad, selected, score_labels)
     with box_f:
         _draw(feat, "features map", "map_features")
     with box_g:
@@ -173,7 +189,7 @@ def _pct(v: float) -> str:
     return f"{100 * v:.1f}" if np.isfinite(v) else "n/a"
 
 
-def _below(feat, grad, selected: list[tuple[str, int]]) -> None:
+def _below(feat, grad, selected: list[tuple[str, int]], labels: dict[str, str]) -> None:
     """Separability, the gallery and the table of points (drawn before the maps, see maps_body).
 
     The gallery is sent before the separability section above it (a container kept for it): after a
@@ -181,7 +197,7 @@ def _below(feat, grad, selected: list[tuple[str, int]]) -> None:
     """
     sep_box = st.container()
     with st.container():
-        _gallery(feat, selected)
+        _gallery(feat, selected, labels)
     with sep_box:
         _separability(feat, grad)
     with st.expander("All points (features map)"):
@@ -225,10 +241,10 @@ def _separability(feat, grad) -> None:
         figure_downloads(sep_fig, "map_separability", key="maps_sep_fig")
 
 
-def _gallery(feat, selected: list[tuple[str, int]]) -> None:
+def _gallery(feat, selected: list[tuple[str, int]], labels: dict[str, str]) -> None:
     """The images of the selected points, or of the OOD points that look most ID (and the reverse)."""
     st.subheader("Gallery")
-    scores_present = [c for c in SCORE_LABELS if c in feat.frame.columns]
+    scores_present = [c for c in color_options(feat.frame) if c not in ("dataset", "pred")]
     g1, g2 = st.columns([3, 1])
     with g1:
         source = st.radio("Show", ["selection", "ood_most_id", "id_most_ood"], horizontal=True, key="maps_gallery",
@@ -238,7 +254,7 @@ def _gallery(feat, selected: list[tuple[str, int]]) -> None:
     with g2:
         rank_by = st.selectbox("ranked by", scores_present, key="maps_rank_by",
                                index=scores_present.index("energy") if "energy" in scores_present else 0,
-                               format_func=lambda c: SCORE_LABELS.get(c, c), disabled=source == "selection")
+                               format_func=lambda c: labels.get(c, c), disabled=source == "selection")
     frame = feat.frame
     if source == "selection":
         keys = selected
@@ -269,7 +285,7 @@ def _gallery(feat, selected: list[tuple[str, int]]) -> None:
             cap = f"{common.text(ds_name)} #{i}"
             if row is not None:
                 cap += f" · label {int(row['label'])} · pred {int(row['pred'])}" + (
-                    f" · {SCORE_LABELS[rank_by]} {row[rank_by]:.3g}" if rank_by in row else "")
+                    f" · {labels.get(rank_by, rank_by)} {row[rank_by]:.3g}" if rank_by in row else "")
             with cols[j % 6]:
                 st.image(img[..., 0] if img.shape[-1] == 1 else img, caption=cap, width=96, clamp=True)
                 if st.button("Saliency →", key=f"maps_sal_{ds_name}_{i}"):

@@ -11,7 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from ood_core import facade as fc
-from ood_core.facade import DEFAULT_EPOCHS, METHODS, TrainConfig, knob_view
+from ood_core.facade import METHODS, TrainConfig, knob_view
 from ood_core.figures.training import epoch_metrics, loss_curves
 from ui import common, state
 from ui.pages import Page
@@ -43,21 +43,26 @@ with left:
     method = METHODS[method_name]
     st.caption(method.describe())
     st.caption(method.help)
-    # The preset (reference = the authors' code) comes first: the knobs below start from its values.
-    preset = common.knob_widgets(knob_view(method_name, only=("preset",)), "train").get("preset")
+    # The recipe and the preset (reference = the authors' loss) come first: the knobs below start from
+    # their values (a knob's widget holds an explicit value, which would otherwise win over the recipe).
+    top = common.knob_widgets(knob_view(method_name, only=("recipe", "preset")), "train")
+    preset, recipe = top.get("preset"), top.get("recipe", "default")
     opts, labels = _init_options()
     if state.widget("train.init") not in opts:
         state.set_widget("train.init", "default")
     init = st.selectbox("Start from", opts, key="train.init", format_func=lambda s: labels.get(s, s))
     kind = "scratch" if init == "scratch" else "finetune"
-    epochs = int(st.number_input("Epochs", 1, 1000, DEFAULT_EPOCHS[kind], key=f"train.epochs.{kind}",
-                                 help="the embedded default's short budget; 1 is a quick run"))
+    tag = kind if recipe == "default" else f"{kind}.{recipe}"
+    epochs = int(st.number_input("Epochs", 1, 1000, fc.default_epochs(method_name, init, recipe), key=f"train.epochs.{tag}",
+                                 help="the paper recipe's epochs" if recipe == "paper" else
+                                 "the embedded default's short budget; 1 is a quick run"))
     seed = int(st.number_input("Seed", 0, 2**31 - 1, 0, key="train.seed"))
     with st.expander("Hyperparameters", expanded=False):
         st.caption("Defaults are the papers' (see each knob's help); changed values go into the checkpoint's label.")
-        params = common.knob_widgets(knob_view(method_name, skip=("preset",)),
-                                     f"train.{kind}" + (f".{preset}" if preset else ""),
-                                     values=method.defaults(init, preset))
+        params = common.knob_widgets(knob_view(method_name, skip=("preset", "recipe")),
+                                     f"train.{tag}" + (f".{preset}" if preset else ""),
+                                     values=method.defaults(init, preset, recipe))
+        params["recipe"] = recipe
         if preset:
             params["preset"] = preset
     with st.expander("Data", expanded=False):
@@ -65,6 +70,11 @@ with left:
             [s.name for s in fc.datasets() if s.role not in ("aux", "id_test", "id_train")]
         aux = st.selectbox("Auxiliary outliers", aux_names, key="train.aux", disabled=not method.uses_aux,
                            help="any registered dataset can serve; keep it disjoint from your OOD test sets")
+        val_names = [s.name for s in fc.datasets(("ood_val",))] + \
+            [s.name for s in fc.datasets() if s.role not in ("ood_val", "id_test", "id_train")]
+        aux_val = st.selectbox("Held-out OOD for the per-epoch AUROC", val_names, key="train.aux_val",
+                               help="the Energy AUROC after every epoch is ID test vs this set (the CLI's --aux-val); "
+                                    "never pick one of your OOD test sets")
         n_train = int(st.number_input("ID training images (0 = all)", 0, 10**7, 0, key="train.n_train"))
         n_eval = int(st.number_input("Images for the per-epoch metrics (0 = all)", 0, 10**7, 0, key="train.n_eval"))
     launch = st.button("Start training", type="primary", key="train.start")
@@ -73,7 +83,7 @@ if launch:
     start = common.attempt("training refused", fc.training_init, init)  # an upload: its file and load options
     if start is not None:
         cfg = TrainConfig(method_name, epochs=epochs, seed=seed, id_dataset=state.id_dataset(), aux=aux,
-                          params=params, n_train=n_train, n_eval=n_eval, **start)
+                          aux_val=aux_val, params=params, n_train=n_train, n_eval=n_eval, **start)
         job_id = common.attempt("training refused", fc.start_training, cfg)
         if job_id:
             state.put("train_job_id", job_id)
@@ -96,6 +106,8 @@ def _form_line(info: dict) -> None:
     if info.get("form"):
         mode = f"; gradient penalty in {info['penalty_mode']}" if info.get("penalty_mode") else ""
         st.caption(f"Form: {info['form']}{mode}")
+    if info.get("recipe") or info.get("augmentation"):
+        st.caption(f"Recipe: {info.get('recipe', 'default')}; augmentation: {info.get('augmentation', 'shift')}")
 
 
 def _use_model(path: str) -> None:

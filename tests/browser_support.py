@@ -1,12 +1,17 @@
 """Fixtures for browser tests: the real app (`streamlit run app.py`) driven by Debian's Chromium.
 
-Use from a test module::
+``tests/browser/conftest.py`` makes ``app_server``, ``browser`` and ``browser_page`` fixtures of
+every browser test; a module imports only the helpers::
 
-    from browser_support import app_server, browser, browser_page, goto_page  # noqa: F401
+    from browser_support import goto_page
 
     @pytest.mark.browser
     def test_something(browser_page, app_server):
         goto_page(browser_page, app_server, "Models_and_Data")
+
+One server and one Chromium serve the whole session (each test gets its own tab and context, so its
+own Streamlit session); a test that needs a server no session has used starts its own with
+:func:`serve_app`.
 
 The server runs headless on a free localhost port with the test session's ``OOD_CACHE_DIR``
 (so models/extractions cached by other tests are reused); Chromium is ``/usr/bin/chromium``,
@@ -126,9 +131,9 @@ def serve_app(cache_dir: str | Path | None = None) -> Iterator[AppServer]:
         log.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def app_server() -> Iterator[AppServer]:
-    """The app on the test session's cache (see :func:`serve_app`)."""
+    """The app on the test session's cache (see :func:`serve_app`), shared by the session's browser tests."""
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
@@ -136,7 +141,7 @@ def app_server() -> Iterator[AppServer]:
         yield server
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser():
     """Headless Debian Chromium through Playwright (never ``playwright install``)."""
     reason = _skip_reason()

@@ -24,3 +24,26 @@ def tiny_images(n: int, seed: int = 0) -> ImageDataset:
     rng = np.random.default_rng(seed)
     imgs = rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8)
     return ImageDataset(f"tiny{seed}", imgs, rng.integers(0, C, n), role="id_train")
+
+
+class Sleep(nn.Module):
+    """Sleeps ``delay()`` seconds per forward: a slow model for the concurrency and cancellation tests.
+
+    No parameters, so the bundle's fingerprint (and cache key) is that of any other ``slow_tiny_bundle``."""
+
+    def __init__(self, delay):
+        super().__init__()
+        self.delay = delay
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(self.delay() if callable(self.delay) else self.delay)
+        return x
+
+
+def slow_tiny_bundle(delay, seed: int = 0) -> ModelBundle:
+    """:func:`tiny_bundle` behind a :class:`Sleep` layer (``delay``: seconds, or a callable giving them)."""
+    base = tiny_bundle(seed).model
+    model = nn.Sequential(Sleep(delay), *base)
+    return ModelBundle(model, Preprocess((8, 8), 1, (0.5,), (0.5,)), name="tiny", arch="tiny")

@@ -86,9 +86,28 @@ def get_bundle(spec: str | None = None):
 
 
 def extraction(bundle, name: str):
-    """Cached Extraction, with a spinner when the forward pass has to run."""
+    """Cached Extraction; a forward pass that has to run shows a progress bar and a Stop button.
+
+    docs/architecture.md, "Concurrency and cancellation": each batch updates the bar, and every
+    Streamlit call is a point where the script runner stops a run whose session closed or reruns
+    one the user changed; Stop is such a rerun, after which the pass is not started again until
+    the next interaction (its finished chunks are kept and resumed).
+    """
+    key = f"stop-extract:{bundle.fingerprint}:{name}"
+    if st.session_state.get(key):
+        st.warning(f"The forward pass on {text(name)} was stopped; change a setting or rerun the page to resume it.")
+        st.stop()
+    shown: dict = {}
+
+    def progress(frac: float, msg: str) -> None:
+        if not shown:  # drawn only when a pass runs: a cached extraction draws nothing
+            box = st.container()
+            shown["bar"] = box.progress(0.0, text(msg))
+            box.button("Stop", key=key, help="stop this forward pass")
+        shown["bar"].progress(min(1.0, max(0.0, frac)), text(msg))
+
     with guard(f"extracting {name}"), st.spinner(f"Forward pass on {text(name)}…"):
-        return fc.extraction(bundle, name)
+        return fc.extraction(bundle, name, progress)
 
 
 statistics_note = fc.statistics_note
@@ -338,6 +357,26 @@ def model_time_cost(bundle, detector: str, id_name: str, datasets: Iterable[str]
     return seconds, f"{detector}: {line}"
 
 
+def session_probe():
+    """Whether this browser session is still connected, as a callable for a job (None outside a server).
+
+    docs/architecture.md, "Concurrency and cancellation": a job whose session has gone (the tab was
+    closed) cancels itself at its next batch instead of running on for nobody. Streamlit's runtime
+    knows its connected sessions; AppTest and bare script runs have no runtime, so no probe.
+    """
+    try:
+        from streamlit import runtime
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+        ctx = get_script_run_ctx()
+        if ctx is None or not runtime.exists():
+            return None
+        rt, sid = runtime.get_instance(), ctx.session_id
+    except Exception:  # noqa: BLE001 - another Streamlit version: jobs simply are not watched
+        return None
+    return lambda: rt.is_active_session(sid)
+
+
 def run_as_job(key: str, fn, title: str, wait_s: float = 0.0, supersedes: str | None = None, forget: bool = False):
     """Run ``fn(ctx)`` as a background job keyed by ``key``; show progress and a Cancel button.
 
@@ -358,11 +397,11 @@ def run_as_job(key: str, fn, title: str, wait_s: float = 0.0, supersedes: str | 
     if supersedes is not None:
         for other in [k for k in jobs if k != key and k.startswith(supersedes)]:
             stale = JOBS.get(jobs.pop(other))
-            if stale is not None and stale.active:
-                stale.cancel()
+            if stale is not None:
+                fc.cancel_job(stale.id)
     job = JOBS.get(jobs.get(key))
     if job is None:
-        job = JOBS.submit(fn, title)
+        job = JOBS.submit(fn, title, owner_alive=session_probe())
         jobs[key] = job.id
         if wait_s > 0:
             job.wait(wait_s)
@@ -371,7 +410,7 @@ def run_as_job(key: str, fn, title: str, wait_s: float = 0.0, supersedes: str | 
         eta = f", about {snap['eta']:.0f}s left" if snap["eta"] else ""
         st.progress(snap["fraction"], text(f"{title}: {snap['message'] or 'starting'}{eta}"))
         if st.button("Cancel", key=f"cancel-{key}"):
-            job.cancel()
+            fc.cancel_job(job.id)
         time.sleep(0.5)
         st.rerun()
     if job.state == "failed":

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import UserError, first_line
+from ..jobs import Cancelled
 from . import common as _common
-from . import data, evaluate, models, plugins, train
+from . import data, evaluate, interrupt, models, plugins, train
 from .common import CLIError, _fail, _Parser
 from .data import cmd_datasets, cmd_extract, cmd_register  # noqa: F401 - the commands, as before
 from .evaluate import cmd_evaluate  # noqa: F401
@@ -46,10 +47,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     and exit 2 (130 for Ctrl-C); any other exception is a bug and keeps its traceback.
     """
     from .. import distributed as D
+    from ..resources import configure_threads
 
+    configure_threads()  # before torch loads OpenMP (docs/architecture.md, "Threads")
     if D.launched():  # torchrun: docs/architecture.md, "Distributed passes"
         return _main_distributed(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    interrupt.install()  # Ctrl-C within seconds, also during a long call into C++
     return _main(argv)
 
 
@@ -67,8 +71,8 @@ def _main(argv: Sequence[str] | None) -> int:
     except CLIError as exc:
         _fail(first_line(exc))
         return 2
-    except KeyboardInterrupt:
-        _fail("\ninterrupted; nothing was written for the unfinished step")
+    except (KeyboardInterrupt, Cancelled):
+        interrupt.say_interrupted()
         return 130
     except UserError as exc:
         _fail(f"error: {first_line(exc)}")

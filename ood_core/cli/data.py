@@ -46,6 +46,8 @@ def cmd_extract(a: argparse.Namespace) -> int:
     if failed:
         print(f"{len(failed)} files could not be decoded and were scored as blank images "
               f"(sample ids {', '.join(map(str, failed[:5]))}{'…' if len(failed) > 5 else ''})", file=sys.stderr)
+        for note in ext.extra.get("blank_files", [])[:5]:
+            print(f"  blank: {note}", file=sys.stderr)
     print(str(path))
     return 0
 
@@ -89,6 +91,10 @@ def cmd_register(a: argparse.Namespace) -> int:
         extra += ", streamed from disk" if info["streamed"] else ""
         print(f"{ds.name}\t{spec.role if s == 'test' else 'id_train'}\t{info['images']} images {info['shape']}, "
               f"{info['classes']} classes, fingerprint {info['fingerprint']}{extra}")
+        names = ds.meta.get("skipped_files") or []
+        if info["skipped"] and names:  # which files, and why where the reader knows
+            more = "…" if info["skipped"] > 3 else ""
+            print(f"  skipped: {', '.join(names[:3])}{more}", file=sys.stderr)
     return 0
 
 

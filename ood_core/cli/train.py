@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..errors import first_line
+from ..errors import UserError, first_line
 from .common import (
     _fail,
     _progress_bar,
@@ -18,8 +18,9 @@ def _add_train_parser(sub: Any) -> None:
 
     t = sub.add_parser("train", help=f"train or fine-tune with {', '.join(METHODS)}")
     t.add_argument("--method", choices=list(METHODS), help="training method")
-    t.add_argument("--init", default="default", help="'default' (fine-tune the embedded model), 'scratch', a "
-                   "workbench checkpoint path, or a state_dict file with --arch")
+    t.add_argument("--init", default="default", help="'default' (fine-tune the embedded model), 'scratch' (with "
+                   "--arch: that architecture's own preprocessing), a workbench checkpoint path, a state_dict file with "
+                   "--arch, or an uploaded model's key upload:NAME@HASH (with the options it was loaded with)")
     t.add_argument("--epochs", type=int, default=None,
                    help=f"epochs (default {DEFAULT_EPOCHS['finetune']} fine-tuning, {DEFAULT_EPOCHS['scratch']} from "
                         "scratch; 1 is a quick run)")
@@ -30,6 +31,9 @@ def _add_train_parser(sub: Any) -> None:
     t.add_argument("--arch", default=None, help="architecture of a state_dict given to --init, or of --init scratch")
     t.add_argument("--id", default="mnist", help="ID dataset (its :train split trains)")
     t.add_argument("--aux", default="aux", help="auxiliary outlier dataset (any registered dataset)")
+    t.add_argument("--aux-val", dest="aux_val", default="aux_val",
+                   help="held-out OOD set for the per-epoch Energy AUROC (any registered dataset; keep it apart from "
+                        "your OOD test sets)")
     t.add_argument("--n-train", dest="n_train", type=int, default=0, help="train on a random subset (0 = all)")
     t.add_argument("--n-eval", dest="n_eval", type=int, default=0, help="per-epoch metrics on a subset (0 = all)")
     t.add_argument("--config", help="a training config JSON or a checkpoint's .json sidecar: reproduce that run")
@@ -69,9 +73,18 @@ def cmd_train(a: argparse.Namespace) -> int:
             params = _train_params(a.method, a.param or [])
             if a.recipe:
                 params.setdefault("recipe", a.recipe)
-            extra = {"arch": a.arch, "load": {"arch": a.arch}} if a.arch else {}
-            cfg = TrainConfig(a.method, init=a.init, epochs=a.epochs, seed=a.seed, id_dataset=a.id, aux=a.aux,
-                              params=params, n_train=a.n_train, n_eval=a.n_eval, **extra)
+            extra: dict[str, Any] = {"arch": a.arch, "load": {"arch": a.arch}} if a.arch else {}
+            init = a.init
+            if init.startswith("upload:"):  # an upload trains from its file with the options it was loaded with
+                if a.arch:
+                    raise TrainingError(f"--arch applies to a model file; {init!r} keeps the architecture and "
+                                        "preprocessing it was loaded with (drop --arch)")
+                from ..persist import upload_init
+
+                start = upload_init(init)
+                init, extra = start["init"], {"load": start["load"]}
+            cfg = TrainConfig(a.method, init=init, epochs=a.epochs, seed=a.seed, id_dataset=a.id, aux=a.aux,
+                              aux_val=a.aux_val, params=params, n_train=a.n_train, n_eval=a.n_eval, **extra)
         trainer = Trainer(cfg, progress=None if a.quiet else _progress_bar(), sync_bn=a.sync_bn)
         try:
             res = trainer.run()
@@ -83,7 +96,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                 return 130
             print("stopped before the first epoch finished; no checkpoint written", file=sys.stderr)
             return 130
-    except TrainingError as exc:
+    except UserError as exc:  # TrainingError, or an upload key not remembered
         if not a.quiet:
             sys.stderr.write("\n")
         _fail(f"error: {first_line(exc)}")

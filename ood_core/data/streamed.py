@@ -23,7 +23,9 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from ..errors import first_line
 from .base import DataError, Dataset, Preprocessor, RowSource
+from .decoding import UnmappableImage, pixels
 
 # Below this many rows a pass decodes in this process: starting workers costs more than it saves.
 INLINE_ROWS = 256
@@ -84,8 +86,9 @@ def _decode(path: str, gray: bool) -> torch.Tensor:
     Colour JPEGs go through torchvision's libjpeg-turbo decoder: 0.7 ms against Pillow's 1.2 ms for
     a 400x350 photo here, the largest part of a loader worker's cost, with the same pixels (RGB, CMYK
     and greyscale JPEGs, baseline and progressive: tests/data/test_streamed.py). Everything else, and
-    a JPEG torchvision refuses, goes through Pillow. Greyscale output always does: the two
-    libraries turn colour into grey differently."""
+    a JPEG torchvision refuses, goes through Pillow, mapped by :func:`.decoding.pixels` (16-bit,
+    float, alpha, EXIF orientation: docs/architecture.md, "Image decoding"). Greyscale output always
+    does: the two libraries turn colour into grey differently."""
     if not gray:
         with open(path, "rb") as f:
             data = f.read()
@@ -98,14 +101,15 @@ def _decode(path: str, gray: bool) -> torch.Tensor:
     from PIL import Image
 
     with Image.open(path) as im:
-        arr = np.asarray(im.convert("L" if gray else "RGB"), np.uint8)
-    arr = arr[..., None] if arr.ndim == 2 else arr
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        arr = pixels(im, gray, os.path.basename(path))
+    arr = arr if arr.flags.writeable and arr.flags.c_contiguous else arr.copy()  # torch wants its own buffer
+    return torch.from_numpy(arr).permute(2, 0, 1)
 
 
 @functools.cache
 def _jpeg_decoder():  # noqa: ANN202
-    """torchvision's JPEG decoder in RGB mode, or None where this torchvision has none.
+    """torchvision's JPEG decoder in RGB mode, EXIF orientation applied as Pillow's path applies it,
+    or None where this torchvision has none.
 
     torchvision 0.29 deprecates its image decoders in favour of TorchCodec, which needs FFmpeg on the
     system; until they go, they are the fast path and Pillow the fallback."""
@@ -119,7 +123,7 @@ def _jpeg_decoder():  # noqa: ANN202
     def run(data: torch.Tensor) -> torch.Tensor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_jpeg(data, mode=ImageReadMode.RGB)
+            return decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
 
     return run
 
@@ -144,6 +148,7 @@ class _Files(TorchDataset):
             x = self.pp.pixels_one(_decode(path, self.gray))  # type: ignore[attr-defined]
             return x, True
         except Exception:  # noqa: BLE001 - a file damaged after the scan: a blank input, reported by the caller
+            # shaped as the decoded images are (their channels, before finish() maps them to the model's)
             return torch.zeros(self.shape, dtype=torch.uint8), False
 
 
@@ -192,7 +197,9 @@ class StreamedDataset(Dataset):
 
     def _fingerprint(self) -> str:
         """The file table, not the pixels: cheap, and it moves whenever a file does."""
-        h = hashlib.sha256(b"streamed-v1\0")
+        # v2: pixels by data/decoding.py (16-bit, float, alpha, EXIF orientation), so entries cached
+        # with v1's pixels miss
+        h = hashlib.sha256(b"streamed-v2\0")
         for a in (self.files, self.sizes, self.mtimes, self.labels, self.sample_ids):
             a = np.ascontiguousarray(a)
             h.update(str((a.shape, a.dtype.str)).encode())
@@ -217,8 +224,27 @@ class StreamedDataset(Dataset):
         try:
             return decode(self.path(i), self.gray)
         except Exception as exc:  # noqa: BLE001 - changed or damaged since the scan
-            raise DataError(f"{self.files[int(i)].decode()} in {self.name!r} cannot be read "
-                            f"({type(exc).__name__}); the folder may have changed — reload the dataset") from None
+            raise DataError(f"{self.files[int(i)].decode()} in {self.name!r} {self._why(exc)}; "
+                            "the folder may have changed — reload the dataset") from None
+
+    @staticmethod
+    def _why(exc: Exception) -> str:
+        if isinstance(exc, UnmappableImage):
+            return f"cannot be mapped to pixels ({str(exc).split(': ', 1)[-1]})"
+        return f"cannot be read ({type(exc).__name__}: {first_line(exc, 120)})"
+
+    def why_failed(self, i: int) -> str:
+        """Why row ``i``'s file gave a blank input: the error its decode raises now (decoded again:
+        a pass records only which rows failed, and a resumed pass not even that for earlier chunks)."""
+        try:
+            decode(self.path(i), self.gray)
+        except Exception as exc:  # noqa: BLE001 - the message is the point
+            return self._why(exc)
+        return "could not be read during the pass (it reads now: it changed meanwhile)"
+
+    def blank_notes(self, rows: np.ndarray | list[int], limit: int = 20) -> list[str]:
+        """``"relative/path.jpg: cannot be read (…)"`` for the first ``limit`` rows that became blanks."""
+        return [f"{self.files[int(r)].decode()}: {self.why_failed(int(r))}" for r in list(rows)[:limit]]
 
     def nbytes_decoded(self) -> int:
         return int((self.hw[:, 0].astype(np.int64) * self.hw[:, 1]).sum()) * (1 if self.gray else 3)
@@ -229,7 +255,7 @@ class StreamedDataset(Dataset):
         worker processes (pinned memory when the batches go to a GPU), or with no workers the
         batch decoded by :func:`decode_pool` in this process (see :func:`default_workers`)."""
         files = self.files if indices is None else self.files[np.asarray(indices)]
-        shape = (pp.channels, *pp.input_size)  # type: ignore[attr-defined]
+        shape = (1 if self.gray else 3, *pp.input_size)  # type: ignore[attr-defined]
         ds = _Files(self.root, files, self.gray, pp, shape)
         w = default_workers(device) if workers is None else max(0, int(workers))
         if len(files) <= INLINE_ROWS:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..data import Dataset
 from ..extract import Extraction
+from ..jobs import checkpoint
 from ..knobs import Knob, Paper
 from .base import ModelDetector, ProgressFn, register
 
@@ -158,6 +159,7 @@ class ODIN(ModelDetector):
             cached = self._cached_signs(key)
             fresh: list[torch.Tensor] = []
             for bi, (i, x) in enumerate(ds.numbered_batches(bundle.preprocess, BATCH_SIZE)):
+                checkpoint()  # a cancelled job, a gone session or Ctrl-C stops between batches
                 x = x.to(device)
                 sign = None
                 if eps > 0:

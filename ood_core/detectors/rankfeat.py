@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..concurrency import call_hooks
 from ..data import Dataset
 from ..extract import Extraction
 from ..knobs import Paper
@@ -58,26 +59,20 @@ def thread_hook(module: nn.Module, fn: Callable[[nn.Module, Any, Any], Any]) -> 
 def last_feature_map(bundle: Any) -> str:
     """Name of the last module (in forward order) whose output is a 4-D map with H·W > 1."""
     found: list[str] = []
-    hooks = []
     skip = {bundle.head_name} if bundle.head_name else set()
+    names = {id(mod): name for name, mod in bundle.model.named_modules() if name and name not in skip}
 
-    def hook(name: str):
-        def fn(_m: nn.Module, _i: Any, out: Any) -> None:
-            if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[2] * out.shape[3] > 1:
-                found.append(name)
-        return fn
+    def fn(m: nn.Module, _i: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[2] * out.shape[3] > 1:
+            found.append(names[id(m)])
 
     try:
-        for name, mod in bundle.model.named_modules():
-            if name and name not in skip:
-                hooks.append(mod.register_forward_hook(hook(name)))
-        with torch.no_grad():
+        mods = [mod for name, mod in bundle.model.named_modules() if name and name not in skip]
+        # call-scoped: another session's forward on the shared model must not add its modules' names
+        with call_hooks(mods, fn), torch.no_grad():
             bundle.logits(bundle.dummy_input(1).to(bundle.device))
     except Exception as exc:  # noqa: BLE001 - scripted / exported modules may not take hooks
         raise DetectorError(f"rankfeat cannot hook this model's modules ({type(exc).__name__})") from None
-    finally:
-        for h in hooks:
-            h.remove()
     if not found:
         raise DetectorError("rankfeat needs a convolutional feature map (a 4-D activation with more than one "
                             "spatial position); this model has none")

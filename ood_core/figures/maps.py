@@ -29,9 +29,13 @@ CLASS_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"
 SCORE_LABELS = {"energy": "Energy", "gradnorm": "GradNorm", "msp": "MSP", "maxlogit": "MaxLogit", "rg": "RG"}
 
 
+POINT_COLUMNS = ("x", "y", "dataset", "index", "sample_id", "label", "pred", "is_id")  # the rest are scores
+
+
 def color_options(df: pd.DataFrame) -> list[str]:
-    """What a map can be coloured by: dataset, predicted class, and every score column present."""
-    return ["dataset", "pred"] + [c for c in SCORE_LABELS if c in df.columns]
+    """What a map can be coloured by: dataset, predicted class, and every score column present (the
+    built-ins a map carries and any detector's added since, plugins included)."""
+    return ["dataset", "pred"] + [c for c in df.columns if c not in POINT_COLUMNS]
 
 
 def _hover(df: pd.DataFrame, dataset: str) -> tuple[np.ndarray, str]:

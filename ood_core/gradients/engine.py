@@ -13,6 +13,11 @@ one backward per chunk, see :mod:`ood_core.gradients.hooks`, plus GEMMs on the b
   ``Ω`` is N×ℓ, then ``AᵀΩ``, then ``q`` rounds of ``A``/``Aᵀ`` with an orthonormalisation),
   finished by Rayleigh–Ritz on ``A·Z`` whose left factor gives the fit set's ``G_low`` free.
 
+When the fit set's whole gradient matrix fits the ``grad_hold`` memory budget, the first pass
+keeps its blocks and the later passes of :func:`randomized_svd` replay them (:class:`Held`):
+the same tensors, so the same results, without recomputing a forward, a backward and the
+per-sample blocks 2q + 1 more times (docs/architecture.md, "Memory").
+
 The normalisation ``A = (G − 1 z̄ᵀ) S`` is never applied to a gradient: it is folded into
 the thin matrices (see :mod:`ood_core.gradients.linalg`). See ``docs/methods.md``,
 section "Low-dimensional gradients".
@@ -27,6 +32,7 @@ import torch
 
 from .. import distributed as D
 from ..models import ModelBundle
+from ..resources import memory_budget
 from . import hooks, linalg
 from .settings import Progress
 
@@ -44,6 +50,67 @@ class Stats:
     scale: list[torch.Tensor]
     n: int
     n_zero: int  # coordinates with zero variance (given the largest finite scale)
+
+
+class Held:
+    """The per-sample gradient blocks of one fit set, kept from the first pass for the next ones.
+
+    ``chunks`` is None until a pass has run through the whole set with holding allowed (``limit``
+    bytes, the ``grad_hold`` budget); a pass that would go over it drops what it kept and every
+    pass recomputes, as without holding. Replayed passes report progress and honour a cancelling
+    callback like computed ones.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: list[tuple[int, int, list[torch.Tensor]]] | None = None
+        self.dtype: torch.dtype | None = None
+
+    def iter_chunks(self, bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: float,
+                    progress: Progress | None, what: str, dtype: torch.dtype):
+        """:func:`hooks.iter_chunks`, from memory when this set's blocks are held in ``dtype``."""
+        if self.chunks is not None and self.dtype == dtype:
+            import time
+
+            n, t0 = sum(B for _, B, _ in self.chunks), time.time()
+            for start, B, mats in self.chunks:
+                yield start, B, (lambda mats=mats: iter(enumerate(mats)))
+                hooks._report(progress, start + B, n, t0, what)  # noqa: SLF001
+            return
+        keep: list[tuple[int, int, list[torch.Tensor]]] | None = [] if self.chunks is None else None
+        used = 0
+        for start, B, blocks in hooks.iter_chunks(bundle, data, pl, loss, T, progress, what, dtype):
+            if keep is None:
+                yield start, B, blocks
+                continue
+            mats = [g for _, g in blocks()]
+            used += sum(g.numel() * g.element_size() for g in mats)
+            if used <= self.limit:
+                keep.append((start, B, mats))
+            else:
+                keep = None
+            yield start, B, (lambda mats=mats: iter(enumerate(mats)))
+        if keep is not None:
+            self.chunks, self.dtype = keep, dtype
+
+
+def hold_budget_bytes(device: Any) -> int:
+    """Bytes a fit may keep its gradient matrix in: the ``grad_hold`` budget (docs/architecture.md, "Memory")."""
+    return memory_budget("grad_hold", device)
+
+
+def hold_for(pl: hooks.Plan, n: int, dtype: torch.dtype) -> Held | None:
+    """A :class:`Held` for an ``n``-sample fit when its gradient matrix fits the ``grad_hold`` budget, else None."""
+    limit = hold_budget_bytes(pl.device)
+    need = n * sum(pl.sizes) * torch.empty(0, dtype=dtype).element_size()
+    return Held(limit) if need <= limit else None
+
+
+def _chunks(held: Held | None, bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: float,
+            progress: Progress | None, what: str, dtype: torch.dtype):
+    if held is None:
+        return hooks.iter_chunks(bundle, data, pl, loss, T, progress, what, dtype)
+    return held.iter_chunks(bundle, data, pl, loss, T, progress, what, dtype)
 
 
 def nfk_stats(sums: list[torch.Tensor], sqs: list[torch.Tensor], n: int) -> Stats:
@@ -70,7 +137,8 @@ def nfk_stats(sums: list[torch.Tensor], sqs: list[torch.Tensor], n: int) -> Stat
 
 def first_pass(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: float, M: np.ndarray | None,
                want_stats: bool, progress: Progress | None = None,
-               dtype: torch.dtype = torch.float32) -> tuple[list[torch.Tensor] | None, list, list]:
+               dtype: torch.dtype = torch.float32,
+               held: Held | None = None) -> tuple[list[torch.Tensor] | None, list, list]:
     """One pass: ``Gᵀ M`` (raw gradients, fp32 blocks) and, when asked, ``Σ g`` and ``Σ g²`` (fp64).
 
     ``dtype`` is the dtype the per-sample blocks are formed in (bf16 where ``G·V`` runs in bf16);
@@ -85,7 +153,7 @@ def first_pass(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: flo
     sums = [torch.zeros(p, dtype=torch.float64, device=dev) for p in pl.sizes] if want_stats else []
     sqs = [torch.zeros(p, dtype=torch.float64, device=dev) for p in pl.sizes] if want_stats else []
     Mt = torch.as_tensor(M, dtype=torch.float32, device=dev) if M is not None else None
-    for start, B, blocks in hooks.iter_chunks(bundle, data, pl, loss, T, progress, "gradient statistics", dtype):
+    for start, B, blocks in _chunks(held, bundle, data, pl, loss, T, progress, "gradient statistics", dtype):
         for k, g in blocks():
             if want_stats:
                 sums[k] += g.sum(0, dtype=torch.float64)
@@ -101,13 +169,14 @@ def first_pass(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: flo
 
 
 def project_pass(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: float, SZ: list[torch.Tensor],
-                 off: torch.Tensor | None, progress: Progress | None = None, what: str = "G·V") -> np.ndarray:
+                 off: torch.Tensor | None, progress: Progress | None = None, what: str = "G·V",
+                 held: Held | None = None) -> np.ndarray:
     """``A·Z`` = ``Σ_k G_k (S Z)_k − z̄ᵀ S Z`` per sample, float64 ``(N, ℓ)``; ``SZ`` in the product dtype."""
     out = []
     dtype = SZ[0].dtype
     if D.is_distributed():  # this rank's rows; the rows of all ranks are gathered below
         data = _take(data, D.shard(len(data)))
-    for _start, _B, blocks in hooks.iter_chunks(bundle, data, pl, loss, T, progress, what, dtype):
+    for _start, _B, blocks in _chunks(held, bundle, data, pl, loss, T, progress, what, dtype):
         acc = None
         for k, g in blocks():
             part = (g @ SZ[k]).float()
@@ -132,9 +201,9 @@ def _take(data: Any, rows: np.ndarray) -> Any:
 
 def accumulate_pass(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: float, Y: np.ndarray,
                     stats: Stats | None, progress: Progress | None = None,
-                    dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+                    dtype: torch.dtype = torch.float32, held: Held | None = None) -> list[torch.Tensor]:
     """``Aᵀ·Y`` = ``S (Gᵀ Y − z̄ (1ᵀ Y))``, fp32 blocks."""
-    W, _, _ = first_pass(bundle, data, pl, loss, T, Y, False, progress, dtype)
+    W, _, _ = first_pass(bundle, data, pl, loss, T, Y, False, progress, dtype, held)
     return finish_At(W, Y, stats)  # type: ignore[arg-type]
 
 
@@ -160,18 +229,23 @@ class SVDResult:
 
 def randomized_svd(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: float, r: int, n: int,
                    kernel: str, q: int, dtype: torch.dtype, oversample: int = 10, seed: int = 0,
-                   stage: Callable[[int, int], Progress | None] | None = None) -> tuple[SVDResult, Stats | None]:
+                   stage: Callable[[int, int], Progress | None] | None = None,
+                   hold: bool = True) -> tuple[SVDResult, Stats | None]:
     """Top-r right singular vectors of the normalised training-gradient matrix, matrix-free.
 
     Passes: 1 (statistics + ``AᵀΩ``) + 2q (power iterations) + 1 (``A·Z``, Rayleigh–Ritz).
-    ``stage(i, total)`` gives the progress callback of pass i.
+    ``stage(i, total)`` gives the progress callback of pass i. With ``hold`` and a gradient
+    matrix that fits the ``grad_hold`` budget, only the first pass computes gradients
+    (:class:`Held`); the result is the same either way.
     """
     ell = int(min(r + oversample, n, sum(pl.sizes)))
     total = 2 + 2 * q
     st = stage or (lambda i, t: None)
     rng = np.random.default_rng(seed)
     Om = np.linalg.qr(rng.standard_normal((n, ell)))[0]
-    W, sums, sqs = first_pass(bundle, data, pl, loss, T, Om, kernel == "nfk", st(0, total), dtype)
+    rows = len(D.shard(n)) if D.is_distributed() else n  # a rank holds its own shard's rows
+    held = hold_for(pl, rows, dtype) if hold else None
+    W, sums, sqs = first_pass(bundle, data, pl, loss, T, Om, kernel == "nfk", st(0, total), dtype, held)
     stats = nfk_stats(sums, sqs, n) if kernel == "nfk" else None
     del sums, sqs
     # a basis that feeds another power iteration needs one orthonormalisation round; the last needs two
@@ -181,15 +255,17 @@ def randomized_svd(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T:
         SZ = linalg.row_scale(Z, stats.scale if stats else None, dtype)
         del Z
         off = linalg.offset(stats.mean if stats else None, SZ)
-        Y = project_pass(bundle, data, pl, loss, T, SZ, off, st(1 + 2 * it, total), "power iteration (A·Z)")
+        Y = project_pass(bundle, data, pl, loss, T, SZ, off, st(1 + 2 * it, total), "power iteration (A·Z)", held)
         del SZ
         Y = np.linalg.qr(Y)[0]
-        Z = linalg.orthonormalise(accumulate_pass(bundle, data, pl, loss, T, Y, stats, st(2 + 2 * it, total), dtype),
+        Z = linalg.orthonormalise(accumulate_pass(bundle, data, pl, loss, T, Y, stats, st(2 + 2 * it, total), dtype,
+                                                  held),
                                   rounds=2 if it == q - 1 else 1)
     SZ = linalg.row_scale(Z, stats.scale if stats else None, dtype)
     del Z
     off = linalg.offset(stats.mean if stats else None, SZ)
-    Bm = project_pass(bundle, data, pl, loss, T, SZ, off, st(total - 1, total), "Rayleigh–Ritz (A·Z)")
+    Bm = project_pass(bundle, data, pl, loss, T, SZ, off, st(total - 1, total), "Rayleigh–Ritz (A·Z)", held)
+    del held
     U, sig, Rt = np.linalg.svd(Bm, full_matrices=False)
     rr = min(r, len(sig))
     SV = linalg.right_mul(SZ, Rt[:rr].T, dtype)  # S·V, in place of SZ: what every projection multiplies by

@@ -31,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..concurrency import call_hooks
 from ..data import Dataset
+from ..jobs import checkpoint
 from ..models import ModelBundle
 from ..resources import env_var
 from . import per_sample as ps
@@ -255,6 +257,7 @@ def iter_chunks(bundle: ModelBundle, data: Dataset | np.ndarray | torch.Tensor, 
         head_only = ps._head_only(bundle, pl.names)  # noqa: SLF001
         start = 0
         for x in batches(pl.chunk):
+            checkpoint()  # a cancelled job or Ctrl-C stops between chunks
             x = x.to(pl.device)
             B = int(x.shape[0])
             acts, taps = _forward_backward(bundle, x, mods, loss, T, head_only)
@@ -304,20 +307,16 @@ def _forward_backward(bundle: ModelBundle, x: torch.Tensor, mods: dict[int, nn.M
         if inp[0].requires_grad:
             roots.append(inp[0])
 
-    hs = [m.register_forward_hook(hook) for m in mods.values()]
-    try:
-        with torch.enable_grad():
-            if head_only:  # only the head is differentiated: the body runs without a graph
-                with torch.no_grad():
-                    h = bundle.body(x).flatten(1)  # type: ignore[misc]
-                logits = bundle.head(h.requires_grad_(True))  # type: ignore[misc]
-            else:
-                logits = bundle.model(x.detach().clone().requires_grad_(True))
-            y = batched_loss(logits, loss, T).sum()
-            torch.autograd.grad(y, roots, allow_unused=True)
-    finally:
-        for h_ in hs:
-            h_.remove()
+    # call-scoped hooks: the model is shared, and another thread's forward must not feed this call
+    with call_hooks(mods.values(), hook), torch.enable_grad():
+        if head_only:  # only the head is differentiated: the body runs without a graph
+            with torch.no_grad():
+                h = bundle.body(x).flatten(1)  # type: ignore[misc]
+            logits = bundle.head(h.requires_grad_(True))  # type: ignore[misc]
+        else:
+            logits = bundle.model(x.detach().clone().requires_grad_(True))
+        y = batched_loss(logits, loss, T).sum()
+        torch.autograd.grad(y, roots, allow_unused=True)
     done: dict[int, list[torch.Tensor]] = {}
     for i, gs in taps.items():
         done[i] = [g if g is not None else torch.zeros(0) for g in gs]

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..concurrency import call_hooks, model_lock, private_module
 from ..data import Dataset
+from ..jobs import checkpoint
 from ..models import ModelBundle
 from ..resources import env_var, memory_budget
 from .settings import LOSSES, PARAM_SETS, GradientError, MemoryBudgetError, Progress
@@ -174,13 +176,8 @@ def _activation_elems(bundle: ModelBundle) -> int:
 
 def dry_run(bundle: ModelBundle, modules: Sequence[nn.Module], hook: Callable[..., None]) -> None:
     """One no-grad forward of a one-sample dummy input with ``hook`` on ``modules`` (shape probing)."""
-    hs = [m.register_forward_hook(hook) for m in modules]
-    try:
-        with torch.no_grad():
-            bundle.model(bundle.dummy_input(1).to(bundle.device))
-    finally:
-        for h in hs:
-            h.remove()
+    with call_hooks(modules, hook), torch.no_grad():  # call-scoped: the model may be shared between threads
+        bundle.model(bundle.dummy_input(1).to(bundle.device))
 
 
 def estimate_memory(bundle: ModelBundle, param_set: str | Sequence[str] = "last", chunk: int = 64, r: int = 0,
@@ -299,6 +296,9 @@ def iter_grad_blocks(bundle: ModelBundle, data: Dataset | np.ndarray | torch.Ten
             local = [n[len(prefix):] for n in names]
         else:
             module, local = bundle.model, list(names)
+        # functional_call swaps the module's parameters for the call: on the shared model another
+        # thread's forward would see them (docs/architecture.md, "Concurrency and cancellation")
+        shared, module = module, private_module(module)
         all_params = dict(module.named_parameters())
         diff = {k: all_params[k].detach() for k in local}
         rest = {k: v.detach() for k, v in all_params.items() if k not in diff}
@@ -311,11 +311,16 @@ def iter_grad_blocks(bundle: ModelBundle, data: Dataset | np.ndarray | torch.Ten
         per_sample = vmap(grad(one), in_dims=(None, 0))
         start = 0
         for x in batches(B):
+            checkpoint()  # a cancelled job or Ctrl-C stops between chunks
             x = x.to(device)
             if head_only:
                 with torch.no_grad():
                     x = bundle.body(x).flatten(1)  # type: ignore[misc]
-            g = per_sample(diff, x)
+            if module is shared:  # could not be copied: one call at a time on this model
+                with model_lock(shared):
+                    g = per_sample(diff, x)
+            else:
+                g = per_sample(diff, x)
             yield start, [g.pop(k).reshape(x.shape[0], -1) for k in local]
             del g
             start += int(x.shape[0])

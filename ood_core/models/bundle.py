@@ -276,7 +276,10 @@ class ModelBundle:
         return torch.zeros(n, self.preprocess.channels, *self.preprocess.input_size)
 
     def to(self, device: str | torch.device) -> "ModelBundle":
-        self.model.to(device)
+        # nn.Module.to reassigns every parameter's .data even on the same device, under the feet of
+        # other threads scoring with this shared model: skip it when nothing moves
+        if self.device != torch.device(device):
+            self.model.to(device)
         return self
 
     @property

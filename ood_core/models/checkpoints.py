@@ -6,6 +6,8 @@ preprocessing and the training config that produced it. ``--model PATH`` accepts
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import io
 import json
 import logging
@@ -26,6 +28,12 @@ log = logging.getLogger(__name__)
 DEFAULT_PREPROCESS = Preprocess((28, 28), 1, (0.1307,), (0.3081,))
 DEFAULT_SEED = 0
 DEFAULT_EPOCHS = 12
+# Bump when train_default (or what it calls) changes the weights it produces; the shipped copy
+# records it, and tests/models/test_checkpoints.py fails until the copy is regenerated.
+DEFAULT_TRAINING_VERSION = 1
+# The deterministic default weights, shipped so a first launch need not train (docs/architecture.md,
+# "First launch"); bench/regenerate_default_model.py writes them with train_default.
+SHIPPED_DEFAULT = Path(__file__).resolve().parent.parent / "assets" / "default_small_cnn.pt"
 
 Progress = Callable[[float, str], None]
 
@@ -125,8 +133,35 @@ def shift_augment(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2,
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+def _training_source_digest() -> str | None:
+    """A short sha256 of the source of the code that produces the default weights (``train_default``,
+    ``shift_augment``, ``SmallCNN``), or None where the source is not installed."""
+    from .archs import SmallCNN
+
+    try:
+        src = "".join(inspect.getsource(o) for o in (*_PRODUCES_DEFAULT, SmallCNN))
+    except (OSError, TypeError):
+        return None
+    return hashlib.sha256(src.encode()).hexdigest()[:16]
+
+
+def default_training_config(epochs: int = DEFAULT_EPOCHS, seed: int = DEFAULT_SEED) -> dict:
+    """What :func:`train_default` records about how it trains: the part of the default's sidecar that
+    the shipped weights must match (the source digest is None where the source is not installed)."""
+    config = {
+        "arch": "small_cnn", "num_classes": 10, "in_channels": 1, "preprocess": DEFAULT_PREPROCESS.to_dict(),
+        "trained_on": "mnist:train", "epochs": epochs, "seed": seed, "method": "ce",
+        "training_version": DEFAULT_TRAINING_VERSION, "training_source": _training_source_digest(),
+    }
+    return json.loads(json.dumps(config))  # as a sidecar holds it (tuples become lists), so the two compare
+
+
 def train_default(progress: Progress | None = None, epochs: int = DEFAULT_EPOCHS, seed: int = DEFAULT_SEED) -> ModelBundle:
-    """Train the embedded default CNN on ``mnist:train`` (about a minute on 2 CPU cores)."""
+    """Train the embedded default CNN on ``mnist:train`` (about 36 s on 2 quiet CPU cores).
+
+    The code that produced the shipped weights (:data:`SHIPPED_DEFAULT`); the app trains only when
+    that copy is missing, damaged or stale. Deterministic: the same machine gives the same bytes.
+    """
     from ..data import get_dataset
 
     torch.manual_seed(seed)
@@ -162,27 +197,89 @@ def train_default(progress: Progress | None = None, epochs: int = DEFAULT_EPOCHS
     with torch.no_grad():
         acc = float((model(xt).argmax(1) == yt).float().mean())
     meta = {
-        "name": "default", "arch": "small_cnn", "num_classes": 10, "in_channels": 1,
-        "preprocess": pp.to_dict(), "class_names": [str(i) for i in range(10)],
-        "trained_on": "mnist:train", "epochs": epochs, "seed": seed, "id_test_accuracy": acc,
-        "train_seconds": round(time.time() - t0, 1), "method": "ce",
+        **default_training_config(epochs, seed), "name": "default", "class_names": [str(i) for i in range(10)],
+        "id_test_accuracy": acc, "train_seconds": round(time.time() - t0, 1), "torch": torch.__version__,
     }
     path = save_checkpoint(model, models_dir() / "default.pt", meta)
     log.info("default model trained: accuracy %.4f in %.1fs", acc, time.time() - t0)
     return load_checkpoint(path)
 
 
+_PRODUCES_DEFAULT = (train_default, shift_augment)  # the code whose source the shipped sidecar records
+
+
 def default_model_path() -> Path:
     return models_dir() / "default.pt"
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def shipped_default_problem(shipped: Path | None = None) -> str | None:
+    """Why the shipped default weights cannot be used (missing, damaged, or made by other training
+    code than this one), or None when they can."""
+    shipped = Path(shipped or SHIPPED_DEFAULT)
+    side = shipped.with_suffix(".json")
+    try:
+        meta = json.loads(side.read_text())
+        data = shipped.read_bytes()
+    except (OSError, ValueError) as exc:
+        return f"the shipped default model is unreadable ({first_line(exc)})"
+    if not isinstance(meta, dict) or meta.get("sha256") != _sha256(data):
+        return f"the shipped default model {shipped.name} is damaged (its sha256 does not match {side.name})"
+    want = default_training_config()
+    if want["training_source"] is None:  # no source installed to compare with: trust the version tag
+        want.pop("training_source")
+    differs = sorted(k for k, v in want.items() if meta.get(k) != v)
+    if differs:
+        return f"the shipped default model was trained with other settings ({', '.join(differs)})"
+    return None
+
+
+def install_shipped_default(shipped: Path | None = None) -> ModelBundle | None:
+    """Copy the shipped default weights into ``cache/models`` and load them; None (with the reason
+    logged) when they are missing, damaged or stale, so the caller trains instead."""
+    shipped = Path(shipped or SHIPPED_DEFAULT)
+    problem = shipped_default_problem(shipped)
+    if problem is None:
+        try:
+            meta = json.loads(shipped.with_suffix(".json").read_text())
+            path = default_model_path()
+            cache.write_json_dict(path.with_suffix(".json"), {**meta, "source": "shipped with the package"})
+            cache.atomic_write_bytes(path, shipped.read_bytes())
+            return load_checkpoint(path)
+        except (OSError, ValueError, ModelError) as exc:
+            problem = first_line(exc)
+    log.warning("%s; training the default model instead", problem)
+    return None
+
+
+def write_shipped_default(bundle_path: Path, shipped: Path | None = None) -> Path:
+    """Write a checkpoint made by :func:`train_default` as the shipped default (its sidecar without
+    the wall-clock ``train_seconds``, with the sha256 of the weights); returns the ``.pt`` path."""
+    shipped = Path(shipped or SHIPPED_DEFAULT)
+    data = Path(bundle_path).read_bytes()
+    meta = json.loads(Path(bundle_path).with_suffix(".json").read_text())
+    meta = {k: v for k, v in meta.items() if k not in ("train_seconds", "source")}
+    shipped.parent.mkdir(parents=True, exist_ok=True)
+    cache.atomic_write_bytes(shipped, data)
+    cache.atomic_write_bytes(shipped.with_suffix(".json"),
+                             (json.dumps({**meta, "sha256": _sha256(data)}, indent=2, sort_keys=True) + "\n").encode())
+    return shipped
+
+
+def default_needs_training() -> bool:
+    """Whether loading the default will train it (no cached copy and no usable shipped one)."""
+    return not default_model_path().exists() and shipped_default_problem() is not None
+
+
 def load_default(progress: Progress | None = None) -> ModelBundle:
-    """The embedded default model: loaded from ``cache/models`` or trained on first use."""
+    """The embedded default model: from ``cache/models``, else the shipped copy, else trained."""
     path = default_model_path()
     if path.exists() and path.with_suffix(".json").exists():
         try:
             return load_checkpoint(path)
-        except ModelError as exc:  # a damaged checkpoint is retrained, not fatal
-            log.warning("default checkpoint unusable (%s); retraining", exc)
-    return train_default(progress)
-
+        except ModelError as exc:  # a damaged checkpoint is replaced, not fatal
+            log.warning("default checkpoint unusable (%s); replacing it", exc)
+    return install_shipped_default() or train_default(progress)

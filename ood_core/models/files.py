@@ -22,6 +22,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 from torch import nn
 
 from .. import cache
@@ -100,6 +101,11 @@ def _load_state_dict(path, sha, label, arch, input_size, mean, std, channels, he
         if variants:
             notes.append(f"the same weights layout is published as {', '.join(variants)} with other preprocessing: "
                          f"pass --arch NAME to use its preprocessing (`python -m ood_core archs`)")
+    cast = sorted({str(v.dtype).replace("torch.", "") for v in state.values()
+                   if v.is_floating_point() and v.dtype != torch.float32})  # state_dict_into casts them
+    if cast:
+        notes.append(f"weights stored as {', '.join(cast)}, cast to float32 (the model runs in float32)")
+        log.info("%s: %s weights cast to float32", path.name, ", ".join(cast))
     model, n_cls, in_ch = state_dict_into(state, arch, path.name)
     if channels is not None and int(channels) != in_ch:
         raise ModelError(f"the weights' first layer takes {in_ch} channels, not {channels}; leave channels empty")

@@ -85,6 +85,7 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 _META: dict[str, tuple[dict[str, tuple[int, ...]], str | None, str | None]] = {}
+_FLOAT_KEYS: dict[str, frozenset[str]] = {}  # per structure: the entries that hold floating-point tensors
 _DENSENET_ALIASES = [("linear.", "fc.")]
 _META_LOCK = threading.Lock()
 
@@ -101,14 +102,39 @@ def _arch_meta(arch: str) -> tuple[dict[str, tuple[int, ...]], str | None, str |
                 m = build_arch(arch, 1, arch_info(arch).channels)
         except NotImplementedError:  # a builder that computes with tensors (RegNet): build it for real
             m = build_arch(arch, 1, arch_info(arch).channels)
-        shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+        sd = m.state_dict()
+        shapes = {k: tuple(v.shape) for k, v in sd.items()}
+        floats = frozenset(k for k, v in sd.items() if v.is_floating_point())
         found = find_head(m)
         head = f"{found[0]}.weight" if found else None
         conv = next((k for k, s in shapes.items() if len(s) == 4), None)
         hit = (shapes, head, conv)
         with _META_LOCK:
             _META[arch] = hit
+            _FLOAT_KEYS[arch] = floats
     return hit
+
+
+def as_float32(state: dict[str, torch.Tensor], arch: str, name: str = "state_dict"
+               ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state`` with the floating-point entries of ``arch`` in float32, and the dtypes that were
+    cast (half, bfloat16, double: the model runs in float32, so a half-precision file loads as the
+    same weights widened). An integer, boolean or quantised tensor where ``arch`` holds floats is
+    refused with one line: its values are not weights this model can use as they are."""
+    _arch_meta(arch)
+    floats = _FLOAT_KEYS[structure_of(arch)]
+    bad = [k for k in state if k in floats and not state[k].is_floating_point()]
+    if bad:
+        k = bad[0]
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise ModelError(f"{name} holds {str(state[k].dtype).replace('torch.', '')} tensors where {arch} has "
+                         f"floating-point weights ({k}{more}); quantised or integer weights cannot be loaded, "
+                         "save the float model's state_dict instead.")
+    cast = sorted({str(state[k].dtype).replace("torch.", "") for k in floats
+                   if k in state and state[k].dtype != torch.float32})
+    if cast:
+        state = {k: (v.float() if k in floats and v.dtype != torch.float32 else v) for k, v in state.items()}
+    return state, cast
 
 
 def _alias(state: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
@@ -235,6 +261,7 @@ def state_dict_into(state: dict[str, torch.Tensor], arch: str, name: str = "stat
                 f"closest: {closest_text([r for r in ranked if r[0] != arch] or ranked)}; "
                 "pick the architecture it was saved from (it is never loaded in part)")
         raise ModelError(f"{name} does not fit {arch}: {'; '.join(parts)} — {hint}")
+    state, _ = as_float32(state, arch, name)
     _, head, conv = _arch_meta(arch)
     num_classes = int(state[head].shape[0]) if head and head in state else 0
     in_channels = int(state[conv].shape[1]) if conv and conv in state else 3
@@ -243,8 +270,16 @@ def state_dict_into(state: dict[str, torch.Tensor], arch: str, name: str = "stat
     try:
         model = _build_assigned(arch, num_classes, in_channels, state)
     except RuntimeError as exc:
-        raise ModelError(f"{name} does not fit {arch}: {first_line(exc, 200)}") from None
+        raise ModelError(f"{name} does not fit {arch}: {_load_error(exc)}") from None
     return model.eval(), num_classes, in_channels
+
+
+def _load_error(exc: BaseException) -> str:
+    """The reason in ``load_state_dict``'s message: its first line is a banner ending in ':'."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return " ".join(lines[1:3])[:300]
+    return first_line(exc, 300)
 
 
 def _build_assigned(arch: str, num_classes: int, in_channels: int, state: dict[str, torch.Tensor]) -> nn.Module:

@@ -42,8 +42,10 @@ from ..detectors.base import energy as energy_score  # the Energy detector's sco
 from ..jobs import JobContext
 from ..metrics import id_accuracy, ood_metrics
 from ..models import ModelBundle, ModelError, Preprocess, build_arch
-from ..models.checkpoints import (DEFAULT_PREPROCESS, shift_augment, default_model_path, load_checkpoint,
+from ..models.checkpoints import (shift_augment, default_model_path, load_checkpoint,
                                   load_default, models_dir, save_checkpoint)
+from .augment import DESCRIPTIONS as AUGMENT_DESCRIPTIONS
+from .augment import crop_flip, zero_pixel
 from .config import TrainConfig, TrainResult
 from .methods import TrainingDiverged, TrainingError, get_method
 
@@ -78,17 +80,29 @@ class _Reporter:
             self.ctx.set(**info)
 
 
-def _load_init(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, Preprocess, dict[str, Any], str]:
-    """(trainable model, its preprocessing, sidecar-style meta, init fingerprint). Never mutates a cached bundle."""
+def scratch_preprocess(arch: str, channels: int) -> Preprocess:
+    """A fresh ``arch``'s preprocessing: the architecture's published one (input size, mean, std:
+    ``ood_core.models.archs.arch_info``; CIFAR's for the CIFAR networks, MNIST's for the small CNN)
+    with the ID set's channels (1 or 3)."""
+    from ..models.archs import arch_info
+
+    return arch_info(arch).preprocess(channels)
+
+
+def _load_init(cfg: TrainConfig, num_classes: int, channels: int = 1) -> tuple[torch.nn.Module, Preprocess,
+                                                                               dict[str, Any], str]:
+    """(trainable model, its preprocessing, sidecar-style meta, init fingerprint). Never mutates a cached bundle.
+    ``channels``: the ID set's (what a model built from scratch takes)."""
     if cfg.init == "scratch":
         torch.manual_seed(cfg.seed)
         try:
-            model = build_arch(cfg.arch, num_classes, DEFAULT_PREPROCESS.channels)
+            pp = scratch_preprocess(cfg.arch, channels)
+            model = build_arch(cfg.arch, num_classes, pp.channels)
         except ModelError as exc:
             raise TrainingError(str(exc)) from None
-        meta = {"arch": cfg.arch, "num_classes": num_classes, "in_channels": DEFAULT_PREPROCESS.channels,
-                "preprocess": DEFAULT_PREPROCESS.to_dict(), "class_names": None}
-        return model, DEFAULT_PREPROCESS, meta, f"scratch:{cfg.arch}:{cfg.seed}"
+        meta = {"arch": cfg.arch, "num_classes": num_classes, "in_channels": pp.channels,
+                "preprocess": pp.to_dict(), "class_names": None}
+        return model, pp, meta, f"scratch:{cfg.arch}:{cfg.seed}"
     path = default_model_path() if cfg.init == "default" else Path(cfg.init)
     if cfg.init == "default":
         bundle = load_default()  # trains the default on first use
@@ -195,7 +209,7 @@ class Trainer:
         if not train_ds.has_labels:
             raise TrainingError(f"{train_ds.name} has no labels; training needs a labelled ID training split")
         num_classes = int(max(train_ds.labels.max(), test_ds.labels.max())) + 1
-        model, preprocess, base_meta, init_fp = _load_init(cfg, num_classes)
+        model, preprocess, base_meta, init_fp = _load_init(cfg, num_classes, int(train_ds.shape[-1]))
         if int(base_meta["num_classes"]) < num_classes:
             raise TrainingError(f"the init model has {base_meta['num_classes']} classes but {train_ds.name} has labels "
                                 f"up to {num_classes - 1}")
@@ -236,6 +250,7 @@ class Trainer:
         self.method.prepare(self)
         self.form = self.method.form(k)
         self.recipe = k.get("recipe", "default")
+        self.augmentation = f"{k['augment']}: {AUGMENT_DESCRIPTIONS[k['augment']]}"
         self.title = f"{self.method.name} ({self.form} form)" if self.form else self.method.name
         # What the penalty's forward ran as: the model's mode (train, as in train_sea.py) and whether
         # batch norm couples the rows.
@@ -304,15 +319,18 @@ class Trainer:
         return self.augment(self.x_aux[torch.as_tensor(idx[self.rank * n:(self.rank + 1) * n])])
 
     def augment(self, x: torch.Tensor, total: int | None = None, start: int | None = None) -> torch.Tensor:
-        """Shift ``x``, this rank's rows ``[start, start+len(x))`` of a global batch of ``total``
-        (default: an equal shard), drawing the shifts of the whole global batch."""
-        if not self.k["augment"]:
+        """Augment ``x`` per the ``augment`` knob (:mod:`.augment`): this rank's rows ``[start, start+len(x))``
+        of a global batch of ``total`` (default: an equal shard), drawing for the whole global batch."""
+        mode = self.k["augment"]
+        if mode == "none":
             return x
-        if self.world == 1:
-            return shift_augment(x, self.gen)
         n = len(x)
-        return shift_augment(x, self.gen, draw=(n * self.world if total is None else total,
-                                                self.rank * n if start is None else start))
+        draw = None if self.world == 1 else (n * self.world if total is None else total,
+                                             self.rank * n if start is None else start)
+        if mode == "crop_flip":  # padding is a zero pixel, normalised (the papers pad before Normalize)
+            pp = self.bundle.preprocess
+            return crop_flip(x, self.gen, fill=zero_pixel(pp.mean, pp.std), draw=draw)
+        return shift_augment(x, self.gen, draw=draw)
 
     def logits(self, *parts: torch.Tensor) -> torch.Tensor:
         """Logits of the rows of ``parts`` stacked in order: one pass per part of at most B rows where
@@ -389,12 +407,14 @@ class Trainer:
                                                                               f"fine-tuned {Path(self.cfg.init).stem}")
         done = f"{self.cfg.epochs} ep" if complete else f"{self.epochs_done}/{self.cfg.epochs} ep, stopped"
         defaults = self.method.defaults(self.cfg.init, self.k.get("preset"), self.k.get("recipe", "default"))
+        crop = self.k.get("augment") == "crop_flip"
         extra = ", ".join(f"{n}={v}" for n, v in self.k.items()
-                          if v != defaults.get(n) and n not in ("preset", "recipe"))
+                          if v != defaults.get(n) and n not in ("preset", "recipe") and not (crop and n == "augment"))
         preset = self.k.get("preset")
         form = f" · {self.form} form" if self.form else ""
         form += f" ({preset} preset)" if self.form and preset and preset != self.form else ""
         form += f" · {self.recipe} recipe" if self.recipe != "default" else ""
+        form += " · crop+flip augmentation" if crop else ""
         bn = " · penalty on batch-norm batch statistics" if self.penalty_mode and not self.sample_independent else ""
         return f"{self.method.name} · {init} · {done} · seed {self.cfg.seed}{form}{bn}" + (f" · {extra}" if extra else "")
 
@@ -406,6 +426,7 @@ class Trainer:
             "label": self.label(complete), "training": self.cfg.to_dict(), "seed": self.cfg.seed,
             "form": self.form, "preset": self.k.get("preset"), "recipe": self.recipe,
             "optimizer": type(self.opt).__name__, "penalty_mode": self.penalty_mode,
+            "augmentation": self.augmentation,
             "init_fingerprint": self.init_fp, "epochs_done": self.epochs_done, "complete": complete,
             "trained_on": train_name_for(self.cfg.id_dataset), "aux": self.cfg.aux if self.method.uses_aux else None,
             "id_test_accuracy": last.get("accuracy"), "val_auroc": last.get("auroc"),
@@ -427,9 +448,11 @@ class Trainer:
         history: dict[str, list] = {"steps": [], "epochs": []}
         self.rep.set(method=cfg.method, config=cfg.to_dict(), steps_per_epoch=self.steps_per_epoch,
                      total_steps=self.total_steps, terms=list(self.method.terms), checkpoint=None,
-                     form=self.form, recipe=self.recipe, penalty_mode=self.penalty_mode)
+                     form=self.form, recipe=self.recipe, penalty_mode=self.penalty_mode,
+                     augmentation=self.augmentation)
         self.rep.log(kind="setup", method=cfg.method, form=self.form, preset=self.k.get("preset"),
-                     recipe=self.recipe, optimizer=type(self.opt).__name__, penalty_mode=self.penalty_mode)
+                     recipe=self.recipe, optimizer=type(self.opt).__name__, penalty_mode=self.penalty_mode,
+                     augmentation=self.augmentation)
         first = self.evaluate()
         row0 = {"kind": "epoch", "epoch": 0, **first}
         history["epochs"].append(row0)

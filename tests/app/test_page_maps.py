@@ -178,3 +178,48 @@ def test_a_map_selection_event_leads_to_samples(default_bundle, monkeypatch):
     assert map_component.selection_event("map_x", pts) is None
     event["selected"] = {"digest": pts.digest, "positions": "not a list"}
     assert map_component.selection_event("map_x", pts) is None
+
+
+MAP_PLUGIN = '''
+import numpy as np
+from ood_core.api import Detector, Knob, register_detector
+
+@register_detector
+class HalfMaxLogit(Detector):
+    name, title = "half_maxlogit_map", "Half max logit"
+    knobs = (Knob("a", 0.5, 0.1, 2.0, help="scale"),)
+    def _score(self, ext, a):
+        return a * np.asarray(ext.logits, np.float64).max(1)
+'''
+
+
+def test_maps_colour_by_a_plugin_detector(default_bundle, tmp_path):
+    """A detector from a plugin file is offered as a colour (labelled with its plugin) and colours both maps
+    by its score, added to the points on demand; the gallery can rank by it too."""
+    from ood_core import plugins
+
+    f = tmp_path / "map_plugin.py"
+    f.write_text(MAP_PLUGIN)
+    info = plugins.load(str(f))
+    try:
+        assert info.ok, info.line
+        at = _maps().run()
+        _ok(at)
+        label = "score: Half max logit · plugin (map_plugin.py)"
+        assert label in at.selectbox(key="maps_color").options
+        assert "score: Energy score" in at.selectbox(key="maps_color").options  # the built-ins stay
+        at.selectbox(key="maps_color").set_value("half_maxlogit_map").run()
+        _ok(at)
+        res = {r.space: r for r in at.session_state["maps_results"].values()}
+        payloads = _maps_payloads(at)
+        assert set(payloads) == {"map_features", "map_gradients"}
+        for key, space in (("map_features", "features"), ("map_gradients", "gradients")):
+            header, arrays = payloads[key]
+            assert header["color"] == "half_maxlogit_map" and "half_maxlogit_map" in header["scale"]["title"]
+            frame = res[space].frame
+            np.testing.assert_allclose(frame["half_maxlogit_map"], 0.5 * frame["maxlogit"], rtol=1e-6)
+            np.testing.assert_allclose(np.sort(arrays["value"]), np.sort(0.5 * frame["maxlogit"].to_numpy()),
+                                       rtol=1e-5)
+        assert "Half max logit · plugin (map_plugin.py)" in at.selectbox(key="maps_rank_by").options
+    finally:
+        plugins.forget(info)

@@ -112,3 +112,39 @@ def test_train_page_fine_tunes_an_uploaded_state_dict(default_bundle, tmp_path):
         if path is not None:
             for p in (Path(path), Path(path).with_suffix(".json")):
                 p.unlink(missing_ok=True)
+
+
+def test_train_page_recipe_sets_the_knobs_and_the_held_out_set_is_chosen(default_bundle):
+    """Recipe 'paper' starts every knob widget (and the epochs) at the recipe's values, so the run is the
+    recipe rather than the widgets' defaults given explicitly; the held-out OOD set of the per-epoch AUROC
+    is a choice (the CLI's --aux-val) that reaches the run's config."""
+    from ood_core.training.recipes import PAPER_RECIPES
+
+    at = AppTest.from_file(str(ROOT / "pages" / "6_Train.py"), default_timeout=120).run()
+    at.selectbox(key="train.method").set_value("greg_plus").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="train.greg_plus.recipe").value == "default"
+    assert at.selectbox(key="train.finetune.reference.greg_plus.optimizer").value == "sgd"
+    at.selectbox(key="train.greg_plus.recipe").set_value("paper").run()
+    assert not at.exception, at.exception
+    rec = PAPER_RECIPES["greg_plus"]
+    assert at.number_input(key="train.epochs.finetune.paper").value == rec["epochs"]
+    assert at.selectbox(key="train.finetune.paper.reference.greg_plus.optimizer").value == "adam"
+    assert at.selectbox(key="train.finetune.paper.reference.greg_plus.augment").value == "crop_flip"
+    assert at.slider(key="train.finetune.paper.reference.greg_plus.batch_size").value == rec["batch_size"]
+
+    at.selectbox(key="train.method").set_value("ce").run()
+    assert at.selectbox(key="train.aux_val").value == "aux_val"  # the held-out set of the ood_val role first
+    at.selectbox(key="train.aux_val").set_value("gaussian").run()
+    job = _start_short_job(at, "ce")
+    job.wait(120)
+    assert job.state == "done", job.error
+    path = job.result.path
+    try:
+        assert job.result.meta["training"]["aux_val"] == "gaussian"
+        at.run()
+        assert any("Energy AUROC vs gaussian" in s.value for s in at.success)
+        assert any("Recipe: default; augmentation: shift" in c.value for c in at.caption)
+    finally:
+        for p in (Path(path), Path(path).with_suffix(".json")):
+            p.unlink(missing_ok=True)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from browser_support import ARTIFACTS, app_server, browser, browser_page, goto_page, wait_idle  # noqa: F401
+from browser_support import ARTIFACTS, goto_page, wait_idle
 
 pytestmark = pytest.mark.browser
 

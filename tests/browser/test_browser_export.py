@@ -9,7 +9,7 @@ import fixtures_data as fx
 import pandas as pd
 import pytest
 import torch
-from browser_support import ARTIFACTS, app_server, browser, browser_page, by_key, goto_page, wait_idle  # noqa: F401
+from browser_support import ARTIFACTS, by_key, goto_page, wait_idle
 
 pytestmark = pytest.mark.browser
 

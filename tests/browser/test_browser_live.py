@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 
 import pytest
-from browser_support import ARTIFACTS, app_server, browser, browser_page, by_key, wait_idle  # noqa: F401
+from browser_support import ARTIFACTS, _skip_reason, by_key, serve_app, wait_idle
 
 pytestmark = pytest.mark.browser
 APP_TITLES = ["Home", "Scores", "Compare", "Tuning", "Maps", "Saliency", "Train", "Models & data"]
@@ -35,16 +35,31 @@ def _nav_titles(page) -> list[str]:
     return [t.strip().split("\n")[-1] for t in page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()]  # after the icon
 
 
-def test_deep_link_first_load_in_a_fresh_server_shows_the_apps_navigation(browser_page, app_server, default_bundle):
-    """The module's server is fresh: this is the first page any session of it loads."""
-    page = browser_page
-    page.goto(f"{app_server.url}/Scores", wait_until="domcontentloaded")
-    wait_idle(page)
-    page.get_by_text("Metrics", exact=True).wait_for()
-    assert _nav_titles(page) == APP_TITLES, app_server.log_tail()
-    assert page.url.rstrip("/").endswith("/Scores")
-    assert page.locator("h1", has_text="Scores").count() == 1
-    page.screenshot(path=str(ARTIFACTS / "deep-link-first-load.png"))
+@pytest.fixture()
+def fresh_server():
+    """A server of its own (the session's shared one has served other tests' sessions)."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with serve_app() as server:
+        yield server
+
+
+def test_deep_link_first_load_in_a_fresh_server_shows_the_apps_navigation(browser, fresh_server, default_bundle):
+    """This is the first page any session of the server loads."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(90_000)
+    try:
+        page.goto(f"{fresh_server.url}/Scores", wait_until="domcontentloaded")
+        wait_idle(page)
+        page.get_by_text("Metrics", exact=True).wait_for()
+        assert _nav_titles(page) == APP_TITLES, fresh_server.log_tail()
+        assert page.url.rstrip("/").endswith("/Scores")
+        assert page.locator("h1", has_text="Scores").count() == 1
+        page.screenshot(path=str(ARTIFACTS / "deep-link-first-load.png"))
+    finally:
+        context.close()
 
 
 def test_knob_move_reruns_only_the_scores_fragment(browser, app_server, default_bundle):

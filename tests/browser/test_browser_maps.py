@@ -4,7 +4,7 @@ is kept (not re-created) by the rerun the selection starts, and Clear removes ri
 from __future__ import annotations
 
 import pytest
-from browser_support import app_server, browser, browser_page, by_key, goto_page, wait_idle  # noqa: F401
+from browser_support import by_key, goto_page, wait_idle
 
 # It was flaky in two ways, both fixed: on an empty cache the page's opening UMAP ran in the script
 # thread and the PCA click waited behind it (maps now compute as background jobs: ui.common.run_as_job),

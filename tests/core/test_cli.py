@@ -269,3 +269,92 @@ def test_model_that_raises_on_the_real_batch(tmp_path, capsys):
     lines = [ln for ln in err.strip().splitlines() if ln.strip() and not ln.startswith("WARNING")]
     assert len(lines) == 1 and "Traceback" not in err, err
     assert "the model 'picky' failed on a batch" in lines[0] and "boom on the real batch" in lines[0]
+
+
+# --- train: starting points and the held-out set ---------------------------------------------------------------
+def _train_cli(capsys, *args: str) -> tuple[int, str, str]:
+    from ood_core.cli import main
+
+    rc = main(["train", "--epochs", "1", "--quiet", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _drop_checkpoint(out: str) -> dict:
+    """The sidecar of the checkpoint a train run printed last; both files removed."""
+    path = Path(out.strip().splitlines()[-1])
+    meta = json.loads(path.with_suffix(".json").read_text())
+    for p in (path, path.with_suffix(".json")):
+        p.unlink(missing_ok=True)
+    return meta
+
+
+@pytest.fixture
+def rgb_sets():
+    """A tiny 3-channel ID set (test + train splits, 32×32) and a 3-channel held-out OOD set, in memory."""
+    from ood_core.data import ImageDataset
+    from ood_core.data.registry import DatasetSpec, register, unregister
+
+    rng = np.random.default_rng(0)
+
+    def rgb(name: str, n: int, role: str, labelled: bool = True) -> ImageDataset:
+        y = rng.integers(0, 10, n) if labelled else np.full(n, -1)
+        return ImageDataset(name, rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), y, role=role)
+
+    sets = {"test": rgb("t_rgb", 20, "id_test"), "train": rgb("t_rgb", 32, "id_train")}
+    val = rgb("t_rgb_val", 20, "ood_val", labelled=False)
+    register(DatasetSpec("t_rgb", "", "id_test", lambda split: sets[split], splits=("test", "train"), embedded=False),
+             replace=True)
+    register(DatasetSpec("t_rgb_val", "", "ood_val", lambda split: val, embedded=False), replace=True)
+    yield
+    unregister("t_rgb")
+    unregister("t_rgb_val")
+
+
+def test_train_scratch_cifar_arch_takes_its_preprocessing_and_aux_val(capsys, rgb_sets):
+    """--init scratch --arch wrn10_1 on a 3-channel set: the checkpoint's preprocessing is the architecture's
+    (CIFAR mean/std, 32×32, the ID set's 3 channels), not the embedded default's (MNIST); --aux-val picks the
+    set the per-epoch AUROC is measured against."""
+    from ood_core.models.archs import arch_info
+    from ood_core.models.checkpoints import DEFAULT_PREPROCESS
+
+    rc, out, err = _train_cli(capsys, "--method", "ce", "--init", "scratch", "--arch", "wrn10_1", "--id", "t_rgb",
+                              "--aux-val", "t_rgb_val", "--n-eval", "16", "--param", "ce.batch_size=16")
+    assert rc == 0, err
+    assert "Energy AUROC vs t_rgb_val" in out
+    meta = _drop_checkpoint(out)
+    want = arch_info("wrn10_1").preprocess(3).to_dict()
+    assert meta["preprocess"] == json.loads(json.dumps(want)) and meta["preprocess"] != DEFAULT_PREPROCESS.to_dict()
+    assert meta["preprocess"]["input_size"] == [32, 32] and meta["in_channels"] == 3
+    assert meta["preprocess"]["mean"][0] == pytest.approx(0.4914, abs=1e-3)
+    assert meta["arch"] == "wrn10_1" and meta["training"]["aux_val"] == "t_rgb_val"
+    rc, _, err = _train_cli(capsys, "--method", "ce", "--aux-val", "no_such_set")
+    assert rc == 2 and err.strip().count("\n") == 0 and "unknown dataset 'no_such_set'" in err
+
+
+def test_train_init_upload_key(capsys, tmp_path, default_bundle):
+    """--init upload:KEY trains from the uploaded file with the options it was loaded with (its own
+    preprocessing), as the Train page does; an unknown key or --arch beside a key is one line, exit 2."""
+    import torch
+
+    from ood_core import persist
+    from ood_core.models.checkpoints import load_checkpoint
+
+    sd = tmp_path / "mine.pt"
+    torch.save(default_bundle.model.state_dict(), sd)
+    key, up = persist.register_upload(sd, arch="small_cnn", mean=0.25, std=0.5, name="mine_cli")
+    try:
+        rc, out, err = _train_cli(capsys, "--method", "ce", "--init", key, "--n-train", "32", "--n-eval", "50",
+                                  "--param", "ce.batch_size=16")
+        assert rc == 0, err
+        path = Path(out.strip().splitlines()[-1])
+        assert tuple(load_checkpoint(path).preprocess.mean) == (0.25,)  # loads back with the upload's preprocessing
+        meta = _drop_checkpoint(out)
+        assert meta["training"]["init"] == str(sd.resolve()) and meta["training"]["load"]["arch"] == "small_cnn"
+        assert meta["init_fingerprint"] == up.fingerprint and "fine-tuned mine" in meta["label"]
+        for args, needle in ((["--init", "upload:nope@0000"], "not remembered"),
+                             (["--init", key, "--arch", "small_cnn"], "drop --arch")):
+            rc, _, err = _train_cli(capsys, "--method", "ce", *args)
+            assert rc == 2 and err.strip().count("\n") == 0 and needle in err, err
+    finally:
+        persist.forget_upload(key)

@@ -136,3 +136,56 @@ def test_app_shows_a_plugin_on_scores_and_compare(default_bundle, loaded):
     assert not at.exception, at.exception
     shown = " ".join(str(df.value.to_dict()) for df in at.dataframe)
     assert "energy_norm" in shown
+
+
+APP_DRIVER = textwrap.dedent('''
+    """Start the app in this fresh process (as `streamlit run` does), open Scores and Compare, report what shows."""
+    import json, sys
+    from streamlit.testing.v1 import AppTest
+    from ood_core import plugins
+
+    app = sys.argv[1]
+    before = [i.spec for i in plugins.plugins()]
+    at = AppTest.from_file(app, default_timeout=300)
+    at.switch_page("pages/1_Scores.py")
+    at.session_state["detector"] = "env_scaled_max"
+    at.run()
+    out = {"before": before, "exception": [str(e.value) for e in at.exception],
+           "source": getattr(plugins.source_of("env_scaled_max"), "spec", None),
+           "sliders": [[s.label, s.value, s.min, s.max] for s in at.slider],
+           "markdown": [m.value for m in at.markdown], "warnings": [w.value for w in at.sidebar.warning],
+           "detector": at.selectbox(key="detector").value}
+    at = AppTest.from_file(app, default_timeout=300)
+    at.switch_page("pages/2_Compare.py")
+    at.session_state["cmp_detectors"] = ["energy", "env_scaled_max"]
+    at.run()
+    out["compare_exception"] = [str(e.value) for e in at.exception]
+    out["compare"] = " ".join(str(df.value.to_dict()) for df in at.dataframe)
+    print(json.dumps(out))
+''')
+
+
+def test_app_reads_ood_plugins_at_start_up(default_bundle, tmp_path):
+    """OOD_PLUGINS names a plugin file: the app loads it at start-up (nothing imported it before), and the
+    detector shows on Scores with its knob as a slider and its "plugin" badge naming the file, and has its
+    row on Compare; a missing entry in the list is one sidebar line. In a fresh process, as the app starts
+    (the app loads plugins once per process, through st.cache_resource)."""
+    import os
+    import subprocess
+
+    f = tmp_path / "env_plugin.py"
+    f.write_text(PLUGIN.format(cls="EnvMax", name="env_scaled_max"))
+    driver = tmp_path / "drive_app.py"
+    driver.write_text(APP_DRIVER)
+    env = {**os.environ, plugins.ENV: f"{tmp_path / 'absent_plugin.py'},{f}", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, str(driver), str(ROOT / "app.py")], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["before"] == [] and out["exception"] == [] and out["compare_exception"] == []
+    assert out["source"] == str(f)  # loaded by the app's start-up, from the environment
+    assert ["a", 1.0, 0.5, 2.0] in out["sliders"]  # its knob, as a slider at its default
+    assert any("plugin · env_plugin.py" in m for m in out["markdown"]), out["markdown"]  # its badge
+    assert any("absent_plugin.py" in w for w in out["warnings"]), out["warnings"]  # the refused entry: one line
+    assert out["detector"] == "env_scaled_max"
+    assert "env_scaled_max" in out["compare"]  # its row beside Energy

@@ -1,5 +1,6 @@
 """One memory-budget rule (ood_core/resources.py; docs/architecture.md, "Memory"): the variable,
 the default fraction of free memory, bad values, and the deprecated names of earlier releases."""
+import os
 import warnings
 from pathlib import Path
 
@@ -8,10 +9,10 @@ import pytest
 from ood_core import resources as R
 from ood_core.errors import UserError
 from ood_core.extract import forward_budget_bytes
-from ood_core.gradients import hooks, per_sample, subspace
+from ood_core.gradients import engine, hooks, per_sample, subspace
 
 CALLERS = {"forward": forward_budget_bytes, "grad_chunk": per_sample.memory_budget_bytes,
-           "grad_fit": subspace.available_bytes}
+           "grad_fit": subspace.available_bytes, "grad_hold": engine.hold_budget_bytes}
 ALL_VARS = [R.env_var(k) for k in R.KINDS] + list(R.DEPRECATED)
 
 
@@ -140,3 +141,13 @@ def test_cache_dir_blank_is_unset_and_a_file_is_refused(tmp_path, monkeypatch):
                 cache.cache_dir()
     finally:
         cache.reset()
+
+
+def test_thread_policy_fills_in_only_what_the_user_left_unset():
+    env = {"OMP_NUM_THREADS": "7"}
+    done = R.configure_threads(env)
+    assert done == {"OMP_WAIT_POLICY": "passive"} and env["OMP_NUM_THREADS"] == "7"
+    env = {"OMP_WAIT_POLICY": " "}
+    R.configure_threads(env)
+    assert env == {"OMP_WAIT_POLICY": "passive", "OMP_NUM_THREADS": str(R.available_cpus())}
+    assert 1 <= R.available_cpus() <= (os.cpu_count() or 1)

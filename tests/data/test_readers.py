@@ -323,3 +323,86 @@ def test_cli_register(reg, tmp_path, capsys):
     assert cli.main(["datasets"]) == 0
     assert "clic10\tid_test" in capsys.readouterr().out
     assert cli.main(["register", "--name", "clic10", "--remove"]) == 0
+
+
+# --- image lists (issue 27, items 7 and 12) ---------------------------------------------------
+
+def _list_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "lists"
+    (root / "my dir").mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    for name in ("a.png", "b.png", "my dir/img 1.png", "my dir/img 2.png"):
+        from PIL import Image
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / name)
+    return root
+
+
+@pytest.mark.hostile
+def test_image_list_with_a_bom_keeps_its_first_image(tmp_path, tmp_cache):
+    root = _list_folder(tmp_path)
+    (root / "bom.txt").write_bytes("\ufeffa.png 1\nb.png 0\n".encode())
+    ds = R.load_local(root / "bom.txt")
+    assert len(ds) == 2 and ds.meta["skipped"] == 0 and ds.labels.tolist() == [1, 0]
+
+
+@pytest.mark.hostile
+def test_image_list_paths_with_spaces_take_the_label_from_the_right(tmp_path, tmp_cache):
+    root = _list_folder(tmp_path)
+    (root / "spaces.txt").write_text("my dir/img 1.png 3\nmy dir/img 2.png\na.png,2\nb.png\t 4 \n")
+    ds = R.load_local(root / "spaces.txt")
+    assert [f.decode() for f in ds.files] == ["my dir/img 1.png", "my dir/img 2.png", "a.png", "b.png"]
+    assert ds.labels.tolist() == [3, -1, 2, 4] and ds.meta["skipped"] == 0
+    (root / "bad.txt").write_text("a.png cat\n")
+    with pytest.raises(DataError, match="line 1: the label 'cat' is not an integer"):
+        R.load_local(root / "bad.txt")
+
+
+@pytest.mark.hostile
+def test_hostile_image_lists_give_one_line_on_the_cli(reg, tmp_path, capsys):
+    """A NUL byte, a label past int64, entries that are symlink loops: exit 2 and one line (or,
+    for one bad entry among good ones, a skip with its reason), never a traceback."""
+    from ood_core import cli
+
+    root = _list_folder(tmp_path)
+    (root / "loop.png").symlink_to(root / "loop.png")
+    (root / "self.txt").symlink_to(root / "self.txt")
+    (root / "nul.txt").write_bytes(b"a.png 1\nb\x00.png 2\n")
+    (root / "big.txt").write_text("a.png 99999999999999999999999\n")
+    (root / "huge.txt").write_text("a.png " + "9" * 5000 + "\n")
+    (root / "loops.txt").write_text("loop.png 1\n")
+    (root / "oneloop.txt").write_text("a.png 1\nloop.png 2\n")
+    cases = {"nul.txt": "nul.txt, line 2: a NUL byte", "big.txt": "big.txt, line 1: the label 9999",
+             "huge.txt": "huge.txt, line 1: the label 9999", "self.txt": "",
+             "loops.txt": "loop.png (unreadable: Too many levels of symbolic links)"}
+    for name, msg in cases.items():
+        code = cli.main(["register", "--path", str(root / name), "--name", "hl"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "\n" not in err and err.startswith("error: ") and msg in err, (name, err)
+    assert cli.main(["register", "--path", str(root / "oneloop.txt"), "--name", "hl"]) == 0
+    got = capsys.readouterr()
+    assert "1 images" in got.out and "skipped: loop.png (unreadable: Too many levels" in got.err
+    ds = get_dataset("hl")
+    assert ds.meta["skipped_files"] == ["loop.png (unreadable: Too many levels of symbolic links)"]
+
+
+@pytest.mark.hostile
+def test_a_long_image_list_is_parsed_once_and_each_file_read_once(tmp_path, tmp_cache, monkeypatch):
+    """Item 12: a 1,000,000-line list took 2 min 25 s to register and every later command re-read it
+    (78 s). The parse is remembered by the list's size and mtime, and a file listed many times is
+    stat'ed and its header read once (bench numbers: docs/architecture.md, "Datasets")."""
+    from ood_core.data import images as I
+
+    root = _list_folder(tmp_path)
+    lines = [f"{'ab'[i % 2]}.png {i % 7}" for i in range(20000)]
+    (root / "long.txt").write_text("\n".join(lines) + "\n")
+    heads = []
+    real_header = I._header
+    monkeypatch.setattr(I, "_header", lambda p: heads.append(p) or real_header(p))
+    ds = R.load_local(root / "long.txt")
+    assert len(ds) == 20000 and ds.labels[:8].tolist() == [0, 1, 2, 3, 4, 5, 6, 0] and len(heads) == 2
+    monkeypatch.setattr(I, "_parse_list", lambda p: pytest.fail("parsed again"))
+    again = R.load_local(root / "long.txt")
+    assert again.fingerprint == ds.fingerprint and len(heads) == 2
+    (root / "long.txt").write_text("b.png 5\n")  # a changed list is parsed again
+    monkeypatch.undo()
+    assert R.load_local(root / "long.txt").labels.tolist() == [5]

@@ -105,6 +105,11 @@ def test_extraction_resumes_after_sigkill_bit_identical(tmp_path, monkeypatch, d
 
 
 def test_a_changed_file_changes_the_fingerprint_and_evaluate_recomputes(tmp_path, monkeypatch, default_bundle):
+    from ood_core.data import registry
+
+    # On a busy machine signing 12 files can pass STAMP_CHEAP_S, and the signature would then be reused
+    # for a while (by design, for big folders): this test is about a folder signed on every use.
+    monkeypatch.setattr(registry, "STAMP_CHEAP_S", float("inf"))
     folder = photo_folder(tmp_path / "live", n=12, seed=1)
     persist.register_local(folder, "live_stream", "ood_test", persist=False)
     try:
@@ -332,3 +337,63 @@ def test_cli_register_evaluate_extract_and_train_on_streamed_folders(tmp_path, c
         set_sample("dstream:train", None)
         for n in ("dstream", "pstream"):
             persist.unregister_local(n)
+
+
+def _cut_jpeg_folder(root: Path, n: int = 8, cut: int = 5) -> Path:
+    """Colour progressive JPEGs; file ``cut`` loses the middle of its data but keeps its header and
+    end marker, so the scan keeps it and only decoding finds the damage."""
+    rng = np.random.default_rng(4)
+    root.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / f"p{i}.jpg", quality=90,
+                                                                                 progressive=True)
+    data = (root / f"p{cut}.jpg").read_bytes()
+    sos = data.find(b"\xff\xda")
+    (root / f"p{cut}.jpg").write_bytes(data[: sos + 3] + data[len(data) // 2:])
+    assert (root / f"p{cut}.jpg").read_bytes().endswith(b"\xff\xd9")
+    with pytest.raises(OSError), Image.open(root / f"p{cut}.jpg") as im:
+        im.convert("RGB")
+    return root
+
+
+@pytest.mark.hostile
+def test_a_cut_colour_jpeg_becomes_a_named_blank_also_on_resume(tmp_path, monkeypatch, default_bundle, tmp_cache):
+    """Issue 27, item 5: the blank stand-in had the model's 1 channel, the images 3: every pass
+    crashed in torch.stack, and a resumed pass at the same file."""
+    ds = R.load_local(_cut_jpeg_folder(tmp_path / "photos"), name="cut")
+    assert len(ds) == 8 and ds.meta["skipped"] == 0 and not ds.gray  # it passes registration
+    whole = ex.run_forward(default_bundle, ds, 4, workers=0)
+    assert whole.extra["decode_failed"] == [5]
+    assert whole.extra["blank_files"][0].startswith("p5.jpg: cannot be read (OSError")
+    # a pass interrupted after its first chunk, then resumed: the cut file is in the resumed part
+    monkeypatch.setattr(ex, "CHUNK_ROWS", 4)
+    key = ex.extraction_key(default_bundle, ds)
+
+    def stop(frac, msg):
+        if frac >= 0.5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ex.run_forward(default_bundle, ds, 4, resume_key=key, workers=0, progress=stop)
+    resumed = ex.run_forward(default_bundle, ds, 4, resume_key=key, workers=0)
+    assert resumed.extra["resumed_at"] == 4 and resumed.extra["decode_failed"] == [5]
+    assert np.array_equal(resumed.logits, whole.logits)
+    assert resumed.extra["blank_files"] == whole.extra["blank_files"]
+
+
+@pytest.mark.hostile
+def test_cli_extract_names_the_blank_file_and_why(tmp_path, capsys, tmp_cache, default_bundle):
+    from ood_core import cli
+    from ood_core.models.checkpoints import models_dir
+
+    src = Path(__file__).resolve().parents[2] / "cache" / "test" / "models"
+    for f in src.glob("default.*"):  # the default model, trained once for the session, in this private cache
+        (models_dir() / f.name).write_bytes(f.read_bytes())
+    folder = _cut_jpeg_folder(tmp_path / "photos")
+    try:
+        assert cli.main(["register", "--path", str(folder), "--name", "cutjpeg"]) == 0
+        assert cli.main(["extract", "--dataset", "cutjpeg", "--out", str(tmp_path / "c.npz"), "--quiet"]) == 0
+        err = capsys.readouterr().err
+        assert "1 files could not be decoded" in err and "blank: p5.jpg: cannot be read (OSError" in err
+    finally:
+        persist.unregister_local("cutjpeg")

@@ -504,3 +504,36 @@ def test_models_go_channels_last_unless_their_forward_needs_nchw():
     assert b.model.conv.weight.is_contiguous() and b.num_classes == 3  # kept NCHW, and it works
     b2 = ModelBundle(model=SmallCNN(), preprocess=Preprocess(input_size=(28, 28), channels=1, mean=(0.0,), std=(1.0,)))
     assert b2.model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_reduced_precision_state_dicts_load_as_float32(tmp_path, dtype):
+    """Issue 27, item 10: a half-precision file was refused with a dtype mismatch."""
+    torch.manual_seed(0)
+    m = build_arch("resnet18_cifar", 5, 3).eval()
+    p = tmp_path / "half.pt"
+    torch.save({k: (v.to(dtype) if v.is_floating_point() else v) for k, v in m.state_dict().items()}, p)
+    b = load_model_file(p, arch="resnet18_cifar")
+    assert all(t.dtype == torch.float32 for t in b.model.parameters())
+    name = str(dtype).replace("torch.", "")
+    assert any(f"weights stored as {name}, cast to float32" in n for n in b.info["notes"])
+    ref = build_arch("resnet18_cifar", 5, 3).eval()
+    ref.load_state_dict({k: (v.to(dtype).float() if v.is_floating_point() else v) for k, v in m.state_dict().items()})
+    xb = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(b.logits(xb), ref(xb), atol=1e-5)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool])
+def test_integer_state_dicts_are_refused_in_one_complete_line(tmp_path, dtype):
+    m = build_arch("resnet18_cifar", 5, 3)
+    p = tmp_path / "ints.pt"
+    torch.save({k: (v.to(dtype) if v.is_floating_point() else v) for k, v in m.state_dict().items()}, p)
+    with pytest.raises(ModelError) as got:
+        load_model_file(p, arch="resnet18_cifar")
+    msg = str(got.value)
+    name = str(dtype).replace("torch.", "")
+    assert "\n" not in msg and msg.endswith(".") and not msg.endswith(":")
+    assert f"holds {name} tensors where resnet18_cifar has floating-point weights (conv1.weight and" in msg

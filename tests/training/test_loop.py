@@ -407,6 +407,7 @@ def test_batchnorm_model_penalty_follows_train_mode_and_equals_the_jacobian(monk
     assert "rows coupled" in res.meta["penalty_mode"] and "batch-norm" in res.meta["label"]
     setup = [{k: v for k, v in r.items() if k != "t"} for r in job.rows if r.get("kind") == "setup"]
     assert setup == [{"kind": "setup", "method": "greg", "form": "reference", "preset": "reference",
-                      "recipe": "default", "optimizer": "SGD", "penalty_mode": tr.penalty_mode}]
+                      "recipe": "default", "optimizer": "SGD", "penalty_mode": tr.penalty_mode,
+                      "augmentation": "shift: random shifts of up to 2 pixels"}]
     res.path.unlink()
     res.path.with_suffix(".json").unlink()

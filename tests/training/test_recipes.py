@@ -176,6 +176,61 @@ def test_greg_plus_paper_recipe_run_says_what_ran(default_bundle, tmp_path):
         (0, True, 32, "adam", 0.0)
     assert "· paper recipe" in meta["label"] and "lr=0.0001" in meta["label"] and "optimizer" not in meta["label"]
     assert re.search(r"· reference form", meta["label"])
+    # The authors' CIFAR augmentation ran, and the label and sidecar say so.
+    assert p["augment"] == "crop_flip" and meta["augmentation"].startswith("crop_flip: random crop")
+    assert "· crop+flip augmentation" in meta["label"] and "augment=" not in meta["label"]
+
+
+def test_crop_flip_equals_hand_written_pad_crop_flip_on_pixels():
+    """Per row: pad 4 with zero pixels, crop back at the drawn offsets, flip where drawn, then normalise,
+    written out with torchvision's functional ops on the pixels, equals crop_flip on the normalised batch
+    (padding = a zero pixel's normalised value). Same seed, same output; the draws are per row."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from ood_core.training.augment import CROP_PAD, crop_flip, crop_flip_at, zero_pixel
+
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.rand(6, 3, 10, 12, generator=gen)
+    x = TF.normalize(pixels, list(mean), list(std))
+    fill = zero_pixel(mean, std)
+    out = crop_flip(x, torch.Generator().manual_seed(7), fill=fill)
+    g = torch.Generator().manual_seed(7)  # the documented draw order: row offsets, column offsets, flips
+    dy, dx = (torch.randint(0, 2 * CROP_PAD + 1, (6,), generator=g) for _ in range(2))
+    flip = torch.rand(6, generator=g) < 0.5
+    for i in range(6):
+        p = TF.crop(TF.pad(pixels[i], [CROP_PAD], fill=0.0), int(dy[i]), int(dx[i]), 10, 12)
+        p = TF.horizontal_flip(p) if flip[i] else p
+        torch.testing.assert_close(out[i], TF.normalize(p, list(mean), list(std)), rtol=0, atol=1e-6)
+    assert 0 < int(flip.sum()) < 6 and len(set(dy.tolist())) > 1  # the draws differ between rows
+    assert torch.equal(out, crop_flip(x, torch.Generator().manual_seed(7), fill=fill))  # deterministic for a seed
+    assert not torch.equal(out, crop_flip(x, torch.Generator().manual_seed(8), fill=fill))
+    # Given offsets: offset (4, 4) without a flip is the identity; a flip mirrors the columns.
+    z, f = torch.full((6,), 4), torch.zeros(6, dtype=torch.bool)
+    assert torch.equal(crop_flip_at(x, z, z, f, fill=fill), x)
+    assert torch.equal(crop_flip_at(x, z, z, ~f, fill=fill), x.flip(-1))
+    # A shard of a global batch (torchrun) gets the rows the whole batch would.
+    a = crop_flip(x[:2], torch.Generator().manual_seed(7), fill=fill, draw=(6, 0))
+    b = crop_flip(x[2:], torch.Generator().manual_seed(7), fill=fill, draw=(6, 2))
+    assert torch.equal(torch.cat([a, b]), out)
+
+
+def test_augment_knob_keeps_its_old_spellings_and_the_trainer_uses_crop_flip(default_bundle, tmp_path):
+    """augment was a bool: True/False (saved configs, --param ...=false) read as shift/none. A run with
+    augment=crop_flip crops and flips its batches from the run's generator, padding with a zero pixel."""
+    from ood_core.training import Trainer
+    from ood_core.training.augment import crop_flip, zero_pixel
+
+    m = METHODS["ce"]
+    assert [m.resolve({"augment": v})["augment"] for v in (True, False, "false", "crop_flip")] == \
+        ["shift", "none", "none", "crop_flip"]
+    assert m.resolve()["augment"] == "shift" and METHODS["greg"].resolve({"recipe": "paper"})["augment"] == "crop_flip"
+    tr = Trainer(TrainConfig("ce", epochs=1, n_train=16, n_eval=20, params={"batch_size": 16, "augment": "crop_flip"}),
+                 out_dir=tmp_path)
+    x = tr.x_train[torch.arange(4)]
+    g = torch.Generator().set_state(tr.gen.get_state())
+    pp = tr.bundle.preprocess
+    assert torch.equal(tr.augment(x), crop_flip(x, g, fill=zero_pixel(pp.mean, pp.std)))
 
 
 def test_fine_tune_a_state_dict_resumes_from_its_weights(default_bundle, tmp_path):

@@ -24,6 +24,8 @@ import torch
 from ...errors import UserError
 from ...knobs import Knob, Paper, find
 from ...knobs import resolve as resolve_knobs
+from ..augment import ALIASES as AUGMENT_ALIASES
+from ..augment import AUGMENTATIONS
 from ..recipes import RECIPES, recipe_knobs
 
 SCHEDULES = ("cosine", "cosine_epoch", "step", "multistep")
@@ -55,8 +57,12 @@ COMMON_KNOBS: tuple[Knob, ...] = (
     Knob("nesterov", False, kind="bool", help="SGD with Nesterov momentum (energy_ood, GReg on CIFAR)"),
     Knob("weight_decay", 1e-4, 0.0, 0.01, help="weight decay (L2 penalty)"),
     Knob("batch_size", 64, 8, 512, kind="int", help="B: ID samples per step (paired with B auxiliary outliers)"),
-    Knob("augment", True, kind="bool", help="random shifts of up to 2 pixels on ID and auxiliary images"),
+    Knob("augment", "shift", kind="choice", choices=AUGMENTATIONS,
+         help="on ID and auxiliary images: shift, random shifts of up to 2 pixels; crop_flip, the papers' CIFAR "
+              "augmentation (random crop from a 4-pixel padding of zero pixels, horizontal flip); none"),
 )
+# Retired values of common knobs (saved configs, --param spellings): augment was a bool.
+COMMON_ALIASES: Mapping[str, Mapping[Any, Any]] = {"augment": AUGMENT_ALIASES}
 
 PRESET_HELP = ("reference: the authors' loss with their published commands' settings (the default); code_defaults "
                "(GReg+): the same loss with train_sea.py's argparse selection defaults; earlier: our first reading of the "
@@ -166,7 +172,8 @@ class TrainingMethod:
         """The preset's defaults (for this init) overlaid with ``params``, each validated by
         :func:`ood_core.knobs.resolve` (a :class:`~ood_core.knobs.KnobError` names a bad one);
         refused combinations raise :class:`TrainingError`."""
-        params = {k: self.aliases.get(k, {}).get(v, v) if _hashable(v) else v for k, v in (params or {}).items()}
+        aliases = {**COMMON_ALIASES, **self.aliases}
+        params = {k: aliases.get(k, {}).get(v, v) if _hashable(v) else v for k, v in (params or {}).items()}
         given = resolve_knobs(self.all_knobs, params, self.name)
         out = self.defaults(init, given["preset"] if "preset" in params else None,
                             given["recipe"] if "recipe" in params else "default")
