@@ -26,7 +26,7 @@ from . import distributed as D
 from .concurrency import call_hooks
 from .data import Dataset
 from .errors import UserError, first_line
-from .jobs import checkpoint
+from .jobs import Cancelled, checkpoint
 from .models import ModelBundle
 from .resources import env_var, memory_budget
 
@@ -180,7 +180,7 @@ def model_forward(bundle: ModelBundle, x: torch.Tensor) -> tuple[torch.Tensor, t
     Running out of memory keeps its own type (the callers size batches and say what to change)."""
     try:
         return bundle.forward(x)
-    except (MemoryError, torch.OutOfMemoryError, UserError):
+    except (MemoryError, torch.OutOfMemoryError, UserError, Cancelled):
         raise
     except Exception as exc:  # noqa: BLE001 - the user's model code: any error is its own
         line = first_line(exc, 200)
