@@ -94,7 +94,7 @@ def extraction(bundle, name: str):
     the next interaction (its finished chunks are kept and resumed).
     """
     key = f"stop-extract:{bundle.fingerprint}:{name}"
-    if st.session_state.get(key):
+    if state.widget(key):  # the Stop button's value in the run it was pressed
         st.warning(f"The forward pass on {text(name)} was stopped; change a setting or rerun the page to resume it.")
         st.stop()
     shown: dict = {}
