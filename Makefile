@@ -27,8 +27,10 @@ chromium:
 run: setup
 	$(PY) -m streamlit run app.py --server.headless true --browser.gatherUsageStats false
 
+# Two workers, a file each at a time (module fixtures stay whole), one torch thread each: on the 2-core
+# machines CI uses this takes ~3/4 of a serial run's time (docs/architecture.md, "Tests").
 test: setup chromium
-	$(PY) -m pytest -q -m "not slow" --timeout 600 --durations=25
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile --timeout 600 --durations=25
 
 test-all: setup chromium
 	$(PY) -m pytest -q --timeout 1800

@@ -1,4 +1,6 @@
-"""The command line (DESIGN.md contract 6), run as a user would: a subprocess."""
+"""The command line (DESIGN.md contract 6), run as a user would: a subprocess (``cli``); tests that compare
+several runs' numbers call ``main`` in-process (``run_main``): the same code from argv to the printed JSON,
+without a Python start per run."""
 import json
 import os
 import subprocess
@@ -20,6 +22,18 @@ def cli(*args, check=True):
     return r
 
 
+def run_main(capsys, *args, check=True) -> tuple[int, str, str]:
+    """``python -m ood_core ARGS`` in this process: (exit code, stdout, stderr)."""
+    from ood_core.cli import main
+
+    capsys.readouterr()
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    if check:
+        assert rc == 0, err
+    return rc, out, err
+
+
 def test_evaluate_json_contract(default_bundle):
     r = cli("evaluate", "--model", "default", "--id", "mnist", "--ood", "letters,textures,faces,gaussian",
             "--detectors", "msp,energy,gradnorm,rg", "--json", "--quiet")
@@ -34,10 +48,11 @@ def test_evaluate_json_contract(default_bundle):
     assert tex["auroc"] > 0.95
 
 
-def test_param_changes_the_result(default_bundle):
-    a = json.loads(cli("evaluate", "--id", "mnist", "--ood", "letters", "--detectors", "msp", "--json", "--quiet").stdout)
-    b = json.loads(cli("evaluate", "--id", "mnist", "--ood", "letters", "--detectors", "msp", "--param", "msp.T=50",
-                       "--json", "--quiet").stdout)
+def test_param_changes_the_result(default_bundle, capsys):
+    a = json.loads(run_main(capsys, "evaluate", "--id", "mnist", "--ood", "letters", "--detectors", "msp", "--json",
+                            "--quiet")[1])
+    b = json.loads(run_main(capsys, "evaluate", "--id", "mnist", "--ood", "letters", "--detectors", "msp", "--param",
+                            "msp.T=50", "--json", "--quiet")[1])
     assert b["results"][0]["params"] == {"T": 50}
     assert a["results"][0]["auroc"] != b["results"][0]["auroc"]
 
@@ -90,18 +105,18 @@ def test_listings(capsys):
         assert n in dets
 
 
-def test_experiment_json_round_trip(tmp_path, default_bundle):
+def test_experiment_json_round_trip(tmp_path, default_bundle, capsys):
     from ood_core.experiment import Experiment
     exp = Experiment(ood_datasets=["letters", "faces"], detectors=["rg"], params={"rg": {"q": 80.0, "T": 2.0}})
     p = exp.save(tmp_path / "exp.json")
-    out = json.loads(cli("evaluate", "--experiment", str(p), "--json", "--quiet").stdout)
-    direct = json.loads(cli("evaluate", "--id", "mnist", "--ood", "letters,faces", "--detectors", "rg",
-                            "--param", "rg.q=80", "--param", "rg.T=2", "--json", "--quiet").stdout)
+    out = json.loads(run_main(capsys, "evaluate", "--experiment", str(p), "--json", "--quiet")[1])
+    direct = json.loads(run_main(capsys, "evaluate", "--id", "mnist", "--ood", "letters,faces", "--detectors", "rg",
+                                 "--param", "rg.q=80", "--param", "rg.T=2", "--json", "--quiet")[1])
     assert [r["auroc"] for r in out["results"]] == [r["auroc"] for r in direct["results"]]
     bad = tmp_path / "bad.json"
     bad.write_text('{"model": "default", "colour": "red"}')
-    r = cli("evaluate", "--experiment", str(bad), "--json", check=False)
-    assert r.returncode == 2 and "unknown experiment fields: colour" in r.stderr
+    rc, _, err = run_main(capsys, "evaluate", "--experiment", str(bad), "--json", check=False)
+    assert rc == 2 and "unknown experiment fields: colour" in err
 
 
 # --- issue 27, item 7: hostile inputs that escaped the one-line boundary ------------------------
