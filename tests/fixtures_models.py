@@ -47,3 +47,21 @@ def slow_tiny_bundle(delay, seed: int = 0) -> ModelBundle:
     base = tiny_bundle(seed).model
     model = nn.Sequential(Sleep(delay), *base)
     return ModelBundle(model, Preprocess((8, 8), 1, (0.5,), (0.5,)), name="tiny", arch="tiny")
+
+
+class Picky(nn.Module):
+    """Passes the load-time dry run (a batch of 2) and raises on any real batch: a model that fails late."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(1, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 2:
+            raise RuntimeError("boom on the real batch")
+        return self.lin(x.flatten(1).mean(1, keepdim=True))
+
+
+def picky_torchscript(path) -> None:
+    """Save :class:`Picky` as a TorchScript archive at ``path``."""
+    torch.jit.save(torch.jit.script(Picky()), str(path))

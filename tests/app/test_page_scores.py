@@ -171,23 +171,12 @@ def test_an_experiment_recording_another_model_warns_once(default_bundle):
 @pytest.mark.hostile
 def test_a_model_raising_on_the_real_batch_is_one_error(tmp_cache, tmp_path):
     """It passed the load-time dry run, then raised inside the forward pass: a traceback on Home and Scores."""
-    import torch
-    from torch import nn
+    from fixtures_models import picky_torchscript
 
     from ood_core import persist
 
-    class Picky(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(1, 10)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if x.shape[0] > 2:
-                raise RuntimeError("boom on the real batch")
-            return self.lin(x.flatten(1).mean(1, keepdim=True))
-
     p = tmp_path / "picky.pt"
-    torch.jit.save(torch.jit.script(Picky()), str(p))
+    picky_torchscript(p)
     key, _ = persist.register_upload(p)
     try:
         for page in ("app.py", "pages/1_Scores.py"):

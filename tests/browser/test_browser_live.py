@@ -45,15 +45,23 @@ def fresh_server():
         yield server
 
 
-def test_deep_link_first_load_in_a_fresh_server_shows_the_apps_navigation(browser, fresh_server, default_bundle):
-    """This is the first page any session of the server loads."""
+def _open_scores(browser, url: str, probe: str | None = None):
+    """A new context (its own Streamlit session) on ``url``/Scores, drawn; returns (context, page)."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    if probe:
+        context.add_init_script(probe)
     page = context.new_page()
     page.set_default_timeout(90_000)
+    page.goto(f"{url}/Scores", wait_until="domcontentloaded")
+    wait_idle(page)
+    page.get_by_text("Metrics", exact=True).wait_for()
+    return context, page
+
+
+def test_deep_link_first_load_in_a_fresh_server_shows_the_apps_navigation(browser, fresh_server, default_bundle):
+    """This is the first page any session of the server loads."""
+    context, page = _open_scores(browser, fresh_server.url)
     try:
-        page.goto(f"{fresh_server.url}/Scores", wait_until="domcontentloaded")
-        wait_idle(page)
-        page.get_by_text("Metrics", exact=True).wait_for()
         assert _nav_titles(page) == APP_TITLES, fresh_server.log_tail()
         assert page.url.rstrip("/").endswith("/Scores")
         assert page.locator("h1", has_text="Scores").count() == 1
@@ -63,14 +71,8 @@ def test_deep_link_first_load_in_a_fresh_server_shows_the_apps_navigation(browse
 
 
 def test_knob_move_reruns_only_the_scores_fragment(browser, app_server, default_bundle):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.add_init_script(PROBE)
-    page = context.new_page()
-    page.set_default_timeout(90_000)
+    context, page = _open_scores(browser, app_server.url, PROBE)
     try:
-        page.goto(f"{app_server.url}/Scores", wait_until="domcontentloaded")
-        wait_idle(page)
-        page.get_by_text("Metrics", exact=True).wait_for()
         thumb = by_key(page, "scores-energy-T").locator("input").first
         thumb.focus()
         times = []

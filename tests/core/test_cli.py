@@ -263,21 +263,10 @@ def test_bad_environment_number_is_one_line_naming_it(var, value, tmp_path, caps
 @pytest.mark.hostile
 def test_model_that_raises_on_the_real_batch(tmp_path, capsys):
     """A model passing the load-time dry run but raising on the first real batch: one line naming it."""
-    import torch
-    from torch import nn
-
-    class Picky(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(1, 10)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if x.shape[0] > 2:
-                raise RuntimeError("boom on the real batch")
-            return self.lin(x.flatten(1).mean(1, keepdim=True))
+    from fixtures_models import picky_torchscript
 
     p = tmp_path / "picky.pt"
-    torch.jit.save(torch.jit.script(Picky()), str(p))
+    picky_torchscript(p)
     from ood_core.cli import main
     assert main(["evaluate", "--model", str(p), *_RUN[1:]]) == 2
     err = capsys.readouterr().err
