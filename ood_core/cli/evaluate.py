@@ -218,7 +218,7 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--ood", help="comma-separated OOD dataset names")
     e.add_argument("--detectors", help="comma-separated detector names")
     e.add_argument("--param", action="append", help="detector.knob=value (repeatable)")
-    e.add_argument("--experiment", help="an experiment JSON saved by the app or `evaluate --save`")
+    e.add_argument("--experiment", help="an experiment JSON saved by the app (its experiment download)")
     e.add_argument("--subsample", action="append", metavar="ROLE=N",
                    help="use a fixed random subset for a role: id_train (the statistics), id_test or ood_test "
                         "(repeatable), e.g. id_train=12811. A whole number is a count of samples (1 is one "
