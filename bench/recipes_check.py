@@ -27,7 +27,6 @@ Usage: ``python bench/recipes_check.py`` (CPU, seconds). Prints the max abs diff
 from __future__ import annotations
 
 import copy
-import math
 from types import SimpleNamespace
 
 import numpy as np

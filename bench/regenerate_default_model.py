@@ -15,7 +15,6 @@ import argparse
 import os
 import sys
 import tempfile
-from pathlib import Path
 
 from ood_core.resources import configure_threads
 

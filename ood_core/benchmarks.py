@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from .data import DataError
 from .data.registry import get_spec, restore_entry
 from .errors import UserError
 from .metrics import METRICS
+
+if TYPE_CHECKING:  # annotations only: pandas is imported where a table is built
+    import pandas as pd
 
 GROUPS = ("near", "far")
 DATA_INFO_SOURCE = ("Jingkang50/OpenOOD, openood/evaluation_api/datasets.py (DATA_INFO), "

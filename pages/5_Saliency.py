@@ -1,7 +1,6 @@
 """Saliency: which pixels drive the predicted class and the OOD scores of one sample."""
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 

@@ -80,7 +80,7 @@ def check(im: Any, name: str) -> None:
 
 def pixels(im: Any, gray: bool, name: str) -> np.ndarray:
     """``im`` as uint8 ``(H, W, 1)`` (``gray``) or ``(H, W, 3)`` by the module's rule."""
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     if orientation(im) != 1:
         im = ImageOps.exif_transpose(im)
