@@ -34,7 +34,15 @@ def main() -> None:
     ap.add_argument("--r", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    os.environ.setdefault("OOD_CACHE_DIR", tempfile.mkdtemp(prefix="ood_bench_hold_"))
+    if os.environ.get("OOD_CACHE_DIR"):
+        run(a)
+        return
+    with tempfile.TemporaryDirectory(prefix="ood_bench_hold_") as tmp:  # removed afterwards
+        os.environ["OOD_CACHE_DIR"] = tmp
+        run(a)
+
+
+def run(a: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
