@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import cache
+from . import stores
 from .errors import UserError, first_line
 
 SCHEMA = "ood-workbench/experiment@1"
@@ -37,7 +37,7 @@ class Experiment:
         return {"schema": SCHEMA, **asdict(self)}
 
     def to_json(self) -> str:
-        return cache.standard_json(self.to_dict(), indent=2, sort_keys=True)
+        return stores.standard_json(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Experiment":
@@ -114,7 +114,7 @@ class Experiment:
         """Write the experiment atomically (docs/architecture.md, "Saved state"); no lock file is left
         beside a file the user named."""
         p = Path(path)
-        cache.atomic_write_bytes(p, self.to_json().encode())
+        stores.atomic_write_bytes(p, self.to_json().encode())
         return p
 
 

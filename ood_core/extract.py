@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import cache
+from . import cache, stores
 from . import distributed as D
 from .concurrency import call_hooks
 from .data import Dataset
@@ -144,11 +144,11 @@ class Extraction:
                 with open(path, "wb") as f:
                     f.write(buf.getvalue())
             except OSError as exc:
-                if cache.storage_failure(exc):
-                    raise cache.StorageError(cache.storage_message(exc, str(path))) from None
+                if stores.storage_failure(exc):
+                    raise stores.StorageError(stores.storage_message(exc, str(path))) from None
                 raise
             return path
-        cache.atomic_write_bytes(path, buf.getvalue())
+        stores.atomic_write_bytes(path, buf.getvalue())
         return path
 
     @classmethod
@@ -240,7 +240,7 @@ def tuned_batch_size(bundle: ModelBundle, device: str, cap: int = 512, budget_s:
     tag = f"{bundle.fingerprint}|{bundle.head_name}|{size}|{device}|{torch.get_num_threads()}"
     store = _tuning_file()
     try:
-        known = cache.read_json_dict(store)
+        known = stores.read_json_dict(store)
     except Exception:  # noqa: BLE001 - a damaged store is measured again
         known = {}
     if isinstance(known.get(tag), int) and known[tag] > 0:
@@ -278,7 +278,7 @@ def tuned_batch_size(bundle: ModelBundle, device: str, cap: int = 512, budget_s:
         bundle.to(model_dev)
     best = min(best, limit)
     try:
-        cache.update_json_dict(store, lambda d: d.__setitem__(tag, best))
+        stores.update_json_dict(store, lambda d: d.__setitem__(tag, best))
     except Exception:  # noqa: BLE001 - not remembering costs the next run a few seconds
         pass
     return best
@@ -296,7 +296,7 @@ def _partial_dir(key: str) -> Path:
 def _write_chunk(d: Path, start: int, arrays: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    cache.atomic_write_bytes(d / f"c{start:012d}.npz", buf.getvalue())
+    stores.atomic_write_bytes(d / f"c{start:012d}.npz", buf.getvalue())
 
 
 def _iter_chunks(d: Path, n: int, chunk: int):
@@ -352,7 +352,7 @@ def run_forward(bundle: ModelBundle, ds: Dataset, batch_size: int | None = None,
     pos = _complete_rows(d, n, chunk) if manifest else 0
     if d is not None and not manifest:
         d.mkdir(parents=True, exist_ok=True)
-        cache.atomic_write_bytes(d / "manifest.json",
+        stores.atomic_write_bytes(d / "manifest.json",
                                  json.dumps({"batch_size": batch_size, "chunk": chunk, "n": n, "key": resume_key}).encode())
     model_dev = bundle.device
     bundle.to(device)

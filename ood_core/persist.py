@@ -2,7 +2,7 @@
 
 One mechanism for both (docs/architecture.md, "Saved state"): a small JSON registry
 ``{key: entry}`` under the cache folder, read and written whole (atomically, through
-:func:`ood_core.cache.update_json_dict`) under a lock that holds across processes; a file that
+:func:`ood_core.stores.update_json_dict`) under a lock that holds across processes; a file that
 cannot be parsed is kept aside, never overwritten:
 
 - datasets: ``<cache>/datasets/registry.json``, ``{name: entry}`` with the entry of
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import cache
+from . import cache, stores
 from .data import DataError, DatasetSpec, unregister
 from .data import registry as data_registry
 from .data.safety import is_npz, max_dataset_bytes, unpack_zip, uploads_dir as dataset_uploads_dir
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 class SavedRegistry:
     """A JSON file ``{key: entry}`` under the cache root; every change is one read-modify-write
-    under a cross-process file lock (:func:`ood_core.cache.update_json_dict`)."""
+    under a cross-process file lock (:func:`ood_core.stores.update_json_dict`)."""
 
     def __init__(self, kind: str, *parts: str):
         self.kind = kind  # "dataset" / "model": what the log lines and skip reasons call an entry
@@ -49,10 +49,10 @@ class SavedRegistry:
         return cache.subdir(*self.folder) / self.filename
 
     def read(self) -> dict[str, dict]:
-        return cache.read_json_dict(self.path())
+        return stores.read_json_dict(self.path())
 
     def update(self, change: Callable[[dict[str, dict]], Any]) -> Any:
-        return cache.update_json_dict(self.path(), change)
+        return stores.update_json_dict(self.path(), change)
 
     def put(self, key: str, entry: dict) -> None:
         self.update(lambda data: data.__setitem__(key, entry))
@@ -93,7 +93,7 @@ class SavedRegistry:
                             data[key]["skip_reported"] = why
             try:
                 self.update(mark)
-            except cache.StorageError:  # a read-only cache: the warning simply comes again next time
+            except stores.StorageError:  # a read-only cache: the warning simply comes again next time
                 pass
         return done, skipped
 
@@ -158,7 +158,7 @@ def register_dataset_upload(data: bytes, filename: str, name: str, role: str, **
     elif suffix == ".npz" or zipped:
         p = dataset_uploads_dir() / sha / "data.npz"
         if not p.exists():
-            cache.atomic_write_bytes(p, data)
+            stores.atomic_write_bytes(p, data)
     else:
         raise DataError(f"{fname}: upload a .zip (of a folder in a supported format) or a .npz; "
                         "larger sets: register their folder by path")
@@ -205,7 +205,7 @@ def save_upload(data: bytes, filename: str, max_bytes: int | None = None) -> Pat
     sha = hashlib.sha256(data).hexdigest()[:16]
     p = model_uploads_dir() / sha / _safe_filename(filename)
     if not p.exists():
-        cache.atomic_write_bytes(p, data)
+        stores.atomic_write_bytes(p, data)
     return p
 
 

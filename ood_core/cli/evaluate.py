@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..cache import standard_json
+from ..stores import standard_json
 from .common import (
     CLIError,
     _add_model_args,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..cache import standard_json
+from ..stores import standard_json
 from .common import (
     _add_model_args,
     _load,

@@ -186,7 +186,7 @@ def scan_files(files: list[Path], base: Path) -> tuple[np.ndarray, dict[str, np.
 def scan_table(rel: list[bytes], stats: np.ndarray, base: Path) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
     """:func:`scan_files` for paths relative to ``base`` already stat'ed (``stats``: size and
     mtime per row). A file listed many times (an image list may) has its header read once."""
-    from .. import cache
+    from .. import stores
 
     uniq: dict[bytes, int] = {}
     codes = np.fromiter((uniq.setdefault(r, len(uniq)) for r in rel), np.int64, len(rel))
@@ -228,7 +228,7 @@ def scan_table(rel: list[bytes], stats: np.ndarray, base: Path) -> tuple[np.ndar
         np.savez(buf, version=INDEX_VERSION, files=np.asarray(mk, dtype=np.bytes_), sizes=cols[:, 0],
                  mtimes=cols[:, 1], h=cols[:, 2], w=cols[:, 3], gray=cols[:, 4])
         try:
-            cache.atomic_write_bytes(idx_path, buf.getvalue())
+            stores.atomic_write_bytes(idx_path, buf.getvalue())
         except Exception:  # noqa: BLE001 - a read-only cache only costs the next scan its time
             pass
     ok = uok[codes]
@@ -349,7 +349,7 @@ def parse_entry(line: str) -> tuple[str, str | None] | None:
 def parsed_list(path: Path) -> ImageList:
     """The parse of the list at ``path``, from the cache when the list's size and mtime match the
     remembered one (a 1,000,000-line list parses in seconds, and is not parsed again)."""
-    from .. import cache
+    from .. import cache, stores
 
     try:
         st = os.stat(path)
@@ -369,7 +369,7 @@ def parsed_list(path: Path) -> ImageList:
     np.savez(buf, stamp=stamp, paths=np.asarray(lst.paths, dtype=np.str_), codes=lst.codes, labels=lst.labels, lines=lst.lines,
              amb_idx=np.asarray([a for a, _ in amb], np.int64), amb_tok=np.asarray([t for _, t in amb], dtype=np.str_))
     try:
-        cache.atomic_write_bytes(cfile, buf.getvalue())
+        stores.atomic_write_bytes(cfile, buf.getvalue())
     except Exception:  # noqa: BLE001 - a read-only cache only costs the next read its parse
         pass
     return lst

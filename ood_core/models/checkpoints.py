@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .. import cache
+from .. import cache, stores
 from ..errors import first_line
 from .archs import build_arch
 from .bundle import ModelBundle, ModelError, Preprocess
@@ -47,8 +47,8 @@ def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict) -> Path:
     path = Path(path)
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
-    cache.write_json_dict(path.with_suffix(".json"), meta)  # locked, atomic, standard JSON
-    cache.atomic_write_bytes(path, buf.getvalue())
+    stores.write_json_dict(path.with_suffix(".json"), meta)  # locked, atomic, standard JSON
+    stores.atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -246,8 +246,8 @@ def install_shipped_default(shipped: Path | None = None) -> ModelBundle | None:
         try:
             meta = json.loads(shipped.with_suffix(".json").read_text())
             path = default_model_path()
-            cache.write_json_dict(path.with_suffix(".json"), {**meta, "source": "shipped with the package"})
-            cache.atomic_write_bytes(path, shipped.read_bytes())
+            stores.write_json_dict(path.with_suffix(".json"), {**meta, "source": "shipped with the package"})
+            stores.atomic_write_bytes(path, shipped.read_bytes())
             return load_checkpoint(path)
         except (OSError, ValueError, ModelError) as exc:
             problem = first_line(exc)
@@ -263,8 +263,8 @@ def write_shipped_default(bundle_path: Path, shipped: Path | None = None) -> Pat
     meta = json.loads(Path(bundle_path).with_suffix(".json").read_text())
     meta = {k: v for k, v in meta.items() if k not in ("train_seconds", "source")}
     shipped.parent.mkdir(parents=True, exist_ok=True)
-    cache.atomic_write_bytes(shipped, data)
-    cache.atomic_write_bytes(shipped.with_suffix(".json"),
+    stores.atomic_write_bytes(shipped, data)
+    stores.atomic_write_bytes(shipped.with_suffix(".json"),
                              (json.dumps({**meta, "sha256": _sha256(data)}, indent=2, sort_keys=True) + "\n").encode())
     return shipped
 

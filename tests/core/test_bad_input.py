@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from ood_core import cache, cli, persist
+from ood_core import cache, cli, persist, stores
 from ood_core.data import DataError, get_dataset
 from ood_core.data import registry as data_registry
 
@@ -140,13 +140,13 @@ def test_two_register_processes_lose_nothing(tmp_cache, tmp_path):
 def _write_forever(path: str) -> None:
     i = 0
     while True:
-        cache.update_json_dict(Path(path), lambda d: d.__setitem__(f"k{i % 50}", "x" * 2000))
+        stores.update_json_dict(Path(path), lambda d: d.__setitem__(f"k{i % 50}", "x" * 2000))
         i += 1
 
 
 def test_sigkill_mid_write_leaves_a_readable_store(tmp_path):
     path = tmp_path / "store.json"
-    cache.write_json_dict(path, {"keep": 1})
+    stores.write_json_dict(path, {"keep": 1})
     for _ in range(3):
         p = mp.get_context("fork").Process(target=_write_forever, args=(str(path),))
         p.start()
@@ -155,7 +155,7 @@ def test_sigkill_mid_write_leaves_a_readable_store(tmp_path):
         p.join()
         data = json.loads(path.read_text())  # never half a file
         assert data["keep"] == 1
-    cache.update_json_dict(path, lambda d: d.__setitem__("after", 2))  # the lock of a killed writer is released
+    stores.update_json_dict(path, lambda d: d.__setitem__("after", 2))  # the lock of a killed writer is released
     assert json.loads(path.read_text())["after"] == 2
 
 
@@ -227,13 +227,13 @@ def test_read_only_cache_serves_what_it_holds(tmp_cache, monkeypatch, caplog):
 
 def test_full_disk_gives_one_line_and_nothing_half_written(tmp_cache, tmp_path, monkeypatch, capsys):
     target = tmp_path / "keep.json"
-    cache.write_json_dict(target, {"old": 1})
+    stores.write_json_dict(target, {"old": 1})
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(cache.StorageError, match="the disk is full"):
-        cache.write_json_dict(target, {"new": 2})
+    with pytest.raises(stores.StorageError, match="the disk is full"):
+        stores.write_json_dict(target, {"new": 2})
     assert json.loads(target.read_text()) == {"old": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.json", "keep.json.lock"]
     code, _, err = run_cli(capsys, "register", "--path", str(noise_npz(tmp_path / "n.npz")), "--name", "full")
@@ -287,7 +287,7 @@ def test_evaluate_json_without_id_labels_is_standard(default_bundle, tmp_path, c
     assert "NaN" not in out
     doc = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert doc["id_accuracy"] is None
-    assert cache.standard_json({"a": float("nan"), "b": [np.float32("inf"), 1.5]}) == '{"a": null, "b": [null, 1.5]}'
+    assert stores.standard_json({"a": float("nan"), "b": [np.float32("inf"), 1.5]}) == '{"a": null, "b": [null, 1.5]}'
 
 
 # 10 --- one fault boundary: no traceback from any subcommand --------------------------------

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ood_core import cache
+from ood_core import cache, stores
 
 
 def test_key_is_stable_and_sensitive():
@@ -57,21 +57,21 @@ def test_missing_cache_folder_is_recreated(tmp_cache):
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
     p = tmp_path / "d" / "f.bin"
-    cache.atomic_write_bytes(p, b"abc")
-    cache.atomic_write_bytes(p, b"defg")
+    stores.atomic_write_bytes(p, b"abc")
+    stores.atomic_write_bytes(p, b"defg")
     assert p.read_bytes() == b"defg"
     assert [x.name for x in p.parent.iterdir()] == ["f.bin"]
 
 
 def test_json_registry_helpers(tmp_path):
     p = tmp_path / "r" / "registry.json"
-    assert cache.read_json_dict(p) == {}  # missing
-    cache.write_json_dict(p, {"b": {"x": 1}, "a": [1, 2]})
-    assert cache.read_json_dict(p) == {"a": [1, 2], "b": {"x": 1}}
+    assert stores.read_json_dict(p) == {}  # missing
+    stores.write_json_dict(p, {"b": {"x": 1}, "a": [1, 2]})
+    assert stores.read_json_dict(p) == {"a": [1, 2], "b": {"x": 1}}
     p.write_text("{not json")
-    assert cache.read_json_dict(p) == {}  # unreadable reads as empty, never raises
+    assert stores.read_json_dict(p) == {}  # unreadable reads as empty, never raises
     p.write_text("[1, 2]")
-    assert cache.read_json_dict(p) == {}  # not a dict
+    assert stores.read_json_dict(p) == {}  # not a dict
 
 
 def test_array_digests_equal_the_bytes_digest_without_copying():

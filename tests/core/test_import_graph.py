@@ -20,7 +20,7 @@ PKG = ROOT / "ood_core"
 
 # Low -> high. A module may import its own layer (without cycles) and the layers below it.
 LAYERS: list[set[str]] = [
-    {"ood_core", "errors", "knobs", "published", "distributed", "resources"},
+    {"ood_core", "errors", "knobs", "published", "distributed", "resources", "stores"},
     {"cache", "jobs", "concurrency", "metrics", "experiment"},
     {"data"},
     {"models"},
