@@ -101,7 +101,7 @@ def get_benchmark(name: str) -> Benchmark:
 
 def _first_entry(path: Path) -> tuple[int, str | None]:
     """How many entries a list has, and its first path (cheap: the images are not opened)."""
-    from .data.images import parse_entry
+    from .data.image_lists import parse_entry
 
     n, first = 0, None
     with path.open(encoding="utf-8-sig", errors="replace") as f:  # -sig: a BOM is not part of the first path
@@ -130,7 +130,7 @@ def add(name: str, root: str | Path, replace: bool = False) -> Added:
     from elsewhere (your own ``cifar10``) is replaced only with ``replace``. The lists are
     counted, not validated image by image (ImageNet's training list has 1.28 M entries): only
     each list's first image is checked, so a wrong root fails here."""
-    from .data.images import list_base
+    from .data.image_lists import list_base
 
     b = get_benchmark(name)
     root = Path(root).expanduser()

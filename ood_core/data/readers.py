@@ -29,8 +29,8 @@ import numpy as np
 
 from .base import DataError, Dataset
 from .formats import FORMATS, ArrayReader, Reader, detect_dataset_format, get_reader, register_format, to_uint8
-from .images import (LIST_EXTS, Read, class_dirs, has_images, imagefolder_splits, read_filelist, read_flat,
-                     read_imagefolder, split_tree)
+from .image_lists import read_filelist
+from .images import LIST_EXTS, Read, class_dirs, has_images, imagefolder_splits, read_flat, read_imagefolder, split_tree
 from .safety import npz_headers, safe_unpickle, unpack_zip
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -390,6 +390,7 @@ def test_a_long_image_list_is_parsed_once_and_each_file_read_once(tmp_path, tmp_
     """Item 12: a 1,000,000-line list took 2 min 25 s to register and every later command re-read it
     (78 s). The parse is remembered by the list's size and mtime, and a file listed many times is
     stat'ed and its header read once (bench numbers: docs/architecture.md, "Datasets")."""
+    from ood_core.data import image_lists as L
     from ood_core.data import images as I
 
     root = _list_folder(tmp_path)
@@ -400,7 +401,7 @@ def test_a_long_image_list_is_parsed_once_and_each_file_read_once(tmp_path, tmp_
     monkeypatch.setattr(I, "_header", lambda p: heads.append(p) or real_header(p))
     ds = R.load_local(root / "long.txt")
     assert len(ds) == 20000 and ds.labels[:8].tolist() == [0, 1, 2, 3, 4, 5, 6, 0] and len(heads) == 2
-    monkeypatch.setattr(I, "_parse_list", lambda p: pytest.fail("parsed again"))
+    monkeypatch.setattr(L, "_parse_list", lambda p: pytest.fail("parsed again"))
     again = R.load_local(root / "long.txt")
     assert again.fingerprint == ds.fingerprint and len(heads) == 2
     (root / "long.txt").write_text("b.png 5\n")  # a changed list is parsed again
