@@ -83,13 +83,8 @@ def default_model_missing() -> bool:
     return default_needs_training()
 
 
-def restore_saved():
-    """Datasets and uploads of earlier sessions, back in memory (the app calls it once per process)."""
-    return _wb.restore_saved()
-
-
-def list_models() -> list[dict[str, Any]]:
-    return _wb.list_models()
+restore_saved = _wb.restore_saved  # earlier sessions' datasets and uploads, back in memory (once per process)
+list_models = _wb.list_models
 
 
 def architectures() -> list[str]:
@@ -505,25 +500,7 @@ def cancel_job(job_id: str | None) -> bool:
     return True
 
 
-# Formats training can start from (ModelBundle.info["format"]); archives are scored, never fine-tuned.
-_FINE_TUNABLE = ("state_dict", "workbench checkpoint")
-
-
-def trainable_models() -> list[tuple[str, str]]:
-    """``(spec, label)`` of models training can start from besides the default: workbench checkpoints
-    and the state_dicts and checkpoints uploaded or loaded on Models & data (with their load options)."""
-    uploads = _persist.saved_uploads()
-    out = []
-    for m in _wb.list_models():
-        spec = m["spec"]
-        if spec == "default":
-            continue
-        if spec.startswith("upload:"):
-            if spec in uploads and m["meta"].get("format") in _FINE_TUNABLE:
-                out.append((spec, m["label"]))
-        elif Path(spec).with_suffix(".json").exists():
-            out.append((spec, m["label"]))
-    return out
+trainable_models = _wb.trainable_models
 
 
 def training_init(spec: str) -> dict[str, Any]:
@@ -535,8 +512,7 @@ def training_init(spec: str) -> dict[str, Any]:
 
 
 # =============================================================================== experiments and export
-def subsample_of(id_name: str, ood: Iterable[str]) -> tuple[dict[str, float], int]:
-    return _wb.subsample_of(id_name, ood)
+subsample_of = _wb.subsample_of
 
 
 def apply_subsample(subsample: Mapping[str, float] | None, id_name: str, ood: Iterable[str], seed: int = 0) -> None:
@@ -558,9 +534,7 @@ def check_experiment(exp: Experiment) -> list[str]:
     return problems
 
 
-def model_differences(exp: Experiment, bundle: Any) -> str:
-    """One line on how the loaded model differs from the one ``exp`` recorded; "" when it does not."""
-    return _wb.model_differences(exp, bundle)
+model_differences = _wb.model_differences  # one line on how the loaded model differs from the experiment's
 
 
 experiment_json = _export.experiment_json

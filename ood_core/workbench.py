@@ -350,3 +350,24 @@ def list_models() -> list[dict[str, Any]]:
     for key, b in loaded.items("upload:"):
         out.append({"spec": key, "label": f"{b.name} (uploaded)", "meta": b.summary()})
     return out
+
+
+# Formats training can start from (ModelBundle.info["format"]); archives are scored, never fine-tuned.
+_FINE_TUNABLE = ("state_dict", "workbench checkpoint")
+
+
+def trainable_models() -> list[tuple[str, str]]:
+    """``(spec, label)`` of models training can start from besides the default: workbench checkpoints
+    and the state_dicts and checkpoints uploaded or loaded on Models & data (with their load options)."""
+    uploads = persist.saved_uploads()
+    out = []
+    for m in list_models():
+        spec = m["spec"]
+        if spec == "default":
+            continue
+        if spec.startswith("upload:"):
+            if spec in uploads and m["meta"].get("format") in _FINE_TUNABLE:
+                out.append((spec, m["label"]))
+        elif Path(spec).with_suffix(".json").exists():
+            out.append((spec, m["label"]))
+    return out
