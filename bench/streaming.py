@@ -276,6 +276,7 @@ def phase_extract(a: argparse.Namespace) -> None:
 
     torch.set_num_threads(a.threads)
     src = source_hash()
+    import ood_core.batching as batching
     import ood_core.extract as ex
     from ood_core.data.readers import load_local
 
@@ -286,7 +287,7 @@ def phase_extract(a: argparse.Namespace) -> None:
     t_scan = time.perf_counter() - t
     bundle = build_bundle(a.model, a.model_classes, a.size)
     t = time.perf_counter()
-    b = ex.tuned_batch_size(bundle, a.device)  # remembered by the parent's (b); measured here if not
+    b = batching.tuned_batch_size(bundle, a.device)  # remembered by the parent's (b); measured here if not
     t_tune = time.perf_counter() - t
     with torch.inference_mode():
         bundle.to(a.device)
@@ -440,7 +441,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     a.threads = torch.get_num_threads()
-    import ood_core.extract as ex
+    import ood_core.batching as batching
     from ood_core import cache as ocache
     from ood_core.data.readers import load_local
     from ood_core.data.streamed import default_workers
@@ -478,12 +479,12 @@ def main() -> None:
 
     bundle.forward = timed_forward  # type: ignore[method-assign]
     t = time.perf_counter()
-    b = ex.tuned_batch_size(bundle, a.device)
+    b = batching.tuned_batch_size(bundle, a.device)
     t_tune = time.perf_counter() - t
     del bundle.forward
     cands = {bs: bs / dt for bs, dt in rec}  # the last call per size is the timed one
     log(f"tuned batch {b} in {t_tune:.1f} s: " + ", ".join(f"{k}: {v:.1f}" for k, v in cands.items()) + " img/s")
-    tuning = ex._tuning_file()  # noqa: SLF001
+    tuning = batching._tuning_file()  # noqa: SLF001
     rel = tuning.relative_to(ocache.cache_dir())
 
     # ---- (a) decode + preprocess alone

@@ -193,7 +193,8 @@ def test_default_model_refuses_file_options(capsys, opts, tmp_path):
 
 def test_extraction_batch_fits_the_memory_budget(default_bundle, monkeypatch):
     from ood_core.data.base import ImageDataset
-    from ood_core.extract import ExtractError, plan_batch, run_forward
+    from ood_core.batching import plan_batch
+    from ood_core.extract import ExtractError, run_forward
     from ood_core.models.bundle import ModelBundle, Preprocess
 
     big = ModelBundle(model=default_bundle.model, preprocess=Preprocess((1000, 1000), 1, (0.1,), (0.3,)),

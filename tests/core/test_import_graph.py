@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"cache", "jobs", "concurrency", "metrics", "experiment"},
     {"data"},
     {"models"},
-    {"extract"},
+    {"extract", "batching"},
     {"gradients"},
     {"detectors"},
     {"training", "api", "plugins"},

@@ -8,7 +8,7 @@ import pytest
 
 from ood_core import resources as R
 from ood_core.errors import UserError
-from ood_core.extract import forward_budget_bytes
+from ood_core.batching import forward_budget_bytes
 from ood_core.gradients import engine, hooks, per_sample, subspace
 
 CALLERS = {"forward": forward_budget_bytes, "grad_chunk": per_sample.memory_budget_bytes,

@@ -13,7 +13,7 @@ import torch
 from fixtures_data import digits_tree, photo_folder  # noqa: F401
 from PIL import Image
 
-from ood_core import cache, persist
+from ood_core import batching, cache, persist
 from ood_core import extract as ex
 from ood_core import workbench as wb
 from ood_core.data import DataError, StreamedDataset, get_dataset, set_sample, unregister
@@ -285,10 +285,10 @@ def test_crop_preprocessing_matches_torchvision_imagenet_eval():
 
 
 def test_tuned_batch_size_is_measured_once_and_remembered(default_bundle, tmp_cache, monkeypatch):
-    b = ex.tuned_batch_size(default_bundle, "cpu", cap=64, budget_s=2.0)
+    b = batching.tuned_batch_size(default_bundle, "cpu", cap=64, budget_s=2.0)
     assert b in (8, 16, 32, 64)
     monkeypatch.setattr(default_bundle, "forward", lambda x: (_ for _ in ()).throw(AssertionError("measured again")))
-    assert ex.tuned_batch_size(default_bundle, "cpu", cap=64) == b
+    assert batching.tuned_batch_size(default_bundle, "cpu", cap=64) == b
 
 
 def test_autocast_reports_its_first_batch_difference(default_bundle, tmp_cache):
