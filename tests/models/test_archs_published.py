@@ -112,6 +112,27 @@ class RefDenseNetBC(nn.Module):
         return getattr(self, self.head)(h)
 
 
+def basic_stages(net: nn.Module, skip: str, always: bool) -> None:
+    """ResNet-18's four stages of two basic blocks as ``net.layer1..4`` (conv1/bn1/conv2/bn2 per block);
+    the 1x1 projection is named ``skip`` (``shortcut`` or ``downsample``), an identity ``Sequential``
+    where no projection is needed when ``always`` (kuangliu's spelling) and absent otherwise (torchvision's)."""
+    cin = 64
+    for s, w in enumerate((64, 128, 256, 512), 1):
+        blocks = []
+        for j in range(2):
+            st = 2 if (s > 1 and j == 0) else 1
+            blk = nn.Module()
+            blk.conv1, blk.bn1 = nn.Conv2d(cin, w, 3, st, 1, bias=False), nn.BatchNorm2d(w)
+            blk.conv2, blk.bn2 = nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w)
+            if st != 1 or cin != w:
+                setattr(blk, skip, nn.Sequential(nn.Conv2d(cin, w, 1, st, bias=False), nn.BatchNorm2d(w)))
+            elif always:
+                setattr(blk, skip, nn.Sequential())
+            blocks.append(blk)
+            cin = w
+        setattr(net, f"layer{s}", nn.Sequential(*blocks))
+
+
 class RefCifarResNet18(nn.Module):
     """He et al.'s ResNet-18 for CIFAR (3x3 stem, no pool), with the ``shortcut`` spelling of
     kuangliu/pytorch-cifar (head ``linear``: Learning ODIN) or OpenOOD (head ``fc``)."""
@@ -120,19 +141,7 @@ class RefCifarResNet18(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        cin = 64
-        for s, w in enumerate((64, 128, 256, 512), 1):
-            blocks = []
-            for j in range(2):
-                st = 2 if (s > 1 and j == 0) else 1
-                blk = nn.Module()
-                blk.conv1, blk.bn1 = nn.Conv2d(cin, w, 3, st, 1, bias=False), nn.BatchNorm2d(w)
-                blk.conv2, blk.bn2 = nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w)
-                blk.shortcut = (nn.Sequential(nn.Conv2d(cin, w, 1, st, bias=False), nn.BatchNorm2d(w))
-                                if st != 1 or cin != w else nn.Sequential())
-                blocks.append(blk)
-                cin = w
-            setattr(self, f"layer{s}", nn.Sequential(*blocks))
+        basic_stages(self, "shortcut", always=True)
         setattr(self, head, nn.Linear(512, classes))
         self.head = head
 
@@ -186,19 +195,7 @@ class RefResNet18_224(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        cin = 64
-        for s, w in enumerate((64, 128, 256, 512), 1):
-            blocks = []
-            for j in range(2):
-                st = 2 if (s > 1 and j == 0) else 1
-                blk = nn.Module()
-                blk.conv1, blk.bn1 = nn.Conv2d(cin, w, 3, st, 1, bias=False), nn.BatchNorm2d(w)
-                blk.conv2, blk.bn2 = nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w)
-                if st != 1 or cin != w:
-                    blk.downsample = nn.Sequential(nn.Conv2d(cin, w, 1, st, bias=False), nn.BatchNorm2d(w))
-                blocks.append(blk)
-                cin = w
-            setattr(self, f"layer{s}", nn.Sequential(*blocks))
+        basic_stages(self, "downsample", always=False)
         self.dropout = nn.Dropout2d(0.5)
         self.fc = nn.Linear(512, classes)
 
