@@ -73,6 +73,15 @@ def test_torchscript_upload_flow(page, tmp_path):
     assert len(at.image) >= 3  # raw sample, model input, dataset grid
 
 
+def load_scripted(at, tmp_path, model, option: str, value: str) -> None:
+    """Upload ``model`` as TorchScript, set one load option's field to ``value`` and press Load."""
+    p = tmp_path / f"{type(model).__name__.lower()}.pt"
+    torch.jit.save(torch.jit.script(model), p)
+    upload_model(at, p.name, p.read_bytes())
+    at.text_input(key=option).set_value(value)
+    at.button(key="md_load").click().run()
+
+
 @pytest.mark.parametrize("case", ["pickled", "too_large", "junk", "wrong_arch", "dry_run", "bad_mean"])
 def test_model_refusals_are_one_line_errors(page, tmp_path, monkeypatch, case):
     from ood_core.models import build_arch
@@ -107,18 +116,10 @@ def test_model_refusals_are_one_line_errors(page, tmp_path, monkeypatch, case):
 
             def forward(self, x):
                 return self.fc(x.flatten(1))
-        p = tmp_path / "fixed.pt"
-        torch.jit.save(torch.jit.script(Fixed()), p)
-        upload_model(at, "fixed.pt", p.read_bytes())
-        at.text_input(key="md.model.input_size").set_value("16")
-        at.button(key="md_load").click().run()
+        load_scripted(at, tmp_path, Fixed(), "md.model.input_size", "16")
         want = "model refused: the model failed a dry run on a batch of shape (2, 3, 16, 16): RuntimeError"
     else:
-        p = tmp_path / "tiny.pt"
-        torch.jit.save(torch.jit.script(Tiny()), p)
-        upload_model(at, "tiny.pt", p.read_bytes())
-        at.text_input(key="md.model.mean").set_value("0.5, abc")
-        at.button(key="md_load").click().run()
+        load_scripted(at, tmp_path, Tiny(), "md.model.mean", "0.5, abc")
         want = "model refused: model.mean must be numbers separated by commas"
     assert not at.exception
     errs = errors(at)
