@@ -176,6 +176,10 @@ def browser_page(browser, app_server, request):
     context.close()
 
 
+_NOT_RUNNING = ("() => { const a = document.querySelector('[data-testid=\"stApp\"]');"
+                " return !!a && a.getAttribute('data-test-script-state') === 'notRunning'; }")
+
+
 def wait_idle(page, timeout: float = 90_000) -> None:
     """Wait until Streamlit has finished running the script (no 'Running…' status widget)."""
     page.wait_for_selector('[data-testid="stApp"]', timeout=timeout)
@@ -184,7 +188,11 @@ def wait_idle(page, timeout: float = 90_000) -> None:
         " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
         timeout=timeout,
     )
+    # The status widget shows "Running" only once a run has lasted a moment; the app element's
+    # script state says it at once (a widget event sent just before may still be starting a run).
+    page.wait_for_function(_NOT_RUNNING, timeout=timeout)
     page.wait_for_timeout(300)  # a rerun may start right after a widget event
+    page.wait_for_function(_NOT_RUNNING, timeout=timeout)
 
 
 def goto_page(page, server: AppServer, url_path: str = "", timeout: float = 90_000) -> None:
