@@ -537,6 +537,12 @@ def check_experiment(exp: Experiment) -> list[str]:
 model_differences = _wb.model_differences  # one line on how the loaded model differs from the experiment's
 
 
+def model_record(model: Any) -> dict[str, Any]:
+    """What an experiment records of its model (``model_fingerprint``, ``preprocess``), so a later run on
+    another checkpoint or other preprocessing is warned; ``model`` is a loaded bundle or a picker spec."""
+    return _wb.model_record(model if not isinstance(model, str) else _wb.load_model(model))
+
+
 experiment_json = _export.experiment_json
 MIME, STATIC_FORMATS = _export.MIME, _export.STATIC_FORMATS
 static_export_status, figure_bytes, figure_html = (_export.static_export_status, _export.figure_bytes,

@@ -324,11 +324,19 @@ def evaluate(model: str | ModelBundle = "default", id_name: str = "mnist", ood: 
     }
 
 
+def model_record(bundle: ModelBundle) -> dict[str, Any]:
+    """What an experiment records of its model: ``model_fingerprint`` and ``preprocess`` (the load
+    options: architecture, head and preprocessing), the fields :func:`model_differences` checks."""
+    opts = jsonable({"arch": bundle.arch, "head": bundle.head_name, **bundle.preprocess.to_dict()})
+    return {"model_fingerprint": bundle.fingerprint,
+            "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in opts.items()}}  # as JSON reads back
+
+
 def model_differences(exp: Any, bundle: ModelBundle) -> str:
     """One line on how ``bundle`` differs from the model ``exp`` (an :class:`~ood_core.experiment.Experiment`)
     recorded (fingerprint, load options); "" when nothing recorded differs."""
-    return exp.model_differences(bundle.fingerprint, {"arch": bundle.arch, "head": bundle.head_name,
-                                                      **bundle.preprocess.to_dict()})
+    rec = model_record(bundle)
+    return exp.model_differences(rec["model_fingerprint"], rec["preprocess"])
 
 
 def list_models() -> list[dict[str, Any]]:

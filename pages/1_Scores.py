@@ -127,7 +127,7 @@ def detector_and_results(ctx: common.Context) -> None:
     threshold_panel(ctx, det_name, view)
 
     with st.expander("Reproduce"):
-        exp = common.current_experiment([det_name])
+        exp = common.current_experiment([det_name], ctx.bundle)
         st.code(exp.to_json(), language="json")
         st.download_button("Experiment JSON", exp.to_json(), "experiment.json", "application/json", key="dl-exp")
         cli = (f"python -m ood_core evaluate --model {exp.model} --id {exp.id_dataset} --ood {','.join(exp.ood_datasets)} "

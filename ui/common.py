@@ -238,14 +238,20 @@ def context(mode: str = "pickers") -> Context:
     return Context(state.model(), bundle, state.id_dataset(), state.ood_datasets())
 
 
-def current_experiment(detectors: list[str] | None = None) -> "fc.Experiment":
+def current_experiment(detectors: list[str] | None = None, bundle: Any = None) -> "fc.Experiment":
+    """This session's experiment, with the model's fingerprint and load options (``bundle``, or the
+    current model loaded) so that running it on another model warns (``fc.model_differences``)."""
     state.init()
     dets = detectors or [state.get("detector")]
     knobs = state.detector_knobs()
     params = {d: knobs[d] for d in dets if knobs.get(d)}
     sub, seed = fc.subsample_of(state.id_dataset(), state.ood_datasets())
+    try:
+        record = fc.model_record(bundle if bundle is not None else state.model())
+    except (UserError, OSError):  # a model that does not load records nothing; the model picker says why
+        record = {}
     return fc.Experiment(model=state.model(), id_dataset=state.id_dataset(), ood_datasets=state.ood_datasets(),
-                      detectors=dets, params=params, subsample=sub, seed=seed)
+                         detectors=dets, params=params, subsample=sub, seed=seed, **record)
 
 
 def apply_experiment(exp: "fc.Experiment") -> None:

@@ -168,6 +168,30 @@ def test_an_experiment_recording_another_model_warns_once(default_bundle):
     assert not [w for w in _read(at.warning) if "differs" in w]  # said once
 
 
+def test_the_experiment_the_app_writes_records_its_model_and_loads_back_quietly(default_bundle):
+    """Scores' "Reproduce" experiment carries the model's fingerprint and load options (so running it
+    on another model warns), and loading it back with the same model says nothing."""
+    import json
+
+    from ood_core import workbench as wb
+
+    at = _page("pages/1_Scores.py").run()
+    assert not at.exception, at.exception
+    exps = [json.loads(c.value) for c in at.code if '"schema"' in c.value]
+    assert len(exps) == 1
+    assert exps[0]["model_fingerprint"] == default_bundle.fingerprint
+    assert exps[0]["preprocess"] == wb.model_record(default_bundle)["preprocess"]
+    assert exps[0]["preprocess"]["mean"] == list(default_bundle.preprocess.mean)
+    home = _upload_experiment(_page("app.py").run(), exps[0])
+    assert not home.exception and not home.error, _read(home.error)
+    assert not [w for w in _read(home.warning) if "differs" in w], _read(home.warning)
+    from ood_core.experiment import Experiment
+
+    changed = Experiment.from_dict({**exps[0], "preprocess": {**exps[0]["preprocess"], "std": [0.25]}})
+    assert wb.model_differences(changed, default_bundle).endswith(
+        f"std [0.25] in the experiment, [{default_bundle.preprocess.std[0]}] loaded")
+
+
 @pytest.mark.hostile
 def test_a_model_raising_on_the_real_batch_is_one_error(tmp_cache, tmp_path):
     """It passed the load-time dry run, then raised inside the forward pass: a traceback on Home and Scores."""
