@@ -472,9 +472,10 @@ def attributions(bundle: Any, ds_name: str, index: int, twin: int, id_name: str,
 
 
 # =============================================================================== train
-def start_training(cfg: TrainConfig) -> str:
-    """Start a training job (validated before it starts); its job id."""
-    return JOBS.submit(job_fn(cfg), f"train {cfg.method}").id
+def start_training(cfg: TrainConfig, owner_alive: Callable[[], bool] | None = None) -> str:
+    """Start a training job (validated before it starts); its job id. With ``owner_alive`` (the
+    session's probe) the run stops once its session has gone, keeping its last finished epoch."""
+    return JOBS.submit(job_fn(cfg), f"train {cfg.method}", owner_alive=owner_alive).id
 
 
 def default_epochs(method: str, init: str, recipe: str = "default") -> int:

@@ -77,6 +77,10 @@ with left:
                                     "never pick one of your OOD test sets")
         n_train = int(st.number_input("ID training images (0 = all)", 0, 10**7, 0, key="train.n_train"))
         n_eval = int(st.number_input("Images for the per-epoch metrics (0 = all)", 0, 10**7, 0, key="train.n_eval"))
+    keep = st.checkbox("Keep training after this tab closes", False, key="train.keep",
+                       help="off: a run whose browser tab has been closed for 10 s stops at its next step and keeps "
+                            "its last finished epoch's checkpoint; on: it runs to the end, and its checkpoint "
+                            "appears in the model picker of any later session")
     launch = st.button("Start training", type="primary", key="train.start")
 
 if launch:
@@ -84,7 +88,7 @@ if launch:
     if start is not None:
         cfg = TrainConfig(method_name, epochs=epochs, seed=seed, id_dataset=state.id_dataset(), aux=aux,
                           aux_val=aux_val, params=params, n_train=n_train, n_eval=n_eval, **start)
-        job_id = common.attempt("training refused", fc.start_training, cfg)
+        job_id = common.attempt("training refused", fc.start_training, cfg, None if keep else common.session_probe())
         if job_id:
             state.put("train_job_id", job_id)
 

@@ -176,6 +176,32 @@ def test_cancel_keeps_last_good_checkpoint(out, default_bundle):
     assert any(r.get("kind") == "step" for r in job.rows)  # live rows reached the job
 
 
+def test_a_training_job_whose_session_has_gone_stops_and_keeps_its_checkpoint(out, default_bundle, monkeypatch):
+    """The Train page passes its session's probe unless "Keep training after this tab closes" is
+    ticked (docs/architecture.md, "Concurrency and cancellation"): the run stops at its next step once
+    the session has been gone for the grace period, and the finished epoch's checkpoint stays."""
+    import time
+
+    from ood_core import facade as fc
+    from ood_core import jobs
+
+    monkeypatch.setattr(jobs, "OWNER_GRACE_S", 0.0)
+    monkeypatch.setattr(fc, "job_fn", lambda cfg: (lambda ctx: train(cfg, ctx, out_dir=out / "gone")))
+    alive = {"v": True}
+    job = fc.JOBS.get(fc.start_training(_cfg("energy_oe", epochs=30), owner_alive=lambda: alive["v"]))
+    t0 = time.monotonic()
+    while not job.info.get("checkpoint") and job.active and time.monotonic() - t0 < 120:
+        time.sleep(0.05)  # the first epoch's checkpoint is written
+    alive["v"] = False  # the tab closed
+    job.wait(60)
+    assert job.state == "cancelled" and "session" in job.snapshot()["message"], job.snapshot()
+    meta = json.loads(Path(job.info["checkpoint"]).with_suffix(".json").read_text())
+    assert 1 <= meta["epochs_done"] < 30 and not meta["complete"]
+    kept = fc.JOBS.get(fc.start_training(_cfg("energy_oe", epochs=1)))  # no probe: nothing watches it
+    kept.wait(120)
+    assert kept.state == "done", kept.error
+
+
 def test_nan_names_the_term_and_step(monkeypatch, out, default_bundle):
     calls = {"n": 0}
     real = L.oe_loss
