@@ -109,7 +109,7 @@ class _LowDim(ModelDetector):
 
     def __init__(self) -> None:
         super().__init__()
-        self.fit_key = ""
+        self._fit_parts: dict[str, Any] | None = None
         self._train_ds: Dataset | None = None
         self._train_ext: Extraction | None = None
         self._stats: dict[str, dict[str, Any]] = {}
@@ -120,12 +120,24 @@ class _LowDim(ModelDetector):
         if train_ds is None or len(train_ds) == 0:
             raise DetectorError(f"{self.name} needs training statistics: set an ID training split first")
         self._train_ds, self._train_ext = train_ds, train_ext
-        self.fit_key = cache.make_key("lowdim-fit", v=LOWDIM_FIT_VERSION, model=bundle.fingerprint,
-                                      train=train_ds.fingerprint, n=len(train_ds))
+        self._fit_parts = {"model": bundle.fingerprint, "train": train_ds.fingerprint, "n": len(train_ds)}
         self._stats = {}
         self.train_info = {"n_train": len(train_ds)}
         self.fitted = True
         return self
+
+    @property
+    def fit_key(self) -> str:
+        """What the scores' cache keys hold of the fit: model and training split, and the number of
+        its samples the subspace is fitted on when ``$OOD_GRAD_MAX_FIT`` caps it below the split (read
+        now, not at fit time, so a cap set later cannot serve scores of the other fit)."""
+        if self._fit_parts is None:
+            return ""
+        parts = dict(self._fit_parts)
+        n_fit = min(parts["n"], grads.max_fit())
+        if n_fit != parts["n"]:  # keys of uncapped fits stay as they were
+            parts["n_fit"] = n_fit
+        return cache.make_key("lowdim-fit", v=LOWDIM_FIT_VERSION, **parts)
 
     @staticmethod
     def grad_params(knobs: dict[str, Any]) -> dict[str, Any]:

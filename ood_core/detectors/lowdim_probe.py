@@ -74,7 +74,7 @@ def train_probe(X: np.ndarray, y: np.ndarray, C: int, epochs: int = 10, lr: floa
 
 def probe_logits(probe: nn.Module, X: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return probe(torch.as_tensor(np.asarray(X, np.float32))).double().numpy()
+        return probe(torch.from_numpy(np.array(X, np.float32))).double().numpy()  # a copy: cached arrays are read-only
 
 
 def odin_probe(probe: nn.Module, X: np.ndarray, T: float, eps: float) -> np.ndarray:

@@ -14,7 +14,7 @@ from .per_sample import (estimate_memory, iter_grad_blocks, iter_per_sample_grad
                          memory_budget_bytes, MemoryEstimate, n_params, param_names, per_sample_grad_norms,
                          per_sample_grads, plan_chunk, sample_loss)
 from .settings import (DEFAULT_PARAMS, DEFAULT_POWER_ITERS, EARLIER, GRAD_KNOB_NAMES, GRAD_KNOBS, KERNELS, LOSSES,
-                       MAX_FIT, PARAM_SETS, PRECISIONS, REFERENCE, SUBSPACES, FitCancelled, GradientError,
+                       MAX_FIT, PARAM_SETS, max_fit, PRECISIONS, REFERENCE, SUBSPACES, FitCancelled, GradientError,
                        MemoryBudgetError, Progress, grad_knobs, resolve_params)
 from .subspace import (GRAD_VERSION, Subspace, available_bytes, estimate_cost, fit_memory, fit_subspace, lowdim_for_dataset,
                        lowdim_key, project, subspace_key)

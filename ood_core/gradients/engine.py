@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from sklearn.utils.extmath import svd_flip
 
 from .. import distributed as D
 from ..models import ModelBundle
@@ -267,6 +268,10 @@ def randomized_svd(bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T:
     Bm = project_pass(bundle, data, pl, loss, T, SZ, off, st(total - 1, total), "Rayleigh–Ritz (A·Z)", held)
     del held
     U, sig, Rt = np.linalg.svd(Bm, full_matrices=False)
+    # Each singular pair's sign is arbitrary, and two fits differing by float noise (another chunk size,
+    # thread count or rank count) could flip it: fix it from the data, as scikit-learn does, so that
+    # every fit of the same subspace gives G_low in the same basis.
+    U, Rt = svd_flip(U, Rt, u_based_decision=True)
     rr = min(r, len(sig))
     SV = linalg.right_mul(SZ, Rt[:rr].T, dtype)  # S·V, in place of SZ: what every projection multiplies by
     del SZ

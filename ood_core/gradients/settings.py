@@ -16,6 +16,7 @@ from typing import Any, Callable
 from ..jobs import Cancelled
 from ..knobs import Knob, KnobError, Resolved, resolve
 from ..models import ModelError
+from ..resources import env_number
 
 Progress = Callable[[float, str], None]
 
@@ -79,6 +80,12 @@ DEFAULT_PARAMS = REFERENCE  # the defaults are the reference preset
 # the head, 10 raw-gradient directions. lowdim_norm / lowdim_react / lowdim_ens default to it.
 EARLIER: dict[str, Any] = {**REFERENCE, "loss": "kl_uniform", "param_set": "last", "kernel": "ntk", "r": 10}
 MAX_FIT = 50_000  # training samples a subspace is fitted on (the reference: 50,000 on CIFAR); a seeded subset beyond
+
+
+def max_fit() -> int:
+    """Training samples a subspace is fitted on: :data:`MAX_FIT`, or ``$OOD_GRAD_MAX_FIT`` where set (a
+    smaller cap makes a first fit on a laptop cheaper; the subspace's cache key records the number used)."""
+    return int(env_number("OOD_GRAD_MAX_FIT", MAX_FIT, "a positive whole number of training samples", integer=True))
 
 
 def grad_knobs(**defaults: Any) -> tuple[Knob, ...]:

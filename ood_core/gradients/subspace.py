@@ -10,6 +10,7 @@ reference preset follows the authors' code (``github_main.py``, ``github_PCA.py`
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -24,15 +25,15 @@ import torch
 from .. import cache
 from .. import distributed as D
 from ..data import Dataset, get_dataset, train_name_for
-from ..jobs import Cancelled
+from ..jobs import Cancelled, checkpoint
 from ..models import ModelBundle
 from ..resources import env_var, memory_budget
 from . import engine, hooks, linalg
 from . import per_sample as ps
-from .settings import MAX_FIT, FitCancelled, GradientError, MemoryBudgetError, Progress, resolve_params
+from .settings import FitCancelled, GradientError, MemoryBudgetError, Progress, resolve_params, max_fit
 
 log = logging.getLogger(__name__)
-GRAD_VERSION = 2
+GRAD_VERSION = 3  # 3: the singular vectors' signs are fixed from the data (engine.randomized_svd)
 OVERSAMPLE = 10
 _INLINE_V_BYTES = 256 * 2**20  # larger V go to a side file beside the cache (never one in-memory npz copy)
 
@@ -151,9 +152,10 @@ def _train_dataset(id_name: str | Dataset) -> Dataset:
 
 
 def fit_subset(train: Dataset) -> Dataset:
-    if len(train) <= MAX_FIT:
+    cap = max_fit()
+    if len(train) <= cap:
         return train
-    idx = np.sort(np.random.default_rng(0).choice(len(train), MAX_FIT, replace=False))
+    idx = np.sort(np.random.default_rng(0).choice(len(train), cap, replace=False))
     return train.subset(idx, name=train.name)
 
 
@@ -172,7 +174,7 @@ def subspace_key(bundle: ModelBundle, id_name: str | Dataset, params: dict[str, 
     train = _train_dataset(id_name)
     pca = p["subspace"] == "pca"
     return cache.make_key("subspace", v=GRAD_VERSION, model=bundle.fingerprint, head=bundle.head_name,
-                          train=train.fingerprint, n_fit=min(len(train), MAX_FIT),
+                          train=train.fingerprint, n_fit=min(len(train), max_fit()),
                           preprocess=bundle.preprocess.cache_key(), loss=p["loss"], param_set=p["param_set"],
                           T=p["T"], kernel=p["kernel"], subspace=p["subspace"], r=_r_of(bundle, p),
                           power_iters=p["power_iters"] if pca else 0, oversample=OVERSAMPLE if pca else 0,
@@ -296,14 +298,28 @@ def fit_subspace(bundle: ModelBundle, id_name: str | Dataset = "mnist", params: 
     if D.is_distributed() and D.any_true(hit is None):  # every rank joins the sharded fit ("Distributed passes")
         hit = None
     if hit is None:
-        work = hooks.work_budget_bytes(pl.device)
-        check_memory(P, r, n, p["subspace"], dtype, work, device, budget_bytes, p["param_set"], max(pl.sizes))
+        # One fit per key at a time across processes and threads (docs/architecture.md, "Concurrency and
+        # cancellation"): a second caller waits and loads the first one's entry. Two fits side by side
+        # can differ in the signs of V's columns, and a process projecting with its own V beside G_low
+        # cached by the other mixed two bases (lowdim_maha fell from AUROC 0.97 to 0.46). Under
+        # torchrun the ranks fit together, so no lock.
+        def waiting() -> None:
+            checkpoint()
+            if progress:  # a cancelled job's callback raises here: the wait stops
+                progress(0.0, "waiting for another fit of the same subspace (same model and settings) to finish")
+
         try:
-            sub = _fit(bundle, train, p, pl, r, dtype, progress)
+            with cache.key_lock(key, waiting) if not D.is_distributed() else contextlib.nullcontext():
+                hit = None if D.is_distributed() else _load(key, pl.sizes, device, dtype)
+                if hit is None:
+                    work = hooks.work_budget_bytes(pl.device)
+                    check_memory(P, r, n, p["subspace"], dtype, work, device, budget_bytes, p["param_set"],
+                                 max(pl.sizes))
+                    sub = _fit(bundle, train, p, pl, r, dtype, progress)
+                    _store(key, sub)
         except Cancelled:
             raise FitCancelled("the subspace fit was cancelled; nothing was cached") from None
-        _store(key, sub)
-    else:
+    if hit is not None:
         sub = Subspace(hit["blocks"], p["subspace"], key, hit["sigma"] if hit["sigma"].size else None,
                        str(hit["method"]), hit["mean"], hit["scale"], hit["g_low"] if hit["g_low"].size else None,
                        hit["sv"])

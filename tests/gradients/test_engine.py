@@ -348,3 +348,92 @@ def test_call_hooks_ignore_other_threads():
     t.join(5)
     model(torch.zeros(4, 3))  # after the call: removed
     assert seen == [2]
+
+
+def test_the_fit_cap_takes_a_seeded_subset_and_enters_the_key(monkeypatch):
+    """``$OOD_GRAD_MAX_FIT`` caps the training samples a subspace is fitted on (the product's cap is
+    ``MAX_FIT``): a seeded subset, the same for every run, and a key that records the number."""
+    from ood_core.gradients import settings
+    from ood_core.gradients.subspace import fit_subset, subspace_key
+    from ood_core.resources import EnvValueError
+
+    b, train = tiny_bundle(), tiny_images(150, seed=1)
+    monkeypatch.delenv("OOD_GRAD_MAX_FIT", raising=False)
+    assert settings.max_fit() == settings.MAX_FIT and fit_subset(train) is train
+    full = subspace_key(b, train)
+    monkeypatch.setenv("OOD_GRAD_MAX_FIT", "40")
+    a, again = fit_subset(train), fit_subset(train)
+    want = np.sort(np.random.default_rng(0).choice(150, 40, replace=False))
+    assert len(a) == 40 and np.array_equal(a.images, train.images[want]) and np.array_equal(a.images, again.images)
+    assert subspace_key(b, train) != full
+    # the scores' keys follow the cap too (a capped fit's scores were once served for the uncapped fit)
+    from ood_core.detectors import get_detector
+
+    det = get_detector("lowdim_maha").fit_model(b, train, None)
+    capped = det.fit_key
+    monkeypatch.setenv("OOD_GRAD_MAX_FIT", "150")
+    assert det.fit_key != capped and subspace_key(b, train) == full
+    monkeypatch.delenv("OOD_GRAD_MAX_FIT")
+    assert det.fit_key == get_detector("lowdim_maha").fit_model(b, train, None).fit_key
+    for bad in ("0", "-5", "2.5", "abc", "inf"):
+        monkeypatch.setenv("OOD_GRAD_MAX_FIT", bad)
+        with pytest.raises(EnvValueError, match="OOD_GRAD_MAX_FIT must be a positive whole number"):
+            settings.max_fit()
+
+
+@pytest.mark.hostile
+def test_two_callers_of_one_cold_subspace_fit_share_one_fit(tmp_cache, monkeypatch):
+    """Two sessions (threads here; the lock is the cache's per-key file lock, so processes too) fit the
+    same subspace at once: one fits, the other waits and loads its entry. Before, both fitted, and a
+    process projecting with its own V beside G_low cached by the other mixed two bases (the suite's
+    lowdim_maha fell from AUROC 0.97 to 0.46 when two workers met)."""
+    import threading
+    import time
+
+    from ood_core.gradients import subspace as S
+
+    b, train, p = tiny_bundle(), tiny_images(64, seed=3), {"r": 4, "power_iters": 1}
+    real, fits = S._fit, []
+
+    def slow_fit(*a, **k):
+        fits.append(threading.get_ident())
+        time.sleep(0.5)  # the second caller arrives during the fit
+        return real(*a, **k)
+
+    monkeypatch.setattr(S, "_fit", slow_fit)
+    got, waits = {}, []
+
+    def call(name, progress=None):
+        got[name] = G.fit_subspace(b, train, p, progress=progress)
+
+    t1 = threading.Thread(target=call, args=("first",))
+    t1.start()
+    while not fits:
+        time.sleep(0.01)
+    t2 = threading.Thread(target=call, args=("second", lambda f, m: waits.append(m)))
+    t2.start()
+    t1.join(60)
+    t2.join(60)
+    assert len(fits) == 1
+    assert any("waiting for another fit" in m for m in waits)
+    np.testing.assert_array_equal(got["first"].sigma, got["second"].sigma)
+    np.testing.assert_array_equal(got["first"].g_low_fit, got["second"].g_low_fit)  # one basis
+
+
+def test_singular_vector_signs_are_fixed_by_the_data(tmp_cache, monkeypatch):
+    """Each column of the fit set's G_low has its largest entry positive (scikit-learn's ``svd_flip``), so
+    fits that differ by float noise (another chunk size here) give G_low in the same basis."""
+    import dataclasses
+
+    from ood_core.gradients import engine
+
+    b, train = tiny_bundle(), tiny_images(80, seed=5)
+    pl = hooks.plan(b, "all", device="cpu")
+    res, _ = engine.randomized_svd(b, train, pl, "lse", 1.0, 5, len(train), "nfk", 1, torch.float32, hold=False)
+    g = np.asarray(res.g_low)
+    top = g[np.abs(g).argmax(0), np.arange(g.shape[1])]
+    assert (top > 0).all(), top
+    pl_small = dataclasses.replace(pl, chunk=7)  # other batches: other float rounding
+    res2, _ = engine.randomized_svd(b, train, pl_small, "lse", 1.0, 5, len(train), "nfk", 1, torch.float32,
+                                    hold=False)
+    np.testing.assert_allclose(np.asarray(res2.g_low), g, rtol=1e-3, atol=1e-4 * np.abs(g).max())
