@@ -128,12 +128,13 @@ class _LowDim(ModelDetector):
 
     @property
     def fit_key(self) -> str:
-        """What the scores' cache keys hold of the fit: model and training split, and the number of
-        its samples the subspace is fitted on when ``$OOD_GRAD_MAX_FIT`` caps it below the split (read
+        """What the scores' cache keys hold of the fit: model and training split, the gradient code's
+        version (``GRAD_VERSION``: scores cached by older gradient code are not served), and the number
+        of samples the subspace is fitted on when ``$OOD_GRAD_MAX_FIT`` caps it below the split (read
         now, not at fit time, so a cap set later cannot serve scores of the other fit)."""
         if self._fit_parts is None:
             return ""
-        parts = dict(self._fit_parts)
+        parts = dict(self._fit_parts, grad=grads.GRAD_VERSION)  # scores follow the gradient code's version
         n_fit = min(parts["n"], grads.max_fit())
         if n_fit != parts["n"]:  # keys of uncapped fits stay as they were
             parts["n_fit"] = n_fit

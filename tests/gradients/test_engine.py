@@ -375,6 +375,9 @@ def test_the_fit_cap_takes_a_seeded_subset_and_enters_the_key(monkeypatch):
     assert det.fit_key != capped and subspace_key(b, train) == full
     monkeypatch.delenv("OOD_GRAD_MAX_FIT")
     assert det.fit_key == get_detector("lowdim_maha").fit_model(b, train, None).fit_key
+    uncapped = det.fit_key  # and the gradient code's version: scores of older code are not served
+    monkeypatch.setattr(G, "GRAD_VERSION", G.GRAD_VERSION + 1)
+    assert det.fit_key != uncapped
     for bad in ("0", "-5", "2.5", "abc", "inf"):
         monkeypatch.setenv("OOD_GRAD_MAX_FIT", bad)
         with pytest.raises(EnvValueError, match="OOD_GRAD_MAX_FIT must be a positive whole number"):
