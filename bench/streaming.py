@@ -531,7 +531,7 @@ def main() -> None:
     c1 = run_child(_child_cmd(a, tree1, "1x", work / "c1.json", ref), env, work / "c1.json")
     rate_b1 = bare_forward()
     rate_b = 0.5 * (rate_b0 + rate_b1)
-    del bundle, xb
+    bundle = xb = None  # free the model and its batch before the larger pass (bare_forward is done with them)
     c4 = None
     if gen4 is not None:
         env = _fresh_cache(work, f"cache_{a.scale}x", tuning, rel)
