@@ -400,7 +400,7 @@ def test_two_callers_of_one_cold_subspace_fit_share_one_fit(tmp_cache, monkeypat
 
     def slow_fit(*a, **k):
         fits.append(threading.get_ident())
-        time.sleep(0.5)  # the second caller arrives during the fit
+        time.sleep(1.5)  # the second caller arrives during the fit, and polls the lock (every 0.5 s) meanwhile
         return real(*a, **k)
 
     monkeypatch.setattr(S, "_fit", slow_fit)
@@ -411,8 +411,10 @@ def test_two_callers_of_one_cold_subspace_fit_share_one_fit(tmp_cache, monkeypat
 
     t1 = threading.Thread(target=call, args=("first",))
     t1.start()
-    while not fits:
+    deadline = time.monotonic() + 60
+    while not fits and t1.is_alive() and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert fits, "the first caller never reached the fit"
     t2 = threading.Thread(target=call, args=("second", lambda f, m: waits.append(m)))
     t2.start()
     t1.join(60)
