@@ -325,3 +325,33 @@ def grouped_view(df: "pd.DataFrame", id_name: str, metric: str, arch: str | None
     view.attrs.update(benchmark=b.name, groups=groups, published_arch=pub_arch,
                       complete={g: len(n) == len(b.group_names(g)) for g, n in groups.items()})
     return view
+
+
+@dataclass(frozen=True)
+class BenchmarkView:
+    """A comparison grouped as its benchmark groups it (near/far means) with published values."""
+
+    benchmark: str
+    table: Any  # pandas DataFrame: per detector, <group>, <group> sets, <group> published/std/outside
+    groups: dict[str, list[str]]  # the sets of each group that are in the table
+    missing: dict[str, list[str]]  # each group's sets that are not
+    published_arch: str | None  # the leaderboard's name for this model's family, or None (no match)
+    citation: str
+
+
+def benchmark_view(df: "pd.DataFrame", id_name: str, metric: str, bundle: Any) -> BenchmarkView | None:
+    """Compare's near/far view when ``id_name`` is a benchmark's ID set (:func:`grouped_view`), with
+    the sets each group lacks and the published rows' citation; None otherwise."""
+    from . import published
+
+    view = grouped_view(df, id_name, metric, getattr(bundle, "arch", None))
+    if view is None:
+        return None
+    b = get_benchmark(view.attrs["benchmark"])
+    groups = view.attrs["groups"]
+    missing = {g: [n for n in b.group_names(g) if n not in groups.get(g, [])] for g in GROUPS}
+    cite = ""
+    if view.attrs["published_arch"]:
+        cite = next((r.citation + "; " + r.source for r in published.rows() if r.benchmark == b.name), "")
+    return BenchmarkView(b.name, view, groups, {g: m for g, m in missing.items() if m},
+                         view.attrs["published_arch"], cite)

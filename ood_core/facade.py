@@ -20,31 +20,32 @@ from .resources import configure_threads
 configure_threads()
 
 import functools  # everything from here on comes after the thread policy
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
+from . import benchmarks as _bench
 from . import cache as _cache
 from . import compare as _compare
 from . import export as _export
 from . import maps as _maps
 from . import persist as _persist
 from . import saliency as _saliency
+from . import scoring as _scoring
 from . import tuning as _tuning
 from . import workbench as _wb
 from .data import DEFAULT_OOD, get_dataset, get_spec, list_datasets, sample_info, train_name_for
 from .data.readers import FORMATS
 from .data.registry import one_check
-from .detectors import detector_classes, detector_names, get_detector
+from .detectors import detector_classes, get_detector
 from .errors import UserError
 from .experiment import Experiment, ExperimentError
 from .gradients import DEFAULT_PARAMS as _GRAD_DEFAULTS
 from .jobs import JOBS
 from .knobs import Resolved
-from .metrics import METRICS, ScoreSets
+from .metrics import METRICS
 from .models.archs import arch_info, list_architectures
 from .models import files as _files
 from .models.formats import human_bytes, max_model_bytes
@@ -242,29 +243,8 @@ def extraction(bundle: Any, name: str, progress: Progress | None = None):
     return _wb.get_extraction(bundle, name, progress=progress)
 
 
-_avail_lock = threading.Lock()
-_avail: dict[tuple, dict[str, str | None]] = {}
-
-
-@action
-def availability(bundle: Any, id_name: str) -> dict[str, str | None]:
-    """``{detector: why it cannot run, or None}`` for every detector, once per (model, dataset)."""
-    ds = get_dataset(id_name)
-    key = (bundle.fingerprint, bundle.head_name, ds.fingerprint)
-    with _avail_lock:
-        hit = dict(_avail.get(key, {}))
-    missing = [n for n in detector_names() if n not in hit]  # a plugin loaded since is checked too
-    if missing:
-        ext = _wb.get_extraction(bundle, ds)
-        hit.update({n: get_detector(n).unavailable_reason(ext) for n in missing})
-        with _avail_lock:
-            _avail[key] = hit
-    return hit
-
-
-@action
-def fitted_detector(name: str, bundle: Any, id_name: str):
-    return _wb.fitted_detector(name, bundle, id_name)
+availability = action(_scoring.availability)  # {detector: why it cannot run, or None}, once per (model, dataset)
+fitted_detector = action(_wb.fitted_detector)
 
 
 def resolve_knobs(det: Any, values: Mapping[str, Any] | None) -> Resolved:
@@ -272,53 +252,9 @@ def resolve_knobs(det: Any, values: Mapping[str, Any] | None) -> Resolved:
     return det.resolve(values)
 
 
-def needs_job(bundle: Any, det: Any, sets: Sequence[str], knobs: Resolved) -> bool:
-    """Whether scoring these sets would run the model (a model-time detector not cached for these knobs)."""
-    return det.needs_model and not all(_wb.is_cached(bundle, det, n, knobs) for n in sets)
-
-
-def model_time_estimate(bundle: Any, detector: str, id_name: str, sets: Sequence[str],
-                        params: Mapping[str, Any] | None) -> tuple[float, str]:
-    """``(seconds, one line)``: what a model-time detector will cost on ``sets`` (a dry run)."""
-    est = _wb.model_time_estimate(bundle, detector, id_name, list(sets), dict(params or {}))
-    return float(est["seconds"]), _wb.describe_cost(est)
-
-
-@action
-def score_sets(bundle: Any, det: Any, sets: Sequence[str], id_name: str, knobs: Mapping[str, Any],
-               progress: Progress | None = None) -> dict[str, np.ndarray]:
-    """Scores of one detector on every set (cached arrays or model-time: ``workbench.score`` picks)."""
-    knobs = det.resolve(knobs)
-    out = {}
-    for i, n in enumerate(sets):
-        step = (lambda f, m, i=i: progress((i + f) / len(sets), m)) if progress else None
-        out[n] = _wb.score(bundle, det, n, id_name, knobs, progress=step)
-    return out
-
-
-MISSES = 12  # the extremes kept per set: the misses shown at any threshold
-
-
-@dataclass
-class ScoresView:
-    """One knob setting's scores sorted once, its exact table and extremes; base figures are added as drawn."""
-
-    key: str
-    sets: ScoreSets
-    table: Any
-    scores: dict[str, np.ndarray]
-    extremes: dict[str, np.ndarray]
-    figures: dict[str, Any] = field(default_factory=dict)
-
-
-def scores_view(key: str, id_name: str, scores: dict[str, np.ndarray]) -> ScoresView:
-    sv = ScoreSets.from_arrays(scores[id_name], {n: v for n, v in scores.items() if n != id_name}, id_name)
-    extremes = {}
-    for n, s in scores.items():  # the few highest OOD / lowest ID scores
-        k = min(MISSES, s.size)
-        top = np.argpartition(-s, k - 1)[:k] if n != id_name else np.argpartition(s, k - 1)[:k]
-        extremes[n] = top[np.argsort(-s[top] if n != id_name else s[top], kind="stable")]
-    return ScoresView(key, sv, sv.table(), scores, extremes)
+needs_job, model_time_estimate = _scoring.needs_job, _scoring.model_time_estimate
+score_sets = action(_scoring.score_sets)  # one detector's scores on every set
+ScoresView, scores_view = _scoring.ScoresView, _scoring.scores_view  # one knob setting sorted once
 
 
 # =============================================================================== compare and tune
@@ -340,36 +276,8 @@ def model_time_cached(bundle: Any, det: str, sets: Sequence[str], params: Mappin
     return _compare.model_time_cached(bundle, det, list(sets), params)
 
 
-@dataclass(frozen=True)
-class BenchmarkView:
-    """A comparison grouped as its benchmark groups it (near/far means) with published values."""
-
-    benchmark: str
-    table: Any  # pandas DataFrame: per detector, <group>, <group> sets, <group> published/std/outside
-    groups: dict[str, list[str]]  # the sets of each group that are in the table
-    missing: dict[str, list[str]]  # each group's sets that are not
-    published_arch: str | None  # the leaderboard's name for this model's family, or None (no match)
-    citation: str
-
-
-@action
-def benchmark_view(df: Any, id_name: str, metric: str, bundle: Any) -> BenchmarkView | None:
-    """Compare's near/far view when ``id_name`` is a benchmark's ID set (``benchmarks.grouped_view``),
-    None otherwise."""
-    from . import benchmarks as _bench
-    from . import published as _pub
-
-    view = _bench.grouped_view(df, id_name, metric, getattr(bundle, "arch", None))
-    if view is None:
-        return None
-    b = _bench.get_benchmark(view.attrs["benchmark"])
-    groups = view.attrs["groups"]
-    missing = {g: [n for n in b.group_names(g) if n not in groups.get(g, [])] for g in _bench.GROUPS}
-    cite = ""
-    if view.attrs["published_arch"]:
-        cite = next((r.citation + "; " + r.source for r in _pub.rows() if r.benchmark == b.name), "")
-    return BenchmarkView(b.name, view, groups, {g: m for g, m in missing.items() if m},
-                         view.attrs["published_arch"], cite)
+BenchmarkView = _bench.BenchmarkView
+benchmark_view = action(_bench.benchmark_view)  # Compare's near/far view of a benchmark's ID set, or None
 
 
 TUNING_HOLDOUT = _tuning.HOLDOUT

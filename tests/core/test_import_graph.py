@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"figures"},
     {"persist"},
     {"workbench"},
-    {"compare", "tuning", "maps", "saliency", "export", "benchmarks", "conformance"},
+    {"compare", "tuning", "maps", "saliency", "scoring", "export", "benchmarks", "conformance"},
     {"facade"},
     {"cli", "__main__"},
 ]
