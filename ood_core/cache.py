@@ -125,7 +125,8 @@ def _open(d: str) -> diskcache.Cache:
     return diskcache.Cache(d, size_limit=2**34, disk_min_file_size=1024)
 
 
-def _store() -> diskcache.Cache | _ReadOnlyStore:
+def _store(damaged: BaseException | None = None) -> diskcache.Cache | _ReadOnlyStore:
+    """The open store of this cache folder; ``damaged`` (an error an open handle raised) rebuilds its index."""
     d = str(cache_dir() / "arrays")
     with _lock:
         c = _caches.get(d)
@@ -134,7 +135,7 @@ def _store() -> diskcache.Cache | _ReadOnlyStore:
             try:
                 ensure_dir(Path(d))
                 try:
-                    c = _open(d)
+                    c = _open(d) if damaged is None else _rebuild_index(d, damaged)
                 except sqlite3.DatabaseError as exc:
                     if not _damaged(exc):
                         raise
@@ -165,9 +166,12 @@ def _rebuild_index(d: str, why: BaseException) -> diskcache.Cache:
     One warning says what happened. Two processes finding the damage at once rebuild once (a lock).
     """
     db = Path(d) / "cache.db"
-    with file_lock(db):
+    # No timeout: a rebuild reads every value file, and a second process finding the same damage
+    # must wait for it rather than give up and go read-only.
+    with file_lock(db, timeout=-1):
         try:  # another process may have rebuilt it while this one waited for the lock
-            return _open(d)
+            if _index_sound(db):
+                return _open(d)
         except sqlite3.DatabaseError as exc:
             if not _damaged(exc):
                 raise
@@ -198,6 +202,22 @@ def _rebuild_index(d: str, why: BaseException) -> diskcache.Cache:
     return c
 
 
+def _index_sound(db: Path) -> bool:
+    """Whether SQLite finds ``cache.db`` whole (``PRAGMA quick_check``): opening it reads only its
+    settings, so damage in the entries' table passes an open and shows on the first read."""
+    if not db.exists():  # nothing to check: opening creates it
+        return True
+    con = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True, timeout=60)
+    try:
+        return con.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    except sqlite3.DatabaseError as exc:
+        if not _damaged(exc):
+            raise
+        return False
+    finally:
+        con.close()
+
+
 def _recover(store: Any, exc: BaseException) -> diskcache.Cache | _ReadOnlyStore | None:
     """After a damaged-index error on an open handle: a rebuilt store, or None when ``exc`` is another error."""
     if not _damaged(exc) or isinstance(store, _ReadOnlyStore):
@@ -208,7 +228,7 @@ def _recover(store: Any, exc: BaseException) -> diskcache.Cache | _ReadOnlyStore
             with contextlib.suppress(Exception):
                 store.close()
             del _caches[d]
-    return _store()
+    return _store(damaged=exc)
 
 
 def reset() -> None:
@@ -300,8 +320,9 @@ def get_arrays(key: str) -> dict[str, np.ndarray] | None:
         blob = store.get(key, default=None)
     except sqlite3.DatabaseError as exc:  # the index was damaged while this process had it open
         again = _recover(store, exc)
-        if again is None:
-            raise
+        if again is None:  # not damage (locked, I/O): a miss, as any other unreadable entry
+            log.warning("cache entry %s unreadable (%s)", key, exc)
+            return None
         blob = again.get(key, default=None)
     except Exception as exc:  # diskcache raises on a vanished value file
         log.warning("cache entry %s unreadable (%s); dropping it", key, exc)

@@ -127,6 +127,31 @@ def test_index_damaged_while_open_is_rebuilt(tmp_cache):
 
 
 @pytest.mark.hostile
+def test_index_damaged_inside_its_table_is_rebuilt_on_read_and_write(tmp_cache):
+    """Damage past the index's first pages: opening it still works (it reads only its settings), and
+    the first read or write met "database disk image is malformed" and raised it as a traceback."""
+    entries = {cache.make_key("t", deep=i): {"a": np.full(600, i, np.float32)} for i in range(300)}
+    for k, v in entries.items():
+        assert cache.put_arrays(k, v)
+    cache.reset()
+    db = tmp_cache / "arrays" / "cache.db"
+    raw = bytearray(db.read_bytes())
+    page = 4096
+    assert len(raw) > 8 * page
+    raw[4 * page:] = b"\xa5" * (len(raw) - 4 * page)  # the header and first pages intact
+    db.write_bytes(bytes(raw))
+    for side in ("cache.db-wal", "cache.db-shm"):
+        (db.parent / side).unlink(missing_ok=True)
+    k0 = next(iter(entries))
+    got = cache.get_arrays(k0)
+    assert got is not None and (got["a"] == 0).all()
+    assert cache.put_arrays(cache.make_key("t", after=1), {"b": np.ones(3)})
+    assert sum(cache.get_arrays(k) is not None for k in entries) == len(entries)
+    aside = [f for f in db.parent.glob("cache.db.damaged-*") if not f.name.endswith(("-wal", "-shm"))]
+    assert len(aside) == 1  # rebuilt once
+
+
+@pytest.mark.hostile
 def test_cli_runs_with_a_damaged_index(tmp_cache, default_bundle):
     """The command line after cache.db was damaged: exit 0, the same result, one warning, no traceback
     (today every command fails with sqlite3.DatabaseError: file is not a database)."""
@@ -154,3 +179,21 @@ def test_cli_runs_with_a_damaged_index(tmp_cache, default_bundle):
     assert r.stderr.count("cache index") == 1 and "entries recovered" in r.stderr
     got = json.loads(r.stdout)["results"][0]
     assert got["auroc"] == pytest.approx(want["results"][0]["auroc"], abs=1e-12)
+
+
+@pytest.mark.hostile
+def test_a_locked_index_on_read_is_a_miss_not_a_traceback(tmp_cache, monkeypatch):
+    """An SQLite error that is not damage (a lock held past the timeout, an I/O error) costs a
+    recomputation, as any unreadable entry does; it escaped as a traceback."""
+    import sqlite3
+
+    k = cache.make_key("t", locked=1)
+    assert cache.put_arrays(k, {"a": np.ones(4)})
+    store = cache._store()  # noqa: SLF001
+
+    def locked(*a, **kw):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(store, "get", locked)
+    assert cache.get_arrays(k) is None
+    assert len(list((tmp_cache / "arrays").glob("cache.db.damaged-*"))) == 0  # nothing set aside
