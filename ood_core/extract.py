@@ -165,7 +165,9 @@ def extraction_key(bundle: ModelBundle, ds: Dataset, autocast: str = "off") -> s
 
 
 def _partial_dir(key: str) -> Path:
-    return cache.subdir("partial") / hashlib.sha256(key.encode()).hexdigest()[:24]
+    """Where a pass's chunks go; not created here (its first chunk's write creates it), so a cache hit
+    on a cache that cannot be written never tries to write."""
+    return cache.cache_dir() / "partial" / hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
 def _write_chunk(d: Path, start: int, arrays: dict[str, np.ndarray]) -> None:

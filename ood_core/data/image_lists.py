@@ -100,7 +100,8 @@ def parsed_list(path: Path) -> ImageList:
         raise DataError(f"{path.name} is not a readable text file list ({_oserror(exc)})") from None
     # one entry per list (named by its path), holding the stamp it was parsed at: an edited list
     # replaces its entry instead of leaving the old parse behind
-    cfile = cache.subdir("datasets", "lists") / f"{hashlib.sha256(real.encode()).hexdigest()[:24]}.npz"
+    # not created here: the write below does, and a cache that cannot be written only costs a parse
+    cfile = cache.cache_dir() / "datasets" / "lists" / f"{hashlib.sha256(real.encode()).hexdigest()[:24]}.npz"
     stamp = np.asarray([LIST_CACHE_VERSION, st.st_size, st.st_mtime_ns, st.st_ino], np.int64)
     got = _load_parsed(cfile, stamp)
     if got is not None:

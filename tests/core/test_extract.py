@@ -35,6 +35,24 @@ def test_second_extraction_does_no_forward(default_bundle, monkeypatch):
     np.testing.assert_array_equal(first.logits, again.logits)
 
 
+@pytest.mark.hostile
+def test_a_cache_hit_creates_no_folder(default_bundle, monkeypatch):
+    """A hit on a cache that cannot be written is served: nothing on the hit path creates a folder
+    (a hit once made ``cache/partial/`` and failed where it could not)."""
+    from ood_core import cache, stores
+
+    wb.get_extraction(default_bundle, "faces")
+    wb._extractions.clear()
+
+    def refuse(*a, **k):
+        raise stores.StorageError("the cache folder cannot be written")
+
+    monkeypatch.setattr(cache, "subdir", refuse)
+    monkeypatch.setattr(stores, "ensure_dir", refuse)
+    monkeypatch.setattr(ex, "run_forward", refuse)
+    assert wb.get_extraction(default_bundle, "faces").logits.shape[0] == len(get_dataset("faces"))
+
+
 def test_changed_input_misses_the_cache(default_bundle):
     ds = get_dataset("gaussian")
     k1 = ex.extraction_key(default_bundle, ds)
