@@ -25,6 +25,7 @@ import filelock
 import numpy as np
 
 from . import distributed
+from .jobs import checkpoint
 from .errors import UserError, first_line
 from .stores import StorageError, aside_name, ensure_dir, file_lock, storage_failure, storage_message
 
@@ -373,20 +374,18 @@ def put_arrays(key: str, arrays: Mapping[str, np.ndarray]) -> bool:
         return False
 
 
-def cached_arrays(key: str, compute: Callable[[], Mapping[str, np.ndarray]],
-                  waiting: Callable[[], None] | None = None) -> dict[str, np.ndarray]:
+def cached_arrays(key: str, compute: Callable[[], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Return the cached arrays for ``key`` or compute, store and return them.
 
     One computation per key at a time across threads and processes (:func:`key_lock`): a second
-    caller waits (calling ``waiting`` about twice a second; it may raise to stop waiting) and
-    then reuses the first one's entry. Under torchrun every rank computes when any rank misses
+    caller waits (a cancelled job stops waiting: :func:`key_lock`) and then reuses the first one's entry. Under torchrun every rank computes when any rank misses
     (the computation may hold collectives all ranks must join, so no lock); only rank 0 stores."""
     hit = get_arrays(key)
     if distributed.is_distributed():
         if distributed.any_true(hit is None):
             hit = None
     elif hit is None:
-        with key_lock(key, waiting):
+        with key_lock(key):
             hit = get_arrays(key)  # the pass we waited for has stored it
             if hit is None:
                 arrays = {k: np.asarray(v) for k, v in compute().items()}
@@ -427,8 +426,9 @@ def key_lock(key: str, waiting: Callable[[], None] | None = None, blocking: bool
 
     filelock takes ``flock`` on the lock file: exclusive between processes and between threads
     (each call opens its own descriptor), and released by the OS when its holder dies, so a killed
-    pass never blocks the next one, which then resumes its chunks. The wait polls, calling
-    ``waiting`` between polls (a job's progress callback raises there when cancelled).
+    pass never blocks the next one, which then resumes its chunks. The wait polls; between polls
+    ``jobs.checkpoint()`` stops it when the job on this thread is cancelled, and ``waiting`` (if
+    given) says what it waits for.
     ``blocking=False`` yields False at once when another holder has it. Re-entering a key this
     thread already holds is a no-op. A cache that cannot be written holds no lock (yields True:
     there is nothing to protect on disk).
@@ -448,6 +448,7 @@ def key_lock(key: str, waiting: Callable[[], None] | None = None, blocking: bool
         yield True
         return
     while not got and blocking:
+        checkpoint()  # a cancelled job (Stop, a closed tab, Ctrl-C) stops waiting too
         if waiting is not None:
             waiting()
         try:

@@ -342,9 +342,8 @@ def extract(bundle: ModelBundle, ds: Dataset, batch_size: int | None = None, dev
             with cache.key_lock(_rank_key(key)):  # not under another job's pass over the same shard
                 shutil.rmtree(_partial_dir(_rank_key(key)), ignore_errors=True)
     elif hit is None:
-        def waiting() -> None:
-            checkpoint()
-            if progress:  # a cancelled job's callback raises here: the wait stops
+        def waiting() -> None:  # key_lock stops the wait of a cancelled job itself
+            if progress:
                 progress(0.0, f"waiting for another forward pass on {ds.name} (same model and data) to finish")
 
         with cache.key_lock(key, waiting):

@@ -25,7 +25,7 @@ import torch
 from .. import cache
 from .. import distributed as D
 from ..data import Dataset, get_dataset, train_name_for
-from ..jobs import Cancelled, checkpoint
+from ..jobs import Cancelled
 from ..models import ModelBundle
 from ..resources import env_var, memory_budget
 from . import engine, hooks, linalg
@@ -303,9 +303,8 @@ def fit_subspace(bundle: ModelBundle, id_name: str | Dataset = "mnist", params: 
         # can differ in the signs of V's columns, and a process projecting with its own V beside G_low
         # cached by the other mixed two bases (lowdim_maha fell from AUROC 0.97 to 0.46). Under
         # torchrun the ranks fit together, so no lock.
-        def waiting() -> None:
-            checkpoint()
-            if progress:  # a cancelled job's callback raises here: the wait stops
+        def waiting() -> None:  # key_lock stops the wait of a cancelled job itself
+            if progress:
                 progress(0.0, "waiting for another fit of the same subspace (same model and settings) to finish")
 
         try:

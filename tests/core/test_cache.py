@@ -197,3 +197,37 @@ def test_a_locked_index_on_read_is_a_miss_not_a_traceback(tmp_cache, monkeypatch
     monkeypatch.setattr(store, "get", locked)
     assert cache.get_arrays(k) is None
     assert len(list((tmp_cache / "arrays").glob("cache.db.damaged-*"))) == 0  # nothing set aside
+
+
+@pytest.mark.hostile
+def test_a_job_waiting_for_another_pass_on_its_key_can_be_cancelled(tmp_cache):
+    """Any wait on a key's lock (scores, maps, projections: every ``cached_arrays``) stops when its job
+    is cancelled; before, only the callers that passed their own ``waiting`` callback could."""
+    import threading
+    import time
+
+    from ood_core.jobs import JOBS
+
+    k = cache.make_key("t", waited=1)
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with cache.key_lock(k):
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        assert held.wait(10)
+        job = JOBS.submit(lambda ctx: cache.cached_arrays(k, lambda: {"a": np.ones(2)}), "waits")
+        time.sleep(0.8)
+        assert job.active
+        t0 = time.monotonic()
+        job.cancel()
+        job.wait(10)
+        assert job.state == "cancelled" and time.monotonic() - t0 < 5, job.snapshot()
+    finally:
+        release.set()
+        t.join(10)
+    assert cache.get_arrays(k) is None  # the cancelled wait computed nothing
