@@ -55,10 +55,17 @@ def private_module(module: nn.Module) -> nn.Module:
     """A copy of ``module``'s tree for one call that shares its parameter and buffer tensors.
 
     ``functional_call`` on the copy swaps the copy's attributes, never the shared model's. The copy
-    costs the module objects only (the weights are not copied). A module that cannot be copied
+    costs the module objects only (the weights are not copied) and carries no hooks. A module that cannot be copied
     (some scripted or exported ones) is returned as is, and the caller takes :func:`model_lock`.
     """
     memo: dict[int, Any] = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
+    # The copy starts with no hooks: the shared model's hook dicts belong to other calls, and another
+    # thread removing its call-scoped hook would change a dict deepcopy is iterating ("mutated during
+    # iteration", which used to send the call to the serialised fallback).
+    for m in module.modules():
+        for name, value in vars(m).items():
+            if "hooks" in name and isinstance(value, dict):
+                memo[id(value)] = type(value)()
     try:
         return copy.deepcopy(module, memo)
     except Exception:  # noqa: BLE001 - uncopyable: the caller serialises on the model instead

@@ -210,6 +210,15 @@ def _prefer_channels_last(model: nn.Module, probe: torch.Tensor) -> torch.Tensor
         return None
 
 
+def same_device(have: torch.device, want: str | torch.device) -> bool:
+    """Whether tensors on ``have`` are already on ``want``: ``"cuda"`` names the current GPU, so a model
+    on ``cuda:0`` is there already (``torch.device("cuda") != torch.device("cuda:0")``)."""
+    want = torch.device(want)
+    if want.type == "cuda" and want.index is None:
+        want = torch.device("cuda", torch.cuda.current_device())
+    return have.type == want.type and (want.index is None or have.index == want.index)
+
+
 @dataclass
 class ModelBundle:
     """A classifier split as ``head(body(x))`` with its preprocessing and provenance."""
@@ -278,7 +287,7 @@ class ModelBundle:
     def to(self, device: str | torch.device) -> "ModelBundle":
         # nn.Module.to reassigns every parameter's .data even on the same device, under the feet of
         # other threads scoring with this shared model: skip it when nothing moves
-        if self.device != torch.device(device):
+        if not same_device(self.device, device):
             self.model.to(device)
         return self
 

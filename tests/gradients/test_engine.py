@@ -444,3 +444,21 @@ def test_singular_vector_signs_are_fixed_by_the_data(tmp_cache, monkeypatch):
     res2, _ = engine.randomized_svd(b, train, pl_small, "lse", 1.0, 5, len(train), "nfk", 1, torch.float32,
                                     hold=False)
     np.testing.assert_allclose(np.asarray(res2.g_low), g, rtol=1e-3, atol=1e-4 * np.abs(g).max())
+
+
+def test_a_private_module_shares_the_weights_and_carries_no_hooks():
+    """``functional_call``'s private copy: the same parameter tensors, none of the shared model's hooks
+    (other calls' hooks, whose removal by another thread must not race the copy)."""
+    from ood_core.concurrency import call_hooks, private_module
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    seen = []
+    with call_hooks([model[0]], lambda m, i, o: seen.append(1)):
+        model[0].register_forward_pre_hook(lambda m, i: seen.append(2))
+        copy_ = private_module(model)
+        copy_(torch.zeros(1, 3))
+        assert seen == []  # no hook of the shared model fired on the copy
+        assert all(a is b for a, b in zip(copy_.parameters(), model.parameters()))
+        assert copy_ is not model and copy_[0] is not model[0]
+        model(torch.zeros(1, 3))
+    assert seen == [2, 1]  # the shared model keeps its own
