@@ -130,15 +130,12 @@ class _LowDim(ModelDetector):
     def fit_key(self) -> str:
         """What the scores' cache keys hold of the fit: model and training split, the gradient code's
         version (``GRAD_VERSION``: scores cached by older gradient code are not served), and the number
-        of samples the subspace is fitted on when ``$OOD_GRAD_MAX_FIT`` caps it below the split (read
-        now, not at fit time, so a cap set later cannot serve scores of the other fit)."""
+        of samples the subspace is fitted on (``$OOD_GRAD_MAX_FIT`` may cap it; read now, not at fit
+        time, so a cap set later cannot serve scores of the other fit)."""
         if self._fit_parts is None:
             return ""
-        parts = dict(self._fit_parts, grad=grads.GRAD_VERSION)  # scores follow the gradient code's version
-        n_fit = min(parts["n"], grads.max_fit())
-        if n_fit != parts["n"]:  # keys of uncapped fits stay as they were
-            parts["n_fit"] = n_fit
-        return cache.make_key("lowdim-fit", v=LOWDIM_FIT_VERSION, **parts)
+        return cache.make_key("lowdim-fit", v=LOWDIM_FIT_VERSION, grad=grads.GRAD_VERSION,
+                              n_fit=min(self._fit_parts["n"], grads.max_fit()), **self._fit_parts)
 
     @staticmethod
     def grad_params(knobs: dict[str, Any]) -> dict[str, Any]:

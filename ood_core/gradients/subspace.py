@@ -309,6 +309,10 @@ def fit_subspace(bundle: ModelBundle, id_name: str | Dataset = "mnist", params: 
 
         try:
             with cache.key_lock(key, waiting) if not D.is_distributed() else contextlib.nullcontext():
+                with _sub_lock:  # a thread of this process fitted it while we waited: no reload from disk
+                    mine = _subspaces.get(key)
+                if mine is not None:
+                    return mine
                 hit = None if D.is_distributed() else _load(key, pl.sizes, device, dtype)
                 if hit is None:
                     work = hooks.work_budget_bytes(pl.device)
@@ -316,16 +320,22 @@ def fit_subspace(bundle: ModelBundle, id_name: str | Dataset = "mnist", params: 
                                  max(pl.sizes))
                     sub = _fit(bundle, train, p, pl, r, dtype, progress)
                     _store(key, sub)
+                    _remember(key, sub)  # before the lock goes: a waiting thread of this process takes it
         except Cancelled:
             raise FitCancelled("the subspace fit was cancelled; nothing was cached") from None
     if hit is not None:
         sub = Subspace(hit["blocks"], p["subspace"], key, hit["sigma"] if hit["sigma"].size else None,
                        str(hit["method"]), hit["mean"], hit["scale"], hit["g_low"] if hit["g_low"].size else None,
                        hit["sv"])
+    return _remember(key, sub)
+
+
+def _remember(key: str, sub: Subspace) -> Subspace:
+    """Keep ``sub`` in memory under ``key``: V can be large (P×r), so at most two, and only the newest
+    once they pass 1 GB together."""
     sub.key = key
     with _sub_lock:
         _subspaces[key] = sub
-        # V can be large (P×r): keep at most two, and only the newest once they pass 1 GB together
         while len(_subspaces) > 2 or (len(_subspaces) > 1 and sum(s.nbytes for s in _subspaces.values()) > 2**30):
             _subspaces.popitem(last=False)
     return sub

@@ -425,6 +425,7 @@ def test_two_callers_of_one_cold_subspace_fit_share_one_fit(tmp_cache, monkeypat
     assert any("waiting for another fit" in m for m in waits)
     np.testing.assert_array_equal(got["first"].sigma, got["second"].sigma)
     np.testing.assert_array_equal(got["first"].g_low_fit, got["second"].g_low_fit)  # one basis
+    assert got["second"] is got["first"]  # in one process the waiter takes the fitted subspace, no reload
 
 
 def test_singular_vector_signs_are_fixed_by_the_data(tmp_cache, monkeypatch):
