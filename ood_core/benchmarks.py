@@ -149,7 +149,7 @@ def add(name: str, root: str | Path, replace: bool = False) -> Added:
             out.lines.append(f"missing\t{ds}\t{s.group}\t{s.imglist} not found")
             continue
         n, first = _first_entry(path)
-        base = list_base(path, path.read_text(encoding="utf-8", errors="replace")) if first else None
+        base = list_base(path, first=first) if first else None
         if not first or not (base / first).is_file():
             why = f"its first image {first!r} is under neither images_classic/ nor images_largescale/" if first \
                 else "it lists no image"

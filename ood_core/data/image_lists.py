@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import DataError
-from .images import IMAGE_EXTS, _streamed, scan_table, subsample
+from .images import _streamed, is_image, scan_table, subsample
 from .streamed import StreamedDataset
 
 
@@ -239,7 +239,7 @@ def _entry_problem(base: Path, inside: str, rel: str, dirs: dict[str, bool], sta
     p = os.path.join(base, norm)
     try:
         st = os.lstat(p)
-        if os.path.splitext(norm)[1].lower() not in IMAGE_EXTS or os.path.basename(norm).startswith("."):
+        if not is_image(norm):
             return "not an image file"
         if stat.S_ISLNK(st.st_mode):  # a link counts when its target is a file inside the folder
             real = os.path.realpath(p)
@@ -259,16 +259,14 @@ def _entry_problem(base: Path, inside: str, rel: str, dirs: dict[str, bool], sta
 OPENOOD_IMAGE_DIRS = ("images_classic", "images_largescale")
 
 
-def list_base(path: Path, text: str | None = None, first: str | None = None) -> Path:
+def list_base(path: Path, first: str | None = None) -> Path:
     """The folder a list's entries are relative to: the list's own folder, except for OpenOOD's
     layout (``ROOT/benchmark_imglist/<benchmark>/x.txt``, entries relative to ``ROOT/images_classic/``
-    or ``ROOT/images_largescale/``), where the first of those holding the first entry wins.
-    ``first`` is that entry, or it is read from ``text``."""
+    or ``ROOT/images_largescale/``), where the first of those holding ``first`` (the list's first
+    entry) wins."""
     path = Path(path)
     if path.parent.parent.name != "benchmark_imglist":
         return path.parent
-    if first is None and text is not None:
-        first = next((e[0] for e in map(parse_entry, text.lstrip("\ufeff").splitlines()) if e), None)
     if first is None or (path.parent / first).exists():
         return path.parent
     root = path.parent.parent.parent

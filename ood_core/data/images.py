@@ -30,8 +30,11 @@ INDEX_VERSION = 2  # 2: sizes as displayed (EXIF orientation), unmappable files 
 UNMAPPABLE = -2
 
 
-def is_image(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")
+def is_image(p: Path | str) -> bool:
+    """An image by its name: a known extension, and not hidden (``._x.png`` is macOS metadata).
+    Strings go through ``os.path`` (an image list checks a million of them)."""
+    name = os.path.basename(p) if isinstance(p, str) else p.name
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTS and not name.startswith(".")
 
 
 def images_in(folder: Path, recursive: bool = True) -> list[Path]:
