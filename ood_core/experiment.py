@@ -72,7 +72,11 @@ class Experiment:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Experiment":
-        """Parse strict JSON (no NaN or Infinity; UTF-8 when given bytes); one line for anything malformed."""
+        """Parse strict JSON (no NaN or Infinity; UTF-8 when given bytes; at most :data:`MAX_BYTES`);
+        one line for anything malformed."""
+        size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+        if size > MAX_BYTES:
+            raise ExperimentError(f"the experiment file is {size:,} bytes; an experiment JSON is a few KB")
         if isinstance(text, bytes):
             try:
                 text = text.decode("utf-8")

@@ -22,13 +22,12 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError, first_line, jsonable
-from .experiment import Experiment, ExperimentError
+from .experiment import Experiment
 
 SYSTEM_CHROMIUM = "/usr/bin/chromium"
 STATIC_FORMATS = ("png", "svg", "pdf")
 MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf", "html": "text/html",
         "csv": "text/csv", "parquet": "application/vnd.apache.parquet", "json": "application/json"}
-MAX_EXPERIMENT_BYTES = 1 << 20
 
 
 class ExportError(UserError):
@@ -256,8 +255,6 @@ def experiment_json(exp: Experiment) -> bytes:
 
 def experiment_from_bytes(data: bytes | str) -> Experiment:
     """Parse an uploaded experiment JSON (size-checked, UTF-8) into an :class:`Experiment`."""
-    if isinstance(data, bytes) and len(data) > MAX_EXPERIMENT_BYTES:
-        raise ExperimentError(f"the experiment file is {len(data)} bytes; an experiment JSON is a few KB")
     return Experiment.from_json(data)
 
 

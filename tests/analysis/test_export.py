@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ood_core import export as ex
-from ood_core.experiment import Experiment, ExperimentError
+from ood_core.experiment import MAX_BYTES, Experiment, ExperimentError
 
 needs_chromium = pytest.mark.skipif(not ex.static_export_status()[0], reason="no Chromium for kaleido")
 
@@ -164,7 +164,9 @@ def test_experiment_refusals(setup):
     with pytest.raises(ExperimentError, match="not UTF-8"):
         ex.experiment_from_bytes(b"\xff\xfe\x00junk")
     with pytest.raises(ExperimentError, match="a few KB"):
-        ex.experiment_from_bytes(b" " * (ex.MAX_EXPERIMENT_BYTES + 1))
+        ex.experiment_from_bytes(b" " * (MAX_BYTES + 1))
+    with pytest.raises(ExperimentError, match="a few KB"):  # text too, not only bytes
+        ex.experiment_from_bytes(" " * (MAX_BYTES + 1))
     with pytest.raises(ExperimentError, match="unknown experiment fields: rm_rf"):
         ex.experiment_from_bytes(json.dumps({"rm_rf": "/"}).encode())
     bad = Experiment(model="upload:gone@123", id_dataset="nope", ood_datasets=["exsv"], detectors=["energy", "zz"],
