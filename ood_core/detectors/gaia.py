@@ -21,18 +21,18 @@ the last module whose output is a 4-D map with more than one position (as in ``r
 """
 from __future__ import annotations
 
-from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..concurrency import call_hooks
 from ..data import Dataset
 from ..extract import Extraction
 from ..knobs import Paper
 from .base import DetectorError, ModelDetector, ProgressFn, register
-from .rankfeat import last_feature_map, thread_hook
+from .rankfeat import last_feature_map
 
 BATCH_SIZE = 128
 NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.LayerNorm)
@@ -54,15 +54,13 @@ def watched_layers(bundle: Any) -> list[str]:
 def _capture(bundle: Any, names: list[str], x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Logits of ``x`` and the outputs of the named modules (in the graph, for autograd)."""
     outs: dict[str, torch.Tensor] = {}
+    mods = {n: bundle.model.get_submodule(n) for n in names}
+    name_of = {id(m): n for n, m in mods.items()}
 
-    def keep(name: str):
-        def fn(_m: nn.Module, _i: Any, o: Any) -> None:
-            outs[name] = o
-        return fn
+    def keep(m: nn.Module, _i: Any, o: Any) -> None:
+        outs[name_of[id(m)]] = o
 
-    with ExitStack() as stack:
-        for n in names:
-            stack.enter_context(thread_hook(bundle.model.get_submodule(n), keep(n)))
+    with call_hooks(list(mods.values()), keep):  # this call's forward only: the model is shared
         logits = bundle.logits(x)
     return logits, outs
 

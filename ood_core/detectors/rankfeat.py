@@ -15,9 +15,7 @@ compiled programs whose modules cannot be hooked) are refused with that reason.
 """
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,21 +37,6 @@ def remove_rank1(x: torch.Tensor) -> torch.Tensor:
     u, s, vh = torch.linalg.svd(m, full_matrices=False)
     r1 = s[:, :1, None] * (u[:, :, :1] @ vh[:, :1, :])
     return (m - r1).reshape(B, C, H, W).to(x.dtype)
-
-
-@contextmanager
-def thread_hook(module: nn.Module, fn: Callable[[nn.Module, Any, Any], Any]) -> Iterator[None]:
-    """A forward hook on ``module`` that acts only in the calling thread, removed on exit.
-
-    The bundle's model is shared: a job on another thread (an extraction, another detector)
-    may run it meanwhile, and must see the unmodified network.
-    """
-    owner = threading.get_ident()
-    handle = module.register_forward_hook(lambda m, i, o: fn(m, i, o) if threading.get_ident() == owner else None)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def last_feature_map(bundle: Any) -> str:
@@ -109,7 +92,7 @@ class RankFeat(ModelDetector):
         n = len(ds)
         out = np.empty(n, np.float64)
         try:
-            with thread_hook(mod, lambda _m, _i, o: remove_rank1(o)):
+            with call_hooks([mod], lambda _m, _i, o: remove_rank1(o)):  # this call's forwards only
                 for i, x in ds.numbered_batches(bundle.preprocess, BATCH_SIZE):
                     x = x.to(bundle.device)
                     with torch.no_grad():

@@ -29,13 +29,14 @@ def test_model_time_hooks_act_only_in_their_own_thread(default_bundle, small_set
     """The model is shared: a forward on another thread during a GAIA or RankFeat hook is unmodified."""
     import threading
 
-    from ood_core.detectors.rankfeat import remove_rank1, thread_hook
+    from ood_core.concurrency import call_hooks
+    from ood_core.detectors.rankfeat import remove_rank1
 
     x = default_bundle.preprocess(small_sets[0].images)
     with torch.no_grad():
         plain = default_bundle.model(x).numpy()
     seen = {}
-    with thread_hook(default_bundle.model.features[10], lambda _m, _i, o: remove_rank1(o)):
+    with call_hooks([default_bundle.model.features[10]], lambda _m, _i, o: remove_rank1(o)):
         t = threading.Thread(target=lambda: seen.setdefault("other", default_bundle.model(x).detach().numpy()))
         t.start()
         t.join()
