@@ -23,6 +23,7 @@ from .errors import UserError, jsonable
 from .data import DataError, Dataset, get_dataset, split_name, train_name_for
 from .detectors import Detector, DetectorError, get_detector
 from .detectors.base import ModelDetector
+from .experiment import check_unique
 from .extract import Extraction, extract
 from .metrics import ood_metrics
 from .models import ModelBundle, ModelError, loaded
@@ -287,10 +288,8 @@ def evaluate(model: str | ModelBundle = "default", id_name: str = "mnist", ood: 
         raise WorkbenchError("name at least one OOD dataset")
     if not detectors:
         raise WorkbenchError("name at least one detector")
-    for what, names in (("the OOD sets", ood), ("the detectors", detectors)):
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:  # each would give a duplicate row
-            raise WorkbenchError(f"{what} name {', '.join(map(repr, twice))} twice; give each once")
+    check_unique(ood, "the list of OOD sets")  # each would give a duplicate row
+    check_unique(detectors, "the list of detectors")
     for d in params:
         if d not in detectors:
             raise WorkbenchError(f"--param names detector {d!r}, which is not among --detectors")

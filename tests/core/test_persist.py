@@ -150,8 +150,10 @@ def test_duplicate_names_are_refused_everywhere(default_bundle):
 
     with pytest.raises(ExperimentError, match="ood_datasets names 'faces' twice"):
         Experiment.from_dict({"ood_datasets": ["faces", "faces"]})
-    with pytest.raises(wb.WorkbenchError, match="the detectors name 'msp' twice"):
+    with pytest.raises(ExperimentError, match="the list of detectors names 'msp' twice"):
         wb.evaluate(default_bundle, "mnist", ["faces"], ["msp", "msp"])
+    with pytest.raises(ExperimentError, match="the list of OOD sets names 'faces' twice"):
+        wb.evaluate(default_bundle, "mnist", ["faces", "faces"], ["msp"])
 
 
 @pytest.mark.hostile
