@@ -92,7 +92,7 @@ def env_number(var: str, default: float | None, what: str = "a positive number",
     return int(v) if integer else v
 
 
-def _megabytes(var: str, raw: str) -> int:
+def _megabytes(var: str) -> int:
     try:
         mb = env_number(var, None, "a positive number of megabytes")
     except EnvValueError as exc:
@@ -122,7 +122,7 @@ def memory_budget(kind: str, device: Any = "cpu") -> int:
     """
     given = _set_value(kind)  # raises on an unknown kind
     if given is not None:
-        return _megabytes(*given)
+        return _megabytes(given[0])
     return int(KINDS[kind][0] * free_bytes(device))
 
 

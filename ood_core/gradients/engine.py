@@ -32,6 +32,7 @@ import torch
 from sklearn.utils.extmath import svd_flip
 
 from .. import distributed as D
+from ..jobs import checkpoint
 from ..models import ModelBundle
 from ..resources import memory_budget
 from . import hooks, linalg
@@ -66,6 +67,7 @@ class Held:
         self.limit = limit
         self.chunks: list[tuple[int, int, list[torch.Tensor]]] | None = None
         self.dtype: torch.dtype | None = None
+        self.over = False  # a pass went over the limit: later passes recompute without trying again
 
     def iter_chunks(self, bundle: ModelBundle, data: Any, pl: hooks.Plan, loss: str, T: float,
                     progress: Progress | None, what: str, dtype: torch.dtype):
@@ -75,10 +77,11 @@ class Held:
 
             n, t0 = sum(B for _, B, _ in self.chunks), time.time()
             for start, B, mats in self.chunks:
+                checkpoint()  # replayed blocks stop for a cancelled job as computed ones do
                 yield start, B, (lambda mats=mats: iter(enumerate(mats)))
                 hooks._report(progress, start + B, n, t0, what)  # noqa: SLF001
             return
-        keep: list[tuple[int, int, list[torch.Tensor]]] | None = [] if self.chunks is None else None
+        keep: list[tuple[int, int, list[torch.Tensor]]] | None = [] if self.chunks is None and not self.over else None
         used = 0
         for start, B, blocks in hooks.iter_chunks(bundle, data, pl, loss, T, progress, what, dtype):
             if keep is None:
@@ -89,7 +92,7 @@ class Held:
             if used <= self.limit:
                 keep.append((start, B, mats))
             else:
-                keep = None
+                keep, self.over = None, True
             yield start, B, (lambda mats=mats: iter(enumerate(mats)))
         if keep is not None:
             self.chunks, self.dtype = keep, dtype

@@ -277,6 +277,8 @@ def test_a_held_pass_over_the_budget_falls_back_to_recomputing(tmp_cache, monkey
     assert held.chunks is None and sum(B for _, B, _ in first) == 40
     plain = [torch.cat([g for _, g in blk()], 1) for _, _, blk in hooks.iter_chunks(b, x, pl, "lse", 1.0)]
     torch.testing.assert_close(torch.cat([torch.cat(g, 1) for _, _, g in first]), torch.cat(plain))  # same gradients
+    again = [B for _, B, blk in held.iter_chunks(b, x, pl, "lse", 1.0, None, "t", torch.float32) if list(blk())]
+    assert sum(again) == 40 and held.chunks is None and held.over  # recomputed, and no second try at holding
 
 
 # --- issue 27, item 4: two sessions' gradient passes on one shared model ---------------------
