@@ -22,7 +22,6 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 from torch import nn
 
 from .. import cache
@@ -33,7 +32,7 @@ from .checkpoints import load_checkpoint
 from .formats import check_size, detect_model_format
 from .preprocess import check_classes, dry_run, first_size_that_runs, guess_preprocess, override, verify_split
 from .pt2 import Exported, load_pt2, module_of, pt2_linear_nodes, pt2_split
-from .state_dicts import (closest_text, match_architectures, rank_architectures, read_state_dict, state_dict_into,
+from .state_dicts import (as_float32, closest_text, match_architectures, rank_architectures, read_state_dict, state_dict_into,
                           strip_prefixes)
 from .torchscript import load_torchscript, script_linears, script_split
 
@@ -101,8 +100,7 @@ def _load_state_dict(path, sha, label, arch, input_size, mean, std, channels, he
         if variants:
             notes.append(f"the same weights layout is published as {', '.join(variants)} with other preprocessing: "
                          f"pass --arch NAME to use its preprocessing (`python -m ood_core archs`)")
-    cast = sorted({str(v.dtype).replace("torch.", "") for v in state.values()
-                   if v.is_floating_point() and v.dtype != torch.float32})  # state_dict_into casts them
+    state, cast = as_float32(state, arch, path.name)  # the dtypes of the architecture's weights that were cast
     if cast:
         notes.append(f"weights stored as {', '.join(cast)}, cast to float32 (the model runs in float32)")
         log.info("%s: %s weights cast to float32", path.name, ", ".join(cast))
