@@ -386,7 +386,8 @@ def add_score(res: MapResult, bundle: Any, id_name: str, detector: str, progress
         s = wb.score(bundle, detector, name, id_name,
                      progress=lambda f, m, i=i: say((i + f) / len(names), m))
         col[rows] = np.asarray(s, np.float64)[index[rows]]
-    res.frame[detector] = col
+    # a new frame, swapped in whole: another session drawing this (memoised) map keeps a consistent one
+    res.frame = res.frame.assign(**{detector: col})
     res.views.pop(detector, None)
 
 
